@@ -1,0 +1,138 @@
+"""Shared fixtures: short socket directories, in-process daemons, daemon subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from triodaemon import Daemon, DaemonConfig, TcpAddress, UnixAddress
+from triodaemon._listeners import Address
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short temporary directory for socket files (sun_path is 107 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="td-", dir="/tmp") as name:
+        yield Path(name)
+
+
+@asynccontextmanager
+async def running(config: DaemonConfig, **kwargs: object) -> AsyncIterator[tuple[Daemon, list[Address]]]:
+    """Run a daemon in the background; drain it and wait for it on exit."""
+    daemon = Daemon(config, **kwargs)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(daemon.serve)
+        try:
+            yield daemon, list(addresses)
+        finally:
+            daemon.drain()
+
+
+def loopback(sock_dir: Path) -> list[Address]:
+    return [TcpAddress("127.0.0.1", 0), UnixAddress(str(sock_dir / "echo.sock"))]
+
+
+class DaemonProcess:
+    """A ``python -m triodaemon`` subprocess whose stderr is collected line by line."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+        self.addresses: list[Address] = []
+
+    async def _collect(self) -> None:
+        assert self.process.stderr is not None
+        buffer = b""
+        while chunk := await self.process.stderr.receive_some():
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            self.lines.extend(line.decode() for line in complete)
+            self._changed.set()
+            self._changed = trio.Event()
+        if buffer:
+            self.lines.append(buffer.decode())
+        self._changed.set()
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    async def wait_for_line(self, text: str) -> str:
+        """Wait until a stderr line contains ``text`` and return it."""
+        with trio.fail_after(15):
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if self.process.returncode is not None and self._changed.is_set():
+                    raise AssertionError(f"exited without printing {text!r}:\n{self.stderr}")
+                await self._changed.wait()
+
+    async def wait_ready(self, count: int) -> list[Address]:
+        """Wait for ``count`` readiness lines; return their addresses."""
+        with trio.fail_after(15):
+            while True:
+                ready = [line for line in self.lines if "listening on " in line]
+                if len(ready) >= count:
+                    break
+                if self.process.returncode is not None and self._changed.is_set():
+                    raise AssertionError(f"exited before it was ready:\n{self.stderr}")
+                await self._changed.wait()
+        self.addresses = []
+        for line in ready:
+            url = line.split("listening on ", 1)[1]
+            if url.startswith("unix:"):
+                self.addresses.append(UnixAddress(url[5:]))
+            else:
+                host, _, port = url.removeprefix("tcp://").rpartition(":")
+                self.addresses.append(TcpAddress(host.strip("[]"), int(port)))
+        return self.addresses
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    async def wait(self) -> int:
+        with trio.fail_after(30):
+            return await self.process.wait()
+
+
+SpawnFn = Callable[..., Awaitable[DaemonProcess]]
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[SpawnFn]:
+    """Start ``python -m triodaemon ARGS...``; processes left running are killed at the end."""
+    processes: list[DaemonProcess] = []
+    async with trio.open_nursery() as nursery:
+
+        async def start(*args: str) -> DaemonProcess:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "triodaemon", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            daemon = DaemonProcess(process)
+            processes.append(daemon)
+            nursery.start_soon(daemon._collect)
+            return daemon
+
+        try:
+            yield start
+        finally:
+            for daemon in processes:
+                if daemon.process.returncode is None:
+                    daemon.process.kill()
+                with trio.CancelScope(shield=True):
+                    await daemon.process.wait()

@@ -1,0 +1,353 @@
+"""Sans-I/O framing: every strategy, every split, every grouping, the limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from triodaemon import (
+    Framing,
+    FrameTooLarge,
+    FramingError,
+    IncompleteFrame,
+    MalformedHeader,
+    parse_delimiter,
+)
+from triodaemon._framing import DelimiterDecoder, VarintDecoder
+
+FRAMINGS = {
+    "line": Framing(),
+    "crlf": Framing("delimiter", delimiter=b"\r\n"),
+    "record-sep": Framing("delimiter", delimiter=b"\x1e"),
+    "triple": Framing("delimiter", delimiter=b"END"),
+    "length4": Framing("length"),
+    "length1": Framing("length", length_bytes=1),
+    "length2-little": Framing("length", length_bytes=2, byte_order="little"),
+    "length8-incl": Framing("length", length_bytes=8, length_includes_header=True),
+    "varint": Framing("varint"),
+    "fixed": Framing("fixed", frame_size=3),
+}
+
+SAMPLES = {
+    "line": [b"hello", b"", b"world", b"x" * 200],
+    "crlf": [b"a\rb", b"", b"\n\n", b"last\r"],
+    "record-sep": [b"one", b"", b"two"],
+    "triple": [b"EN", b"E", b"", b"ENd", b"xEN"],
+    "length4": [b"hello", b"", b"\x00\x00\x00\x05", b"y" * 300],
+    "length1": [b"a", b"", b"b" * 255],
+    "length2-little": [b"abc", b"", b"z" * 1000],
+    "length8-incl": [b"", b"payload", b"\xff" * 9],
+    "varint": [b"", b"a", b"b" * 127, b"c" * 128, b"d" * 300],
+    "fixed": [b"abc", b"\n\n\n", b"\x00\x01\x02"],
+}
+
+
+def decode(framing: Framing, chunks: Sequence[bytes], *, eof: bool = True) -> list[bytes]:
+    decoder = framing.decoder()
+    frames = []
+    for chunk in chunks:
+        decoder.feed(chunk)
+        while (frame := decoder.next_frame()) is not None:
+            frames.append(frame)
+    if eof:
+        decoder.feed_eof()
+    return frames
+
+
+def groupings(items: Sequence[bytes]) -> Iterator[list[bytes]]:
+    """Every way to join consecutive items: 2 ** (len - 1) chunk lists."""
+    for mask in range(1 << max(len(items) - 1, 0)):
+        chunks = [items[0]]
+        for index, item in enumerate(items[1:]):
+            if mask >> index & 1:
+                chunks[-1] += item
+            else:
+                chunks.append(item)
+        yield chunks
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_every_split_and_grouping_decodes_exactly(name: str) -> None:
+    framing = FRAMINGS[name]
+    frames = SAMPLES[name]
+    wire = [framing.encode(frame) for frame in frames]
+    stream = b"".join(wire)
+    assert decode(framing, [stream]) == frames
+    for index in range(len(stream) + 1):
+        assert decode(framing, [stream[:index], stream[index:]]) == frames, index
+    for first in range(0, len(stream), 7):
+        for second in range(first, len(stream), 5):
+            chunks = [stream[:first], stream[first:second], stream[second:]]
+            assert decode(framing, chunks) == frames, (first, second)
+    assert decode(framing, [bytes([b]) for b in stream]) == frames
+    for chunks in groupings(wire):
+        assert decode(framing, chunks) == frames
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_byte_at_a_time_yields_nothing_until_the_last_byte(name: str) -> None:
+    framing = FRAMINGS[name]
+    wire = framing.encode(SAMPLES[name][0])
+    decoder = framing.decoder()
+    for byte in wire[:-1]:
+        decoder.feed(bytes([byte]))
+        assert decoder.next_frame() is None
+    decoder.feed(wire[-1:])
+    assert decoder.next_frame() == SAMPLES[name][0]
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_eof_at_every_prefix(name: str) -> None:
+    framing = FRAMINGS[name]
+    wire = [framing.encode(frame) for frame in SAMPLES[name]]
+    stream = b"".join(wire)
+    boundaries = {0}
+    for part in wire:
+        boundaries.add(max(boundaries) + len(part))
+    for index in range(len(stream) + 1):
+        if index in boundaries:
+            decode(framing, [stream[:index]])
+        else:
+            with pytest.raises(IncompleteFrame) as caught:
+                decode(framing, [stream[:index]])
+            assert caught.value.received > 0
+            assert "peer closed mid-" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_trailing_partial_data_stays_pending(name: str) -> None:
+    framing = FRAMINGS[name]
+    first, second = SAMPLES[name][0], SAMPLES[name][-1]
+    tail = framing.encode(second)[:-1]
+    decoder = framing.decoder()
+    decoder.feed(framing.encode(first) + tail)
+    assert decoder.next_frame() == first
+    assert decoder.next_frame() is None
+    assert decoder.pending() == tail
+    assert decoder.buffered == len(tail)
+
+
+def test_raw_passes_chunks_through() -> None:
+    decoder = Framing("raw").decoder()
+    assert decoder.next_frame() is None
+    decoder.feed(b"ab")
+    decoder.feed(b"c\n")
+    assert decoder.next_frame() == b"abc\n"
+    assert decoder.next_frame() is None
+    assert decoder.buffered == 0
+    decoder.feed_eof()
+
+
+def test_incomplete_messages_say_how_far_the_frame_got() -> None:
+    framing = Framing("length")
+    decoder = framing.decoder()
+    decoder.feed(framing.encode(b"0123456789")[:7])
+    with pytest.raises(IncompleteFrame, match=r"mid-frame \(3 of 10 bytes\)"):
+        decoder.feed_eof()
+    decoder = framing.decoder()
+    decoder.feed(b"\x00\x00")
+    with pytest.raises(IncompleteFrame, match=r"mid-header \(2 of 4 header bytes\)"):
+        decoder.feed_eof()
+    decoder = Framing().decoder()
+    decoder.feed(b"abc")
+    with pytest.raises(IncompleteFrame, match=r"3 bytes without a delimiter"):
+        decoder.feed_eof()
+
+
+# --- limits -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["line", "crlf", "triple"])
+def test_delimiter_limit_is_exact(name: str) -> None:
+    base = FRAMINGS[name]
+    framing = Framing(base.kind, delimiter=base.delimiter, max_frame=10)
+    assert decode(framing, [b"x" * 10 + base.delimiter]) == [b"x" * 10]
+    with pytest.raises(FrameTooLarge):
+        decode(framing, [b"x" * 11 + base.delimiter])
+
+
+def test_delimiter_search_fails_as_soon_as_more_than_the_limit_is_held() -> None:
+    decoder = DelimiterDecoder(10, delimiter=b"\r\n")
+    decoder.feed(b"x" * 10 + b"\r")  # could still be a 10-byte frame
+    assert decoder.next_frame() is None
+    decoder.feed(b"y")  # now it cannot
+    with pytest.raises(FrameTooLarge, match="12 bytes without a delimiter"):
+        decoder.next_frame()
+
+
+def test_delimiter_scan_does_not_rescan() -> None:
+    decoder = DelimiterDecoder(10**6, delimiter=b"\n")
+    for _ in range(1000):
+        decoder.feed(b"x" * 100)
+        assert decoder.next_frame() is None
+    assert decoder._search >= 100 * 1000 - 1  # the scan resumed where it stopped
+
+
+def test_length_header_over_the_limit_fails_before_the_body() -> None:
+    decoder = Framing("length", max_frame=100).decoder()
+    decoder.feed((101).to_bytes(4, "big"))
+    with pytest.raises(FrameTooLarge, match="announces a 101-byte frame"):
+        decoder.next_frame()
+    decoder = Framing("length", max_frame=100).decoder()
+    decoder.feed((100).to_bytes(4, "big") + b"z" * 100)
+    assert decoder.next_frame() == b"z" * 100
+
+
+def test_length_including_header_smaller_than_header_is_malformed() -> None:
+    decoder = Framing("length", length_bytes=2, length_includes_header=True).decoder()
+    decoder.feed(b"\x00\x01")
+    with pytest.raises(MalformedHeader, match="less than the 2-byte header"):
+        decoder.next_frame()
+
+
+def test_varint_over_the_limit_fails_while_the_header_is_unfinished() -> None:
+    decoder = VarintDecoder(1000)
+    decoder.feed(b"\xff\xff")  # at least 16383, and the varint goes on
+    with pytest.raises(FrameTooLarge):
+        decoder.next_frame()
+
+
+def test_runaway_varint_is_malformed() -> None:
+    decoder = VarintDecoder(2**70)
+    decoder.feed(b"\x80" * 10)
+    with pytest.raises(MalformedHeader, match="past 10 bytes"):
+        decoder.next_frame()
+
+
+def test_decoder_stays_failed() -> None:
+    decoder = Framing("length", max_frame=1).decoder()
+    decoder.feed(b"\x00\x00\x00\x09")
+    for _ in range(2):
+        with pytest.raises(FrameTooLarge):
+            decoder.next_frame()
+
+
+@pytest.mark.parametrize(
+    ("framing", "payload", "message"),
+    [
+        (Framing(), b"a\nb", "contains the delimiter"),
+        (Framing(max_frame=2), b"abc", "exceeds the frame limit"),
+        (Framing("length", length_bytes=1), b"x" * 256, "does not fit"),
+        (Framing("fixed", frame_size=2), b"abc", "2-byte frames"),
+    ],
+)
+def test_encode_refuses_what_cannot_be_framed(
+    framing: Framing, payload: bytes, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        framing.encode(payload)
+
+
+def test_varint_encoding_matches_protobuf() -> None:
+    assert Framing("varint").encode(b"x" * 300)[:2] == b"\xac\x02"
+    assert Framing("varint").encode(b"")[:1] == b"\x00"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "line", "delimiter": b"\r\n"}, "line framing"),
+        ({"kind": "delimiter", "delimiter": b""}, "must not be empty"),
+        ({"kind": "fixed"}, "frame size"),
+        ({"kind": "fixed", "frame_size": 20, "max_frame": 10}, "exceeds"),
+        ({"kind": "length", "frame_size": 3}, "only to fixed"),
+    ],
+)
+def test_framing_validates(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Framing(**kwargs)  # type: ignore[arg-type]
+
+
+def test_framing_rejects_unknown_values() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        Framing("json")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="length_bytes"):
+        Framing("length", length_bytes=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"\n", b"\n"),
+        (r"\r\n", b"\r\n"),
+        (r"\0", b"\0"),
+        (r"\x1e", b"\x1e"),
+        (r"\\", b"\\"),
+        ("END", b"END"),
+        ("é", "é".encode()),
+    ],
+)
+def test_parse_delimiter(text: str, expected: bytes) -> None:
+    assert parse_delimiter(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "\\", r"\q", r"\x1", r"\xzz"])
+def test_parse_delimiter_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="delimiter"):
+        parse_delimiter(text)
+
+
+# --- properties -------------------------------------------------------------------------
+
+
+def frames_for(framing: Framing) -> st.SearchStrategy[list[bytes]]:
+    if framing.kind == "fixed":
+        assert framing.frame_size is not None
+        payload = st.binary(min_size=framing.frame_size, max_size=framing.frame_size)
+    elif framing.kind in ("line", "delimiter"):
+        # Bias toward the delimiter's own bytes, which is where decoders go wrong.
+        alphabet = st.sampled_from(sorted(set(framing.delimiter)) + [0x41, 0x00])
+        payload = st.lists(alphabet, max_size=40).map(bytes).filter(
+            lambda b: framing.delimiter not in b
+        )
+    else:
+        limit = 255 if framing.kind == "length" and framing.length_bytes == 1 else 400
+        payload = st.binary(max_size=limit - 8)
+    return st.lists(payload, max_size=12)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({cut % (len(data) + 1) for cut in cuts})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_property_any_chunking_decodes_exactly(name: str, data: st.DataObject) -> None:
+    framing = FRAMINGS[name]
+    frames = data.draw(frames_for(framing))
+    stream = b"".join(framing.encode(frame) for frame in frames)
+    cuts = data.draw(st.lists(st.integers(min_value=0), max_size=20))
+    assert decode(framing, chunked(stream, cuts)) == frames
+
+
+@settings(max_examples=200, deadline=None)
+@given(noise=st.binary(max_size=64), cuts=st.lists(st.integers(min_value=0), max_size=8))
+def test_property_garbage_only_raises_framing_errors(noise: bytes, cuts: list[int]) -> None:
+    for framing in FRAMINGS.values():
+        limited = Framing(
+            framing.kind,
+            delimiter=framing.delimiter,
+            length_bytes=framing.length_bytes,
+            byte_order=framing.byte_order,
+            length_includes_header=framing.length_includes_header,
+            frame_size=framing.frame_size,
+            max_frame=16,
+        )
+        decoder = limited.decoder()
+        try:
+            for chunk in chunked(noise, cuts):
+                decoder.feed(chunk)
+                while (frame := decoder.next_frame()) is not None:
+                    assert len(frame) <= 16
+                # Never more than the limit plus one read is held.
+                assert decoder.buffered <= 16 + 10 + len(chunk)
+            decoder.feed_eof()
+        except FramingError:
+            pass

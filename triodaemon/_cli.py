@@ -1,0 +1,454 @@
+"""The command line: ``triodaemon [serve flags]`` and ``triodaemon client``.
+
+Strategy: parse and validate everything before trio starts, so a bad flag is
+one line and exit 2; bind every listener before announcing readiness, so a port
+in use or an unusable path is one line and exit 1; only then serve. Signals are
+received through ``trio.open_signal_receiver``, opened before binding so no
+signal can arrive unhandled: the first SIGTERM/SIGINT/SIGQUIT drains, a second
+one aborts. SIGHUP and SIGUSR2 are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import resource
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import NoReturn
+
+import trio
+
+from . import __version__
+from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
+from ._config import DaemonConfig
+from ._daemon import Daemon
+from ._errors import TriodaemonError
+from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
+from ._listeners import Address, UnixAddress, open_listeners, parse_tcp_address
+
+log = logging.getLogger("triodaemon")
+
+#: Exit codes: 1 for runtime failures (port in use, forced shutdown), 2 for usage.
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+_SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, not usage plus message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _usage(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.error(message)
+    raise AssertionError("unreachable")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds, 0 or more")
+    return value
+
+
+_SIZE = re.compile(r"(\d+)\s*(k|kib|m|mib|g|gib)?b?", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+}
+
+
+def _size(text: str) -> int:
+    """Parse a byte count: ``4096``, ``64K``, ``64KiB``, ``1MiB``."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 4096, 64KiB, 1MiB)")
+    unit = match.group(2).lower() if match.group(2) else None
+    value = int(match.group(1)) * _SIZE_UNITS[unit]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 byte")
+    return value
+
+
+def _mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 0660") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (0000 to 0777)")
+    return value
+
+
+def _delimiter(text: str) -> bytes:
+    try:
+        return parse_delimiter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _tcp(default_host: str | None) -> object:
+    def parse(text: str) -> Address:
+        try:
+            return parse_tcp_address(text, default_host=default_host)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _add_address_flags(parser: argparse.ArgumentParser, *, server: bool) -> None:
+    group = parser.add_argument_group("addresses")
+    group.add_argument(
+        "--tcp",
+        action="append",
+        default=[],
+        metavar="[HOST]:PORT",
+        type=_tcp(None if server else "localhost"),  # type: ignore[arg-type]
+        help=(
+            "listen on TCP: ':8000' is every interface, '127.0.0.1:8000', '[::1]:8000', "
+            "port 0 picks a free port; repeatable"
+            if server
+            else "connect over TCP: 'localhost:8000', '[::1]:8000'"
+        ),
+    )
+    group.add_argument(
+        "--sock",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="listen on a Unix socket at PATH; repeatable"
+        if server
+        else "connect to the Unix socket at PATH",
+    )
+
+
+def _add_framing_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("framing")
+    group.add_argument(
+        "--framing",
+        choices=FRAMING_KINDS,
+        help="how frames are cut from the stream (default: line, or delimiter with --delimiter, fixed with --frame-size)",
+    )
+    group.add_argument(
+        "--delimiter",
+        type=_delimiter,
+        metavar="SEQ",
+        help=r"frame terminator for --framing delimiter; escapes \n \r \t \0 \\ \xHH",
+    )
+    group.add_argument(
+        "--length-bytes",
+        type=int,
+        choices=(1, 2, 4, 8),
+        help="length header size for --framing length (default 4)",
+    )
+    group.add_argument(
+        "--byte-order", choices=("big", "little"), help="length header byte order (default big)"
+    )
+    group.add_argument(
+        "--length-includes-header",
+        action="store_true",
+        help="the length header counts its own bytes too",
+    )
+    group.add_argument(
+        "--frame-size", type=_size, metavar="N", help="frame size for --framing fixed"
+    )
+    group.add_argument(
+        "--max-frame",
+        type=_size,
+        default=DEFAULT_MAX_FRAME,
+        metavar="BYTES",
+        help="largest frame accepted, e.g. 65536, 64KiB, 1MiB (default 1MiB)",
+    )
+
+
+def _framing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Framing:
+    kind = args.framing
+    if kind is None:
+        kind = "delimiter" if args.delimiter is not None else "fixed" if args.frame_size else "line"
+    if args.delimiter is not None and kind != "delimiter":
+        _usage(parser, f"--delimiter applies to --framing delimiter, not {kind}")
+    length_flags = (
+        args.length_bytes is not None or args.byte_order is not None or args.length_includes_header
+    )
+    if length_flags and kind != "length":
+        _usage(
+            parser,
+            f"--length-bytes, --byte-order and --length-includes-header apply to --framing length, not {kind}",
+        )
+    if args.frame_size is not None and kind != "fixed":
+        _usage(parser, f"--frame-size applies to --framing fixed, not {kind}")
+    if kind == "fixed" and args.frame_size is None:
+        _usage(parser, "--framing fixed needs --frame-size N")
+    try:
+        return Framing(
+            kind,
+            delimiter=args.delimiter if args.delimiter is not None else b"\n",
+            length_bytes=args.length_bytes or 4,
+            byte_order=args.byte_order or "big",
+            length_includes_header=args.length_includes_header,
+            frame_size=args.frame_size,
+            max_frame=args.max_frame,
+        )
+    except ValueError as exc:
+        _usage(parser, str(exc))
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="triodaemon",
+        description=(
+            "A framed echo daemon on TCP and Unix sockets. "
+            "'triodaemon client --help' for the client."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"triodaemon {__version__}")
+    _add_address_flags(parser, server=True)
+    group = parser.add_argument_group("unix sockets")
+    group.add_argument(
+        "--sock-mode",
+        type=_mode,
+        default=0o600,
+        metavar="MODE",
+        help="socket file mode (default 0600)",
+    )
+    group.add_argument("--sock-group", metavar="GROUP", help="socket file group, name or id")
+    _add_framing_flags(parser)
+    group = parser.add_argument_group("limits")
+    group.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=1024,
+        metavar="N",
+        help="stop accepting at N open connections until one ends (default 1024)",
+    )
+    group.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="close connections idle this long in both directions; 0 disables (default 300)",
+    )
+    group.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="on shutdown, cancel connections still busy after this long (default 10)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="log detail on stderr (default info)",
+    )
+    return parser
+
+
+def _client_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="triodaemon client",
+        description=(
+            "Send each stdin line (or each --send TEXT) as a frame; print each reply. "
+            "Exits 0 once input ends and every reply has arrived."
+        ),
+    )
+    _add_address_flags(parser, server=False)
+    _add_framing_flags(parser)
+    parser.add_argument(
+        "--send",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="send TEXT instead of reading stdin; repeatable",
+    )
+    parser.add_argument(
+        "--count",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="send the messages N times (default 1)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="pause between repetitions (default 0)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_REPLY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up when a reply is owed and none comes for this long (default {DEFAULT_REPLY_TIMEOUT:g})",
+    )
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s triodaemon %(levelname)s %(message)s"))
+    root = logging.getLogger("triodaemon")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """Raise the soft open-file limit toward the hard one, as much as ``wanted`` needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.debug("raised the open-file limit from %d to %d", soft, target)
+    elif soft < wanted:
+        log.warning("open-file limit is %d; --max-connections may not be reachable", soft)
+
+
+def _error(message: str) -> int:
+    print(f"triodaemon: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_FAILURE
+
+
+async def _serve(config: DaemonConfig) -> int:
+    with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS) as signals:
+        try:
+            listeners = await open_listeners(
+                config.listen,
+                sock_mode=config.sock_mode,
+                sock_group=config.sock_group,
+                backlog=config.backlog,
+            )
+        except TriodaemonError as exc:
+            return _error(str(exc))
+        daemon = Daemon(config)
+
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop(*, task_status: trio.TaskStatus[tuple[Address, ...]]) -> None:
+                await daemon.serve(listeners, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            async def handle_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not daemon.draining:
+                        log.info(
+                            "received %s: draining (deadline %gs); send it again to stop at once",
+                            name,
+                            config.drain_timeout,
+                        )
+                        daemon.drain()
+                    else:
+                        log.warning("received %s again: stopping now", name)
+                        daemon.abort()
+
+            addresses = await nursery.start(serve_then_stop)
+            for address in addresses:
+                print(f"triodaemon: listening on {address}", file=sys.stderr, flush=True)
+            nursery.start_soon(handle_signals)
+    summary = daemon.summary
+    return EXIT_FAILURE if summary is not None and summary.forced else 0
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    parser = _serve_parser()
+    args = parser.parse_args(argv)
+    framing = _framing(parser, args)
+    listen: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
+    if not listen:
+        _usage(parser, "nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH")
+    config = DaemonConfig(
+        listen,
+        framing,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        drain_timeout=args.drain_timeout,
+        sock_mode=args.sock_mode,
+        sock_group=args.sock_group,
+    )
+    _setup_logging(args.log_level)
+    # Each connection is one descriptor; leave room for listeners and logs.
+    _raise_fd_limit(config.max_connections + len(listen) + 64)
+    return trio.run(_serve, config)
+
+
+async def _stdin_lines(keep_newline: bool) -> AsyncIterator[bytes]:
+    stdin = trio.wrap_file(sys.stdin.buffer)
+    async for line in stdin:
+        yield line if keep_newline else line.removesuffix(b"\n")
+
+
+async def _client(address: Address, framing: Framing, args: argparse.Namespace) -> int:
+    raw = framing.kind == "raw"
+    stdout = sys.stdout.buffer
+
+    async def show(frame: bytes) -> None:
+        stdout.write(frame if raw else frame + b"\n")
+        stdout.flush()
+
+    if args.send:
+        messages: AsyncIterator[bytes] = repeat(
+            [text.encode() for text in args.send], args.count, args.interval
+        )
+    else:
+        messages = _stdin_lines(keep_newline=raw)
+    try:
+        stream = await connect(address)
+        async with stream:
+            await exchange(stream, messages, show, framing=framing, reply_timeout=args.timeout)
+    except TriodaemonError as exc:
+        return _error(str(exc))
+    return 0
+
+
+def client_main(argv: Sequence[str]) -> int:
+    parser = _client_parser()
+    args = parser.parse_args(argv)
+    framing = _framing(parser, args)
+    targets: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
+    if len(targets) != 1:
+        _usage(parser, "give exactly one of --tcp HOST:PORT or --sock PATH")
+    try:
+        return trio.run(_client, targets[0], framing, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["client"]:
+        return client_main(arguments[1:])
+    if arguments[:1] == ["serve"]:
+        arguments = arguments[1:]
+    return serve_main(arguments)
+
+
+def main_entry() -> None:
+    """The console script: exit with :func:`main`'s code."""
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""A client: send frames to a server, collect what comes back.
+
+Strategy: one task sends, one receives, both in a nursery; the exchange ends
+when sending is over and every reply owed has arrived. "Owed" is counted in
+frames, or in bytes for raw framing (where the server may split and join
+freely). Used by ``triodaemon client`` and by the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+
+import trio
+
+from ._errors import ClientError
+from ._framing import Framing
+from ._listeners import Address, TcpAddress
+
+#: Default seconds to wait for a reply that is owed before giving up.
+DEFAULT_REPLY_TIMEOUT = 10.0
+
+
+async def connect(address: Address) -> trio.SocketStream:
+    """Open a stream to a TCP or Unix address.
+
+    Raises:
+        ClientError: the connection could not be made (one line, address named).
+    """
+    try:
+        if isinstance(address, TcpAddress):
+            return await trio.open_tcp_stream(address.host or "localhost", address.port)
+        return await trio.open_unix_socket(address.path)
+    except OSError as exc:
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        raise ClientError(f"cannot connect to {address}: {reason}") from exc
+
+
+async def _from_iterable(items: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+async def exchange(
+    stream: trio.abc.Stream,
+    messages: AsyncIterable[bytes] | Iterable[bytes],
+    on_reply: Callable[[bytes], Awaitable[None]],
+    *,
+    framing: Framing | None = None,
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+) -> int:
+    """Send each message as one frame and pass every reply to ``on_reply``.
+
+    Returns once every message has been sent and as many replies have arrived
+    (for raw framing: as many bytes). Does not close ``stream``.
+
+    Returns:
+        The number of replies received (bytes for raw framing).
+
+    Raises:
+        ClientError: a message cannot be framed, the server closed or broke the
+            connection before replying to everything, or no reply came for
+            ``reply_timeout`` seconds while one was owed.
+    """
+    framing = framing or Framing()
+    raw = framing.kind == "raw"
+    source = messages if isinstance(messages, AsyncIterable) else _from_iterable(messages)
+    sent = 0
+    received = 0
+    sending_done = False
+
+    async with trio.open_nursery() as nursery:
+
+        def finish_if_done() -> None:
+            if sending_done and received >= sent:
+                nursery.cancel_scope.cancel()
+
+        async def send_all() -> None:
+            nonlocal sent, sending_done
+            async for message in source:
+                try:
+                    data = framing.encode(message)
+                except ValueError as exc:
+                    raise ClientError(f"cannot send message {sent + 1}: {exc}") from exc
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise ClientError(
+                        f"connection lost while sending (after {received} replies)"
+                    ) from exc
+                sent += len(data) if raw else 1
+            sending_done = True
+            finish_if_done()
+
+        async def receive_all() -> None:
+            nonlocal received
+            decoder = framing.decoder()
+            while True:
+                with trio.move_on_after(reply_timeout) as scope:
+                    try:
+                        data = await stream.receive_some()
+                    except trio.BrokenResourceError as exc:
+                        raise ClientError(
+                            f"connection lost after {received} of {sent} replies"
+                        ) from exc
+                if scope.cancelled_caught:
+                    if received < sent:
+                        raise ClientError(
+                            f"no reply for {reply_timeout:g}s ({received} of {sent} received)"
+                        )
+                    continue
+                if not data:
+                    raise ClientError(
+                        f"server closed the connection after {received} of {sent} replies"
+                    )
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    received += len(frame) if raw else 1
+                    await on_reply(frame)
+                finish_if_done()
+
+        nursery.start_soon(receive_all)
+        nursery.start_soon(send_all)
+    return received
+
+
+async def echo_frames(
+    address: Address,
+    frames: Iterable[bytes],
+    *,
+    framing: Framing | None = None,
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+) -> list[bytes]:
+    """Connect, send ``frames``, return the replies, close.
+
+    For raw framing the replies are the chunks as they arrived.
+    """
+    replies: list[bytes] = []
+
+    async def collect(frame: bytes) -> None:
+        replies.append(frame)
+
+    stream = await connect(address)
+    async with stream:
+        await exchange(stream, frames, collect, framing=framing, reply_timeout=reply_timeout)
+    return replies
+
+
+async def repeat(
+    messages: Iterable[bytes], count: int = 1, interval: float = 0.0
+) -> AsyncIterator[bytes]:
+    """Yield ``messages`` ``count`` times over, pausing ``interval`` seconds between rounds."""
+    for round_number in range(count):
+        if round_number and interval:
+            await trio.sleep(interval)
+        for message in messages:
+            yield message

@@ -1,0 +1,58 @@
+"""Configuration records: what to listen on, how to frame, which limits hold.
+
+Strategy: frozen attrs records, validated on construction with ``ValueError``,
+so a bad value is caught where it is made (the CLI turns that into one line).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import attrs
+
+from ._framing import Framing
+from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
+
+#: Bytes asked of the kernel per read; trio's own default, large enough that a
+#: read of pipelined small frames amortises its per-call cost.
+DEFAULT_RECEIVE_SIZE = 65536
+
+
+def _to_addresses(value: Iterable[Address]) -> tuple[Address, ...]:
+    addresses = tuple(value)
+    for address in addresses:
+        if not isinstance(address, (TcpAddress, UnixAddress)):
+            raise TypeError(f"not a listen address: {address!r}")
+    return addresses
+
+
+@attrs.frozen
+class DaemonConfig:
+    """Everything the daemon needs to know to serve."""
+
+    listen: tuple[Address, ...] = attrs.field(converter=_to_addresses)
+    """The addresses to listen on (``TcpAddress`` and ``UnixAddress``, mixed freely)."""
+    framing: Framing = attrs.field(factory=Framing, validator=attrs.validators.instance_of(Framing))
+    """How every connection's byte stream is cut into frames."""
+    max_connections: int = attrs.field(default=1024, validator=attrs.validators.gt(0))
+    """At this many open connections, stop accepting until one ends."""
+    idle_timeout: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
+    """Close a connection after this many seconds with no progress either way; 0 disables."""
+    drain_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    """On shutdown, how long connections may take to finish before they are cancelled."""
+    sock_mode: int = attrs.field(
+        default=0o600, validator=[attrs.validators.ge(0), attrs.validators.le(0o777)]
+    )
+    """Permission bits of Unix socket files."""
+    sock_group: str | int | None = None
+    """Group (name or id) of Unix socket files; ``None`` keeps the process's group."""
+    receive_size: int = attrs.field(default=DEFAULT_RECEIVE_SIZE, validator=attrs.validators.gt(0))
+    """Bytes asked for per read."""
+    backlog: int = attrs.field(default=DEFAULT_BACKLOG, validator=attrs.validators.gt(0))
+    """The listen backlog of every listener we bind."""
+
+    @property
+    def idle_seconds(self) -> float:
+        """The idle timeout as a duration: ``inf`` when disabled."""
+        return self.idle_timeout if self.idle_timeout > 0 else math.inf

@@ -1,0 +1,239 @@
+"""One connection: read, frame, handle, write; drain and close.
+
+Strategy: one task per connection, one loop: read (under the idle deadline),
+feed the decoder, run the frame handler on every complete frame, and write all
+replies of that read with one ``send_all``. The read has its own cancel scope,
+which a drain cancels when the connection is at a frame boundary; in the middle
+of a frame the drain lets the loop read on until the frame is complete.
+
+Expected trouble (a reset, a framing violation, an idle peer, a peer that stops
+reading) is caught here, logged as one line naming the peer, counted, and ends
+only this connection. Bugs in the frame handler propagate to the daemon, which
+logs and counts them. ``trio.Cancelled`` is never caught.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import socket as stdlib_socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from ._config import DEFAULT_RECEIVE_SIZE
+from ._errors import FramingError, IncompleteFrame
+from ._framing import Decoder, Framing
+from ._stats import Stats
+
+log = logging.getLogger("triodaemon")
+
+#: After we close our side, how long we keep reading (and discarding) so the
+#: kernel does not answer unread data with a reset that destroys echoes the
+#: peer has not read yet (the "lingering close" of nginx and Apache).
+LINGER_SECONDS = 2.0
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """Who is on the other end, for handlers and logs."""
+
+    id: int
+    """A number unique within one daemon run."""
+    listener: str
+    """The listener that accepted it, ``tcp://127.0.0.1:8000`` or ``unix:/run/echo.sock``."""
+    peer: str
+    """The peer: ``127.0.0.1:54321``, ``[::1]:54321``, or ``pid 4242 uid 1000`` on a Unix socket."""
+
+    def __str__(self) -> str:
+        return f"conn {self.id} from {self.peer} on {self.listener}"
+
+    @classmethod
+    def for_stream(cls, id: int, listener: str, stream: trio.abc.Stream) -> ConnectionInfo:
+        """Describe the peer of ``stream`` (a ``trio.SocketStream``, or anything else)."""
+        return cls(id, listener, _peer_name(stream))
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    if not isinstance(stream, trio.SocketStream):
+        return type(stream).__name__
+    sock = stream.socket
+    try:
+        if sock.family == stdlib_socket.AF_UNIX:
+            if hasattr(stdlib_socket, "SO_PEERCRED"):
+                creds = sock.getsockopt(
+                    stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, struct.calcsize("3i")
+                )
+                pid, uid, _gid = struct.unpack("3i", creds)
+                return f"pid {pid} uid {uid}"
+            return "unix peer"
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "unknown peer"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+#: The per-frame behaviour: given a frame's payload, return the reply's payload
+#: (framed with the connection's framing), or ``None`` to reply nothing.
+FrameHandler = Callable[[bytes, ConnectionInfo], Awaitable["bytes | None"]]
+
+
+async def echo(frame: bytes, conn: ConnectionInfo) -> bytes:
+    """The default frame handler: reply with the frame itself."""
+    return frame
+
+
+class _Close(enum.Enum):
+    GRACEFUL = "graceful"  # our EOF, then linger until the peer's EOF
+    FORCEFUL = "forceful"  # nothing more can be delivered
+
+
+@attrs.define(eq=False)
+class Connection:
+    """Serve frames on one stream until the peer leaves, an error, or a drain.
+
+    Args:
+        stream: the byte stream; closed by :meth:`run` whatever happens.
+        info: who is on the other end.
+        framing: how to cut the stream into frames and encode replies.
+        handler: the per-frame behaviour.
+        idle_timeout: seconds without progress either way before closing; ``inf`` disables.
+        receive_size: bytes asked for per read.
+        stats: counters to update.
+    """
+
+    stream: trio.abc.HalfCloseableStream
+    info: ConnectionInfo
+    framing: Framing = attrs.field(factory=Framing)
+    handler: FrameHandler = echo
+    idle_timeout: float = math.inf
+    receive_size: int = DEFAULT_RECEIVE_SIZE
+    stats: Stats = attrs.field(factory=Stats)
+    decoder: Decoder = attrs.field(init=False)
+    completed: bool = attrs.field(default=False, init=False)
+    """True once the connection finished on its own terms (not cancelled)."""
+    _draining: bool = attrs.field(default=False, init=False)
+    _receive_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.decoder = self.framing.decoder()
+
+    def drain(self) -> None:
+        """Finish the frame in progress (if any), reply, and close.
+
+        A connection waiting at a frame boundary closes at once.
+        """
+        self._draining = True
+        if self._receive_scope is not None and self.decoder.buffered == 0:
+            self._receive_scope.cancel()
+
+    async def run(self) -> None:
+        """Serve until done, then close the stream.
+
+        Raises:
+            Exception: whatever the frame handler raised (the stream is closed first).
+        """
+        close = _Close.FORCEFUL
+        try:
+            close = await self._serve()
+            self.completed = True
+        finally:
+            if close is _Close.GRACEFUL:
+                await self._close_gracefully()
+            else:
+                await trio.aclose_forcefully(self.stream)
+
+    async def _serve(self) -> _Close:
+        stream = self.stream
+        decoder = self.decoder
+        stats = self.stats
+        while True:
+            if self._draining and decoder.buffered == 0:
+                log.debug("%s: drained", self.info)
+                return _Close.GRACEFUL
+            with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as scope:
+                self._receive_scope = scope
+                try:
+                    data = await stream.receive_some(self.receive_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    stats.resets += 1
+                    log.info("%s: connection lost: %s", self.info, _reason(exc))
+                    return _Close.FORCEFUL
+                finally:
+                    self._receive_scope = None
+            if scope.cancelled_caught:
+                if self._draining:
+                    log.debug("%s: drained while idle", self.info)
+                else:
+                    stats.idle_timeouts += 1
+                    log.info("%s: idle for %gs; closing", self.info, self.idle_timeout)
+                return _Close.GRACEFUL
+            if not data:
+                try:
+                    decoder.feed_eof()
+                except IncompleteFrame as exc:
+                    stats.incomplete_frames += 1
+                    log.warning("%s: %s; discarded", self.info, exc)
+                else:
+                    log.debug("%s: closed by peer", self.info)
+                return _Close.GRACEFUL
+            stats.bytes_received += len(data)
+            decoder.feed(data)
+            replies = bytearray()
+            error: FramingError | None = None
+            encode = self.framing.encode
+            try:
+                while (frame := decoder.next_frame()) is not None:
+                    stats.frames += 1
+                    reply = await self.handler(frame, self.info)
+                    if reply is not None:
+                        replies += encode(reply)
+            except FramingError as exc:
+                error = exc
+            if replies and not await self._send(replies):
+                return _Close.FORCEFUL
+            if error is not None:
+                stats.framing_errors += 1
+                log.warning("%s: %s; closing", self.info, error)
+                return _Close.GRACEFUL
+
+    async def _send(self, data: bytearray) -> bool:
+        """Send ``data`` whole; say whether the connection is still usable."""
+        with trio.move_on_after(self.idle_timeout) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.stats.resets += 1
+                log.info("%s: connection lost: %s", self.info, _reason(exc))
+                return False
+        if scope.cancelled_caught:
+            self.stats.idle_timeouts += 1
+            log.info(
+                "%s: peer stopped reading (no progress for %gs); closing",
+                self.info,
+                self.idle_timeout,
+            )
+            return False
+        self.stats.bytes_sent += len(data)
+        return True
+
+    async def _close_gracefully(self) -> None:
+        """Send EOF, read and discard until the peer's EOF (briefly), then close."""
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await self.stream.send_eof()
+                while await self.stream.receive_some(self.receive_size):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(self.stream)
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(exc) or type(exc).__name__

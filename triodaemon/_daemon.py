@@ -1,0 +1,241 @@
+"""The daemon: listeners, connection handlers, and graceful shutdown.
+
+Strategy (the shape of hypercorn's trio runner): connection handlers live in an
+outer nursery, accept loops in an inner one inside a cancel scope. A drain
+cancels the accept scope, closes every listener (new connections are refused;
+Unix socket files go away), asks every connection to finish the frame it is in,
+and sets the outer nursery's deadline to now + ``drain_timeout``; whatever is
+left at the deadline is cancelled. An abort cancels the outer nursery at once.
+
+The library takes its shutdown trigger as method calls (:meth:`Daemon.drain`,
+:meth:`Daemon.abort`); only the CLI installs signal handlers.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from ._config import DaemonConfig
+from ._connection import Connection, ConnectionInfo, FrameHandler, echo
+from ._listeners import Address, BoundListener, open_listeners
+from ._stats import Stats
+
+log = logging.getLogger("triodaemon")
+
+#: Errors from ``accept()`` that mean "out of a resource, try again later".
+_ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Pause between accepts while file descriptors are exhausted (as trio's serve_listeners).
+ACCEPT_BACKOFF = 0.1
+
+
+@attrs.frozen
+class DrainSummary:
+    """How the daemon's shutdown went."""
+
+    drained: int
+    """Connections open when shutdown began that finished on their own."""
+    aborted: int
+    """Connections cancelled at the drain deadline (or by an abort)."""
+    forced: bool
+    """Whether shutdown was forced (``abort()``) rather than a drain."""
+
+
+@attrs.define(eq=False)
+class Daemon:
+    """A frame-serving daemon: every listener's accept loop and every connection in one nursery.
+
+    Run it with ``await nursery.start(daemon.serve)``, which returns the bound
+    addresses once every listener is listening; stop it with :meth:`drain` (or
+    :meth:`abort`). Example::
+
+        daemon = Daemon(DaemonConfig([TcpAddress("127.0.0.1", 0)]), handler=my_handler)
+        addresses = await nursery.start(daemon.serve)
+        ...
+        daemon.drain()
+
+    Args:
+        config: what to listen on, framing, limits.
+        handler: the per-frame behaviour; :func:`echo` by default.
+    """
+
+    config: DaemonConfig
+    handler: FrameHandler = echo
+    stats: Stats = attrs.field(factory=Stats, init=False)
+    """Live counters."""
+    summary: DrainSummary | None = attrs.field(default=None, init=False)
+    """Set when :meth:`serve` returns."""
+    _connections: set[Connection] = attrs.field(factory=set, init=False)
+    _accept_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
+    _handlers_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    _draining: bool = attrs.field(default=False, init=False)
+    _forced: bool = attrs.field(default=False, init=False)
+    _aborted: int = attrs.field(default=0, init=False)
+    _next_id: int = attrs.field(default=0, init=False)
+
+    def drain(self) -> None:
+        """Begin a graceful shutdown; :meth:`serve` returns when it is over. Idempotent."""
+        if self._draining:
+            return
+        self._draining = True
+        self._accept_scope.cancel()
+
+    def abort(self) -> None:
+        """Stop at once: cancel every connection handler."""
+        self._forced = True
+        self.drain()
+        if self._handlers_scope is not None:
+            self._handlers_scope.cancel()
+
+    @property
+    def draining(self) -> bool:
+        """Whether a shutdown has begun."""
+        return self._draining
+
+    @property
+    def connections(self) -> int:
+        """How many connections are open now."""
+        return len(self._connections)
+
+    async def serve(
+        self,
+        listeners: Sequence[BoundListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[tuple[Address, ...]] = trio.TASK_STATUS_IGNORED,
+    ) -> DrainSummary:
+        """Serve until drained or aborted.
+
+        Args:
+            listeners: already-bound listeners to serve (ownership passes to the
+                daemon); by default, bind ``config.listen``.
+            task_status: receives the tuple of bound addresses, in listener order.
+
+        Returns:
+            The summary of the shutdown (also stored as :attr:`summary`).
+
+        Raises:
+            AddressError: a listener could not be bound (only when binding here).
+        """
+        config = self.config
+        if listeners is None:
+            listeners = await open_listeners(
+                config.listen,
+                sock_mode=config.sock_mode,
+                sock_group=config.sock_group,
+                backlog=config.backlog,
+            )
+        limiter = trio.Semaphore(config.max_connections)
+        in_flight = 0
+        try:
+            async with trio.open_nursery() as handlers:
+                self._handlers_scope = handlers.cancel_scope
+                if self._forced:
+                    handlers.cancel_scope.cancel()
+                with self._accept_scope:
+                    async with trio.open_nursery() as accepts:
+                        for listener in listeners:
+                            accepts.start_soon(self._accept_loop, listener, handlers, limiter)
+                        task_status.started(tuple(listener.address for listener in listeners))
+                for listener in listeners:
+                    listener.close()
+                in_flight = len(self._connections)
+                log.info(
+                    "shutting down: listeners closed, draining %d connection%s (deadline %gs)",
+                    in_flight,
+                    "" if in_flight == 1 else "s",
+                    config.drain_timeout,
+                )
+                for connection in list(self._connections):
+                    connection.drain()
+                handlers.cancel_scope.deadline = trio.current_time() + config.drain_timeout
+        finally:
+            for listener in listeners:
+                listener.close()
+        self.summary = DrainSummary(in_flight - self._aborted, self._aborted, self._forced)
+        log.info(
+            "shutdown complete: %d connection%s drained, %d aborted at the deadline%s",
+            self.summary.drained,
+            "" if self.summary.drained == 1 else "s",
+            self.summary.aborted,
+            " (forced)" if self._forced else "",
+        )
+        return self.summary
+
+    async def _accept_loop(
+        self, listener: BoundListener, handlers: trio.Nursery, limiter: trio.Semaphore
+    ) -> None:
+        exhausted = False
+        while True:
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                log.warning(
+                    "connection limit (%d) reached; %s stops accepting until a connection ends",
+                    self.config.max_connections,
+                    listener.address,
+                )
+                await limiter.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                limiter.release()
+                if exc.errno not in _ACCEPT_RETRY_ERRNOS:
+                    raise
+                self.stats.accept_errors += 1
+                if not exhausted:
+                    log.error(
+                        "accept on %s failed: %s; retrying every %gs",
+                        listener.address,
+                        exc.strerror,
+                        ACCEPT_BACKOFF,
+                    )
+                    exhausted = True
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            except BaseException:
+                limiter.release()
+                raise
+            if exhausted:
+                log.warning("accepting again on %s", listener.address)
+                exhausted = False
+            self._next_id += 1
+            info = ConnectionInfo.for_stream(self._next_id, str(listener.address), stream)
+            handlers.start_soon(self._run_connection, stream, info, limiter)
+
+    async def _run_connection(
+        self, stream: trio.SocketStream, info: ConnectionInfo, limiter: trio.Semaphore
+    ) -> None:
+        config = self.config
+        connection = Connection(
+            stream,
+            info,
+            config.framing,
+            self.handler,
+            idle_timeout=config.idle_seconds,
+            receive_size=config.receive_size,
+            stats=self.stats,
+        )
+        self._connections.add(connection)
+        self.stats.connections_accepted += 1
+        self.stats.connections_active += 1
+        log.debug("%s: accepted", info)
+        if self._draining:
+            connection.drain()
+        failed = False
+        try:
+            await connection.run()
+        except Exception as exc:
+            failed = True
+            self.stats.handler_errors += 1
+            log.error("%s: frame handler failed: %s: %s", info, type(exc).__name__, exc)
+            log.debug("%s: handler traceback", info, exc_info=True)
+        finally:
+            self._connections.discard(connection)
+            self.stats.connections_active -= 1
+            limiter.release()
+            if self._draining and not connection.completed and not failed:
+                self._aborted += 1

@@ -1,0 +1,46 @@
+"""The exception hierarchy.
+
+Strategy: one base class, so a caller can catch everything triodaemon raises on
+purpose with one ``except``; below it, one class per thing a user can act on.
+Messages are lowercase, say what was received and what was expected, and fit on
+one line, because the CLI prints them as they are.
+"""
+
+from __future__ import annotations
+
+
+class TriodaemonError(Exception):
+    """Base class of every error triodaemon raises on purpose."""
+
+
+class FramingError(TriodaemonError):
+    """The byte stream does not follow the configured framing.
+
+    After a decoder raises one of these it is poisoned: the stream has no frame
+    boundary to resynchronise on, so the connection must be closed.
+    """
+
+
+class FrameTooLarge(FramingError):
+    """A frame is (or is announced to be) larger than ``max_frame``."""
+
+
+class MalformedHeader(FramingError):
+    """A length header that cannot be valid (a runaway varint, a negative length)."""
+
+
+class IncompleteFrame(FramingError):
+    """The peer closed the stream in the middle of a frame."""
+
+    def __init__(self, message: str, *, received: int) -> None:
+        super().__init__(message)
+        #: How many bytes of the unfinished frame had arrived.
+        self.received = received
+
+
+class AddressError(TriodaemonError):
+    """A listener could not be set up: bad address, port in use, unusable path."""
+
+
+class ClientError(TriodaemonError):
+    """The client could not complete its exchange with a server."""

@@ -1,0 +1,33 @@
+"""Counters of what the daemon has done, for logs now and a control socket later."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define
+class Stats:
+    """Running counters for one daemon. Plain integers: trio runs one task at a time."""
+
+    connections_accepted: int = 0
+    """Connections accepted since start."""
+    connections_active: int = 0
+    """Connections open now."""
+    frames: int = 0
+    """Frames decoded (for raw framing: reads)."""
+    bytes_received: int = 0
+    """Bytes read from peers."""
+    bytes_sent: int = 0
+    """Bytes written to peers."""
+    framing_errors: int = 0
+    """Connections closed for an oversized or malformed frame."""
+    incomplete_frames: int = 0
+    """Peers that closed in the middle of a frame."""
+    resets: int = 0
+    """Connections the peer reset or broke."""
+    idle_timeouts: int = 0
+    """Connections closed for having made no progress for the idle timeout."""
+    handler_errors: int = 0
+    """Connections ended by an exception in the frame handler."""
+    accept_errors: int = 0
+    """Failed accepts (file descriptors or memory exhausted)."""
