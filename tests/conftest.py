@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -26,7 +27,9 @@ def sock_dir() -> Iterator[Path]:
 
 
 @asynccontextmanager
-async def running(config: DaemonConfig, **kwargs: object) -> AsyncIterator[tuple[Daemon, list[Address]]]:
+async def running(
+    config: DaemonConfig, **kwargs: object
+) -> AsyncIterator[tuple[Daemon, list[Address]]]:
     """Run a daemon in the background; drain it and wait for it on exit."""
     daemon = Daemon(config, **kwargs)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
@@ -136,3 +139,42 @@ async def spawn() -> AsyncIterator[SpawnFn]:
                     daemon.process.kill()
                 with trio.CancelScope(shield=True):
                     await daemon.process.wait()
+
+
+class LogWaiter(logging.Handler):
+    """Collect the daemon's log lines in-process and let a test wait for one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self._changed = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self._changed.set()
+
+    def count(self, text: str) -> int:
+        return sum(text in message for message in self.messages)
+
+    async def wait_for(self, *texts: str) -> str:
+        """Wait until a line containing one of ``texts`` is logged; return it."""
+        while True:
+            for message in self.messages:
+                if any(text in message for text in texts):
+                    return message
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+
+@pytest.fixture
+def daemon_log() -> Iterator[LogWaiter]:
+    logger = logging.getLogger("triodaemon")
+    waiter = LogWaiter()
+    old_level = logger.level
+    logger.addHandler(waiter)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield waiter
+    finally:
+        logger.removeHandler(waiter)
+        logger.setLevel(old_level)

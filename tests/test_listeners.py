@@ -199,13 +199,14 @@ async def test_listener_from_an_already_open_socket(sock_dir: Path) -> None:
     sock.listen()
     listener = BoundListener.from_socket(sock, owns_path=True)
     assert listener.address == UnixAddress(path)
+
     async def connect_and_close() -> None:
         client = await trio.open_unix_socket(path)
         await client.aclose()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connect_and_close)
-        stream = await listener.accept()
+        stream, _peer = await listener.accept()
         await stream.aclose()
     listener.close()
     assert not os.path.exists(path)

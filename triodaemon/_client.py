@@ -31,8 +31,17 @@ async def connect(address: Address) -> trio.SocketStream:
             return await trio.open_tcp_stream(address.host or "localhost", address.port)
         return await trio.open_unix_socket(address.path)
     except OSError as exc:
-        reason = exc.strerror.lower() if exc.strerror else str(exc)
-        raise ClientError(f"cannot connect to {address}: {reason}") from exc
+        raise ClientError(f"cannot connect to {address}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's words for why a connect failed (trio groups the attempts of one host)."""
+    attempts = getattr(exc.__cause__, "exceptions", ())
+    for attempt in attempts:
+        if isinstance(attempt, OSError) and attempt.errno is not None:
+            exc = attempt
+            break
+    return exc.strerror.lower() if exc.strerror else str(exc)
 
 
 async def _from_iterable(items: Iterable[bytes]) -> AsyncIterator[bytes]:

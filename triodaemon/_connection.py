@@ -52,28 +52,28 @@ class ConnectionInfo:
         return f"conn {self.id} from {self.peer} on {self.listener}"
 
     @classmethod
-    def for_stream(cls, id: int, listener: str, stream: trio.abc.Stream) -> ConnectionInfo:
-        """Describe the peer of ``stream`` (a ``trio.SocketStream``, or anything else)."""
-        return cls(id, listener, _peer_name(stream))
+    def for_stream(
+        cls, id: int, listener: str, stream: trio.SocketStream, peer: object
+    ) -> ConnectionInfo:
+        """Describe a connection from its stream and the peer address ``accept()`` gave."""
+        return cls(id, listener, _peer_name(stream, peer))
 
 
-def _peer_name(stream: trio.abc.Stream) -> str:
-    if not isinstance(stream, trio.SocketStream):
-        return type(stream).__name__
+def _peer_name(stream: trio.SocketStream, peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     sock = stream.socket
-    try:
-        if sock.family == stdlib_socket.AF_UNIX:
-            if hasattr(stdlib_socket, "SO_PEERCRED"):
-                creds = sock.getsockopt(
-                    stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, struct.calcsize("3i")
-                )
-                pid, uid, _gid = struct.unpack("3i", creds)
-                return f"pid {pid} uid {uid}"
+    if sock.family == stdlib_socket.AF_UNIX and hasattr(stdlib_socket, "SO_PEERCRED"):
+        try:
+            creds = sock.getsockopt(
+                stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, struct.calcsize("3i")
+            )
+        except OSError:
             return "unix peer"
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "unknown peer"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        pid, uid, _gid = struct.unpack("3i", creds)
+        return f"pid {pid} uid {uid}"
+    return "unix peer" if sock.family == stdlib_socket.AF_UNIX else "unknown peer"
 
 
 #: The per-frame behaviour: given a frame's payload, return the reply's payload

@@ -180,7 +180,7 @@ class Daemon:
                 )
                 await limiter.acquire()
             try:
-                stream = await listener.accept()
+                stream, peer = await listener.accept()
             except OSError as exc:
                 limiter.release()
                 if exc.errno not in _ACCEPT_RETRY_ERRNOS:
@@ -203,7 +203,7 @@ class Daemon:
                 log.warning("accepting again on %s", listener.address)
                 exhausted = False
             self._next_id += 1
-            info = ConnectionInfo.for_stream(self._next_id, str(listener.address), stream)
+            info = ConnectionInfo.for_stream(self._next_id, str(listener.address), stream, peer)
             handlers.start_soon(self._run_connection, stream, info, limiter)
 
     async def _run_connection(

@@ -40,6 +40,10 @@ log = logging.getLogger("triodaemon")
 UNIX_PATH_MAX = 107
 #: Listen backlog: the kernel clamps it to ``net.core.somaxconn``.
 DEFAULT_BACKLOG = 1024
+#: accept() errors that concern one dead connection, not the listener (see accept(2)).
+_IGNORED_ACCEPT_ERRNOS = frozenset(
+    {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.EHOSTUNREACH}
+)
 #: How long a probe of an existing socket file may take before we call it live.
 _PROBE_TIMEOUT = 2.0
 
@@ -116,11 +120,7 @@ class BoundListener:
     sock: trio.socket.SocketType
     address: Address
     unix_identity: tuple[int, int] | None = None
-    _listener: trio.SocketListener = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._listener = trio.SocketListener(self.sock)
 
     @classmethod
     def from_socket(cls, sock: stdlib_socket.socket, *, owns_path: bool = False) -> BoundListener:
@@ -144,9 +144,23 @@ class BoundListener:
             address = TcpAddress(host, port)
         return cls(trio.socket.from_stdlib_socket(sock), address, identity)
 
-    async def accept(self) -> trio.SocketStream:
-        """Accept one connection (TCP gets ``TCP_NODELAY``). Raises ``OSError`` on EMFILE and the like."""
-        return await self._listener.accept()
+    async def accept(self) -> tuple[trio.SocketStream, object]:
+        """Accept one connection; return its stream and the peer's address.
+
+        TCP streams get ``TCP_NODELAY``. Connections that die in the backlog are
+        skipped, as trio's ``SocketListener`` does.
+
+        Raises:
+            OSError: EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unexpected.
+        """
+        while True:
+            try:
+                sock, peer = await self.sock.accept()
+            except OSError as exc:
+                if exc.errno in _IGNORED_ACCEPT_ERRNOS:
+                    continue
+                raise
+            return trio.SocketStream(sock), peer
 
     def close(self) -> None:
         """Remove our socket file (only if it is still ours), then close the socket. Idempotent."""

@@ -1,0 +1,341 @@
+"""The daemon over real TCP and Unix sockets, in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+import trio
+
+from triodaemon import (
+    ClientError,
+    ConnectionInfo,
+    Daemon,
+    DaemonConfig,
+    Framing,
+    TcpAddress,
+    UnixAddress,
+    connect,
+    echo_frames,
+)
+from triodaemon._listeners import Address
+
+from .conftest import LogWaiter, loopback, running
+
+FRAMINGS = [
+    Framing(),
+    Framing("delimiter", delimiter=b"\r\n"),
+    Framing("length"),
+    Framing("length", length_bytes=2, byte_order="little", length_includes_header=True),
+    Framing("varint"),
+    Framing("fixed", frame_size=4),
+]
+
+
+def sample(framing: Framing) -> list[bytes]:
+    if framing.kind == "fixed":
+        return [b"abcd", b"\n\n\n\n", b"wxyz"]
+    return [b"hello", b"", b"world " * 1000, b"last"]
+
+
+async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.receive_some():
+        data += chunk
+    return bytes(data)
+
+
+@pytest.mark.parametrize("framing", FRAMINGS, ids=lambda f: f.describe())
+async def test_echo_on_tcp_and_unix_in_every_framing(sock_dir: Path, framing: Framing) -> None:
+    with trio.fail_after(10):
+        async with running(DaemonConfig(loopback(sock_dir), framing)) as (daemon, addresses):
+            assert [type(a) for a in addresses] == [TcpAddress, UnixAddress]
+            for address in addresses:
+                frames = sample(framing)
+                assert await echo_frames(address, frames, framing=framing) == frames
+    assert daemon.stats.connections_accepted == 2
+
+
+async def test_raw_echo(sock_dir: Path) -> None:
+    framing = Framing("raw")
+    with trio.fail_after(10):
+        async with running(DaemonConfig(loopback(sock_dir), framing)) as (_, addresses):
+            replies = await echo_frames(addresses[1], [b"no\nframes", b" at all"], framing=framing)
+            assert b"".join(replies) == b"no\nframes at all"
+
+
+async def test_every_listener_serves_at_once(sock_dir: Path) -> None:
+    config = DaemonConfig(
+        [
+            TcpAddress("127.0.0.1", 0),
+            TcpAddress("::1", 0),
+            UnixAddress(str(sock_dir / "a.sock")),
+            UnixAddress(str(sock_dir / "b.sock")),
+        ]
+    )
+    with trio.fail_after(10):
+        async with running(config) as (_, addresses):
+            assert len(addresses) == 4
+            async with trio.open_nursery() as nursery:
+                for address in addresses:
+                    nursery.start_soon(echo_frames, address, [b"x"] * 10)
+
+
+async def test_socket_file_exists_while_serving_and_goes_on_drain(sock_dir: Path) -> None:
+    path = sock_dir / "echo.sock"
+    with trio.fail_after(10):
+        async with running(DaemonConfig([UnixAddress(str(path))])):
+            assert path.is_socket()
+    assert not path.exists()
+
+
+async def test_thousand_concurrent_connections(sock_dir: Path) -> None:
+    with trio.fail_after(60):
+        async with running(DaemonConfig(loopback(sock_dir))) as (daemon, addresses):
+            opened = 0
+            all_open = trio.Event()
+            go = trio.Event()
+
+            async def client(address: Address, index: int) -> None:
+                nonlocal opened
+                stream = await connect(address)
+                async with stream:
+                    await stream.send_all(b"hello %d\npart" % index)
+                    opened += 1
+                    if opened == 1000:
+                        all_open.set()
+                    await go.wait()
+                    await stream.send_all(b"ial\n")
+                    expected = b"hello %d\npartial\n" % index
+                    received = b""
+                    while len(received) < len(expected):
+                        received += await stream.receive_some()
+                    assert received == expected
+
+            async with trio.open_nursery() as nursery:
+                for index in range(1000):
+                    nursery.start_soon(client, addresses[index % 2], index)
+                await all_open.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                assert daemon.connections == 1000  # all open at once, each mid-frame
+                go.set()
+    assert daemon.stats.connections_accepted == 1000
+    assert daemon.stats.frames == 2000
+
+
+async def test_max_connections_applies_backpressure(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = DaemonConfig([UnixAddress(str(sock_dir / "e.sock"))], max_connections=2)
+    with trio.fail_after(10):
+        async with running(config) as (daemon, [address]):
+            first = await connect(address)
+            second = await connect(address)
+            for stream in (first, second):
+                await stream.send_all(b"in\n")
+                assert await stream.receive_some() == b"in\n"
+            third = await connect(address)  # the kernel queues it; the daemon does not accept
+            await third.send_all(b"waiting\n")
+            await second.send_all(b"still here\n")
+            assert await second.receive_some() == b"still here\n"
+            assert daemon.stats.connections_accepted == 2
+            assert "connection limit (2) reached" in caplog.text
+            await first.aclose()
+            assert await third.receive_some() == b"waiting\n"
+            assert daemon.stats.connections_accepted == 3
+            await second.aclose()
+            await third.aclose()
+
+
+async def test_idle_connection_is_closed(sock_dir: Path) -> None:
+    config = DaemonConfig(loopback(sock_dir), idle_timeout=0.2)
+    with trio.fail_after(10):
+        async with running(config) as (daemon, addresses):
+            for address in addresses:
+                stream = await connect(address)
+                async with stream:
+                    await stream.send_all(b"x\n")
+                    assert await read_until_eof(stream) == b"x\n"
+    assert daemon.stats.idle_timeouts == 2
+
+
+async def test_drain_closes_idle_finishes_in_progress_and_refuses_new(sock_dir: Path) -> None:
+    framing = Framing("length")
+    wire = framing.encode(b"a frame in progress")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            daemon = Daemon(DaemonConfig(loopback(sock_dir), framing))
+            addresses = await nursery.start(daemon.serve)
+            idle = await connect(addresses[0])
+            busy = await connect(addresses[1])
+            await busy.send_all(wire[:7])
+            await idle.send_all(framing.encode(b"done"))
+            assert await idle.receive_some() == framing.encode(b"done")
+            await trio.testing.wait_all_tasks_blocked()  # the daemon has read busy's bytes
+            daemon.drain()
+            assert await read_until_eof(idle) == b""
+            for address in addresses:
+                with pytest.raises(ClientError, match="connection refused|no such file"):
+                    await connect(address)
+            assert not (sock_dir / "echo.sock").exists()
+            await busy.send_all(wire[7:])
+            assert await read_until_eof(busy) == wire
+            await idle.aclose()
+            await busy.aclose()
+    assert daemon.summary is not None
+    assert (daemon.summary.drained, daemon.summary.aborted) == (2, 0)
+
+
+async def test_drain_deadline_cancels_a_client_that_never_reads(sock_dir: Path) -> None:
+    config = DaemonConfig(loopback(sock_dir), drain_timeout=0.3)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            daemon = Daemon(config)
+            addresses = await nursery.start(daemon.serve)
+            stream = await connect(addresses[1])
+
+            async def flood() -> None:
+                with trio.move_on_after(15):
+                    try:
+                        while True:
+                            await stream.send_all(b"y" * 65535 + b"\n")
+                    except trio.BrokenResourceError:
+                        pass
+
+            nursery.start_soon(flood)
+            await trio.testing.wait_all_tasks_blocked()  # both sides stuck in send
+            assert daemon.stats.bytes_received > 0
+            daemon.drain()
+    await stream.aclose()
+    assert daemon.summary is not None
+    assert daemon.summary.aborted == 1
+
+
+async def test_abort_cancels_at_once(sock_dir: Path) -> None:
+    config = DaemonConfig(loopback(sock_dir), framing=Framing("length"), drain_timeout=3600)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            daemon = Daemon(config)
+            addresses = await nursery.start(daemon.serve)
+            stream = await connect(addresses[0])
+            await stream.send_all(b"\x00\x00\x00\x10mid")  # a frame that never finishes
+            await trio.testing.wait_all_tasks_blocked()
+            daemon.drain()
+            await trio.testing.wait_all_tasks_blocked()
+            assert daemon.connections == 1
+            daemon.abort()
+    assert await read_until_eof(stream) == b""
+    await stream.aclose()
+    assert daemon.summary is not None
+    assert daemon.summary.forced
+    assert daemon.summary.aborted == 1
+
+
+async def test_handler_bug_harms_no_other_connection(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def fragile(frame: bytes, conn: ConnectionInfo) -> bytes:
+        if frame == b"crash":
+            raise ZeroDivisionError("division by zero")
+        return frame
+
+    with trio.fail_after(10):
+        async with running(DaemonConfig(loopback(sock_dir)), handler=fragile) as (daemon, addrs):
+            healthy = await connect(addrs[0])
+            await healthy.send_all(b"before\n")
+            assert await healthy.receive_some() == b"before\n"
+            victim = await connect(addrs[1])
+            await victim.send_all(b"crash\n")
+            assert await read_until_eof(victim) == b""
+            await healthy.send_all(b"after\n")
+            assert await healthy.receive_some() == b"after\n"
+            assert await echo_frames(addrs[1], [b"new"]) == [b"new"]
+            await healthy.aclose()
+            await victim.aclose()
+    assert daemon.stats.handler_errors == 1
+    [line] = [r for r in caplog.records if "frame handler failed" in r.getMessage()]
+    assert "ZeroDivisionError: division by zero" in line.getMessage()
+
+
+async def test_oversized_frame_closes_only_that_connection(sock_dir: Path) -> None:
+    config = DaemonConfig(loopback(sock_dir), Framing("length", max_frame=100))
+    framing = config.framing
+    with trio.fail_after(10):
+        async with running(config) as (daemon, addrs):
+            other = await connect(addrs[0])
+            bad = await connect(addrs[1])
+            await bad.send_all(framing.encode(b"fine") + (1 << 30).to_bytes(4, "big"))
+            assert await read_until_eof(bad) == framing.encode(b"fine")
+            await other.send_all(framing.encode(b"unharmed"))
+            assert await other.receive_some() == framing.encode(b"unharmed")
+            await other.aclose()
+            await bad.aclose()
+    assert daemon.stats.framing_errors == 1
+
+
+async def test_reset_mid_frame_is_survived(sock_dir: Path, daemon_log: LogWaiter) -> None:
+    config = DaemonConfig([TcpAddress("127.0.0.1", 0)])
+    with trio.fail_after(10):
+        async with running(config) as (daemon, [address]):
+            assert isinstance(address, TcpAddress)
+            raw = socket.create_connection((address.host, address.port))
+            raw.sendall(b"half a fra")
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raw.close()  # RST
+            line = await daemon_log.wait_for("connection lost", "peer closed mid-frame")
+            assert line.startswith("conn 1 from 127.0.0.1:"), line
+            assert await echo_frames(address, [b"next"]) == [b"next"]
+    assert daemon.stats.resets + daemon.stats.incomplete_frames == 1
+
+
+async def test_accept_survives_descriptor_exhaustion(sock_dir: Path, daemon_log: LogWaiter) -> None:
+    config = DaemonConfig([UnixAddress(str(sock_dir / "e.sock"))])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with trio.fail_after(10):
+        async with running(config) as (daemon, _addresses):
+            hogs: list[int] = []
+            try:
+                # No checkpoint until the table is full, so the daemon cannot accept
+                # early: a blocking connect (queued in the backlog), then exhaust
+                # descriptors for real under a low soft limit.
+                raw = socket.socket(socket.AF_UNIX)
+                raw.connect(str(sock_dir / "e.sock"))
+                in_use = len(os.listdir("/proc/self/fd"))
+                resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 4, hard))
+                with pytest.raises(OSError, match="Too many open files"):  # noqa: PT012
+                    while True:
+                        hogs.append(os.open("/dev/null", os.O_RDONLY))
+                await daemon_log.wait_for("retrying every")
+            finally:
+                for fd in hogs:
+                    os.close(fd)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            client = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+            await daemon_log.wait_for("accepting again")
+            await client.send_all(b"served after all\n")
+            assert await client.receive_some() == b"served after all\n"
+            await client.aclose()
+    assert daemon.stats.accept_errors >= 1
+    assert daemon_log.count("retrying every") == 1
+
+
+async def test_serves_listeners_it_was_given(sock_dir: Path) -> None:
+    from triodaemon import open_listeners
+
+    listeners = await open_listeners([UnixAddress(str(sock_dir / "given.sock"))])
+    daemon = Daemon(DaemonConfig([]))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            [address] = await nursery.start(daemon.serve, listeners)
+            assert await echo_frames(address, [b"given"]) == [b"given"]
+            daemon.drain()
+    assert not (sock_dir / "given.sock").exists()
+
+
+def test_logging_names_the_logger() -> None:
+    assert logging.getLogger("triodaemon").name == "triodaemon"
