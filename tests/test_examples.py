@@ -1,0 +1,59 @@
+"""The examples run as documented."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from triodaemon import UnixAddress, echo_frames
+
+from .conftest import SpawnFn
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+async def test_client_example(spawn: SpawnFn, sock_dir: Path) -> None:
+    path = str(sock_dir / "echo.sock")
+    daemon = await spawn("--sock", path)
+    await daemon.wait_ready(1)
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, str(EXAMPLES / "client.py"), "--sock", path],
+            capture_stdout=True,
+        )
+    assert result.stdout.decode().splitlines() == [
+        "echoed: one",
+        "echoed: two",
+        "echoed: three",
+        "echoed: [b'helper']",
+    ]
+    daemon.signal()
+    assert await daemon.wait() == 0
+
+
+async def test_embed_example(sock_dir: Path) -> None:
+    path = str(sock_dir / "counter.sock")
+    with trio.fail_after(30):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, str(EXAMPLES / "embed.py"), "--sock", path],
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        output = b""
+        while b"listening on" not in output:
+            chunk = await process.stdout.receive_some()
+            assert chunk, "embed.py exited early"
+            output += chunk
+        replies = await echo_frames(
+            UnixAddress(path), [b"incr apples", b"incr apples", b"get apples", b"what"]
+        )
+        assert replies == [b"1", b"2", b"2", b"error: expected 'incr NAME' or 'get NAME'"]
+        process.send_signal(signal.SIGTERM)
+        while chunk := await process.stdout.receive_some():
+            output += chunk
+        assert await process.wait() == 0
+    assert b"stopped: 0 drained, 0 aborted" in output
