@@ -57,3 +57,14 @@ async def test_embed_example(sock_dir: Path) -> None:
             output += chunk
         assert await process.wait() == 0
     assert b"stopped: 0 drained, 0 aborted" in output
+
+
+async def test_readme_library_example(sock_dir: Path) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = readme.split("## Library\n\n```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("/tmp/shout.sock", str(sock_dir / "shout.sock"))
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    with trio.fail_after(10):
+        await namespace["main"]()  # type: ignore[operator]
+    assert not (sock_dir / "shout.sock").exists()
