@@ -17,6 +17,9 @@ from triodaemon import ClientError, Framing, TcpAddress, UnixAddress, connect, e
 
 from .conftest import DaemonProcess, SpawnFn
 
+#: A bound on every test here, so a hang fails instead of stalling the run.
+TEST_TIMEOUT = 60
+
 
 async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
     data = bytearray()
@@ -55,81 +58,93 @@ async def start_daemon(spawn: SpawnFn, sock_dir: Path, *args: str) -> DaemonProc
 
 
 async def test_readiness_echo_and_sigterm(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir)
-    tcp, unix = daemon.addresses
-    assert isinstance(tcp, TcpAddress)
-    assert unix == UnixAddress(str(sock_dir / "echo.sock"))
-    assert any(f"listening on tcp://127.0.0.1:{tcp.port}" in line for line in daemon.lines)
-    assert stat.S_IMODE(os.lstat(sock_dir / "echo.sock").st_mode) == 0o600
-    for address in (tcp, unix):
-        assert await echo_frames(address, [b"one", b"two"]) == [b"one", b"two"]
-    daemon.signal(signal.SIGTERM)
-    assert await daemon.wait() == 0
-    assert not (sock_dir / "echo.sock").exists()
-    await daemon.wait_for_line("shutdown complete: 0 connections drained, 0 aborted")
-    assert "Traceback" not in daemon.stderr
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir)
+        tcp, unix = daemon.addresses
+        assert isinstance(tcp, TcpAddress)
+        assert unix == UnixAddress(str(sock_dir / "echo.sock"))
+        assert any(f"listening on tcp://127.0.0.1:{tcp.port}" in line for line in daemon.lines)
+        assert stat.S_IMODE(os.lstat(sock_dir / "echo.sock").st_mode) == 0o600
+        for address in (tcp, unix):
+            assert await echo_frames(address, [b"one", b"two"]) == [b"one", b"two"]
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+        assert not (sock_dir / "echo.sock").exists()
+        # The clients may still be closing at the signal: drained, not aborted.
+        line = await daemon.wait_for_line("shutdown complete: ")
+        assert line.endswith("drained, 0 aborted at the deadline")
+        assert "Traceback" not in daemon.stderr
 
 
 async def test_console_script_and_client_subcommand(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir, "--framing", "length")
-    tcp = daemon.addresses[0]
-    assert isinstance(tcp, TcpAddress)
-    result = await run_cli_async(
-        "client", "--tcp", f"127.0.0.1:{tcp.port}", "--framing", "length", stdin=b"a\nbb\n\nccc\n"
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == b"a\nbb\n\nccc\n"
-    result = await run_cli_async(
-        "client",
-        "--sock",
-        str(sock_dir / "echo.sock"),
-        "--framing",
-        "length",
-        "--send",
-        "ping",
-        "--count",
-        "3",
-        "--interval",
-        "0.01",
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == b"ping\nping\nping\n"
-    daemon.signal(signal.SIGINT)
-    assert await daemon.wait() == 0
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--framing", "length")
+        tcp = daemon.addresses[0]
+        assert isinstance(tcp, TcpAddress)
+        result = await run_cli_async(
+            "client",
+            "--tcp",
+            f"127.0.0.1:{tcp.port}",
+            "--framing",
+            "length",
+            stdin=b"a\nbb\n\nccc\n",
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"a\nbb\n\nccc\n"
+        result = await run_cli_async(
+            "client",
+            "--sock",
+            str(sock_dir / "echo.sock"),
+            "--framing",
+            "length",
+            "--send",
+            "ping",
+            "--count",
+            "3",
+            "--interval",
+            "0.01",
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"ping\nping\nping\n"
+        daemon.signal(signal.SIGINT)
+        assert await daemon.wait() == 0
 
 
 async def test_client_reports_a_refused_connection(sock_dir: Path) -> None:
-    result = await run_cli_async("client", "--sock", str(sock_dir / "none.sock"), "--send", "x")
-    assert result.returncode == 1
-    assert result.stderr.decode().splitlines() == [
-        f"triodaemon: error: cannot connect to unix:{sock_dir / 'none.sock'}: no such file or directory"
-    ]
+    with trio.fail_after(TEST_TIMEOUT):
+        result = await run_cli_async("client", "--sock", str(sock_dir / "none.sock"), "--send", "x")
+        assert result.returncode == 1
+        assert result.stderr.decode().splitlines() == [
+            f"triodaemon: error: cannot connect to unix:{sock_dir / 'none.sock'}: no such file or directory"
+        ]
 
 
 async def test_stale_socket_is_replaced_and_live_one_refused(
     spawn: SpawnFn, sock_dir: Path
 ) -> None:
-    path = sock_dir / "echo.sock"
-    stale = socket.socket(socket.AF_UNIX)
-    stale.bind(str(path))
-    stale.close()
-    first = await spawn("--sock", str(path))
-    await first.wait_ready(1)
-    await first.wait_for_line(f"removed stale socket file {path}")
-    second = await spawn("--sock", str(path))
-    assert await second.wait() == 1
-    assert second.lines == [
-        f"triodaemon: error: another process is listening on {path}; stop it or choose another path"
-    ]
-    assert await echo_frames(UnixAddress(str(path)), [b"still first"]) == [b"still first"]
-    first.signal(signal.SIGTERM)
-    assert await first.wait() == 0
+    with trio.fail_after(TEST_TIMEOUT):
+        path = sock_dir / "echo.sock"
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(path))
+        stale.close()
+        first = await spawn("--sock", str(path))
+        await first.wait_ready(1)
+        await first.wait_for_line(f"removed stale socket file {path}")
+        second = await spawn("--sock", str(path))
+        assert await second.wait() == 1
+        assert second.lines == [
+            f"triodaemon: error: another process is listening on {path}; stop it or choose another path"
+        ]
+        assert await echo_frames(UnixAddress(str(path)), [b"still first"]) == [b"still first"]
+        first.signal(signal.SIGTERM)
+        assert await first.wait() == 0
 
 
 async def test_sigquit_drains_too(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir)
-    daemon.signal(signal.SIGQUIT)
-    assert await daemon.wait() == 0
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir)
+        daemon.signal(signal.SIGQUIT)
+        assert await daemon.wait() == 0
 
 
 @pytest.mark.parametrize(
@@ -147,38 +162,41 @@ async def test_sigquit_drains_too(spawn: SpawnFn, sock_dir: Path) -> None:
 async def test_unusable_addresses_are_one_line_and_exit_1(
     sock_dir: Path, args: list[str], message: str
 ) -> None:
-    (sock_dir / "data.txt").write_text("keep me")
-    result = await run_cli_async(*(arg.format(dir=sock_dir) for arg in args))
-    assert result.returncode == 1
-    [line] = result.stderr.decode().splitlines()
-    assert line.startswith("triodaemon: error: ")
-    assert message.format(dir=sock_dir) in line
-    assert (sock_dir / "data.txt").read_text() == "keep me"
+    with trio.fail_after(TEST_TIMEOUT):
+        (sock_dir / "data.txt").write_text("keep me")
+        result = await run_cli_async(*(arg.format(dir=sock_dir) for arg in args))
+        assert result.returncode == 1
+        [line] = result.stderr.decode().splitlines()
+        assert line.startswith("triodaemon: error: ")
+        assert message.format(dir=sock_dir) in line
+        assert (sock_dir / "data.txt").read_text() == "keep me"
 
 
 async def test_directory_without_permission(sock_dir: Path) -> None:
-    if os.geteuid() == 0:
-        target = "/sys/kernel/td.sock"  # not even root may create files here
-    else:
-        (sock_dir / "locked").mkdir(mode=0o500)
-        target = str(sock_dir / "locked" / "td.sock")
-    result = await run_cli_async("--sock", target)
-    assert result.returncode == 1
-    [line] = result.stderr.decode().splitlines()
-    assert "no permission to write in" in line
+    with trio.fail_after(TEST_TIMEOUT):
+        if os.geteuid() == 0:
+            target = "/sys/kernel/td.sock"  # not even root may create files here
+        else:
+            (sock_dir / "locked").mkdir(mode=0o500)
+            target = str(sock_dir / "locked" / "td.sock")
+        result = await run_cli_async("--sock", target)
+        assert result.returncode == 1
+        [line] = result.stderr.decode().splitlines()
+        assert "no permission to write in" in line
 
 
 async def test_port_in_use_names_the_port() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = await run_cli_async("--tcp", f"127.0.0.1:{port}")
-    assert result.returncode == 1
-    assert result.stderr.decode().splitlines() == [
-        f"triodaemon: error: tcp port {port} is already in use (127.0.0.1:{port}); "
-        "stop the other process or choose another port"
-    ]
+    with trio.fail_after(TEST_TIMEOUT):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = await run_cli_async("--tcp", f"127.0.0.1:{port}")
+        assert result.returncode == 1
+        assert result.stderr.decode().splitlines() == [
+            f"triodaemon: error: tcp port {port} is already in use (127.0.0.1:{port}); "
+            "stop the other process or choose another port"
+        ]
 
 
 @pytest.mark.parametrize(
@@ -217,179 +235,191 @@ def test_version() -> None:
 
 
 async def test_sigterm_closes_an_idle_connection_at_once(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir, "--drain-timeout", "60")
-    stream = await connect(daemon.addresses[0])
-    await stream.send_all(b"hello\n")
-    assert await stream.receive_some() == b"hello\n"
-    daemon.signal(signal.SIGTERM)
-    with trio.fail_after(5):  # well under the 60 s deadline
-        assert await read_until_eof(stream) == b""
-    await stream.aclose()
-    assert await daemon.wait() == 0
-    await daemon.wait_for_line("1 connection drained, 0 aborted")
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--drain-timeout", "60")
+        stream = await connect(daemon.addresses[0])
+        await stream.send_all(b"hello\n")
+        assert await stream.receive_some() == b"hello\n"
+        daemon.signal(signal.SIGTERM)
+        with trio.fail_after(5):  # well under the 60 s deadline
+            assert await read_until_eof(stream) == b""
+        await stream.aclose()
+        assert await daemon.wait() == 0
+        await daemon.wait_for_line("1 connection drained, 0 aborted")
 
 
 async def test_sigterm_lets_a_frame_in_progress_finish(spawn: SpawnFn, sock_dir: Path) -> None:
-    framing = Framing("length")
-    wire = framing.encode(b"finish me please")
-    daemon = await start_daemon(spawn, sock_dir, "--framing", "length")
-    stream = await connect(daemon.addresses[1])
-    await stream.send_all(wire[:9])
-    await daemon.wait_for_line("conn 1 ")
-    daemon.signal(signal.SIGTERM)
-    await daemon.wait_for_line("draining 1 connection")
-    with pytest.raises(ClientError):
-        await connect(daemon.addresses[0])  # listeners are closed at once
-    await stream.send_all(wire[9:])
-    assert await read_until_eof(stream) == wire
-    await stream.aclose()
-    assert await daemon.wait() == 0
-    await daemon.wait_for_line("1 connection drained, 0 aborted")
+    with trio.fail_after(TEST_TIMEOUT):
+        framing = Framing("length")
+        wire = framing.encode(b"finish me please")
+        daemon = await start_daemon(spawn, sock_dir, "--framing", "length")
+        stream = await connect(daemon.addresses[1])
+        await stream.send_all(wire[:9])
+        await daemon.wait_for_line("conn 1 ")
+        daemon.signal(signal.SIGTERM)
+        await daemon.wait_for_line("draining 1 connection")
+        with pytest.raises(ClientError):
+            await connect(daemon.addresses[0])  # listeners are closed at once
+        await stream.send_all(wire[9:])
+        assert await read_until_eof(stream) == wire
+        await stream.aclose()
+        assert await daemon.wait() == 0
+        await daemon.wait_for_line("1 connection drained, 0 aborted")
 
 
 async def test_drain_deadline_aborts_a_client_that_never_reads(
     spawn: SpawnFn, sock_dir: Path
 ) -> None:
-    daemon = await start_daemon(spawn, sock_dir, "--drain-timeout", "0.5")
-    stream = await connect(daemon.addresses[0])
-    async with trio.open_nursery() as nursery:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--drain-timeout", "0.5")
+        stream = await connect(daemon.addresses[0])
+        async with trio.open_nursery() as nursery:
 
-        async def flood() -> None:
-            with trio.move_on_after(20):
-                try:
-                    while True:
-                        await stream.send_all(b"z" * 65535 + b"\n")
-                except trio.BrokenResourceError:
-                    return  # the daemon cancelled us at its deadline
-            raise AssertionError("the daemon never cut the flood off")
+            async def flood() -> None:
+                with trio.move_on_after(20):
+                    try:
+                        while True:
+                            await stream.send_all(b"z" * 65535 + b"\n")
+                    except trio.BrokenResourceError:
+                        return  # the daemon cancelled us at its deadline
+                raise AssertionError("the daemon never cut the flood off")
 
-        nursery.start_soon(flood)
-        await daemon.wait_for_line("conn 1 ")
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait() == 0
-    await stream.aclose()
-    await daemon.wait_for_line("0 connections drained, 1 aborted at the deadline")
+            nursery.start_soon(flood)
+            await daemon.wait_for_line("conn 1 ")
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait() == 0
+        await stream.aclose()
+        await daemon.wait_for_line("0 connections drained, 1 aborted at the deadline")
 
 
 async def test_second_signal_stops_at_once(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir, "--drain-timeout", "600", "--framing", "length")
-    stream = await connect(daemon.addresses[0])
-    await stream.send_all(b"\x00\x00\x01\x00never finished")
-    await daemon.wait_for_line("conn 1 ")
-    daemon.signal(signal.SIGTERM)
-    await daemon.wait_for_line("draining 1 connection")
-    daemon.signal(signal.SIGINT)
-    assert await daemon.wait() == 1
-    await daemon.wait_for_line("received SIGINT again: stopping now")
-    assert await read_until_eof(stream) == b""
-    await stream.aclose()
-    assert not (sock_dir / "echo.sock").exists()
-    assert "Traceback" not in daemon.stderr
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(
+            spawn, sock_dir, "--drain-timeout", "600", "--framing", "length"
+        )
+        stream = await connect(daemon.addresses[0])
+        await stream.send_all(b"\x00\x00\x01\x00never finished")
+        await daemon.wait_for_line("conn 1 ")
+        daemon.signal(signal.SIGTERM)
+        await daemon.wait_for_line("draining 1 connection")
+        daemon.signal(signal.SIGINT)
+        assert await daemon.wait() == 1
+        await daemon.wait_for_line("received SIGINT again: stopping now")
+        assert await read_until_eof(stream) == b""
+        await stream.aclose()
+        assert not (sock_dir / "echo.sock").exists()
+        assert "Traceback" not in daemon.stderr
 
 
 async def test_sock_mode_and_group(spawn: SpawnFn, sock_dir: Path) -> None:
-    path = sock_dir / "shared.sock"
-    daemon = await spawn(
-        "--sock", str(path), "--sock-mode", "0660", "--sock-group", str(os.getgid())
-    )
-    await daemon.wait_ready(1)
-    st = path.lstat()
-    assert stat.S_IMODE(st.st_mode) == 0o660
-    assert st.st_gid == os.getgid()
-    daemon.signal()
-    assert await daemon.wait() == 0
+    with trio.fail_after(TEST_TIMEOUT):
+        path = sock_dir / "shared.sock"
+        daemon = await spawn(
+            "--sock", str(path), "--sock-mode", "0660", "--sock-group", str(os.getgid())
+        )
+        await daemon.wait_ready(1)
+        st = path.lstat()
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == os.getgid()
+        daemon.signal()
+        assert await daemon.wait() == 0
 
 
 async def test_oversized_frames_and_resets_harm_no_one(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir, "--max-frame", "64")
-    tcp = daemon.addresses[0]
-    assert isinstance(tcp, TcpAddress)
-    bystander = await connect(daemon.addresses[1])
-    await bystander.send_all(b"before\n")
-    assert await bystander.receive_some() == b"before\n"
-    greedy = await connect(tcp)
-    await greedy.send_all(b"ok\n" + b"x" * 100)
-    assert await read_until_eof(greedy) == b"ok\n"
-    await greedy.aclose()
-    await daemon.wait_for_line(
-        "100 bytes without a delimiter; frames are limited to 64 bytes; closing"
-    )
-    rude = socket.create_connection((tcp.host, tcp.port))
-    rude.sendall(b"half a fr")
-    rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    rude.close()  # a reset in the middle of a frame
-    await daemon.wait_for_line("conn 3 ")
-    await bystander.send_all(b"after\n")
-    assert await bystander.receive_some() == b"after\n"
-    await bystander.aclose()
-    daemon.signal()
-    assert await daemon.wait() == 0
-    assert "Traceback" not in daemon.stderr
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--max-frame", "64")
+        tcp = daemon.addresses[0]
+        assert isinstance(tcp, TcpAddress)
+        bystander = await connect(daemon.addresses[1])
+        await bystander.send_all(b"before\n")
+        assert await bystander.receive_some() == b"before\n"
+        greedy = await connect(tcp)
+        await greedy.send_all(b"ok\n" + b"x" * 100)
+        assert await read_until_eof(greedy) == b"ok\n"
+        await greedy.aclose()
+        await daemon.wait_for_line(
+            "100 bytes without a delimiter; frames are limited to 64 bytes; closing"
+        )
+        rude = socket.create_connection((tcp.host, tcp.port))
+        rude.sendall(b"half a fr")
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        rude.close()  # a reset in the middle of a frame
+        await daemon.wait_for_line("conn 3 ")
+        await bystander.send_all(b"after\n")
+        assert await bystander.receive_some() == b"after\n"
+        await bystander.aclose()
+        daemon.signal()
+        assert await daemon.wait() == 0
+        assert "Traceback" not in daemon.stderr
 
 
 async def test_half_close_gets_every_echo_then_eof(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir)
-    for address in daemon.addresses:
-        stream = await connect(address)
-        await stream.send_all(b"a\nb\npartial")
-        await stream.send_eof()
-        assert await read_until_eof(stream) == b"a\nb\n"
-        await stream.aclose()
-    await daemon.wait_for_line("peer closed mid-frame (7 bytes without a delimiter); discarded")
-    daemon.signal()
-    assert await daemon.wait() == 0
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir)
+        for address in daemon.addresses:
+            stream = await connect(address)
+            await stream.send_all(b"a\nb\npartial")
+            await stream.send_eof()
+            assert await read_until_eof(stream) == b"a\nb\n"
+            await stream.aclose()
+        await daemon.wait_for_line("peer closed mid-frame (7 bytes without a delimiter); discarded")
+        daemon.signal()
+        assert await daemon.wait() == 0
 
 
 async def test_idle_timeout(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir, "--idle-timeout", "0.3")
-    stream = await connect(daemon.addresses[1])
-    await stream.send_all(b"then silence\n")
-    assert await read_until_eof(stream) == b"then silence\n"
-    await stream.aclose()
-    await daemon.wait_for_line("idle for 0.3s; closing")
-    daemon.signal()
-    assert await daemon.wait() == 0
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--idle-timeout", "0.3")
+        stream = await connect(daemon.addresses[1])
+        await stream.send_all(b"then silence\n")
+        assert await read_until_eof(stream) == b"then silence\n"
+        await stream.aclose()
+        await daemon.wait_for_line("idle for 0.3s; closing")
+        daemon.signal()
+        assert await daemon.wait() == 0
 
 
 async def test_max_connections(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir, "--max-connections", "1")
-    first = await connect(daemon.addresses[0])
-    await first.send_all(b"1\n")
-    assert await first.receive_some() == b"1\n"
-    second = await connect(daemon.addresses[1])  # accepted by the kernel only
-    await second.send_all(b"2\n")
-    await daemon.wait_for_line("connection limit (1) reached")
-    await first.send_all(b"1 again\n")
-    assert await first.receive_some() == b"1 again\n"
-    assert not any("conn 2 " in line for line in daemon.lines)
-    await first.aclose()
-    assert await second.receive_some() == b"2\n"
-    await second.aclose()
-    daemon.signal()
-    assert await daemon.wait() == 0
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--max-connections", "1")
+        first = await connect(daemon.addresses[0])
+        await first.send_all(b"1\n")
+        assert await first.receive_some() == b"1\n"
+        second = await connect(daemon.addresses[1])  # accepted by the kernel only
+        await second.send_all(b"2\n")
+        await daemon.wait_for_line("connection limit (1) reached")
+        await first.send_all(b"1 again\n")
+        assert await first.receive_some() == b"1 again\n"
+        assert not any("conn 2 " in line for line in daemon.lines)
+        await first.aclose()
+        assert await second.receive_some() == b"2\n"
+        await second.aclose()
+        daemon.signal()
+        assert await daemon.wait() == 0
 
 
 async def test_thousand_concurrent_connections(spawn: SpawnFn, sock_dir: Path) -> None:
-    daemon = await start_daemon(spawn, sock_dir, "--log-level", "info")
-    streams: list[trio.SocketStream] = []
-    try:
-        for index in range(1000):
-            stream = await connect(daemon.addresses[index % 2])
-            streams.append(stream)
-            await stream.send_all(b"%d-" % index)
-        # Every connection is open and mid-frame; now finish all the frames.
-        for stream in streams:
-            await stream.send_all(b"done\n")
-        for index, stream in enumerate(streams):
-            expected = b"%d-done\n" % index
-            received = b""
-            with trio.fail_after(20):
-                while len(received) < len(expected):
-                    received += await stream.receive_some()
-            assert received == expected
-    finally:
-        for stream in streams:
-            await stream.aclose()
-    daemon.signal()
-    assert await daemon.wait() == 0
-    assert "Traceback" not in daemon.stderr
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--log-level", "info")
+        streams: list[trio.SocketStream] = []
+        try:
+            for index in range(1000):
+                stream = await connect(daemon.addresses[index % 2])
+                streams.append(stream)
+                await stream.send_all(b"%d-" % index)
+            # Every connection is open and mid-frame; now finish all the frames.
+            for stream in streams:
+                await stream.send_all(b"done\n")
+            for index, stream in enumerate(streams):
+                expected = b"%d-done\n" % index
+                received = b""
+                with trio.fail_after(20):
+                    while len(received) < len(expected):
+                        received += await stream.receive_some()
+                assert received == expected
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        daemon.signal()
+        assert await daemon.wait() == 0
+        assert "Traceback" not in daemon.stderr

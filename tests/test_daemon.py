@@ -152,6 +152,27 @@ async def test_max_connections_applies_backpressure(
             await third.aclose()
 
 
+async def test_connection_limit_is_shared_fairly_by_listeners(
+    sock_dir: Path, daemon_log: LogWaiter
+) -> None:
+    # Regression: a listener's loop must not hold the only free slot while its
+    # own listener is quiet and a client waits on another listener.
+    config = DaemonConfig(loopback(sock_dir), max_connections=1)
+    with trio.fail_after(10):
+        async with running(config) as (_, [tcp, unix]):
+            first = await connect(tcp)
+            await first.send_all(b"1\n")
+            assert await first.receive_some() == b"1\n"
+            waiting = await connect(unix)
+            await waiting.send_all(b"2\n")
+            await daemon_log.wait_for("connection limit (1) reached")
+            await first.aclose()
+            assert await waiting.receive_some() == b"2\n"
+            await daemon_log.wait_for("below the connection limit again")
+            await waiting.aclose()
+    assert daemon_log.count("connection limit (1) reached") == 1
+
+
 async def test_idle_connection_is_closed(sock_dir: Path) -> None:
     config = DaemonConfig(loopback(sock_dir), idle_timeout=0.2)
     with trio.fail_after(10):

@@ -76,6 +76,7 @@ class Daemon:
     _forced: bool = attrs.field(default=False, init=False)
     _aborted: int = attrs.field(default=0, init=False)
     _next_id: int = attrs.field(default=0, init=False)
+    _at_limit: bool = attrs.field(default=False, init=False)
 
     def drain(self) -> None:
         """Begin a graceful shutdown; :meth:`serve` returns when it is over. Idempotent."""
@@ -170,17 +171,24 @@ class Daemon:
     ) -> None:
         exhausted = False
         while True:
+            # Wait for a connection before taking a slot: a loop holding a slot
+            # while its own listener is quiet would starve the other listeners.
+            await listener.wait_acceptable()
             try:
                 limiter.acquire_nowait()
             except trio.WouldBlock:
-                log.warning(
-                    "connection limit (%d) reached; %s stops accepting until a connection ends",
-                    self.config.max_connections,
-                    listener.address,
-                )
+                if not self._at_limit:
+                    self._at_limit = True
+                    log.warning(
+                        "connection limit (%d) reached; not accepting until a connection ends",
+                        self.config.max_connections,
+                    )
                 await limiter.acquire()
             try:
-                stream, peer = await listener.accept()
+                stream, peer = listener.accept_nowait()
+            except trio.WouldBlock:
+                limiter.release()  # another process (or loop) took it
+                continue
             except OSError as exc:
                 limiter.release()
                 if exc.errno not in _ACCEPT_RETRY_ERRNOS:
@@ -196,9 +204,6 @@ class Daemon:
                     exhausted = True
                 await trio.sleep(ACCEPT_BACKOFF)
                 continue
-            except BaseException:
-                limiter.release()
-                raise
             if exhausted:
                 log.warning("accepting again on %s", listener.address)
                 exhausted = False
@@ -237,5 +242,8 @@ class Daemon:
             self._connections.discard(connection)
             self.stats.connections_active -= 1
             limiter.release()
+            if self._at_limit:
+                self._at_limit = False
+                log.info("below the connection limit again; accepting")
             if self._draining and not connection.completed and not failed:
                 self._aborted += 1

@@ -111,13 +111,13 @@ class BoundListener:
     """A listening socket and the address it is bound to.
 
     Args:
-        sock: a trio socket that is bound and listening.
+        sock: a socket that is bound, listening and non-blocking.
         address: what it is bound to, as reported to the user.
         unix_identity: for a Unix socket file we created, its ``(st_dev,
             st_ino)``; the file is removed on close only if it still matches.
     """
 
-    sock: trio.socket.SocketType
+    sock: stdlib_socket.socket
     address: Address
     unix_identity: tuple[int, int] | None = None
     _closed: bool = attrs.field(default=False, init=False)
@@ -142,25 +142,42 @@ class BoundListener:
         else:
             host, port = sock.getsockname()[:2]
             address = TcpAddress(host, port)
-        return cls(trio.socket.from_stdlib_socket(sock), address, identity)
+        sock.setblocking(False)
+        return cls(sock, address, identity)
 
-    async def accept(self) -> tuple[trio.SocketStream, object]:
-        """Accept one connection; return its stream and the peer's address.
+    async def wait_acceptable(self) -> None:
+        """Wait until a connection is (probably) waiting to be accepted."""
+        await trio.lowlevel.wait_readable(self.sock)
 
-        TCP streams get ``TCP_NODELAY``. Connections that die in the backlog are
-        skipped, as trio's ``SocketListener`` does.
+    def accept_nowait(self) -> tuple[trio.SocketStream, object]:
+        """Accept one waiting connection; return its stream and the peer's address.
+
+        TCP streams get ``TCP_NODELAY``. Connections that died in the backlog
+        are skipped, as trio's ``SocketListener`` does.
 
         Raises:
+            trio.WouldBlock: no connection is waiting.
             OSError: EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unexpected.
         """
         while True:
             try:
-                sock, peer = await self.sock.accept()
+                sock, peer = self.sock.accept()
+            except BlockingIOError:
+                raise trio.WouldBlock from None
             except OSError as exc:
                 if exc.errno in _IGNORED_ACCEPT_ERRNOS:
                     continue
                 raise
-            return trio.SocketStream(sock), peer
+            return trio.SocketStream(trio.socket.from_stdlib_socket(sock)), peer
+
+    async def accept(self) -> tuple[trio.SocketStream, object]:
+        """Wait for a connection and accept it (see :meth:`accept_nowait`)."""
+        while True:
+            await self.wait_acceptable()
+            try:
+                return self.accept_nowait()
+            except trio.WouldBlock:
+                continue
 
     def close(self) -> None:
         """Remove our socket file (only if it is still ours), then close the socket. Idempotent."""
@@ -169,6 +186,7 @@ class BoundListener:
         self._closed = True
         if self.unix_identity is not None and isinstance(self.address, UnixAddress):
             remove_if_ours(self.address.path, self.unix_identity)
+        trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 
 
@@ -244,14 +262,15 @@ async def open_tcp(address: TcpAddress, *, backlog: int = DEFAULT_BACKLOG) -> li
     port = address.port
     try:
         for family, sockaddr in targets:
-            sock = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+            sock = stdlib_socket.socket(family, stdlib_socket.SOCK_STREAM)
             try:
+                sock.setblocking(False)
                 sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
                 if family == stdlib_socket.AF_INET6:
                     sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
                 host = str(sockaddr[0])
                 try:
-                    await sock.bind((host, port, *sockaddr[2:]))
+                    sock.bind((host, port, *sockaddr[2:]))
                 except OSError as exc:
                     if (
                         address.host is None
@@ -383,10 +402,11 @@ async def open_unix(
             f"socket path {path} is too close to the {UNIX_PATH_MAX}-byte limit "
             "to bind safely: choose a shorter path"
         )
-    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
+        sock.setblocking(False)
         try:
-            await sock.bind(temporary)
+            sock.bind(temporary)
         except PermissionError as exc:
             raise AddressError(
                 f"cannot create {path}: no permission to write in {directory}"
