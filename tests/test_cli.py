@@ -423,3 +423,39 @@ async def test_thousand_concurrent_connections(spawn: SpawnFn, sock_dir: Path) -
         daemon.signal()
         assert await daemon.wait() == 0
         assert "Traceback" not in daemon.stderr
+
+
+async def test_client_stops_cleanly_when_stdout_closes(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir)
+        lines = b"".join(b"%d\n" % n for n in range(100_000))
+        client = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "triodaemon", "client", "--sock", str(sock_dir / "echo.sock")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert client.stdin is not None
+        assert client.stdout is not None
+        assert client.stderr is not None
+        async with trio.open_nursery() as nursery:
+
+            async def feed() -> None:
+                assert client.stdin is not None
+                try:
+                    await client.stdin.send_all(lines)
+                    await client.stdin.aclose()
+                except trio.BrokenResourceError:
+                    pass  # the client stopped reading: that is the point
+
+            nursery.start_soon(feed)
+            first = await client.stdout.receive_some(2)
+            assert first == b"0\n"
+            await client.stdout.aclose()  # like `| head -1`
+            errors = b""
+            while chunk := await client.stderr.receive_some():
+                errors += chunk
+            assert await client.wait() == 1
+        assert errors.decode().splitlines() == ["triodaemon: error: standard output was closed"]
+        daemon.signal()
+        assert await daemon.wait() == 0

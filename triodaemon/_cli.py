@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import resource
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NoReturn
 
 import trio
@@ -25,9 +26,9 @@ from . import __version__
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
 from ._config import DaemonConfig
 from ._daemon import Daemon
-from ._errors import TriodaemonError
+from ._errors import ClientError, TriodaemonError
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
-from ._listeners import Address, UnixAddress, open_listeners, parse_tcp_address
+from ._listeners import Address, TcpAddress, UnixAddress, open_listeners, parse_tcp_address
 
 log = logging.getLogger("triodaemon")
 
@@ -42,11 +43,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _usage(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    parser.error(message)
-    raise AssertionError("unreachable")
 
 
 def _positive_int(text: str) -> int:
@@ -110,8 +106,8 @@ def _delimiter(text: str) -> bytes:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _tcp(default_host: str | None) -> object:
-    def parse(text: str) -> Address:
+def _tcp(default_host: str | None) -> Callable[[str], TcpAddress]:
+    def parse(text: str) -> TcpAddress:
         try:
             return parse_tcp_address(text, default_host=default_host)
         except ValueError as exc:
@@ -127,7 +123,7 @@ def _add_address_flags(parser: argparse.ArgumentParser, *, server: bool) -> None
         action="append",
         default=[],
         metavar="[HOST]:PORT",
-        type=_tcp(None if server else "localhost"),  # type: ignore[arg-type]
+        type=_tcp(None if server else "localhost"),
         help=(
             "listen on TCP: ':8000' is every interface, '127.0.0.1:8000', '[::1]:8000', "
             "port 0 picks a free port; repeatable"
@@ -185,24 +181,23 @@ def _add_framing_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _framing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Framing:
+def _framing_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Framing:
     kind = args.framing
     if kind is None:
         kind = "delimiter" if args.delimiter is not None else "fixed" if args.frame_size else "line"
     if args.delimiter is not None and kind != "delimiter":
-        _usage(parser, f"--delimiter applies to --framing delimiter, not {kind}")
+        parser.error(f"--delimiter applies to --framing delimiter, not {kind}")
     length_flags = (
         args.length_bytes is not None or args.byte_order is not None or args.length_includes_header
     )
     if length_flags and kind != "length":
-        _usage(
-            parser,
+        parser.error(
             f"--length-bytes, --byte-order and --length-includes-header apply to --framing length, not {kind}",
         )
     if args.frame_size is not None and kind != "fixed":
-        _usage(parser, f"--frame-size applies to --framing fixed, not {kind}")
+        parser.error(f"--frame-size applies to --framing fixed, not {kind}")
     if kind == "fixed" and args.frame_size is None:
-        _usage(parser, "--framing fixed needs --frame-size N")
+        parser.error("--framing fixed needs --frame-size N")
     try:
         return Framing(
             kind,
@@ -214,7 +209,7 @@ def _framing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Frami
             max_frame=args.max_frame,
         )
     except ValueError as exc:
-        _usage(parser, str(exc))
+        parser.error(str(exc))
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -378,10 +373,10 @@ async def _serve(config: DaemonConfig) -> int:
 def serve_main(argv: Sequence[str]) -> int:
     parser = _serve_parser()
     args = parser.parse_args(argv)
-    framing = _framing(parser, args)
+    framing = _framing_from_args(parser, args)
     listen: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
     if not listen:
-        _usage(parser, "nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH")
+        parser.error("nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH")
     config = DaemonConfig(
         listen,
         framing,
@@ -408,8 +403,14 @@ async def _client(address: Address, framing: Framing, args: argparse.Namespace) 
     stdout = sys.stdout.buffer
 
     async def show(frame: bytes) -> None:
-        stdout.write(frame if raw else frame + b"\n")
-        stdout.flush()
+        try:
+            stdout.write(frame if raw else frame + b"\n")
+            stdout.flush()
+        except BrokenPipeError:
+            # Like `| head`: the reader is gone. Silence the interpreter's own
+            # flush at exit, then stop with one line.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise ClientError("standard output was closed") from None
 
     if args.send:
         messages: AsyncIterator[bytes] = repeat(
@@ -429,10 +430,10 @@ async def _client(address: Address, framing: Framing, args: argparse.Namespace) 
 def client_main(argv: Sequence[str]) -> int:
     parser = _client_parser()
     args = parser.parse_args(argv)
-    framing = _framing(parser, args)
+    framing = _framing_from_args(parser, args)
     targets: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
     if len(targets) != 1:
-        _usage(parser, "give exactly one of --tcp HOST:PORT or --sock PATH")
+        parser.error("give exactly one of --tcp HOST:PORT or --sock PATH")
     try:
         return trio.run(_client, targets[0], framing, args)
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 
 import trio
 
-from ._errors import ClientError
+from ._errors import ClientError, FramingError
 from ._framing import Framing
 from ._listeners import Address, TcpAddress
 
@@ -76,6 +76,7 @@ async def exchange(
     sent = 0
     received = 0
     sending_done = False
+    failure: ClientError | None = None
 
     async with trio.open_nursery() as nursery:
 
@@ -83,19 +84,28 @@ async def exchange(
             if sending_done and received >= sent:
                 nursery.cancel_scope.cancel()
 
+        def fail(error: ClientError) -> None:
+            # Stop both tasks; raised after the nursery, so callers see a plain
+            # ClientError rather than an exception group.
+            nonlocal failure
+            failure = failure or error
+            nursery.cancel_scope.cancel()
+
         async def send_all() -> None:
             nonlocal sent, sending_done
+            index = 0
             async for message in source:
+                index += 1
                 try:
                     data = framing.encode(message)
                 except ValueError as exc:
-                    raise ClientError(f"cannot send message {sent + 1}: {exc}") from exc
+                    return fail(ClientError(f"cannot send message {index}: {exc}"))
                 try:
                     await stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise ClientError(
-                        f"connection lost while sending (after {received} replies)"
-                    ) from exc
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return fail(
+                        ClientError(f"connection lost while sending (after {received} replies)")
+                    )
                 sent += len(data) if raw else 1
             sending_done = True
             finish_if_done()
@@ -107,28 +117,39 @@ async def exchange(
                 with trio.move_on_after(reply_timeout) as scope:
                     try:
                         data = await stream.receive_some()
-                    except trio.BrokenResourceError as exc:
-                        raise ClientError(
-                            f"connection lost after {received} of {sent} replies"
-                        ) from exc
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return fail(
+                            ClientError(f"connection lost after {received} of {sent} replies")
+                        )
                 if scope.cancelled_caught:
                     if received < sent:
-                        raise ClientError(
-                            f"no reply for {reply_timeout:g}s ({received} of {sent} received)"
+                        return fail(
+                            ClientError(
+                                f"no reply for {reply_timeout:g}s ({received} of {sent} received)"
+                            )
                         )
                     continue
                 if not data:
-                    raise ClientError(
-                        f"server closed the connection after {received} of {sent} replies"
+                    return fail(
+                        ClientError(
+                            f"server closed the connection after {received} of {sent} replies"
+                        )
                     )
                 decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    received += len(frame) if raw else 1
-                    await on_reply(frame)
+                try:
+                    while (frame := decoder.next_frame()) is not None:
+                        received += len(frame) if raw else 1
+                        await on_reply(frame)
+                except FramingError as exc:
+                    return fail(ClientError(f"bad reply from the server: {exc}"))
+                except ClientError as exc:  # from on_reply
+                    return fail(exc)
                 finish_if_done()
 
         nursery.start_soon(receive_all)
         nursery.start_soon(send_all)
+    if failure is not None:
+        raise failure
     return received
 
 
