@@ -218,6 +218,7 @@ async def test_port_in_use_names_the_port() -> None:
             "exceeds the frame limit",
         ),
         (["--bogus"], "unrecognized arguments"),
+        (["--sock", "/tmp/x", "--sock", "/tmp/x"], "unix:/tmp/x is given twice"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -360,3 +360,13 @@ async def test_serves_listeners_it_was_given(sock_dir: Path) -> None:
 
 def test_logging_names_the_logger() -> None:
     assert logging.getLogger("triodaemon").name == "triodaemon"
+
+
+async def test_a_daemon_serves_once_and_needs_an_address(sock_dir: Path) -> None:
+    with pytest.raises(ValueError, match="nothing to listen on"):
+        await Daemon(DaemonConfig([])).serve()
+    daemon = Daemon(DaemonConfig([UnixAddress(str(sock_dir / "once.sock"))]))
+    daemon.drain()  # before it starts: it binds, reports, and stops at once
+    assert await daemon.serve() == daemon.summary
+    with pytest.raises(RuntimeError, match="serves once"):
+        await daemon.serve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +57,8 @@ async def test_embed_example(sock_dir: Path) -> None:
         while chunk := await process.stdout.receive_some():
             output += chunk
         assert await process.wait() == 0
-    assert b"stopped: 0 drained, 0 aborted" in output
+    # The client may still be closing when the signal lands: drained, never aborted.
+    assert re.search(rb"stopped: [01] drained, 0 aborted", output), output
 
 
 async def test_readme_library_example(sock_dir: Path) -> None:

@@ -132,6 +132,12 @@ def test_trailing_partial_data_stays_pending(name: str) -> None:
     assert decoder.buffered == len(tail)
 
 
+def test_raw_chunks_are_bounded_by_the_limit() -> None:
+    decoder = Framing("raw", max_frame=4).decoder()
+    decoder.feed(b"0123456789")
+    assert [decoder.next_frame() for _ in range(4)] == [b"0123", b"4567", b"89", None]
+
+
 def test_raw_passes_chunks_through() -> None:
     decoder = Framing("raw").decoder()
     assert decoder.next_frame() is None

@@ -377,15 +377,18 @@ def serve_main(argv: Sequence[str]) -> int:
     listen: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
     if not listen:
         parser.error("nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH")
-    config = DaemonConfig(
-        listen,
-        framing,
-        max_connections=args.max_connections,
-        idle_timeout=args.idle_timeout,
-        drain_timeout=args.drain_timeout,
-        sock_mode=args.sock_mode,
-        sock_group=args.sock_group,
-    )
+    try:
+        config = DaemonConfig(
+            listen,
+            framing,
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            drain_timeout=args.drain_timeout,
+            sock_mode=args.sock_mode,
+            sock_group=args.sock_group,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     _setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
     _raise_fd_limit(config.max_connections + len(listen) + 64)

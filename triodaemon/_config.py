@@ -24,6 +24,8 @@ def _to_addresses(value: Iterable[Address]) -> tuple[Address, ...]:
     for address in addresses:
         if not isinstance(address, (TcpAddress, UnixAddress)):
             raise TypeError(f"not a listen address: {address!r}")
+        if addresses.count(address) > 1:
+            raise ValueError(f"{address} is given twice")
     return addresses
 
 

@@ -87,8 +87,10 @@ async def echo(frame: bytes, conn: ConnectionInfo) -> bytes:
 
 
 class _Close(enum.Enum):
+    """How :meth:`Connection.run` ends a connection."""
+
     GRACEFUL = "graceful"  # our EOF, then linger until the peer's EOF
-    FORCEFUL = "forceful"  # nothing more can be delivered
+    FORCEFUL = "forceful"  # nothing more can be delivered: just close
 
 
 @attrs.define(eq=False)
@@ -133,18 +135,19 @@ class Connection:
     async def run(self) -> None:
         """Serve until done, then close the stream.
 
+        :attr:`completed` is set only if the connection also closed on its own
+        terms: cancelled while lingering for the peer's EOF (at a drain
+        deadline, say), the peer may not have read every reply, so it is not.
+
         Raises:
             Exception: whatever the frame handler raised (the stream is closed first).
         """
-        close = _Close.FORCEFUL
         try:
-            close = await self._serve()
+            if await self._serve() is _Close.GRACEFUL:
+                await self._linger()
             self.completed = True
         finally:
-            if close is _Close.GRACEFUL:
-                await self._close_gracefully()
-            else:
-                await trio.aclose_forcefully(self.stream)
+            await trio.aclose_forcefully(self.stream)
 
     async def _serve(self) -> _Close:
         stream = self.stream
@@ -220,8 +223,8 @@ class Connection:
         self.stats.bytes_sent += len(data)
         return True
 
-    async def _close_gracefully(self) -> None:
-        """Send EOF, read and discard until the peer's EOF (briefly), then close."""
+    async def _linger(self) -> None:
+        """Send EOF, then read and discard until the peer's EOF, for a while at most."""
         with trio.move_on_after(LINGER_SECONDS):
             try:
                 await self.stream.send_eof()
@@ -229,7 +232,6 @@ class Connection:
                     pass
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        await trio.aclose_forcefully(self.stream)
 
 
 def _reason(exc: BaseException) -> str:

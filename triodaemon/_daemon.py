@@ -120,9 +120,15 @@ class Daemon:
 
         Raises:
             AddressError: a listener could not be bound (only when binding here).
+            ValueError: no listeners given and none configured.
+            RuntimeError: this daemon has served already.
         """
         config = self.config
+        if self._handlers_scope is not None:
+            raise RuntimeError("a Daemon serves once; make a new one to serve again")
         if listeners is None:
+            if not config.listen:
+                raise ValueError("nothing to listen on: config.listen is empty")
             listeners = await open_listeners(
                 config.listen,
                 sock_mode=config.sock_mode,

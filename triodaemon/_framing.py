@@ -290,13 +290,17 @@ class FixedSizeDecoder(_BufferedDecoder):
 
 @attrs.define(eq=False)
 class RawDecoder(_BufferedDecoder):
-    """No framing: whatever has arrived is one "frame". Never mid-frame."""
+    """No framing: whatever has arrived is one "frame" (at most ``max_frame`` bytes).
+
+    Never mid-frame: EOF is always clean.
+    """
 
     def next_frame(self) -> bytes | None:
         start = self._start
         if start == len(self._buf):
             return None
-        return self._take(start, len(self._buf), len(self._buf))
+        end = min(len(self._buf), start + self.max_frame)
+        return self._take(start, end, end)
 
 
 def _encode_varint(value: int) -> bytes:
