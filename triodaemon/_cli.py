@@ -392,7 +392,10 @@ def serve_main(argv: Sequence[str]) -> int:
     _setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
     _raise_fd_limit(config.max_connections + len(listen) + 64)
-    return trio.run(_serve, config)
+    try:
+        return trio.run(_serve, config)
+    except KeyboardInterrupt:  # Ctrl-C before the signal receiver was in place
+        return 130
 
 
 async def _stdin_lines(keep_newline: bool) -> AsyncIterator[bytes]:

@@ -116,7 +116,7 @@ class Connection:
     stats: Stats = attrs.field(factory=Stats)
     decoder: Decoder = attrs.field(init=False)
     completed: bool = attrs.field(default=False, init=False)
-    """True once the connection finished on its own terms (not cancelled)."""
+    """True once the connection finished and closed on its own terms (see :meth:`run`)."""
     _draining: bool = attrs.field(default=False, init=False)
     _receive_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
 

@@ -38,7 +38,7 @@ class DrainSummary:
     """How the daemon's shutdown went."""
 
     drained: int
-    """Connections open when shutdown began that finished on their own."""
+    """Connections that finished on their own terms during the shutdown."""
     aborted: int
     """Connections cancelled at the drain deadline (or by an abort)."""
     forced: bool
@@ -74,6 +74,7 @@ class Daemon:
     _handlers_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _draining: bool = attrs.field(default=False, init=False)
     _forced: bool = attrs.field(default=False, init=False)
+    _drained: int = attrs.field(default=0, init=False)
     _aborted: int = attrs.field(default=0, init=False)
     _next_id: int = attrs.field(default=0, init=False)
     _at_limit: bool = attrs.field(default=False, init=False)
@@ -136,7 +137,6 @@ class Daemon:
                 backlog=config.backlog,
             )
         limiter = trio.Semaphore(config.max_connections)
-        in_flight = 0
         try:
             async with trio.open_nursery() as handlers:
                 self._handlers_scope = handlers.cancel_scope
@@ -162,7 +162,7 @@ class Daemon:
         finally:
             for listener in listeners:
                 listener.close()
-        self.summary = DrainSummary(in_flight - self._aborted, self._aborted, self._forced)
+        self.summary = DrainSummary(self._drained, self._aborted, self._forced)
         log.info(
             "shutdown complete: %d connection%s drained, %d aborted at the deadline%s",
             self.summary.drained,
@@ -248,8 +248,11 @@ class Daemon:
             self._connections.discard(connection)
             self.stats.connections_active -= 1
             limiter.release()
-            if self._at_limit:
+            if self._at_limit and not self._draining:
                 self._at_limit = False
                 log.info("below the connection limit again; accepting")
-            if self._draining and not connection.completed and not failed:
-                self._aborted += 1
+            if self._draining:
+                if connection.completed:
+                    self._drained += 1
+                elif not failed:
+                    self._aborted += 1
