@@ -40,6 +40,14 @@ async def running(
             daemon.drain()
 
 
+async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    """Everything the stream delivers until its EOF."""
+    data = bytearray()
+    while chunk := await stream.receive_some():
+        data += chunk
+    return bytes(data)
+
+
 def loopback(sock_dir: Path) -> list[Address]:
     return [TcpAddress("127.0.0.1", 0), UnixAddress(str(sock_dir / "echo.sock"))]
 

@@ -15,17 +15,10 @@ import trio
 
 from triodaemon import ClientError, Framing, TcpAddress, UnixAddress, connect, echo_frames
 
-from .conftest import DaemonProcess, SpawnFn
+from .conftest import DaemonProcess, SpawnFn, read_until_eof
 
 #: A bound on every test here, so a hang fails instead of stalling the run.
 TEST_TIMEOUT = 60
-
-
-async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    data = bytearray()
-    while chunk := await stream.receive_some():
-        data += chunk
-    return bytes(data)
 
 
 def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

@@ -11,6 +11,8 @@ import trio.testing
 from triodaemon import Connection, ConnectionInfo, Framing, Stats
 from triodaemon._connection import LINGER_SECONDS
 
+from .conftest import read_until_eof
+
 INFO = ConnectionInfo(1, "test://", "peer")
 
 
@@ -36,13 +38,6 @@ class CountingStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    data = bytearray()
-    while chunk := await stream.receive_some():
-        data += chunk
-    return bytes(data)
 
 
 async def test_echoes_every_frame_of_one_read_in_one_write() -> None:

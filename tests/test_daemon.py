@@ -25,7 +25,7 @@ from triodaemon import (
 )
 from triodaemon._listeners import Address
 
-from .conftest import LogWaiter, loopback, running
+from .conftest import LogWaiter, loopback, read_until_eof, running
 
 FRAMINGS = [
     Framing(),
@@ -41,13 +41,6 @@ def sample(framing: Framing) -> list[bytes]:
     if framing.kind == "fixed":
         return [b"abcd", b"\n\n\n\n", b"wxyz"]
     return [b"hello", b"", b"world " * 1000, b"last"]
-
-
-async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    data = bytearray()
-    while chunk := await stream.receive_some():
-        data += chunk
-    return bytes(data)
 
 
 @pytest.mark.parametrize("framing", FRAMINGS, ids=lambda f: f.describe())
@@ -370,3 +363,10 @@ async def test_a_daemon_serves_once_and_needs_an_address(sock_dir: Path) -> None
     assert await daemon.serve() == daemon.summary
     with pytest.raises(RuntimeError, match="serves once"):
         await daemon.serve()
+
+
+def test_idle_timeout_zero_disables() -> None:
+    assert DaemonConfig([], idle_timeout=0).idle_seconds == float("inf")
+    assert DaemonConfig([], idle_timeout=2.5).idle_seconds == 2.5
+    with pytest.raises(ValueError, match="idle_timeout"):
+        DaemonConfig([], idle_timeout=-1)
