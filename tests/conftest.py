@@ -18,6 +18,8 @@ import trio
 from triodaemon import Daemon, DaemonConfig, TcpAddress, UnixAddress
 from triodaemon._listeners import Address
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
