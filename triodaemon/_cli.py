@@ -23,6 +23,8 @@ from typing import NoReturn
 import trio
 
 from . import __version__
+from ._check import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
+from ._check import SCENARIOS, ScenarioResult, run_check
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
 from ._config import DaemonConfig
 from ._daemon import Daemon
@@ -217,7 +219,8 @@ def _serve_parser() -> argparse.ArgumentParser:
         prog="triodaemon",
         description=(
             "A framed echo daemon on TCP and Unix sockets. "
-            "'triodaemon client --help' for the client."
+            "'triodaemon client --help' for the client, "
+            "'triodaemon check --help' to check any echo server."
         ),
     )
     parser.add_argument("--version", action="version", version=f"triodaemon {__version__}")
@@ -301,6 +304,35 @@ def _client_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"give up when a reply is owed and none comes for this long (default {DEFAULT_REPLY_TIMEOUT:g})",
     )
+    return parser
+
+
+def _check_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="triodaemon check",
+        description=(
+            "Run a battery of framing scenarios against any echo server and report, per "
+            "scenario, whether every frame came back whole and in order. Exit 0 only if "
+            "all pass."
+        ),
+    )
+    _add_address_flags(parser, server=False)
+    _add_framing_flags(parser)
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_CHECK_TIMEOUT,
+        metavar="SECONDS",
+        help=f"time limit of each scenario (default {DEFAULT_CHECK_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        metavar="NAME",
+        help=f"run only this scenario; repeatable ({', '.join(SCENARIOS)})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -446,11 +478,42 @@ def client_main(argv: Sequence[str]) -> int:
         return 130
 
 
+async def _check(address: Address, framing: Framing, args: argparse.Namespace) -> int:
+    def progress(result: ScenarioResult) -> None:
+        if not args.json:
+            status = "pass" if result.passed else "FAIL"
+            print(f"  {result.name}: {status}", file=sys.stderr, flush=True)
+
+    try:
+        report = await run_check(
+            address, framing, timeout=args.timeout, scenarios=args.scenario, on_result=progress
+        )
+    except ClientError as exc:
+        return _error(str(exc))
+    print(report.to_json() if args.json else report.table(), flush=True)
+    return 0 if report.passed else EXIT_FAILURE
+
+
+def check_main(argv: Sequence[str]) -> int:
+    parser = _check_parser()
+    args = parser.parse_args(argv)
+    framing = _framing_from_args(parser, args)
+    targets: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
+    if len(targets) != 1:
+        parser.error("give exactly one of --tcp HOST:PORT or --sock PATH")
+    try:
+        return trio.run(_check, targets[0], framing, args)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["client"]:
         return client_main(arguments[1:])
+    if arguments[:1] == ["check"]:
+        return check_main(arguments[1:])
     if arguments[:1] == ["serve"]:
         arguments = arguments[1:]
     return serve_main(arguments)
