@@ -237,6 +237,7 @@ def test_decoder_stays_failed() -> None:
     ("framing", "payload", "message"),
     [
         (Framing(), b"a\nb", "contains the delimiter"),
+        (Framing("delimiter", delimiter=b"abab"), b"xab", "cut short"),
         (Framing(max_frame=2), b"abc", "exceeds the frame limit"),
         (Framing("length", length_bytes=1), b"x" * 256, "does not fit"),
         (Framing("fixed", frame_size=2), b"abc", "2-byte frames"),
@@ -305,6 +306,8 @@ def without_delimiter(framing: Framing) -> Callable[[bytes], bytes]:
     def strip(payload: bytes) -> bytes:
         while framing.delimiter in payload:
             payload = payload.replace(framing.delimiter, b"")
+        while (payload + framing.delimiter).find(framing.delimiter) != len(payload):
+            payload = payload[:-1]
         return payload
 
     return strip

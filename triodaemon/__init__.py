@@ -4,6 +4,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._check import SCENARIOS as SCENARIOS
+from ._check import CheckReport as CheckReport
+from ._check import ScenarioResult as ScenarioResult
+from ._check import run_check as run_check
 from ._client import connect as connect
 from ._client import echo_frames as echo_frames
 from ._client import exchange as exchange

@@ -154,8 +154,12 @@ def _make_frames(framing: Framing, tag: str, count: int, size: int) -> list[byte
             part += 1
         payload = bytes(pieces[:size])
         if framing.kind in ("line", "delimiter"):
-            while framing.delimiter in payload:
-                payload = payload.replace(framing.delimiter, b"_" * len(framing.delimiter))
+            delimiter = framing.delimiter
+            while (payload + delimiter).find(delimiter) != len(payload):
+                # Replace what would end the frame early (a delimiter made of our
+                # characters: unusual, but allowed).
+                at = (payload + delimiter).find(delimiter)
+                payload = payload[:at] + b"\x00" + payload[at + 1 :]
         frames.append(payload)
     return frames
 

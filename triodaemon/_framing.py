@@ -385,9 +385,17 @@ class Framing:
                 f"a {len(payload)}-byte frame exceeds the frame limit of {self.max_frame} bytes"
             )
         if self.kind in ("line", "delimiter"):
-            if self.delimiter in payload:
-                raise ValueError(f"the payload contains the delimiter {self.delimiter!r}")
-            return payload + self.delimiter
+            wire = payload + self.delimiter
+            # One search covers both ways to be cut early: the delimiter inside the
+            # payload, and (for "abab" after "ab") the payload's end running into it.
+            if wire.find(self.delimiter) != len(payload):
+                if self.delimiter in payload:
+                    raise ValueError(f"the payload contains the delimiter {self.delimiter!r}")
+                raise ValueError(
+                    f"the payload's end and the delimiter {self.delimiter!r} together "
+                    "contain the delimiter early: the frame would be cut short"
+                )
+            return wire
         if self.kind == "length":
             value = len(payload) + (self.length_bytes if self.length_includes_header else 0)
             if value >= 1 << (8 * self.length_bytes):
