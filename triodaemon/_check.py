@@ -294,7 +294,7 @@ class _Checker:
         """Write (each after its pause) while reading; return what came back and how it ended.
 
         Reading stops at ``expected_size`` bytes, or with ``half_close`` at EOF.
-        The ending is "" (complete), or a phrase like " before the server closed the connection".
+        The ending is "" (complete), or a phrase like ", then the server closed the connection".
         """
         received = bytearray()
         ended = ""
@@ -311,7 +311,7 @@ class _Checker:
                         if half_close:
                             await stream.send_eof()
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        ended = ended or " before the connection broke while sending"
+                        ended = ended or ", then the connection broke while sending"
 
                 nursery.start_soon(write)
                 if read_delay:
@@ -320,16 +320,16 @@ class _Checker:
                     try:
                         data = await stream.receive_some()
                     except trio.BrokenResourceError:
-                        ended = " before the server reset the connection"
+                        ended = ", then the server reset the connection"
                         break
                     if not data:
                         if not half_close or len(received) < expected_size:
-                            ended = " before the server closed the connection"
+                            ended = ", then the server closed the connection"
                         break
                     received += data
                 nursery.cancel_scope.cancel()
         if scope.cancelled_caught:
-            ended = f" before nothing more came for {self.timeout:g}s"
+            ended = f", then nothing more for {self.timeout:g}s"
             if half_close and len(received) >= expected_size:
                 ended = f", but the connection was not closed within {self.timeout:g}s of the half-close"
         return bytes(received), ended
