@@ -368,3 +368,20 @@ def test_property_garbage_only_raises_framing_errors(noise: bytes, cuts: list[in
             decoder.feed_eof()
         except FramingError:
             pass
+
+
+@pytest.mark.parametrize(
+    ("framing", "largest"),
+    [
+        (Framing(max_frame=1000), 1000),
+        (Framing("length", length_bytes=1), 255),
+        (Framing("length", length_bytes=1, length_includes_header=True), 254),
+        (Framing("length", length_bytes=2, max_frame=100), 100),
+        (Framing("fixed", frame_size=7), 7),
+    ],
+)
+def test_largest_payload(framing: Framing, largest: int) -> None:
+    assert framing.largest_payload == largest
+    framing.encode(b"x" * largest)
+    with pytest.raises(ValueError, match="exceeds|does not fit|fixed framing needs"):
+        framing.encode(b"x" * (largest + 1))

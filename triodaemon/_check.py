@@ -124,25 +124,11 @@ def _summary(frames: Sequence[bytes], wire_size: int, how: str = "") -> str:
     return f"{len(frames)} {noun}, {wire_size} bytes{how}: {shown}{more}"
 
 
-def largest_payload(framing: Framing) -> int:
-    """The largest payload ``framing`` can carry (its limit, or its header's)."""
-    largest = framing.max_frame
-    if framing.kind == "length":
-        room = (1 << (8 * framing.length_bytes)) - 1
-        largest = min(
-            largest, room - (framing.length_bytes if framing.length_includes_header else 0)
-        )
-    if framing.kind == "fixed" and framing.frame_size is not None:
-        largest = framing.frame_size
-    return largest
-
-
 def _make_frames(framing: Framing, tag: str, count: int, size: int) -> list[bytes]:
     """``count`` distinct payloads of about ``size`` bytes that ``framing`` can carry."""
-    if framing.kind == "fixed":
-        assert framing.frame_size is not None
-        size = framing.frame_size
-    size = min(size, largest_payload(framing))
+    size = (
+        framing.largest_payload if framing.kind == "fixed" else min(size, framing.largest_payload)
+    )
     frames = []
     for index in range(count):
         # Every piece of a payload differs from every other ("tag3.0|tag3.1|..."), so a
@@ -441,15 +427,15 @@ class _Checker:
             frames += [delimiter[:n] + b"tail" for n in range(1, len(delimiter))]
         else:
             frames = [b"", b"\x00\x00\x00\x05", b"", b"\xff\xff\xff\xff", b"\x80\x80\x01", b""]
-        frames = [frame[: largest_payload(framing)] for frame in frames]
+        frames = [frame[: framing.largest_payload] for frame in frames]
         wire_pieces = [framing.encode(frame) for frame in frames]
         writes = [(_GAP if i else 0.0, piece) for i, piece in enumerate(wire_pieces) if piece]
         await self.exchange(frames, writes, how=" one per write")
 
     async def max_frame(self) -> None:
-        size = min(largest_payload(self.framing), _MAX_FRAME_BUDGET)
+        size = min(self.framing.largest_payload, _MAX_FRAME_BUDGET)
         frames = _make_frames(self.framing, "max", 1, size)
-        note = "" if size == largest_payload(self.framing) else f" (capped at {size} bytes)"
+        note = "" if size == self.framing.largest_payload else f" (capped at {size} bytes)"
         await self.exchange(frames, [(0, _wire(self.framing, frames))], how=note)
 
     async def pipelining(self) -> None:
@@ -518,7 +504,7 @@ class _Checker:
 
     async def slow_reader(self) -> None:
         total = 512 * 1024
-        size = min(1024, largest_payload(self.framing))
+        size = min(1024, self.framing.largest_payload)
         frames = _make_frames(self.framing, "slow", max(1, total // max(size, 1)), size)
         delay = min(1.0, self.timeout / 3)
         await self.exchange(

@@ -17,7 +17,7 @@ import re
 import resource
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NoReturn
 
 import trio
@@ -424,10 +424,7 @@ def serve_main(argv: Sequence[str]) -> int:
     _setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
     _raise_fd_limit(config.max_connections + len(listen) + 64)
-    try:
-        return trio.run(_serve, config)
-    except KeyboardInterrupt:  # Ctrl-C before the signal receiver was in place
-        return 130
+    return _run(_serve, config)  # Ctrl-C before the signal receiver is in place: 130
 
 
 async def _stdin_lines(keep_newline: bool) -> AsyncIterator[bytes]:
@@ -465,17 +462,26 @@ async def _client(address: Address, framing: Framing, args: argparse.Namespace) 
     return 0
 
 
+def _one_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Address:
+    targets: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
+    if len(targets) != 1:
+        parser.error("give exactly one of --tcp HOST:PORT or --sock PATH")
+    return targets[0]
+
+
+def _run(main: Callable[..., Awaitable[int]], *args: object) -> int:
+    """``trio.run`` for a command: Ctrl-C outside any handler exits 130 without a traceback."""
+    try:
+        return trio.run(main, *args)
+    except KeyboardInterrupt:
+        return 130
+
+
 def client_main(argv: Sequence[str]) -> int:
     parser = _client_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    targets: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
-    if len(targets) != 1:
-        parser.error("give exactly one of --tcp HOST:PORT or --sock PATH")
-    try:
-        return trio.run(_client, targets[0], framing, args)
-    except KeyboardInterrupt:
-        return 130
+    return _run(_client, _one_target(parser, args), framing, args)
 
 
 async def _check(address: Address, framing: Framing, args: argparse.Namespace) -> int:
@@ -498,13 +504,7 @@ def check_main(argv: Sequence[str]) -> int:
     parser = _check_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    targets: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
-    if len(targets) != 1:
-        parser.error("give exactly one of --tcp HOST:PORT or --sock PATH")
-    try:
-        return trio.run(_check, targets[0], framing, args)
-    except KeyboardInterrupt:
-        return 130
+    return _run(_check, _one_target(parser, args), framing, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -355,6 +355,20 @@ class Framing:
         elif self.frame_size is not None:
             raise ValueError("a frame size applies only to fixed framing")
 
+    @property
+    def largest_payload(self) -> int:
+        """The largest payload this framing can carry: ``max_frame``, or less where
+        a short length header or a fixed frame size says so."""
+        if self.kind == "fixed":
+            assert self.frame_size is not None
+            return self.frame_size
+        if self.kind == "length":
+            room = (1 << (8 * self.length_bytes)) - 1
+            if self.length_includes_header:
+                room -= self.length_bytes
+            return min(self.max_frame, room)
+        return self.max_frame
+
     def decoder(self) -> Decoder:
         """Return a new decoder, holding no bytes, for this framing."""
         if self.kind in ("line", "delimiter"):

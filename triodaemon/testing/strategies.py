@@ -39,7 +39,7 @@ def payloads(framing: Framing, *, max_size: int = DEFAULT_MAX_SIZE) -> st.Search
     (its prefixes, for a multi-byte delimiter), bytes that look like headers,
     and, now and then, a payload of exactly the largest size allowed.
     """
-    largest = _largest_payload(framing)
+    largest = framing.largest_payload
     if framing.kind == "fixed":
         assert framing.frame_size is not None
         return st.binary(min_size=framing.frame_size, max_size=framing.frame_size)
@@ -54,16 +54,6 @@ def payloads(framing: Framing, *, max_size: int = DEFAULT_MAX_SIZE) -> st.Search
         return st.one_of(joined, biggest).map(lambda p: _without(delimiter, p[:largest]))
     headerish = st.sampled_from([b"", b"\x00\x00\x00\x05", b"\xff" * 4, b"\x80\x80\x01"])
     return st.one_of(st.binary(max_size=size), headerish, st.just(b"\x00" * largest))
-
-
-def _largest_payload(framing: Framing) -> int:
-    largest = framing.max_frame
-    if framing.kind == "length":
-        header_room = (1 << (8 * framing.length_bytes)) - 1
-        if framing.length_includes_header:
-            header_room -= framing.length_bytes
-        largest = min(largest, header_room)
-    return largest
 
 
 def frames(
