@@ -217,3 +217,10 @@ async def test_unreachable_directory(sock_dir: Path) -> None:
     inner.mkdir()
     with unprivileged(sock_dir, 0o000), pytest.raises(AddressError, match="no permission to reach"):
         await open_unix(UnixAddress(str(inner / "e.sock")))
+
+
+def test_listeners_close_outside_trio(sock_dir: Path) -> None:
+    listeners = trio.run(open_listeners, [UnixAddress(str(sock_dir / "sync.sock"))])
+    for listener in listeners:
+        listener.close()
+    assert not (sock_dir / "sync.sock").exists()
