@@ -186,10 +186,8 @@ class BoundListener:
         self._closed = True
         if self.unix_identity is not None and isinstance(self.address, UnixAddress):
             remove_if_ours(self.address.path, self.unix_identity)
-        try:
+        with contextlib.suppress(RuntimeError):  # outside trio.run nobody can be waiting
             trio.lowlevel.notify_closing(self.sock)
-        except RuntimeError:
-            pass  # outside trio.run: nobody can be waiting on it
         self.sock.close()
 
 
