@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._bench import BenchResult as BenchResult
+from ._bench import run_bench as run_bench
 from ._check import SCENARIOS as SCENARIOS
 from ._check import CheckReport as CheckReport
 from ._check import ScenarioResult as ScenarioResult

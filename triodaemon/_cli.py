@@ -23,6 +23,7 @@ from typing import NoReturn
 import trio
 
 from . import __version__
+from ._bench import run_bench
 from ._check import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
 from ._check import SCENARIOS, ScenarioResult, run_check
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
@@ -220,7 +221,8 @@ def _serve_parser() -> argparse.ArgumentParser:
         description=(
             "A framed echo daemon on TCP and Unix sockets. "
             "'triodaemon client --help' for the client, "
-            "'triodaemon check --help' to check any echo server."
+            "'triodaemon check --help' to check any echo server, "
+            "'triodaemon bench --help' to load one."
         ),
     )
     parser.add_argument("--version", action="version", version=f"triodaemon {__version__}")
@@ -333,6 +335,47 @@ def _check_parser() -> argparse.ArgumentParser:
         help=f"run only this scenario; repeatable ({', '.join(SCENARIOS)})",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="triodaemon bench",
+        description=(
+            "Load any echo server: N connections, D frames in flight on each; every echo "
+            "is verified. Prints frames/s, MB/s, latency percentiles and errors."
+        ),
+    )
+    _add_address_flags(parser, server=False)
+    _add_framing_flags(parser)
+    parser.add_argument(
+        "--conns", type=_positive_int, default=1, metavar="N", help="connections (default 1)"
+    )
+    parser.add_argument(
+        "--depth",
+        type=_positive_int,
+        default=1,
+        metavar="D",
+        help="frames in flight per connection (default 1)",
+    )
+    parser.add_argument(
+        "--size",
+        type=_size,
+        default=64,
+        metavar="B",
+        help="wire bytes per frame, header or delimiter included (default 64)",
+    )
+    parser.add_argument(
+        "--duration", type=_seconds, default=10.0, metavar="S", help="seconds measured (default 10)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds of load before measuring (default 1)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -500,6 +543,40 @@ async def _check(address: Address, framing: Framing, args: argparse.Namespace) -
     return 0 if report.passed else EXIT_FAILURE
 
 
+async def _bench(address: Address, framing: Framing, args: argparse.Namespace) -> int:
+    live = sys.stderr.isatty()
+
+    def progress(elapsed: float, frames: int, errors: int) -> None:
+        rate = frames / elapsed if elapsed else 0.0
+        line = f"{elapsed:5.1f}s  {frames:,} frames  {rate:,.0f}/s  errors {errors}"
+        print(f"\r{line}" if live else line, end="" if live else "\n", file=sys.stderr, flush=True)
+
+    try:
+        result = await run_bench(
+            address,
+            framing,
+            connections=args.conns,
+            depth=args.depth,
+            frame_size=args.size,
+            duration=args.duration,
+            warmup=args.warmup,
+            on_progress=progress,
+        )
+    except (ClientError, ValueError) as exc:
+        return _error(str(exc))
+    if live:
+        print(file=sys.stderr)
+    print(result.to_json() if args.json else result.table(), flush=True)
+    return 0 if result.errors == 0 else EXIT_FAILURE
+
+
+def bench_main(argv: Sequence[str]) -> int:
+    parser = _bench_parser()
+    args = parser.parse_args(argv)
+    framing = _framing_from_args(parser, args)
+    return _run(_bench, _one_target(parser, args), framing, args)
+
+
 def check_main(argv: Sequence[str]) -> int:
     parser = _check_parser()
     args = parser.parse_args(argv)
@@ -514,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_main(arguments[1:])
     if arguments[:1] == ["check"]:
         return check_main(arguments[1:])
+    if arguments[:1] == ["bench"]:
+        return bench_main(arguments[1:])
     if arguments[:1] == ["serve"]:
         arguments = arguments[1:]
     return serve_main(arguments)
