@@ -1,0 +1,48 @@
+"""Peer: the trio tutorial shape: serve_listeners, receive_some, one send_all per read."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+from _common import parse_args, ready
+
+
+async def main() -> None:
+    args = parse_args(__doc__ or "")
+    line = args.framing == "line"
+
+    async def handle(stream: trio.SocketStream) -> None:
+        buffer = b""
+        try:
+            while data := await stream.receive_some():
+                buffer += data
+                if line:
+                    end = buffer.rfind(b"\n") + 1
+                else:
+                    end = 0
+                    while len(buffer) - end >= 4:
+                        size = 4 + int.from_bytes(buffer[end : end + 4], "big")
+                        if len(buffer) - end < size:
+                            break
+                        end += size
+                if end:
+                    await stream.send_all(buffer[:end])
+                    buffer = buffer[end:]
+        except trio.BrokenResourceError:
+            pass
+
+    if args.tcp is not None:
+        listeners = await trio.open_tcp_listeners(args.tcp, host="127.0.0.1")
+    else:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(args.unix)
+        sock.listen(1024)
+        listeners = [trio.SocketListener(sock)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        ready()
+
+
+if __name__ == "__main__":
+    trio.run(main)

@@ -1,0 +1,318 @@
+"""The benchmark suite: triodaemon and its peers side by side, in one run, as ratios.
+
+    python bench/run.py                 # everything (see --help for a subset)
+    python bench/run.py --quick         # a few seconds: checks the harness works
+
+For each scenario, transport and round, every server is started pinned to CPU 0
+(taskset), loaded by bench/loadgen (C, built here with cc) pinned to CPU 1, and
+measured: frames echoed per second, frames per second of *server* CPU (the fair
+figure: the generator may saturate its own core first), latency percentiles, and
+the generator's own CPU use. Servers run in interleaved order (A B C A B C) and the
+median of the rounds is reported, each as a ratio to triodaemon in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).parent
+PEERS = HERE / "peers"
+BUILD = HERE / ".build"
+
+# name: (load generator arguments, description)
+SCENARIOS = {
+    "s1": (
+        ["--conns", "1", "--depth", "1", "--size", "64"],
+        "latency: 1 conn, 1 in flight, 64 B line",
+        "line",
+    ),
+    "s2": (
+        ["--conns", "50", "--depth", "16", "--size", "64"],
+        "50 conns x 16 in flight, 64 B line",
+        "line",
+    ),
+    "s3": (
+        ["--conns", "50", "--depth", "16", "--size", "64"],
+        "50 conns x 16 in flight, 64 B length",
+        "length",
+    ),
+    "s4": (
+        ["--conns", "4", "--depth", "4", "--size", "65540"],
+        "bulk: 4 conns x 4 in flight, 64 KiB length",
+        "length",
+    ),
+}
+
+
+def server_command(name: str, framing: str, where: list[str]) -> list[str]:
+    """The command line of server ``name`` listening at ``where`` (--tcp PORT | --unix PATH)."""
+    py = sys.executable
+    if name == "triodaemon":
+        kind, value = where
+        address = ["--tcp", f"127.0.0.1:{value}"] if kind == "--tcp" else ["--sock", value]
+        return [
+            py,
+            "-m",
+            "triodaemon",
+            *address,
+            "--framing",
+            framing,
+            "--log-level",
+            "warning",
+            "--max-frame",
+            "1MiB",
+            "--idle-timeout",
+            "0",
+        ]
+    peer, _, loop = name.partition("+")
+    script = {
+        "asyncio-streams": "asyncio_streams.py",
+        "asyncio-protocol": "asyncio_protocol.py",
+        "trio-tutorial": "trio_tutorial.py",
+    }[peer]
+    extra = ["--loop", loop] if loop else []
+    return [py, str(PEERS / script), *where, "--framing", framing, *extra]
+
+
+ALL_SERVERS = [
+    "triodaemon",
+    "trio-tutorial",
+    "asyncio-streams",
+    "asyncio-protocol",
+    "asyncio-streams+uvloop",
+    "asyncio-protocol+uvloop",
+]
+
+
+def build_loadgen() -> Path:
+    BUILD.mkdir(exist_ok=True)
+    binary = BUILD / "loadgen"
+    source = HERE / "loadgen.c"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            sys.exit("bench: no C compiler (cc) found; install gcc")
+        subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu), *command]
+    return command
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(process: subprocess.Popen[bytes], where: list[str]) -> None:
+    deadline = time.monotonic() + 15
+    kind, value = where
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if kind == "--tcp":
+                socket.create_connection(("127.0.0.1", int(value)), timeout=1).close()
+            else:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(value)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening within 15 s")
+
+
+@dataclass
+class Sample:
+    server: str
+    scenario: str
+    transport: str
+    frames_per_second: float
+    frames_per_cpu_second: float
+    p50_us: float
+    p99_us: float
+    p999_us: float
+    server_cpu: float
+    client_cpu: float
+    errors: int
+    first_error: str
+
+
+def measure(
+    loadgen: Path,
+    server: str,
+    scenario: str,
+    transport: str,
+    duration: float,
+    warmup: float,
+    workdir: Path,
+) -> Sample:
+    args, _, framing = SCENARIOS[scenario]
+    if transport == "tcp":
+        where = ["--tcp", str(free_port())]
+    else:  # a fresh path each time: not every peer removes its socket file on exit
+        where = ["--unix", tempfile.mktemp(prefix=f"{scenario}-", suffix=".sock", dir=workdir)]
+    log_path = workdir / f"{server}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            pinned(0, server_command(server, framing, where)),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        try:
+            wait_ready(process, where)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{server}: {exc}: {log_path.read_text()[-500:]}") from None
+        target = ["--tcp", f"127.0.0.1:{where[1]}"] if transport == "tcp" else ["--unix", where[1]]
+        generator = subprocess.Popen(
+            pinned(
+                1,
+                [
+                    str(loadgen),
+                    *target,
+                    "--framing",
+                    framing,
+                    *args,
+                    "--duration",
+                    str(duration),
+                    "--warmup",
+                    str(warmup),
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(warmup)
+        ticks_start = cpu_ticks(process.pid)
+        out, err = generator.communicate(timeout=duration + warmup + 60)
+        ticks = cpu_ticks(process.pid) - ticks_start
+        if generator.returncode != 0:
+            raise RuntimeError(f"loadgen failed: {err.decode().strip()}")
+        result = json.loads(out)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    server_cpu = ticks / os.sysconf("SC_CLK_TCK")
+    return Sample(
+        server,
+        scenario,
+        transport,
+        result["frames_per_second"],
+        result["frames"] / server_cpu if server_cpu else float("nan"),
+        result["p50_us"],
+        result["p99_us"],
+        result["p999_us"],
+        server_cpu / result["seconds"],
+        result["client_cpu_seconds"] / result["seconds"],
+        result["errors"],
+        result["first_error"],
+    )
+
+
+def median(samples: list[Sample], field: str) -> float:
+    return float(statistics.median(float(getattr(sample, field)) for sample in samples))
+
+
+def report(samples: list[Sample], servers: list[str]) -> str:
+    lines = []
+    keys = sorted({(s.scenario, s.transport) for s in samples})
+    for scenario, transport in keys:
+        group = [s for s in samples if (s.scenario, s.transport) == (scenario, transport)]
+        base = [s for s in group if s.server == "triodaemon"]
+        base_cpu = median(base, "frames_per_cpu_second") if base else float("nan")
+        lines.append(f"\n### {scenario.upper()} over {transport}: {SCENARIOS[scenario][1]}\n")
+        lines.append(
+            "| server | frames/s | frames per server CPU-s | vs triodaemon | p50 us | p99 us | p99.9 us | server CPU | loadgen CPU | errors |"
+        )
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for server in servers:
+            mine = [s for s in group if s.server == server]
+            if not mine:
+                continue
+            per_cpu = median(mine, "frames_per_cpu_second")
+            lines.append(
+                f"| {server} | {median(mine, 'frames_per_second'):,.0f} | {per_cpu:,.0f} | "
+                f"{per_cpu / base_cpu:.2f}x | {median(mine, 'p50_us'):.0f} | {median(mine, 'p99_us'):.0f} | "
+                f"{median(mine, 'p999_us'):.0f} | {median(mine, 'server_cpu'):.0%} | "
+                f"{median(mine, 'client_cpu'):.0%} | {sum(s.errors for s in mine)} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma-separated")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated: s1,s2,s3,s4"
+    )
+    parser.add_argument("--transports", default="tcp,unix")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="1 round of 0.3 s: a smoke run")
+    parser.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 0.3, 0.1
+    servers = args.servers.split(",")
+    unknown = [s for s in servers if s not in ALL_SERVERS]
+    if unknown:
+        sys.exit(f"bench: unknown server {unknown[0]}; choose from {', '.join(ALL_SERVERS)}")
+    loadgen = build_loadgen()
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory(prefix="td-bench-") as directory:
+        for scenario in args.scenarios.split(","):
+            for transport in args.transports.split(","):
+                for round_number in range(args.rounds):
+                    for server in servers:  # interleaved: A B C, A B C, ...
+                        sample = measure(
+                            loadgen,
+                            server,
+                            scenario,
+                            transport,
+                            args.duration,
+                            args.warmup,
+                            Path(directory),
+                        )
+                        samples.append(sample)
+                        print(
+                            f"{scenario} {transport} round {round_number + 1} {server}: "
+                            f"{sample.frames_per_second:,.0f} frames/s, "
+                            f"{sample.frames_per_cpu_second:,.0f} per server CPU-s, "
+                            f"errors {sample.errors}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    print(report(samples, servers))
+    if args.json:
+        Path(args.json).write_text(json.dumps([s.__dict__ for s in samples], indent=2))
+    return 1 if any(s.errors for s in samples) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
