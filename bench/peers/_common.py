@@ -18,3 +18,16 @@ def parse_args(description: str, *, loops: bool = False) -> argparse.Namespace:
 
 def ready() -> None:
     print("ready", flush=True)
+
+
+def frames_end(buffer: bytes, line: bool) -> int:
+    """Where the complete frames in ``buffer`` end (line, or 4-byte big-endian length)."""
+    if line:
+        return buffer.rfind(b"\n") + 1
+    end = 0
+    while len(buffer) - end >= 4:
+        size = 4 + int.from_bytes(buffer[end : end + 4], "big")
+        if len(buffer) - end < size:
+            break
+        end += size
+    return end

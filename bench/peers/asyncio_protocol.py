@@ -9,7 +9,7 @@ import asyncio
 import sys
 from typing import cast
 
-from _common import parse_args, ready
+from _common import frames_end, parse_args, ready
 
 
 class Echo(asyncio.Protocol):
@@ -25,15 +25,7 @@ class Echo(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         buffer = self.buffer + data if self.buffer else data
-        if self.line:
-            end = buffer.rfind(b"\n") + 1
-        else:
-            end = 0
-            while len(buffer) - end >= 4:
-                size = 4 + int.from_bytes(buffer[end : end + 4], "big")
-                if len(buffer) - end < size:
-                    break
-                end += size
+        end = frames_end(buffer, self.line)
         if end:
             self.transport.write(buffer[:end])
         self.buffer = buffer[end:]

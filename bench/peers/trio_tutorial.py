@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 import trio
-from _common import parse_args, ready
+from _common import frames_end, parse_args, ready
 
 
 async def main() -> None:
@@ -17,15 +17,7 @@ async def main() -> None:
         try:
             while data := await stream.receive_some():
                 buffer += data
-                if line:
-                    end = buffer.rfind(b"\n") + 1
-                else:
-                    end = 0
-                    while len(buffer) - end >= 4:
-                        size = 4 + int.from_bytes(buffer[end : end + 4], "big")
-                        if len(buffer) - end < size:
-                            break
-                        end += size
+                end = frames_end(buffer, line)
                 if end:
                     await stream.send_all(buffer[:end])
                     buffer = buffer[end:]
