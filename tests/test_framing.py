@@ -385,3 +385,67 @@ def test_largest_payload(framing: Framing, largest: int) -> None:
     framing.encode(b"x" * largest)
     with pytest.raises(ValueError, match="exceeds|does not fit|fixed framing needs"):
         framing.encode(b"x" * (largest + 1))
+
+
+def take_all(framing: Framing, chunks: Sequence[bytes]) -> tuple[bytes, int]:
+    decoder = framing.decoder()
+    wire = b""
+    count = 0
+    for chunk in chunks:
+        decoder.feed(chunk)
+        taken, n = decoder.take_frames()
+        wire += taken
+        count += n
+        assert decoder.error is None
+    return wire, count
+
+
+@pytest.mark.parametrize("name", [*FRAMINGS, "overlapping"])
+def test_take_frames_returns_the_wire_bytes_of_complete_frames(name: str) -> None:
+    framing = FRAMINGS.get(name) or Framing("delimiter", delimiter=b"aXa")
+    frames = SAMPLES.get(name) or [b"", b"b", b"Xa", b"Xb"]
+    stream = b"".join(framing.encode(frame) for frame in frames)
+    for index in range(len(stream) + 1):
+        assert take_all(framing, [stream[:index], stream[index:]]) == (stream, len(frames))
+    assert take_all(framing, [bytes([b]) for b in stream]) == (stream, len(frames))
+
+
+@pytest.mark.parametrize("delimiter", [b"\n", b"\r\n", b"abab", b"aa"])
+def test_take_frames_fast_path_agrees_with_next_frame(delimiter: bytes) -> None:
+    framing = Framing("delimiter", delimiter=delimiter, max_frame=1000)
+    data = b"aaab\nab\r\nabababab\naaaa" * 3
+    decoder = framing.decoder()
+    decoder.feed(data)
+    frames = []
+    while (frame := decoder.next_frame()) is not None:
+        frames.append(frame)
+    fast = framing.decoder()
+    fast.feed(data)
+    wire, count = fast.take_frames()
+    assert count == len(frames)
+    assert wire == b"".join(frame + delimiter for frame in frames)
+    assert fast.pending() == decoder.pending()
+
+
+def test_take_frames_stops_at_a_framing_error() -> None:
+    framing = Framing(max_frame=4)
+    decoder = framing.decoder()
+    decoder.feed(b"ok\nfine\n" + b"x" * 10)
+    assert decoder.take_frames() == (b"ok\nfine\n", 2)
+    assert isinstance(decoder.error, FrameTooLarge)
+    assert decoder.take_frames() == (b"", 0)
+    decoder = Framing("length", max_frame=3).decoder()
+    decoder.feed(b"\x00\x00\x00\x01a\x00\x00\x00\x09")
+    assert decoder.take_frames() == (b"\x00\x00\x00\x01a", 1)
+    assert isinstance(decoder.error, FrameTooLarge)
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_property_take_frames(name: str, data: st.DataObject) -> None:
+    framing = FRAMINGS[name]
+    frames = data.draw(frames_for(framing))
+    stream = b"".join(framing.encode(frame) for frame in frames)
+    cuts = data.draw(st.lists(st.integers(min_value=0), max_size=20))
+    assert take_all(framing, chunked(stream, cuts)) == (stream, len(frames))

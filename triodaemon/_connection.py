@@ -119,9 +119,11 @@ class Connection:
     """True once the connection finished and closed on its own terms (see :meth:`run`)."""
     _draining: bool = attrs.field(default=False, init=False)
     _receive_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    _echo: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.decoder = self.framing.decoder()
+        self._echo = self.handler is echo
 
     def drain(self) -> None:
         """Finish the frame in progress (if any), reply, and close.
@@ -185,17 +187,14 @@ class Connection:
                 return _Close.GRACEFUL
             stats.bytes_received += len(data)
             decoder.feed(data)
-            replies = bytearray()
-            error: FramingError | None = None
-            encode = self.framing.encode
-            try:
-                while (frame := decoder.next_frame()) is not None:
-                    stats.frames += 1
-                    reply = await self.handler(frame, self.info)
-                    if reply is not None:
-                        replies += encode(reply)
-            except FramingError as exc:
-                error = exc
+            replies: bytes | bytearray
+            if self._echo:
+                # An echo's reply is the frames as they came: one slice, no per-frame work.
+                replies, count = decoder.take_frames()
+                stats.frames += count
+                error = decoder.error
+            else:
+                replies, error = await self._handle_frames()
             if replies and not await self._send(replies):
                 return _Close.FORCEFUL
             if error is not None:
@@ -203,7 +202,21 @@ class Connection:
                 log.warning("%s: %s; closing", self.info, error)
                 return _Close.GRACEFUL
 
-    async def _send(self, data: bytearray) -> bool:
+    async def _handle_frames(self) -> tuple[bytearray, FramingError | None]:
+        """Run the handler on every complete frame; return the encoded replies and any error."""
+        replies = bytearray()
+        encode = self.framing.encode
+        try:
+            while (frame := self.decoder.next_frame()) is not None:
+                self.stats.frames += 1
+                reply = await self.handler(frame, self.info)
+                if reply is not None:
+                    replies += encode(reply)
+        except FramingError as exc:
+            return replies, exc
+        return replies, None
+
+    async def _send(self, data: bytes | bytearray) -> bool:
         """Send ``data`` whole; say whether the connection is still usable."""
         with trio.move_on_after(self.idle_timeout) as scope:
             try:

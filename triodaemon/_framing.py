@@ -65,6 +65,13 @@ class Decoder(Protocol):
     def pending(self) -> bytes:
         """A copy of the bytes held but not yet returned as frames."""
 
+    def take_frames(self) -> tuple[bytes, int]:
+        """Consume every complete frame: their wire bytes as one piece, and how many."""
+
+    @property
+    def error(self) -> FramingError | None:
+        """The framing error that stopped the decoder, if any."""
+
 
 @attrs.define(eq=False)
 class _BufferedDecoder:
@@ -106,10 +113,40 @@ class _BufferedDecoder:
         self._error = error
         return error
 
-    def _take(self, begin: int, end: int, next_start: int) -> bytes:
-        frame = bytes(self._buf[begin:end])
-        self._start = next_start
-        return frame
+    @property
+    def error(self) -> FramingError | None:
+        """The framing error that stopped this decoder, if one did."""
+        return self._error
+
+    def _next_span(self) -> tuple[int, int, int] | None:
+        """``(payload start, payload end, frame end)`` of the next complete frame, or ``None``.
+
+        Consumes nothing; raises (and remembers) framing errors.
+        """
+        raise NotImplementedError
+
+    def next_frame(self) -> bytes | None:
+        span = self._next_span()
+        if span is None:
+            return None
+        begin, end, self._start = span
+        return bytes(self._buf[begin:end])
+
+    def take_frames(self) -> tuple[bytes, int]:
+        """Consume every complete frame; return their wire bytes as one piece, and how many.
+
+        For an echo: the frames exactly as they arrived, without a copy per frame.
+        Never raises: a framing error stops the taking, and is then in :attr:`error`.
+        """
+        start = self._start
+        count = 0
+        try:
+            while (span := self._next_span()) is not None:
+                self._start = span[2]
+                count += 1
+        except FramingError:
+            pass
+        return bytes(self._buf[start : self._start]), count
 
 
 @attrs.define(eq=False)
@@ -118,15 +155,41 @@ class DelimiterDecoder(_BufferedDecoder):
 
     delimiter: bytes = attrs.field(default=b"\n", kw_only=True)
     _search: int = attrs.field(default=0, init=False)
+    _self_overlapping: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.delimiter:
             raise ValueError("the delimiter must not be empty")
+        d = self.delimiter
+        self._self_overlapping = any(d[:k] == d[-k:] for k in range(1, len(d)))
 
     def _consumed(self, count: int) -> None:
         self._search = max(0, self._search - count)
 
-    def next_frame(self) -> bytes | None:
+    def take_frames(self) -> tuple[bytes, int]:
+        buf = self._buf
+        start = self._start
+        delimiter = self.delimiter
+        # Fast path: when no more than the limit is held, no frame in it can be too
+        # long, so the last delimiter ends the complete frames and `count` counts
+        # them; valid for delimiters that cannot overlap themselves ("\n", "\r\n",
+        # but not "abab").
+        if (
+            self._error is None
+            and not self._self_overlapping
+            and len(buf) - start <= self.max_frame
+        ):
+            last = buf.rfind(delimiter, max(start, self._search))
+            if last < 0:
+                self._search = max(start, len(buf) - len(delimiter) + 1)
+                return b"", 0
+            end = last + len(delimiter)
+            count = buf.count(delimiter, start, end)
+            self._start = self._search = end
+            return bytes(buf[start:end]), count
+        return super().take_frames()
+
+    def _next_span(self) -> tuple[int, int, int] | None:
         if self._error is not None:
             raise self._error
         buf = self._buf
@@ -153,7 +216,7 @@ class DelimiterDecoder(_BufferedDecoder):
             )
         end = index + len(delimiter)
         self._search = end
-        return self._take(start, index, end)
+        return (start, index, end)
 
     def _eof_message(self, held: int) -> str:
         return f"peer closed mid-frame ({held} bytes without a delimiter)"
@@ -191,7 +254,7 @@ class LengthPrefixDecoder(_BufferedDecoder):
             )
         return length
 
-    def next_frame(self) -> bytes | None:
+    def _next_span(self) -> tuple[int, int, int] | None:
         if self._error is not None:
             raise self._error
         start = self._start
@@ -202,7 +265,7 @@ class LengthPrefixDecoder(_BufferedDecoder):
         length = self._payload_length(start)
         if held < n + length:
             return None
-        return self._take(start + n, start + n + length, start + n + length)
+        return (start + n, start + n + length, start + n + length)
 
     def _eof_message(self, held: int) -> str:
         n = self.length_bytes
@@ -244,7 +307,7 @@ class VarintDecoder(_BufferedDecoder):
             )
         return None
 
-    def next_frame(self) -> bytes | None:
+    def _next_span(self) -> tuple[int, int, int] | None:
         if self._error is not None:
             raise self._error
         start = self._start
@@ -255,7 +318,7 @@ class VarintDecoder(_BufferedDecoder):
         end = start + size + length
         if len(self._buf) < end:
             return None
-        return self._take(start + size, end, end)
+        return (start + size, end, end)
 
     def _eof_message(self, held: int) -> str:
         header = self._header(self._start)
@@ -277,12 +340,12 @@ class FixedSizeDecoder(_BufferedDecoder):
                 f"frame size {self.frame_size} exceeds the frame limit {self.max_frame}"
             )
 
-    def next_frame(self) -> bytes | None:
+    def _next_span(self) -> tuple[int, int, int] | None:
         start = self._start
         end = start + self.frame_size
         if len(self._buf) < end:
             return None
-        return self._take(start, end, end)
+        return (start, end, end)
 
     def _eof_message(self, held: int) -> str:
         return f"peer closed mid-frame ({held} of {self.frame_size} bytes)"
@@ -295,12 +358,12 @@ class RawDecoder(_BufferedDecoder):
     Never mid-frame: EOF is always clean.
     """
 
-    def next_frame(self) -> bytes | None:
+    def _next_span(self) -> tuple[int, int, int] | None:
         start = self._start
         if start == len(self._buf):
             return None
         end = min(len(self._buf), start + self.max_frame)
-        return self._take(start, end, end)
+        return (start, end, end)
 
 
 def _encode_varint(value: int) -> bytes:
