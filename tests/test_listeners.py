@@ -206,8 +206,8 @@ async def test_listener_from_an_already_open_socket(sock_dir: Path) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connect_and_close)
-        stream, _peer = await listener.accept()
-        await stream.aclose()
+        sock, _peer = await listener.accept()
+        sock.close()
     listener.close()
     assert not os.path.exists(path)
 

@@ -105,6 +105,10 @@ class Connection:
         idle_timeout: seconds without progress either way before closing; ``inf`` disables.
         receive_size: bytes asked for per read.
         stats: counters to update.
+        raw_socket: the socket under ``stream``, if it is one: replies are then
+            sent with a direct non-blocking ``send`` first, falling back to
+            ``stream.send_all`` only for what does not fit at once. That saves a
+            trip through the scheduler per reply; the read keeps its checkpoint.
     """
 
     stream: trio.abc.HalfCloseableStream
@@ -114,6 +118,7 @@ class Connection:
     idle_timeout: float = math.inf
     receive_size: int = DEFAULT_RECEIVE_SIZE
     stats: Stats = attrs.field(factory=Stats)
+    raw_socket: stdlib_socket.socket | None = None
     decoder: Decoder = attrs.field(init=False)
     completed: bool = attrs.field(default=False, init=False)
     """True once the connection finished and closed on its own terms (see :meth:`run`)."""
@@ -216,8 +221,22 @@ class Connection:
             return replies, exc
         return replies, None
 
-    async def _send(self, data: bytes | bytearray) -> bool:
+    async def _send(self, data: bytes | bytearray | memoryview) -> bool:
         """Send ``data`` whole; say whether the connection is still usable."""
+        size = len(data)
+        if self.raw_socket is not None:
+            try:
+                sent = self.raw_socket.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.stats.resets += 1
+                log.info("%s: connection lost: %s", self.info, (exc.strerror or str(exc)).lower())
+                return False
+            if sent == size:
+                self.stats.bytes_sent += size
+                return True
+            data = memoryview(data)[sent:]
         with trio.move_on_after(self.idle_timeout) as scope:
             try:
                 await self.stream.send_all(data)
@@ -233,7 +252,7 @@ class Connection:
                 self.idle_timeout,
             )
             return False
-        self.stats.bytes_sent += len(data)
+        self.stats.bytes_sent += size
         return True
 
     async def _linger(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import Sequence
 
 import attrs
@@ -22,7 +23,7 @@ import trio
 
 from ._config import DaemonConfig
 from ._connection import Connection, ConnectionInfo, FrameHandler, echo
-from ._listeners import Address, BoundListener, open_listeners
+from ._listeners import Address, BoundListener, open_listeners, stream_for
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
@@ -191,7 +192,7 @@ class Daemon:
                     )
                 await limiter.acquire()
             try:
-                stream, peer = listener.accept_nowait()
+                sock, peer = listener.accept_nowait()
             except trio.WouldBlock:
                 limiter.release()  # another process (or loop) took it
                 continue
@@ -214,11 +215,16 @@ class Daemon:
                 log.warning("accepting again on %s", listener.address)
                 exhausted = False
             self._next_id += 1
+            stream = stream_for(sock)
             info = ConnectionInfo.for_stream(self._next_id, str(listener.address), stream, peer)
-            handlers.start_soon(self._run_connection, stream, info, limiter)
+            handlers.start_soon(self._run_connection, stream, sock, info, limiter)
 
     async def _run_connection(
-        self, stream: trio.SocketStream, info: ConnectionInfo, limiter: trio.Semaphore
+        self,
+        stream: trio.SocketStream,
+        sock: socket.socket,
+        info: ConnectionInfo,
+        limiter: trio.Semaphore,
     ) -> None:
         config = self.config
         connection = Connection(
@@ -229,6 +235,7 @@ class Daemon:
             idle_timeout=config.idle_seconds,
             receive_size=config.receive_size,
             stats=self.stats,
+            raw_socket=sock,
         )
         self._connections.add(connection)
         self.stats.connections_accepted += 1

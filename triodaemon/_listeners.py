@@ -149,11 +149,11 @@ class BoundListener:
         """Wait until a connection is (probably) waiting to be accepted."""
         await trio.lowlevel.wait_readable(self.sock)
 
-    def accept_nowait(self) -> tuple[trio.SocketStream, object]:
-        """Accept one waiting connection; return its stream and the peer's address.
+    def accept_nowait(self) -> tuple[stdlib_socket.socket, object]:
+        """Accept one waiting connection; return its (non-blocking) socket and peer address.
 
-        TCP streams get ``TCP_NODELAY``. Connections that died in the backlog
-        are skipped, as trio's ``SocketListener`` does.
+        Connections that died in the backlog are skipped, as trio's
+        ``SocketListener`` does. Wrap the socket with :func:`stream_for`.
 
         Raises:
             trio.WouldBlock: no connection is waiting.
@@ -168,9 +168,10 @@ class BoundListener:
                 if exc.errno in _IGNORED_ACCEPT_ERRNOS:
                     continue
                 raise
-            return trio.SocketStream(trio.socket.from_stdlib_socket(sock)), peer
+            sock.setblocking(False)
+            return sock, peer
 
-    async def accept(self) -> tuple[trio.SocketStream, object]:
+    async def accept(self) -> tuple[stdlib_socket.socket, object]:
         """Wait for a connection and accept it (see :meth:`accept_nowait`)."""
         while True:
             await self.wait_acceptable()
@@ -189,6 +190,11 @@ class BoundListener:
         with contextlib.suppress(RuntimeError):  # outside trio.run nobody can be waiting
             trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
+
+
+def stream_for(sock: stdlib_socket.socket) -> trio.SocketStream:
+    """A trio stream over an accepted socket (TCP gets ``TCP_NODELAY``); it owns the socket."""
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 def remove_if_ours(path: str, identity: tuple[int, int]) -> bool:
