@@ -40,4 +40,5 @@ from ._listeners import TcpAddress as TcpAddress
 from ._listeners import UnixAddress as UnixAddress
 from ._listeners import open_listeners as open_listeners
 from ._listeners import parse_tcp_address as parse_tcp_address
+from ._listeners import stream_for as stream_for
 from ._stats import Stats as Stats
