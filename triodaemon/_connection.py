@@ -125,6 +125,7 @@ class Connection:
     _draining: bool = attrs.field(default=False, init=False)
     _receive_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _echo: bool = attrs.field(default=False, init=False)
+    _last_read_full: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.decoder = self.framing.decoder()
@@ -157,7 +158,6 @@ class Connection:
             await trio.aclose_forcefully(self.stream)
 
     async def _serve(self) -> _Close:
-        stream = self.stream
         decoder = self.decoder
         stats = self.stats
         while True:
@@ -167,7 +167,7 @@ class Connection:
             with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as scope:
                 self._receive_scope = scope
                 try:
-                    data = await stream.receive_some(self.receive_size)
+                    data = await self._receive()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     stats.resets += 1
                     log.info("%s: connection lost: %s", self.info, _reason(exc))
@@ -206,6 +206,31 @@ class Connection:
                 stats.framing_errors += 1
                 log.warning("%s: %s; closing", self.info, error)
                 return _Close.GRACEFUL
+
+    async def _receive(self) -> bytes | bytearray:
+        """One read: ``b""`` at EOF. Exactly one trip through the scheduler.
+
+        With the raw socket: if the last read did not fill the buffer the socket is
+        probably drained, so wait for readability first (saving a failing ``recv``);
+        if it did, yield once and read at once.
+        """
+        sock = self.raw_socket
+        if sock is None:
+            return await self.stream.receive_some(self.receive_size)
+        if self._last_read_full:
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.wait_readable(sock)
+        while True:
+            try:
+                data = sock.recv(self.receive_size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
+            self._last_read_full = len(data) == self.receive_size
+            return data
 
     async def _handle_frames(self) -> tuple[bytearray, FramingError | None]:
         """Run the handler on every complete frame; return the encoded replies and any error."""
