@@ -93,7 +93,7 @@ class _Close(enum.Enum):
     FORCEFUL = "forceful"  # nothing more can be delivered: just close
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class Connection:
     """Serve frames on one stream until the peer leaves, an error, or a drain.
 

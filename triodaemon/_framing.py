@@ -73,7 +73,7 @@ class Decoder(Protocol):
         """The framing error that stopped the decoder, if any."""
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class _BufferedDecoder:
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=attrs.validators.gt(0))
     _buf: bytearray = attrs.field(factory=bytearray, init=False)
@@ -149,7 +149,7 @@ class _BufferedDecoder:
         return bytes(self._buf[start : self._start]), count
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class DelimiterDecoder(_BufferedDecoder):
     """Frames end with ``delimiter``, which is not part of the payload."""
 
@@ -222,7 +222,7 @@ class DelimiterDecoder(_BufferedDecoder):
         return f"peer closed mid-frame ({held} bytes without a delimiter)"
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class LengthPrefixDecoder(_BufferedDecoder):
     """Frames are a fixed-size unsigned length header, then that many payload bytes."""
 
@@ -275,7 +275,7 @@ class LengthPrefixDecoder(_BufferedDecoder):
         return f"peer closed mid-frame ({held - n} of {length} bytes)"
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class VarintDecoder(_BufferedDecoder):
     """Frames are a protobuf base-128 varint length, then that many payload bytes.
 
@@ -328,7 +328,7 @@ class VarintDecoder(_BufferedDecoder):
         return f"peer closed mid-frame ({held - size} of {length} bytes)"
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class FixedSizeDecoder(_BufferedDecoder):
     """Every frame is exactly ``frame_size`` bytes."""
 
@@ -351,7 +351,7 @@ class FixedSizeDecoder(_BufferedDecoder):
         return f"peer closed mid-frame ({held} of {self.frame_size} bytes)"
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class RawDecoder(_BufferedDecoder):
     """No framing: whatever has arrived is one "frame" (at most ``max_frame`` bytes).
 
