@@ -210,6 +210,9 @@ def measure(
         if generator.returncode != 0:
             raise RuntimeError(f"loadgen failed: {err.decode().strip()}")
         result = json.loads(out)
+        if result["frames"] == 0 and not result["errors"]:
+            # A server that never answers (wrong framing, say) is not merely slow.
+            result["errors"], result["first_error"] = 1, "no echo came back at all"
     finally:
         process.terminate()
         try:
