@@ -256,7 +256,7 @@ class Connection:
                 sent = 0
             except OSError as exc:
                 self.stats.resets += 1
-                log.info("%s: connection lost: %s", self.info, (exc.strerror or str(exc)).lower())
+                log.info("%s: connection lost: %s", self.info, _reason(exc))
                 return False
             if sent == size:
                 self.stats.bytes_sent += size
@@ -292,7 +292,8 @@ class Connection:
 
 
 def _reason(exc: BaseException) -> str:
-    cause = exc.__cause__
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror.lower()
+    """The OS's words for why a connection broke: from ``exc`` or the OSError behind it."""
+    error = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
     return str(exc) or type(exc).__name__
