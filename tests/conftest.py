@@ -50,6 +50,20 @@ async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
     return bytes(data)
 
 
+async def run_triodaemon(
+    *args: str, stdin: bytes = b"", timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python -m triodaemon ARGS...`` to completion, capturing its output."""
+    with trio.fail_after(timeout):
+        return await trio.run_process(
+            [sys.executable, "-m", "triodaemon", *args],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
 def loopback(sock_dir: Path) -> list[Address]:
     return [TcpAddress("127.0.0.1", 0), UnixAddress(str(sock_dir / "echo.sock"))]
 

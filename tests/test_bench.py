@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from array import array
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from triodaemon import Framing
 from triodaemon._bench import _percentile, run_bench
 from triodaemon.testing.pytest_plugin import EchoServerFactory
 
-from .conftest import SpawnFn
+from .conftest import SpawnFn, run_triodaemon
 from .test_check import stdlib_server
 
 
@@ -68,31 +67,23 @@ async def test_bench_cli_json(spawn: SpawnFn, sock_dir: Path) -> None:
     with trio.fail_after(60):
         daemon = await spawn("--sock", str(sock_dir / "e.sock"), "--framing", "length")
         await daemon.wait_ready(1)
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "triodaemon",
-                "bench",
-                "--sock",
-                str(sock_dir / "e.sock"),
-                "--framing",
-                "length",
-                "--conns",
-                "4",
-                "--depth",
-                "2",
-                "--size",
-                "100",
-                "--duration",
-                "0.5",
-                "--warmup",
-                "0.1",
-                "--json",
-            ],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
+        result = await run_triodaemon(
+            "bench",
+            "--sock",
+            str(sock_dir / "e.sock"),
+            "--framing",
+            "length",
+            "--conns",
+            "4",
+            "--depth",
+            "2",
+            "--size",
+            "100",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--json",
         )
         daemon.signal()
         assert await daemon.wait() == 0
@@ -118,21 +109,8 @@ async def test_bench_cli_errors_are_one_line(
 ) -> None:
     server = await echo_server_factory()
     with trio.fail_after(30):
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "triodaemon",
-                "bench",
-                "--sock",
-                server.unix.path,
-                "--duration",
-                "0.1",
-                *args,
-            ],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
+        result = await run_triodaemon(
+            "bench", "--sock", server.unix.path, "--duration", "0.1", *args
         )
     assert result.returncode == 1
     [line] = result.stderr.decode().splitlines()

@@ -16,7 +16,7 @@ from triodaemon import ClientError, Framing, TcpAddress, UnixAddress
 from triodaemon._check import SCENARIOS, run_check
 from triodaemon.testing.pytest_plugin import EchoServerFactory
 
-from .conftest import SpawnFn
+from .conftest import SpawnFn, run_triodaemon
 
 SERVERS = Path(__file__).parent / "echo_servers.py"
 
@@ -77,22 +77,8 @@ async def stdlib_server(mode: str, framing: str = "line") -> AsyncIterator[TcpAd
 
 async def check_cli(address: TcpAddress, *args: str) -> tuple[int, dict[str, dict[str, object]]]:
     with trio.fail_after(120):
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "triodaemon",
-                "check",
-                "--tcp",
-                f"127.0.0.1:{address.port}",
-                "--timeout",
-                "1",
-                "--json",
-                *args,
-            ],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
+        result = await run_triodaemon(
+            "check", "--tcp", f"127.0.0.1:{address.port}", "--timeout", "1", "--json", *args
         )
     report = json.loads(result.stdout)
     return result.returncode, {s["name"]: s for s in report["scenarios"]}
@@ -145,20 +131,8 @@ async def test_check_cli_table_against_the_daemon(spawn: SpawnFn, sock_dir: Path
     with trio.fail_after(60):
         daemon = await spawn("--sock", str(sock_dir / "e.sock"), "--framing", "varint")
         await daemon.wait_ready(1)
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "triodaemon",
-                "check",
-                "--sock",
-                str(sock_dir / "e.sock"),
-                "--framing",
-                "varint",
-            ],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
+        result = await run_triodaemon(
+            "check", "--sock", str(sock_dir / "e.sock"), "--framing", "varint"
         )
         daemon.signal()
         assert await daemon.wait() == 0
@@ -173,12 +147,7 @@ async def test_check_cli_table_against_the_daemon(spawn: SpawnFn, sock_dir: Path
 
 async def test_check_cli_unreachable_is_one_line(sock_dir: Path) -> None:
     with trio.fail_after(30):
-        result = await trio.run_process(
-            [sys.executable, "-m", "triodaemon", "check", "--sock", str(sock_dir / "none.sock")],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+        result = await run_triodaemon("check", "--sock", str(sock_dir / "none.sock"))
     assert result.returncode == 1
     assert result.stderr.decode().splitlines() == [
         f"triodaemon: error: cannot connect to unix:{sock_dir / 'none.sock'}: no such file or directory"

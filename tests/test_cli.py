@@ -15,7 +15,7 @@ import trio
 
 from triodaemon import ClientError, Framing, TcpAddress, UnixAddress, connect, echo_frames
 
-from .conftest import DaemonProcess, SpawnFn, read_until_eof
+from .conftest import DaemonProcess, SpawnFn, read_until_eof, run_triodaemon
 
 #: A bound on every test here, so a hang fails instead of stalling the run.
 TEST_TIMEOUT = 60
@@ -29,17 +29,6 @@ def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes
         timeout=30,
         check=False,
     )
-
-
-async def run_cli_async(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(30):
-        return await trio.run_process(
-            [sys.executable, "-m", "triodaemon", *args],
-            stdin=stdin,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
 
 
 async def start_daemon(spawn: SpawnFn, sock_dir: Path, *args: str) -> DaemonProcess:
@@ -74,7 +63,7 @@ async def test_console_script_and_client_subcommand(spawn: SpawnFn, sock_dir: Pa
         daemon = await start_daemon(spawn, sock_dir, "--framing", "length")
         tcp = daemon.addresses[0]
         assert isinstance(tcp, TcpAddress)
-        result = await run_cli_async(
+        result = await run_triodaemon(
             "client",
             "--tcp",
             f"127.0.0.1:{tcp.port}",
@@ -84,7 +73,7 @@ async def test_console_script_and_client_subcommand(spawn: SpawnFn, sock_dir: Pa
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"a\nbb\n\nccc\n"
-        result = await run_cli_async(
+        result = await run_triodaemon(
             "client",
             "--sock",
             str(sock_dir / "echo.sock"),
@@ -105,7 +94,9 @@ async def test_console_script_and_client_subcommand(spawn: SpawnFn, sock_dir: Pa
 
 async def test_client_reports_a_refused_connection(sock_dir: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
-        result = await run_cli_async("client", "--sock", str(sock_dir / "none.sock"), "--send", "x")
+        result = await run_triodaemon(
+            "client", "--sock", str(sock_dir / "none.sock"), "--send", "x"
+        )
         assert result.returncode == 1
         assert result.stderr.decode().splitlines() == [
             f"triodaemon: error: cannot connect to unix:{sock_dir / 'none.sock'}: no such file or directory"
@@ -157,7 +148,7 @@ async def test_unusable_addresses_are_one_line_and_exit_1(
 ) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         (sock_dir / "data.txt").write_text("keep me")
-        result = await run_cli_async(*(arg.format(dir=sock_dir) for arg in args))
+        result = await run_triodaemon(*(arg.format(dir=sock_dir) for arg in args))
         assert result.returncode == 1
         [line] = result.stderr.decode().splitlines()
         assert line.startswith("triodaemon: error: ")
@@ -172,7 +163,7 @@ async def test_directory_without_permission(sock_dir: Path) -> None:
         else:
             (sock_dir / "locked").mkdir(mode=0o500)
             target = str(sock_dir / "locked" / "td.sock")
-        result = await run_cli_async("--sock", target)
+        result = await run_triodaemon("--sock", target)
         assert result.returncode == 1
         [line] = result.stderr.decode().splitlines()
         assert "no permission to write in" in line
@@ -184,7 +175,7 @@ async def test_port_in_use_names_the_port() -> None:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            result = await run_cli_async("--tcp", f"127.0.0.1:{port}")
+            result = await run_triodaemon("--tcp", f"127.0.0.1:{port}")
         assert result.returncode == 1
         assert result.stderr.decode().splitlines() == [
             f"triodaemon: error: tcp port {port} is already in use (127.0.0.1:{port}); "
