@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +18,7 @@ from triodaemon import (
     parse_delimiter,
 )
 from triodaemon._framing import DelimiterDecoder, VarintDecoder
+from triodaemon.testing.strategies import chunkings, framed_streams
 
 FRAMINGS = {
     "line": Framing(),
@@ -302,64 +303,24 @@ def test_parse_delimiter_rejects(text: str) -> None:
 # --- properties -------------------------------------------------------------------------
 
 
-def without_delimiter(framing: Framing) -> Callable[[bytes], bytes]:
-    def strip(payload: bytes) -> bytes:
-        while framing.delimiter in payload:
-            payload = payload.replace(framing.delimiter, b"")
-        while (payload + framing.delimiter).find(framing.delimiter) != len(payload):
-            payload = payload[:-1]
-        return payload
-
-    return strip
-
-
-def frames_for(framing: Framing) -> st.SearchStrategy[list[bytes]]:
-    if framing.kind == "fixed":
-        assert framing.frame_size is not None
-        payload = st.binary(min_size=framing.frame_size, max_size=framing.frame_size)
-    elif framing.kind in ("line", "delimiter"):
-        # Bias toward the delimiter's own bytes, which is where decoders go wrong.
-        alphabet = st.sampled_from([*sorted(set(framing.delimiter)), 0x41, 0x00])
-        payload = st.lists(alphabet, max_size=40).map(bytes).map(without_delimiter(framing))
-    else:
-        limit = 255 if framing.kind == "length" and framing.length_bytes == 1 else 400
-        payload = st.binary(max_size=limit - 8)
-    return st.lists(payload, max_size=12)
-
-
-def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({cut % (len(data) + 1) for cut in cuts})
-    edges = [0, *points, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(edges)]
-
-
 @pytest.mark.parametrize("name", FRAMINGS)
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_property_any_chunking_decodes_exactly(name: str, data: st.DataObject) -> None:
     framing = FRAMINGS[name]
-    frames = data.draw(frames_for(framing))
-    stream = b"".join(framing.encode(frame) for frame in frames)
-    cuts = data.draw(st.lists(st.integers(min_value=0), max_size=20))
-    assert decode(framing, chunked(stream, cuts)) == frames
+    frames, chunks = data.draw(framed_streams(framing))
+    assert decode(framing, chunks) == frames
 
 
 @settings(max_examples=200, deadline=None)
-@given(noise=st.binary(max_size=64), cuts=st.lists(st.integers(min_value=0), max_size=8))
-def test_property_garbage_only_raises_framing_errors(noise: bytes, cuts: list[int]) -> None:
+@given(noise=st.binary(max_size=64), data=st.data())
+def test_property_garbage_only_raises_framing_errors(noise: bytes, data: st.DataObject) -> None:
+    chunks = data.draw(chunkings(noise))
     for framing in FRAMINGS.values():
-        limited = Framing(
-            framing.kind,
-            delimiter=framing.delimiter,
-            length_bytes=framing.length_bytes,
-            byte_order=framing.byte_order,
-            length_includes_header=framing.length_includes_header,
-            frame_size=framing.frame_size,
-            max_frame=16,
-        )
+        limited = attrs.evolve(framing, max_frame=16)
         decoder = limited.decoder()
         try:
-            for chunk in chunked(noise, cuts):
+            for chunk in chunks:
                 decoder.feed(chunk)
                 while (frame := decoder.next_frame()) is not None:
                     assert len(frame) <= 16
@@ -445,7 +406,6 @@ def test_take_frames_stops_at_a_framing_error() -> None:
 @given(data=st.data())
 def test_property_take_frames(name: str, data: st.DataObject) -> None:
     framing = FRAMINGS[name]
-    frames = data.draw(frames_for(framing))
-    stream = b"".join(framing.encode(frame) for frame in frames)
-    cuts = data.draw(st.lists(st.integers(min_value=0), max_size=20))
-    assert take_all(framing, chunked(stream, cuts)) == (stream, len(frames))
+    frames, chunks = data.draw(framed_streams(framing))
+    stream = b"".join(chunks)
+    assert take_all(framing, chunks) == (stream, len(frames))
