@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 import trio
@@ -247,3 +248,29 @@ async def test_reset_by_peer_is_one_line(caplog: pytest.LogCaptureFixture) -> No
     assert await client.receive_some() == b"x\n"
     assert stats.resets == 1
     assert "conn 1 from peer on test://: connection lost: connection reset by peer" in caplog.text
+
+
+async def test_drain_during_the_yield_after_a_reply_closes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # On a raw socket the connection yields after each reply before reading on.
+    # trio runs each batch of tasks in a random order, so over these rounds the
+    # drain lands both in that yield and in the wait for the next read.
+    for _ in range(40):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        server = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+        stats = Stats()
+        connection = Connection(server, INFO, idle_timeout=300, stats=stats, raw_socket=ours)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run)
+            await client.send_all(b"one\n")
+            assert await client.receive_some() == b"one\n"
+            start = trio.current_time()
+            connection.drain()
+            assert await client.receive_some() == b""
+            assert trio.current_time() == start
+            await client.aclose()
+        assert connection.completed
+        assert stats.idle_timeouts == 0

@@ -2,9 +2,10 @@
 
 Strategy: one task per connection, one loop: read (under the idle deadline),
 feed the decoder, run the frame handler on every complete frame, and write all
-replies of that read with one ``send_all``. The read has its own cancel scope,
-which a drain cancels when the connection is at a frame boundary; in the middle
-of a frame the drain lets the loop read on until the frame is complete.
+replies of that read with one write. A read that has to wait for data waits in
+its own cancel scope (the idle deadline), which a drain cancels when the
+connection is at a frame boundary; in the middle of a frame the drain lets the
+loop read on until the frame is complete.
 
 Expected trouble (a reset, a framing violation, an idle peer, a peer that stops
 reading) is caught here, logged as one line naming the peer, counted, and ends
@@ -125,7 +126,6 @@ class Connection:
     _draining: bool = attrs.field(default=False, init=False)
     _receive_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _echo: bool = attrs.field(default=False, init=False)
-    _last_read_full: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.decoder = self.framing.decoder()
@@ -164,17 +164,13 @@ class Connection:
             if self._draining and decoder.buffered == 0:
                 log.debug("%s: drained", self.info)
                 return _Close.GRACEFUL
-            with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as scope:
-                self._receive_scope = scope
-                try:
-                    data = await self._receive()
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    stats.resets += 1
-                    log.info("%s: connection lost: %s", self.info, _reason(exc))
-                    return _Close.FORCEFUL
-                finally:
-                    self._receive_scope = None
-            if scope.cancelled_caught:
+            try:
+                data = await self._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                stats.resets += 1
+                log.info("%s: connection lost: %s", self.info, _reason(exc))
+                return _Close.FORCEFUL
+            if data is None:
                 if self._draining:
                     log.debug("%s: drained while idle", self.info)
                 else:
@@ -207,30 +203,42 @@ class Connection:
                 log.warning("%s: %s; closing", self.info, error)
                 return _Close.GRACEFUL
 
-    async def _receive(self) -> bytes | bytearray:
-        """One read: ``b""`` at EOF. Exactly one trip through the scheduler.
+    async def _receive(self) -> bytes | bytearray | None:
+        """One read: ``b""`` at EOF, ``None`` if idle too long or drained while waiting.
 
-        With the raw socket: if the last read did not fill the buffer the socket is
-        probably drained, so wait for readability first (saving a failing ``recv``);
-        if it did, yield once and read at once.
+        With the raw socket: yield once (so every other connection gets its turn,
+        and a pipelining peer's next frames arrive meanwhile), then read directly.
+        Only a read that would block waits for readability, and only that wait has
+        a cancel scope (the idle deadline, and what :meth:`drain` cancels): a busy
+        connection pays for neither the scope nor trio's ``epoll_ctl`` per wait.
         """
         sock = self.raw_socket
-        if sock is None:
-            return await self.stream.receive_some(self.receive_size)
-        if self._last_read_full:
+        if sock is not None:
             await trio.lowlevel.checkpoint()
-        else:
-            await trio.lowlevel.wait_readable(sock)
-        while True:
             try:
-                data = sock.recv(self.receive_size)
+                return sock.recv(self.receive_size)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
+                pass
             except OSError as exc:
                 raise trio.BrokenResourceError from exc
-            self._last_read_full = len(data) == self.receive_size
-            return data
+        with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as scope:
+            self._receive_scope = scope
+            if self._draining and self.decoder.buffered == 0:
+                scope.cancel()  # drain() came while we yielded
+            try:
+                if sock is None:
+                    return await self.stream.receive_some(self.receive_size)
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        return sock.recv(self.receive_size)
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        raise trio.BrokenResourceError from exc
+            finally:
+                self._receive_scope = None
+        return None
 
     async def _handle_frames(self) -> tuple[bytearray, FramingError | None]:
         """Run the handler on every complete frame; return the encoded replies and any error."""
