@@ -348,13 +348,19 @@ def test_largest_payload(framing: Framing, largest: int) -> None:
         framing.encode(b"x" * (largest + 1))
 
 
-def take_all(framing: Framing, chunks: Sequence[bytes]) -> tuple[bytes, int]:
+def take_all(
+    framing: Framing, chunks: Sequence[bytes], *, combined: bool = False
+) -> tuple[bytes, int]:
+    """Take frames after every chunk: ``feed`` + ``take_frames``, or ``feed_and_take``."""
     decoder = framing.decoder()
     wire = b""
     count = 0
     for chunk in chunks:
-        decoder.feed(chunk)
-        taken, n = decoder.take_frames()
+        if combined:
+            taken, n = decoder.feed_and_take(chunk)
+        else:
+            decoder.feed(chunk)
+            taken, n = decoder.take_frames()
         wire += taken
         count += n
         assert decoder.error is None
@@ -366,9 +372,54 @@ def test_take_frames_returns_the_wire_bytes_of_complete_frames(name: str) -> Non
     framing = FRAMINGS.get(name) or Framing("delimiter", delimiter=b"aXa")
     frames = SAMPLES.get(name) or [b"", b"b", b"Xa", b"Xb"]
     stream = b"".join(framing.encode(frame) for frame in frames)
+    for combined in (False, True):
+        for index in range(len(stream) + 1):
+            chunks = [stream[:index], stream[index:]]
+            assert take_all(framing, chunks, combined=combined) == (stream, len(frames))
+        chunks = [bytes([b]) for b in stream]
+        assert take_all(framing, chunks, combined=combined) == (stream, len(frames))
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_feed_and_take_returns_whole_frames_uncopied(name: str) -> None:
+    framing = FRAMINGS[name]
+    stream = b"".join(framing.encode(frame) for frame in SAMPLES[name])
+    decoder = framing.decoder()
+    wire, count = decoder.feed_and_take(stream)
+    assert count == len(SAMPLES[name])
+    if name not in ("triple", "varint", "fixed"):  # these take the buffered path
+        assert wire is stream
+    assert wire == stream
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("framing", "stream"),
+    [
+        (Framing(max_frame=4), b"ok\nfine\n" + b"x" * 10),
+        (Framing(max_frame=4), b"ok\n" + b"x" * 6 + b"\n"),
+        (Framing("length", max_frame=3), b"\x00\x00\x00\x01a\x00\x00\x00\x09"),
+        (Framing("length", length_bytes=2, length_includes_header=True), b"\x00\x03a\x00\x01"),
+        (Framing("length", length_bytes=1), b"\x02ab\x05abc"),
+    ],
+)
+def test_feed_and_take_agrees_with_feed_then_take_frames(framing: Framing, stream: bytes) -> None:
+    # Every two-way split, so the fast path meets errors and unfinished frames
+    # both with nothing held and with something held.
     for index in range(len(stream) + 1):
-        assert take_all(framing, [stream[:index], stream[index:]]) == (stream, len(frames))
-    assert take_all(framing, [bytes([b]) for b in stream]) == (stream, len(frames))
+        outcomes = []
+        for combined in (False, True):
+            decoder = framing.decoder()
+            wire, count = b"", 0
+            for chunk in (stream[:index], stream[index:]):
+                if combined:
+                    taken, n = decoder.feed_and_take(chunk)
+                else:
+                    decoder.feed(chunk)
+                    taken, n = decoder.take_frames()
+                wire, count = wire + taken, count + n
+            outcomes.append((wire, count, repr(decoder.error), decoder.pending()))
+        assert outcomes[0] == outcomes[1], f"split at {index}"
 
 
 @pytest.mark.parametrize("delimiter", [b"\n", b"\r\n", b"abab", b"aa"])
@@ -409,3 +460,4 @@ def test_property_take_frames(name: str, data: st.DataObject) -> None:
     frames, chunks = data.draw(framed_streams(framing))
     stream = b"".join(chunks)
     assert take_all(framing, chunks) == (stream, len(frames))
+    assert take_all(framing, chunks, combined=True) == (stream, len(frames))

@@ -160,16 +160,28 @@ class Connection:
     async def _serve(self) -> _Close:
         decoder = self.decoder
         stats = self.stats
+        sock = self.raw_socket
+        receive_size = self.receive_size
+        echo = self._echo
         while True:
             if self._draining and decoder.buffered == 0:
                 log.debug("%s: drained", self.info)
                 return _Close.GRACEFUL
+            data: bytes | bytearray | None
             try:
-                data = await self._receive()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                stats.resets += 1
-                log.info("%s: connection lost: %s", self.info, _reason(exc))
-                return _Close.FORCEFUL
+                if sock is not None:
+                    # The busy path: yield once (every other connection gets its turn,
+                    # and a pipelining peer's next frames arrive meanwhile), then read
+                    # directly. Only a read that would block waits (_wait_and_receive).
+                    await trio.lowlevel.checkpoint()
+                    try:
+                        data = sock.recv(receive_size)
+                    except BlockingIOError:
+                        data = await self._wait_and_receive()
+                else:
+                    data = await self._wait_and_receive()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                return self._lost(exc)
             if data is None:
                 if self._draining:
                     log.debug("%s: drained while idle", self.info)
@@ -187,40 +199,42 @@ class Connection:
                     log.debug("%s: closed by peer", self.info)
                 return _Close.GRACEFUL
             stats.bytes_received += len(data)
-            decoder.feed(data)
             replies: bytes | bytearray
-            if self._echo:
-                # An echo's reply is the frames as they came: one slice, no per-frame work.
-                replies, count = decoder.take_frames()
+            if echo:
+                # An echo's reply is the frames as they came: one piece, no per-frame work.
+                replies, count = decoder.feed_and_take(data)
                 stats.frames += count
                 error = decoder.error
             else:
+                decoder.feed(data)
                 replies, error = await self._handle_frames()
-            if replies and not await self._send(replies):
-                return _Close.FORCEFUL
+            if replies:
+                sent = 0
+                if sock is not None:  # a direct send first: no trip through the scheduler
+                    try:
+                        sent = sock.send(replies)
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        return self._lost(exc)
+                if sent < len(replies):
+                    closed = await self._send_rest(memoryview(replies)[sent:])
+                    if closed is not None:
+                        return closed
+                stats.bytes_sent += len(replies)
             if error is not None:
                 stats.framing_errors += 1
                 log.warning("%s: %s; closing", self.info, error)
                 return _Close.GRACEFUL
 
-    async def _receive(self) -> bytes | bytearray | None:
-        """One read: ``b""`` at EOF, ``None`` if idle too long or drained while waiting.
+    async def _wait_and_receive(self) -> bytes | bytearray | None:
+        """One read that may wait: ``b""`` at EOF, ``None`` if idle too long or drained.
 
-        With the raw socket: yield once (so every other connection gets its turn,
-        and a pipelining peer's next frames arrive meanwhile), then read directly.
-        Only a read that would block waits for readability, and only that wait has
-        a cancel scope (the idle deadline, and what :meth:`drain` cancels): a busy
-        connection pays for neither the scope nor trio's ``epoll_ctl`` per wait.
+        Only this wait has a cancel scope (the idle deadline, and what :meth:`drain`
+        cancels), so a busy connection pays for neither a scope nor trio's
+        ``epoll_ctl`` per read.
         """
         sock = self.raw_socket
-        if sock is not None:
-            await trio.lowlevel.checkpoint()
-            try:
-                return sock.recv(self.receive_size)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise trio.BrokenResourceError from exc
         with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as scope:
             self._receive_scope = scope
             if self._draining and self.decoder.buffered == 0:
@@ -234,8 +248,6 @@ class Connection:
                         return sock.recv(self.receive_size)
                     except BlockingIOError:
                         pass
-                    except OSError as exc:
-                        raise trio.BrokenResourceError from exc
             finally:
                 self._receive_scope = None
         return None
@@ -254,29 +266,13 @@ class Connection:
             return replies, exc
         return replies, None
 
-    async def _send(self, data: bytes | bytearray | memoryview) -> bool:
-        """Send ``data`` whole; say whether the connection is still usable."""
-        size = len(data)
-        if self.raw_socket is not None:
-            try:
-                sent = self.raw_socket.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self.stats.resets += 1
-                log.info("%s: connection lost: %s", self.info, _reason(exc))
-                return False
-            if sent == size:
-                self.stats.bytes_sent += size
-                return True
-            data = memoryview(data)[sent:]
+    async def _send_rest(self, data: memoryview) -> _Close | None:
+        """Send what the direct send could not, through the stream: ``None`` once all is sent."""
         with trio.move_on_after(self.idle_timeout) as scope:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.stats.resets += 1
-                log.info("%s: connection lost: %s", self.info, _reason(exc))
-                return False
+                return self._lost(exc)
         if scope.cancelled_caught:
             self.stats.idle_timeouts += 1
             log.info(
@@ -284,9 +280,14 @@ class Connection:
                 self.info,
                 self.idle_timeout,
             )
-            return False
-        self.stats.bytes_sent += size
-        return True
+            return _Close.FORCEFUL
+        return None
+
+    def _lost(self, exc: BaseException) -> _Close:
+        """Count and log a connection the peer (or the network) broke."""
+        self.stats.resets += 1
+        log.info("%s: connection lost: %s", self.info, _reason(exc))
+        return _Close.FORCEFUL
 
     async def _linger(self) -> None:
         """Send EOF, then read and discard until the peer's EOF, for a while at most."""

@@ -17,6 +17,8 @@ another process at a frame boundary together with what it has not decoded yet.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import attrs
@@ -67,6 +69,9 @@ class Decoder(Protocol):
 
     def take_frames(self) -> tuple[bytes, int]:
         """Consume every complete frame: their wire bytes as one piece, and how many."""
+
+    def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
+        """``feed(data)`` then ``take_frames()``; may return ``data`` itself, uncopied."""
 
     @property
     def error(self) -> FramingError | None:
@@ -148,6 +153,15 @@ class _BufferedDecoder:
             pass
         return bytes(self._buf[start : self._start]), count
 
+    def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
+        """:meth:`feed` then :meth:`take_frames`.
+
+        Subclasses return ``data`` itself when nothing was held and it is whole
+        frames (the common case for an echo), so it is never copied.
+        """
+        self.feed(data)
+        return self.take_frames()
+
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class DelimiterDecoder(_BufferedDecoder):
@@ -188,6 +202,19 @@ class DelimiterDecoder(_BufferedDecoder):
             self._start = self._search = end
             return bytes(buf[start:end]), count
         return super().take_frames()
+
+    def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
+        delimiter = self.delimiter
+        if (
+            self._start == len(self._buf)
+            and self._error is None
+            and not self._self_overlapping
+            and len(data) <= self.max_frame
+            and data.endswith(delimiter)
+        ):
+            return data, data.count(delimiter)
+        self.feed(data)
+        return self.take_frames()
 
     def _next_span(self) -> tuple[int, int, int] | None:
         if self._error is not None:
@@ -233,6 +260,35 @@ class LengthPrefixDecoder(_BufferedDecoder):
         default="big", kw_only=True, validator=attrs.validators.in_(("big", "little"))
     )
     length_includes_header: bool = attrs.field(default=False, kw_only=True)
+    _unpack_from: Callable[[bytes | bytearray, int], tuple[int]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        order = ">" if self.byte_order == "big" else "<"
+        code = {1: "B", 2: "H", 4: "I", 8: "Q"}[self.length_bytes]
+        self._unpack_from = struct.Struct(order + code).unpack_from
+
+    def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
+        if self._start != len(self._buf) or self._error is not None:
+            self.feed(data)
+            return self.take_frames()
+        # Nothing held: walk the headers in ``data`` itself.
+        unpack_from = self._unpack_from
+        n = self.length_bytes
+        limit = self.max_frame
+        skip = n if self.length_includes_header else 0
+        size = len(data)
+        end = count = 0
+        while size - end >= n:
+            length = unpack_from(data, end)[0] - skip
+            if not 0 <= length <= limit or size - end - n < length:
+                break  # an error or an unfinished frame: the buffered path deals with it
+            end += n + length
+            count += 1
+        if end == size:
+            return data, count
+        self.feed(data[end:])
+        self.take_frames()  # nothing complete is left; this finds a bad header, if any
+        return data[:end], count
 
     def _payload_length(self, start: int) -> int:
         n = self.length_bytes
