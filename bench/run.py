@@ -14,6 +14,7 @@ median of the rounds is reported, each as a ratio to triodaemon in the same run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -75,11 +76,14 @@ def server_command(name: str, framing: str, where: list[str]) -> list[str]:
             "--idle-timeout",
             "0",
         ]
+    if name == "go-bufio":
+        return [str(BUILD / "go-bufio"), *where, "--framing", framing]
     peer, _, loop = name.partition("+")
     script = {
         "asyncio-streams": "asyncio_streams.py",
         "asyncio-protocol": "asyncio_protocol.py",
         "trio-tutorial": "trio_tutorial.py",
+        "twisted": "twisted_receiver.py",
     }[peer]
     extra = ["--loop", loop] if loop else []
     return [py, str(PEERS / script), *where, "--framing", framing, *extra]
@@ -92,19 +96,56 @@ ALL_SERVERS = [
     "asyncio-protocol",
     "asyncio-streams+uvloop",
     "asyncio-protocol+uvloop",
+    "twisted",
+    "go-bufio",
 ]
+
+# What each server needs beyond the test extra, and how to get it.
+NEEDS = {
+    "asyncio-streams+uvloop": ("uvloop", "pip install -e '.[bench]'"),
+    "asyncio-protocol+uvloop": ("uvloop", "pip install -e '.[bench]'"),
+    "twisted": ("twisted", "pip install -e '.[bench]'"),
+}
+
+
+def stale(binary: Path, source: Path) -> bool:
+    return not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime
 
 
 def build_loadgen() -> Path:
     BUILD.mkdir(exist_ok=True)
     binary = BUILD / "loadgen"
     source = HERE / "loadgen.c"
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+    if stale(binary, source):
         compiler = shutil.which("cc") or shutil.which("gcc")
         if compiler is None:
             sys.exit("bench: no C compiler (cc) found; install gcc")
         subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
     return binary
+
+
+def build_go_peer() -> None:
+    BUILD.mkdir(exist_ok=True)
+    binary = BUILD / "go-bufio"
+    source = PEERS / "go_bufio.go"
+    if stale(binary, source):
+        go = shutil.which("go")
+        if go is None:
+            sys.exit(
+                "bench: the go-bufio peer needs Go: apt-get install golang-go "
+                "(or leave it out with --servers)"
+            )
+        env = {**os.environ, "GOCACHE": str(BUILD / "go-cache"), "GOFLAGS": "-trimpath"}
+        subprocess.run([go, "build", "-o", str(binary), str(source)], check=True, env=env)
+
+
+def check_available(servers: list[str]) -> None:
+    """Exit with one line naming what is missing for any of ``servers``."""
+    for server in servers:
+        if server in NEEDS:
+            module, how = NEEDS[server]
+            if importlib.util.find_spec(module) is None:
+                sys.exit(f"bench: {server} needs {module}: {how} (or leave it out with --servers)")
 
 
 def pinned(cpu: int, command: list[str]) -> list[str]:
@@ -286,7 +327,10 @@ def main() -> int:
     unknown = [s for s in servers if s not in ALL_SERVERS]
     if unknown:
         sys.exit(f"bench: unknown server {unknown[0]}; choose from {', '.join(ALL_SERVERS)}")
+    check_available(servers)
     loadgen = build_loadgen()
+    if "go-bufio" in servers:
+        build_go_peer()
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory(prefix="td-bench-") as directory:
         for scenario in args.scenarios.split(","):

@@ -1,8 +1,9 @@
 """A smoke run of the benchmark suite (bench/run.py), so the harness cannot rot.
 
-It builds the C load generator, runs two scenarios over both transports for a
-fraction of a second against triodaemon and two standard-library peers, and
-checks that every server was measured without errors. No figure is asserted.
+It builds the C load generator and the Go peer, runs two scenarios (line and
+length framing) over both transports for a fraction of a second against
+triodaemon and every peer, and checks that every server was measured without
+errors. No figure is asserted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
+SERVERS = {
+    "triodaemon",
+    "trio-tutorial",
+    "asyncio-streams",
+    "asyncio-protocol",
+    "asyncio-streams+uvloop",
+    "asyncio-protocol+uvloop",
+    "twisted",
+    "go-bufio",
+}
 
 
 def test_bench_suite_smoke() -> None:
@@ -20,8 +31,6 @@ def test_bench_suite_smoke() -> None:
             sys.executable,
             str(ROOT / "bench" / "run.py"),
             "--quick",
-            "--servers",
-            "triodaemon,trio-tutorial,asyncio-protocol",
             "--scenarios",
             "s1,s3",
             "--transports",
@@ -37,6 +46,8 @@ def test_bench_suite_smoke() -> None:
         assert f"### {heading}" in output
     rows = [line for line in output.splitlines() if line.startswith("| ") and "---" not in line]
     measured = [row for row in rows if not row.startswith("| server")]
-    assert len(measured) == 12  # 3 servers x 2 scenarios x 2 transports
+    servers = {row.split("|")[1].strip() for row in measured}
+    assert servers == SERVERS
+    assert len(measured) == len(SERVERS) * 4  # every server x 2 scenarios x 2 transports
     assert all(row.rstrip().endswith("| 0 |") for row in measured)  # no errors
     assert all("| 1.00x |" in row for row in measured if row.startswith("| triodaemon "))
