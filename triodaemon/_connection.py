@@ -57,14 +57,24 @@ class ConnectionInfo:
         cls, id: int, listener: str, stream: trio.SocketStream, peer: object
     ) -> ConnectionInfo:
         """Describe a connection from its stream and the peer address ``accept()`` gave."""
-        return cls(id, listener, _peer_name(stream, peer))
+        return cls.for_socket(id, listener, stream.socket, peer)
+
+    @classmethod
+    def for_socket(
+        cls,
+        id: int,
+        listener: str,
+        sock: stdlib_socket.socket | trio.socket.SocketType,
+        peer: object,
+    ) -> ConnectionInfo:
+        """Describe a connection from its socket and the peer address ``accept()`` gave."""
+        return cls(id, listener, _peer_name(sock, peer))
 
 
-def _peer_name(stream: trio.SocketStream, peer: object) -> str:
+def _peer_name(sock: stdlib_socket.socket | trio.socket.SocketType, peer: object) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    sock = stream.socket
     if sock.family == stdlib_socket.AF_UNIX and hasattr(stdlib_socket, "SO_PEERCRED"):
         try:
             creds = sock.getsockopt(
@@ -99,20 +109,22 @@ class Connection:
     """Serve frames on one stream until the peer leaves, an error, or a drain.
 
     Args:
-        stream: the byte stream; closed by :meth:`run` whatever happens.
+        stream: the byte stream; closed by :meth:`run` whatever happens. ``None``
+            with ``raw_socket``: a ``trio.SocketStream`` is then made around the
+            socket only if one is needed (a reply that does not fit at once, the
+            lingering close), which keeps an idle connection small.
         info: who is on the other end.
         framing: how to cut the stream into frames and encode replies.
         handler: the per-frame behaviour.
         idle_timeout: seconds without progress either way before closing; ``inf`` disables.
         receive_size: bytes asked for per read.
         stats: counters to update.
-        raw_socket: the socket under ``stream``, if it is one: replies are then
-            sent with a direct non-blocking ``send`` first, falling back to
-            ``stream.send_all`` only for what does not fit at once. That saves a
-            trip through the scheduler per reply; the read keeps its checkpoint.
+        raw_socket: the (non-blocking) socket under ``stream``, if it is one: reads
+            and replies then go to it directly, and the stream is used only for
+            what would block. Closed by :meth:`run` whatever happens.
     """
 
-    stream: trio.abc.HalfCloseableStream
+    stream: trio.abc.HalfCloseableStream | None
     info: ConnectionInfo
     framing: Framing = attrs.field(factory=Framing)
     handler: FrameHandler = echo
@@ -128,8 +140,17 @@ class Connection:
     _echo: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.stream is None and self.raw_socket is None:
+            raise ValueError("a Connection needs a stream or a raw_socket")
         self.decoder = self.framing.decoder()
         self._echo = self.handler is echo
+
+    def _stream(self) -> trio.abc.HalfCloseableStream:
+        """The stream, made around the raw socket the first time it is needed."""
+        if self.stream is None:
+            assert self.raw_socket is not None
+            self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(self.raw_socket))
+        return self.stream
 
     def drain(self) -> None:
         """Finish the frame in progress (if any), reply, and close.
@@ -155,7 +176,11 @@ class Connection:
                 await self._linger()
             self.completed = True
         finally:
-            await trio.aclose_forcefully(self.stream)
+            if self.stream is not None:
+                await trio.aclose_forcefully(self.stream)
+            elif self.raw_socket is not None:
+                trio.lowlevel.notify_closing(self.raw_socket)
+                self.raw_socket.close()
 
     async def _serve(self) -> _Close:
         decoder = self.decoder
@@ -167,22 +192,36 @@ class Connection:
             if self._draining and decoder.buffered == 0:
                 log.debug("%s: drained", self.info)
                 return _Close.GRACEFUL
-            data: bytes | bytearray | None
+            data: bytes | bytearray | None = None
             try:
                 if sock is not None:
                     # The busy path: yield once (every other connection gets its turn,
                     # and a pipelining peer's next frames arrive meanwhile), then read
-                    # directly. Only a read that would block waits (_wait_and_receive).
+                    # directly, paying for neither a cancel scope nor trio's epoll_ctl.
                     await trio.lowlevel.checkpoint()
-                    try:
-                        data = sock.recv(receive_size)
-                    except BlockingIOError:
-                        data = await self._wait_and_receive()
-                else:
-                    data = await self._wait_and_receive()
+                    data = _recv_nowait(sock, receive_size)
+                if data is None:
+                    # A read that has to wait, in a cancel scope of its own: the idle
+                    # deadline, and what drain() cancels. (Inline, not a method: one
+                    # coroutine frame less on every idle connection.)
+                    with trio.CancelScope(
+                        deadline=trio.current_time() + self.idle_timeout
+                    ) as scope:
+                        self._receive_scope = scope
+                        if self._draining and decoder.buffered == 0:
+                            scope.cancel()  # drain() came while we yielded
+                        try:
+                            if sock is None:
+                                data = await self._stream().receive_some(receive_size)
+                            else:
+                                while data is None:
+                                    await trio.lowlevel.wait_readable(sock)
+                                    data = _recv_nowait(sock, receive_size)
+                        finally:
+                            self._receive_scope = None
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 return self._lost(exc)
-            if data is None:
+            if data is None:  # the wait was cancelled
                 if self._draining:
                     log.debug("%s: drained while idle", self.info)
                 else:
@@ -227,31 +266,6 @@ class Connection:
                 log.warning("%s: %s; closing", self.info, error)
                 return _Close.GRACEFUL
 
-    async def _wait_and_receive(self) -> bytes | bytearray | None:
-        """One read that may wait: ``b""`` at EOF, ``None`` if idle too long or drained.
-
-        Only this wait has a cancel scope (the idle deadline, and what :meth:`drain`
-        cancels), so a busy connection pays for neither a scope nor trio's
-        ``epoll_ctl`` per read.
-        """
-        sock = self.raw_socket
-        with trio.CancelScope(deadline=trio.current_time() + self.idle_timeout) as scope:
-            self._receive_scope = scope
-            if self._draining and self.decoder.buffered == 0:
-                scope.cancel()  # drain() came while we yielded
-            try:
-                if sock is None:
-                    return await self.stream.receive_some(self.receive_size)
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    try:
-                        return sock.recv(self.receive_size)
-                    except BlockingIOError:
-                        pass
-            finally:
-                self._receive_scope = None
-        return None
-
     async def _handle_frames(self) -> tuple[bytearray, FramingError | None]:
         """Run the handler on every complete frame; return the encoded replies and any error."""
         replies = bytearray()
@@ -270,7 +284,7 @@ class Connection:
         """Send what the direct send could not, through the stream: ``None`` once all is sent."""
         with trio.move_on_after(self.idle_timeout) as scope:
             try:
-                await self.stream.send_all(data)
+                await self._stream().send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 return self._lost(exc)
         if scope.cancelled_caught:
@@ -293,11 +307,26 @@ class Connection:
         """Send EOF, then read and discard until the peer's EOF, for a while at most."""
         with trio.move_on_after(LINGER_SECONDS):
             try:
-                await self.stream.send_eof()
-                while await self.stream.receive_some(self.receive_size):
+                stream = self._stream()
+                await stream.send_eof()
+                while await stream.receive_some(self.receive_size):
                     pass
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+def _recv_nowait(sock: stdlib_socket.socket, size: int) -> bytes | None:
+    """``sock.recv(size)``, or ``None`` if it would block.
+
+    A function of its own so that the ``BlockingIOError`` never passes through
+    the connection's coroutine: a traceback through a coroutine gives it a frame
+    object for the rest of its life (~300 B per idle connection), and a coroutine
+    that waits inside an ``except`` block keeps the exception alive as well.
+    """
+    try:
+        return sock.recv(size)
+    except BlockingIOError:
+        return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ import trio
 
 from ._config import DaemonConfig
 from ._connection import Connection, ConnectionInfo, FrameHandler, echo
-from ._listeners import Address, BoundListener, open_listeners, stream_for
+from ._listeners import Address, BoundListener, open_listeners
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
@@ -177,6 +177,7 @@ class Daemon:
         self, listener: BoundListener, handlers: trio.Nursery, limiter: trio.Semaphore
     ) -> None:
         exhausted = False
+        listener_name = str(listener.address)  # one string for all its connections
         while True:
             # Wait for a connection before taking a slot: a loop holding a slot
             # while its own listener is quiet would starve the other listeners.
@@ -215,20 +216,21 @@ class Daemon:
                 log.warning("accepting again on %s", listener.address)
                 exhausted = False
             self._next_id += 1
-            stream = stream_for(sock)
-            info = ConnectionInfo.for_stream(self._next_id, str(listener.address), stream, peer)
-            handlers.start_soon(self._run_connection, stream, sock, info, limiter)
+            info = ConnectionInfo.for_socket(self._next_id, listener_name, sock, peer)
+            # A constant name: trio would otherwise build one string per task.
+            handlers.start_soon(
+                self._run_connection, sock, info, limiter, name="triodaemon.connection"
+            )
 
     async def _run_connection(
         self,
-        stream: trio.SocketStream,
         sock: socket.socket,
         info: ConnectionInfo,
         limiter: trio.Semaphore,
     ) -> None:
         config = self.config
         connection = Connection(
-            stream,
+            None,  # made around sock only if needed: an idle connection stays small
             info,
             config.framing,
             self.handler,
