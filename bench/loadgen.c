@@ -3,7 +3,7 @@
  * bottleneck (one thread, epoll, no allocation on the hot path).
  *
  *   loadgen (--tcp HOST:PORT | --unix PATH) [--framing line|length] [--conns N]
- *           [--depth D] [--size B] [--duration S] [--warmup S]
+ *           [--depth D] [--size B] [--duration S] [--warmup S] [--idle N [--pause]]
  *
  * Closed loop: each connection keeps D frames in flight; every echo received is
  * checked byte for byte against the frame it answers (each payload starts with
@@ -11,6 +11,13 @@
  * measured per frame from the write that sent it to the read that completed its
  * echo, into a 1-microsecond histogram. Prints one JSON object on stdout with
  * frames, seconds, latency percentiles, errors and the generator's own CPU time.
+ *
+ * --idle N first opens N more connections, each doing one verified round trip
+ * (so the server has accepted and served it) and then staying idle until the
+ * end; at most IDLE_BATCH are opened at a time, so no server's accept backlog
+ * overflows. With --pause it then writes "idle ready" on stderr and waits for a
+ * line on stdin (the suite measures the server's memory meanwhile) before the
+ * measured connections start.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -19,6 +26,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +41,7 @@
 #define SEQ_DIGITS 16
 #define RECV_SIZE 65536
 #define HIST_US 1000000 /* 1 us buckets up to 1 s; slower goes in the last one */
+#define IDLE_BATCH 100
 
 typedef struct {
     int fd;
@@ -194,11 +203,69 @@ static int open_conn(const char *tcp, const char *unix_path) {
     return fd;
 }
 
+/* Wait up to 10 s for fd to be readable; 0 on timeout or error. */
+static int readable(int fd) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    return poll(&pfd, 1, 10000) == 1;
+}
+
+/* Open n idle connections (one verified round trip each); return their fds or NULL. */
+static int *open_idle(int n, const char *tcp, const char *unix_path) {
+    int *fds = calloc((size_t)n, sizeof *fds);
+    char *frame = malloc(frame_size), *echo = malloc(frame_size);
+    for (int first = 0; first < n; first += IDLE_BATCH) {
+        int last = first + IDLE_BATCH < n ? first + IDLE_BATCH : n;
+        for (int i = first; i < last; i++) {
+            fds[i] = open_conn(tcp, unix_path);
+            if (fds[i] < 0) {
+                fprintf(stderr, "loadgen: idle connection %d: cannot connect: %s\n", i, strerror(errno));
+                return NULL;
+            }
+            char *payload = frame + (framing_length ? 4 : 0);
+            if (framing_length) {
+                uint32_t size = htonl((uint32_t)payload_size);
+                memcpy(frame, &size, 4);
+            }
+            memcpy(payload, filler, payload_size);
+            seq_hex(payload, nconns + i, 0);
+            if (!framing_length) payload[payload_size] = '\n';
+            if (send(fds[i], frame, frame_size, MSG_NOSIGNAL) != (ssize_t)frame_size) {
+                fprintf(stderr, "loadgen: idle connection %d: send failed\n", i);
+                return NULL;
+            }
+        }
+        for (int i = first; i < last; i++) {
+            size_t got = 0;
+            while (got < frame_size) {
+                ssize_t r = readable(fds[i]) ? recv(fds[i], echo + got, frame_size - got, 0) : -1;
+                if (r <= 0 && !(r < 0 && errno == EAGAIN)) {
+                    fprintf(stderr, "loadgen: idle connection %d: no echo\n", i);
+                    return NULL;
+                }
+                if (r > 0) got += (size_t)r;
+            }
+            char *payload = frame + (framing_length ? 4 : 0);
+            seq_hex(payload, nconns + i, 0);
+            if (memcmp(echo, frame, frame_size) != 0) {
+                fprintf(stderr, "loadgen: idle connection %d: echo does not match\n", i);
+                return NULL;
+            }
+        }
+    }
+    free(frame);
+    free(echo);
+    return fds;
+}
+
 int main(int argc, char **argv) {
     const char *tcp = NULL, *unix_path = NULL;
     double duration = 5, warmup = 1;
-    for (int i = 1; i + 1 < argc; i += 2) {
+    int idle = 0, pause = 0;
+    for (int i = 1; i < argc; i += 2) {
+        if (!strcmp(argv[i], "--pause")) { pause = 1; i--; continue; }
+        if (i + 1 >= argc) { fprintf(stderr, "loadgen: %s needs a value\n", argv[i]); return 2; }
         if (!strcmp(argv[i], "--tcp")) tcp = argv[i + 1];
+        else if (!strcmp(argv[i], "--idle")) idle = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--unix")) unix_path = argv[i + 1];
         else if (!strcmp(argv[i], "--framing")) framing_length = !strcmp(argv[i + 1], "length");
         else if (!strcmp(argv[i], "--conns")) nconns = atoi(argv[i + 1]);
@@ -221,6 +288,14 @@ int main(int argc, char **argv) {
     filler = malloc(payload_size);
     memset(filler, '.', payload_size);
     hist = calloc(HIST_US, sizeof *hist);
+    if (idle > 0) {
+        if (!open_idle(idle, tcp, unix_path)) return 1;
+        if (pause) {
+            fprintf(stderr, "idle ready\n");
+            char line[16];
+            if (!fgets(line, sizeof line, stdin)) return 1;
+        }
+    }
     int ep = epoll_create1(0);
     conn_t *conns = calloc((size_t)nconns, sizeof *conns);
     uint64_t t0 = now_ns();
@@ -291,9 +366,9 @@ int main(int argc, char **argv) {
     printf("{\"frames\": %llu, \"seconds\": %.6f, \"frames_per_second\": %.1f, "
            "\"p50_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"errors\": %llu, "
            "\"first_error\": \"%s\", \"client_cpu_seconds\": %.6f, \"conns\": %d, "
-           "\"depth\": %d, \"size\": %zu}\n",
+           "\"depth\": %d, \"size\": %zu, \"idle\": %d}\n",
            (unsigned long long)frames_measured, seconds, frames_measured / seconds,
            percentile(0.50), percentile(0.99), percentile(0.999),
-           (unsigned long long)errors, escaped, cpu, nconns, depth, frame_size);
+           (unsigned long long)errors, escaped, cpu, nconns, depth, frame_size, idle);
     return 0;
 }

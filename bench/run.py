@@ -1,7 +1,7 @@
 """The benchmark suite: triodaemon and its peers side by side, in one run, as ratios.
 
-    python bench/run.py                 # everything (see --help for a subset)
-    python bench/run.py --quick         # a few seconds: checks the harness works
+    python bench/run.py                 # everything, ~14 minutes (see --help for a subset)
+    python bench/run.py --quick         # seconds: checks the harness works
 
 For each scenario, transport and round, every server is started pinned to CPU 0
 (taskset), loaded by bench/loadgen (C, built here with cc) pinned to CPU 1, and
@@ -9,6 +9,8 @@ measured: frames echoed per second, frames per second of *server* CPU (the fair
 figure: the generator may saturate its own core first), latency percentiles, and
 the generator's own CPU use. Servers run in interleaved order (A B C A B C) and the
 median of the rounds is reported, each as a ratio to triodaemon in the same run.
+S5 also holds --idle connections open (each after one round trip) and reports the
+server's resident memory per idle connection (VmRSS with them, minus before them).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -31,7 +34,10 @@ HERE = Path(__file__).parent
 PEERS = HERE / "peers"
 BUILD = HERE / ".build"
 
-# name: (load generator arguments, description)
+#: S5's idle connections (--idle changes it).
+IDLE = 10_000
+
+# name: (load generator arguments, description, framing)
 SCENARIOS = {
     "s1": (
         ["--conns", "1", "--depth", "1", "--size", "64"],
@@ -53,10 +59,20 @@ SCENARIOS = {
         "bulk: 4 conns x 4 in flight, 64 KiB length",
         "length",
     ),
+    "s5": (
+        ["--conns", "1", "--depth", "1", "--size", "64"],  # and --idle N --pause
+        "scale: idle conns held open, latency of 1 active, 64 B line",
+        "line",
+    ),
 }
 
 
-def server_command(name: str, framing: str, where: list[str]) -> list[str]:
+def files_needed(idle: int) -> int:
+    """The open-file limit S5 needs with ``idle`` connections (both ends inherit it)."""
+    return idle + 200
+
+
+def server_command(name: str, framing: str, where: list[str], idle: int) -> list[str]:
     """The command line of server ``name`` listening at ``where`` (--tcp PORT | --unix PATH)."""
     py = sys.executable
     if name == "triodaemon":
@@ -75,6 +91,8 @@ def server_command(name: str, framing: str, where: list[str]) -> list[str]:
             "1MiB",
             "--idle-timeout",
             "0",
+            "--max-connections",
+            str(files_needed(idle)),
         ]
     if name == "go-bufio":
         return [str(BUILD / "go-bufio"), *where, "--framing", framing]
@@ -154,6 +172,27 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
     return command
 
 
+def raise_file_limit(scenarios: list[str], idle: int) -> None:
+    """Raise this process's open-file limit to the hard limit: servers and loadgen inherit it."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = files_needed(idle)
+    if hard != resource.RLIM_INFINITY and hard < need and "s5" in scenarios:
+        sys.exit(
+            f"bench: S5 holds {idle:,} connections open and needs an open-file limit of at "
+            f"least {need:,}; the hard limit here is {hard:,}: raise it (ulimit -Hn, "
+            "limits.conf), lower --idle, or leave s5 out with --scenarios"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set size of process ``pid``, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
@@ -197,6 +236,7 @@ class Sample:
     client_cpu: float
     errors: int
     first_error: str
+    kib_per_idle_conn: float = float("nan")
 
 
 def measure(
@@ -207,8 +247,11 @@ def measure(
     duration: float,
     warmup: float,
     workdir: Path,
+    idle: int,
 ) -> Sample:
     args, _, framing = SCENARIOS[scenario]
+    if scenario == "s5":
+        args = [*args, "--idle", str(idle), "--pause"]
     if transport == "tcp":
         where = ["--tcp", str(free_port())]
     else:  # a fresh path each time: not every peer removes its socket file on exit
@@ -216,7 +259,7 @@ def measure(
     log_path = workdir / f"{server}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            pinned(0, server_command(server, framing, where)),
+            pinned(0, server_command(server, framing, where, idle)),
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -241,9 +284,23 @@ def measure(
                     str(warmup),
                 ],
             ),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        kib_per_idle_conn = float("nan")
+        if scenario == "s5":
+            # Memory with every idle connection open (each has done one round trip),
+            # against the server's memory before any of them.
+            assert generator.stdin is not None
+            assert generator.stderr is not None
+            before = rss_kib(process.pid)
+            if generator.stderr.readline().strip() != b"idle ready":
+                generator.wait(timeout=60)
+                raise RuntimeError(f"loadgen failed: {generator.stderr.read().decode().strip()}")
+            kib_per_idle_conn = (rss_kib(process.pid) - before) / idle
+            generator.stdin.write(b"go\n")
+            generator.stdin.flush()
         time.sleep(warmup)
         ticks_start = cpu_ticks(process.pid)
         out, err = generator.communicate(timeout=duration + warmup + 60)
@@ -275,6 +332,7 @@ def measure(
         result["client_cpu_seconds"] / result["seconds"],
         result["errors"],
         result["first_error"],
+        kib_per_idle_conn,
     )
 
 
@@ -282,18 +340,24 @@ def median(samples: list[Sample], field: str) -> float:
     return float(statistics.median(float(getattr(sample, field)) for sample in samples))
 
 
-def report(samples: list[Sample], servers: list[str]) -> str:
+def report(samples: list[Sample], servers: list[str], idle: int) -> str:
     lines = []
     keys = sorted({(s.scenario, s.transport) for s in samples})
     for scenario, transport in keys:
         group = [s for s in samples if (s.scenario, s.transport) == (scenario, transport)]
         base = [s for s in group if s.server == "triodaemon"]
         base_cpu = median(base, "frames_per_cpu_second") if base else float("nan")
-        lines.append(f"\n### {scenario.upper()} over {transport}: {SCENARIOS[scenario][1]}\n")
+        title = SCENARIOS[scenario][1].replace("idle conns", f"{idle:,} idle conns")
+        lines.append(f"\n### {scenario.upper()} over {transport}: {title}\n")
+        scale = scenario == "s5"
         lines.append(
             "| server | frames/s | frames per server CPU-s | vs triodaemon | p50 us | p99 us | p99.9 us | server CPU | loadgen CPU | errors |"
+            + (" KiB per idle conn |" if scale else "")
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append(
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            + (" ---: |" if scale else "")
+        )
         for server in servers:
             mine = [s for s in group if s.server == server]
             if not mine:
@@ -304,7 +368,43 @@ def report(samples: list[Sample], servers: list[str]) -> str:
                 f"{per_cpu / base_cpu:.2f}x | {median(mine, 'p50_us'):.0f} | {median(mine, 'p99_us'):.0f} | "
                 f"{median(mine, 'p999_us'):.0f} | {median(mine, 'server_cpu'):.0%} | "
                 f"{median(mine, 'client_cpu'):.0%} | {sum(s.errors for s in mine)} |"
+                + (f" {median(mine, 'kib_per_idle_conn'):.2f} |" if scale else "")
             )
+    lines.append(transport_report(samples, servers))
+    return "\n".join(lines)
+
+
+def transport_report(samples: list[Sample], servers: list[str]) -> str:
+    """Unix socket against TCP: the ratio of frames per server CPU-second, per scenario."""
+    scenarios = sorted({s.scenario for s in samples})
+    cells: dict[tuple[str, str], str] = {}
+    for server in servers:
+        for scenario in scenarios:
+            by = {
+                transport: [
+                    s
+                    for s in samples
+                    if (s.server, s.scenario, s.transport) == (server, scenario, transport)
+                ]
+                for transport in ("tcp", "unix")
+            }
+            if by["tcp"] and by["unix"]:
+                ratio = median(by["unix"], "frames_per_cpu_second") / median(
+                    by["tcp"], "frames_per_cpu_second"
+                )
+                cells[server, scenario] = f"{ratio:.2f}x"
+    if not cells:
+        return ""
+    lines = [
+        "\n### Unix socket against TCP\n",
+        "Frames per server CPU-second over a Unix socket divided by the same over TCP.\n",
+        "| server | " + " | ".join(s.upper() for s in scenarios) + " |",
+        "| --- |" + " ---: |" * len(scenarios),
+    ]
+    for server in servers:
+        row = [cells.get((server, scenario), "") for scenario in scenarios]
+        if any(row):
+            lines.append(f"| {server} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -312,15 +412,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma-separated")
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help="comma-separated: s1,s2,s3,s4"
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated: s1,s2,s3,s4,s5"
     )
     parser.add_argument("--transports", default="tcp,unix")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
+    parser.add_argument(
+        "--idle", type=int, default=IDLE, help=f"S5's idle connections (default {IDLE:,})"
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 0.3 s: a smoke run")
     parser.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
+    parser.add_argument(
+        "--from-json", metavar="FILE", help="measure nothing: print the tables of a --json FILE"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        saved = [Sample(**fields) for fields in json.loads(Path(args.from_json).read_text())]
+        named = [s for s in ALL_SERVERS if any(sample.server == s for sample in saved)]
+        print(report(saved, named, args.idle))
+        return 0
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 0.3, 0.1
     servers = args.servers.split(",")
@@ -328,6 +439,7 @@ def main() -> int:
     if unknown:
         sys.exit(f"bench: unknown server {unknown[0]}; choose from {', '.join(ALL_SERVERS)}")
     check_available(servers)
+    raise_file_limit(args.scenarios.split(","), args.idle)
     loadgen = build_loadgen()
     if "go-bufio" in servers:
         build_go_peer()
@@ -345,6 +457,7 @@ def main() -> int:
                             args.duration,
                             args.warmup,
                             Path(directory),
+                            args.idle,
                         )
                         samples.append(sample)
                         print(
@@ -355,7 +468,7 @@ def main() -> int:
                             file=sys.stderr,
                             flush=True,
                         )
-    print(report(samples, servers))
+    print(report(samples, servers, args.idle))
     if args.json:
         Path(args.json).write_text(json.dumps([s.__dict__ for s in samples], indent=2))
     return 1 if any(s.errors for s in samples) else 0

@@ -1,13 +1,15 @@
 """A smoke run of the benchmark suite (bench/run.py), so the harness cannot rot.
 
-It builds the C load generator and the Go peer, runs two scenarios (line and
-length framing) over both transports for a fraction of a second against
-triodaemon and every peer, and checks that every server was measured without
-errors. No figure is asserted.
+It builds the C load generator and the Go peer, runs S3 (length framing) and a
+small S5 (line framing, 200 idle connections, one active) over both transports
+for a fraction of a second against triodaemon and every peer, and checks that
+every server was measured without errors, and its memory per idle connection
+too. No figure is asserted.
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +34,11 @@ def test_bench_suite_smoke() -> None:
             str(ROOT / "bench" / "run.py"),
             "--quick",
             "--scenarios",
-            "s1,s3",
+            "s3,s5",
             "--transports",
             "tcp,unix",
+            "--idle",
+            "200",
         ],
         capture_output=True,
         timeout=300,
@@ -42,12 +46,20 @@ def test_bench_suite_smoke() -> None:
     )
     output = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()
-    for heading in ("S1 over tcp", "S1 over unix", "S3 over tcp", "S3 over unix"):
-        assert f"### {heading}" in output
-    rows = [line for line in output.splitlines() if line.startswith("| ") and "---" not in line]
-    measured = [row for row in rows if not row.startswith("| server")]
-    servers = {row.split("|")[1].strip() for row in measured}
-    assert servers == SERVERS
-    assert len(measured) == len(SERVERS) * 4  # every server x 2 scenarios x 2 transports
-    assert all(row.rstrip().endswith("| 0 |") for row in measured)  # no errors
-    assert all("| 1.00x |" in row for row in measured if row.startswith("| triodaemon "))
+    for heading in ("S3 over tcp", "S3 over unix"):
+        assert f"### {heading}: 50 conns" in output
+    for heading in ("S5 over tcp", "S5 over unix"):
+        assert f"### {heading}: scale: 200 idle conns held open" in output
+    tables = output.split("### ")[1:]
+    assert len(tables) == 4
+    for table in tables:
+        lines = [line for line in table.splitlines() if line.startswith("| ")]
+        header, rows = lines[0], lines[2:]
+        assert {row.split("|")[1].strip() for row in rows} == SERVERS
+        errors_column = header.split("|").index(" errors ")
+        assert all(row.split("|")[errors_column].strip() == "0" for row in rows), table
+        assert all("| 1.00x |" in row for row in rows if row.startswith("| triodaemon "))
+        if table.startswith("S5"):
+            # Memory per idle connection: measured (a number), for every server.
+            assert header.rstrip().endswith("| KiB per idle conn |")
+            assert not any(math.isnan(float(row.split("|")[-2])) for row in rows)
