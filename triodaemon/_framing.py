@@ -78,6 +78,12 @@ class Decoder(Protocol):
         """The framing error that stopped the decoder, if any."""
 
 
+def _copy(buf: bytearray, start: int, end: int) -> bytes:
+    """``bytes(buf[start:end])`` with one copy instead of two (slice, then bytes)."""
+    with memoryview(buf) as view:
+        return bytes(view[start:end])
+
+
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class _BufferedDecoder:
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=attrs.validators.gt(0))
@@ -104,7 +110,7 @@ class _BufferedDecoder:
         return len(self._buf) - self._start
 
     def pending(self) -> bytes:
-        return bytes(self._buf[self._start :])
+        return _copy(self._buf, self._start, len(self._buf))
 
     def feed_eof(self) -> None:
         held = self.buffered
@@ -135,7 +141,7 @@ class _BufferedDecoder:
         if span is None:
             return None
         begin, end, self._start = span
-        return bytes(self._buf[begin:end])
+        return _copy(self._buf, begin, end)
 
     def take_frames(self) -> tuple[bytes, int]:
         """Consume every complete frame; return their wire bytes as one piece, and how many.
@@ -151,7 +157,7 @@ class _BufferedDecoder:
                 count += 1
         except FramingError:
             pass
-        return bytes(self._buf[start : self._start]), count
+        return _copy(self._buf, start, self._start), count
 
     def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
         """:meth:`feed` then :meth:`take_frames`.
@@ -200,7 +206,7 @@ class DelimiterDecoder(_BufferedDecoder):
             end = last + len(delimiter)
             count = buf.count(delimiter, start, end)
             self._start = self._search = end
-            return bytes(buf[start:end]), count
+            return _copy(buf, start, end), count
         return super().take_frames()
 
     def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
