@@ -50,8 +50,13 @@ def test_bench_suite_smoke() -> None:
         assert f"### {heading}: 50 conns" in output
     for heading in ("S5 over tcp", "S5 over unix"):
         assert f"### {heading}: scale: 200 idle conns held open" in output
-    tables = output.split("### ")[1:]
+    *tables, transports = output.split("### ")[1:]
     assert len(tables) == 4
+    # The last table: Unix socket against TCP, one ratio per server and scenario.
+    assert transports.startswith("Unix socket against TCP")
+    ratios = [line for line in transports.splitlines() if line.startswith("| ")][2:]
+    assert {row.split("|")[1].strip() for row in ratios} == SERVERS
+    assert all(cell.strip().endswith("x") for row in ratios for cell in row.split("|")[2:-1])
     for table in tables:
         lines = [line for line in table.splitlines() if line.startswith("| ")]
         header, rows = lines[0], lines[2:]
