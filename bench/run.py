@@ -295,9 +295,11 @@ def measure(
             assert generator.stdin is not None
             assert generator.stderr is not None
             before = rss_kib(process.pid)
-            if generator.stderr.readline().strip() != b"idle ready":
+            line = generator.stderr.readline()
+            if line.strip() != b"idle ready":
                 generator.wait(timeout=60)
-                raise RuntimeError(f"loadgen failed: {generator.stderr.read().decode().strip()}")
+                said = (line + generator.stderr.read()).decode().strip()
+                raise RuntimeError(f"loadgen failed: {said}")
             kib_per_idle_conn = (rss_kib(process.pid) - before) / idle
             generator.stdin.write(b"go\n")
             generator.stdin.flush()

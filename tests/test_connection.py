@@ -250,6 +250,11 @@ async def test_reset_by_peer_is_one_line(caplog: pytest.LogCaptureFixture) -> No
     assert "conn 1 from peer on test://: connection lost: connection reset by peer" in caplog.text
 
 
+def test_a_connection_needs_a_stream_or_a_socket() -> None:
+    with pytest.raises(ValueError, match="needs a stream or a raw_socket"):
+        Connection(None, INFO)
+
+
 async def test_drain_during_the_yield_after_a_reply_closes_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
