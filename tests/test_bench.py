@@ -101,6 +101,11 @@ async def test_bench_cli_json(spawn: SpawnFn, sock_dir: Path) -> None:
     ("args", "message"),
     [
         (["--size", "8"], "too small"),
+        (
+            ["--framing", "varint", "--size", "129"],
+            "no frame of varint, max frame 1048576 bytes is exactly 129 bytes on the wire; "
+            "try --size 128 or 130",
+        ),
         (["--framing", "raw"], "raw framing has no frames"),
     ],
 )

@@ -199,21 +199,40 @@ class _Run:
 
 def _payload_size(framing: Framing, frame_size: int) -> int:
     """The payload size whose frame is ``frame_size`` wire bytes in ``framing``."""
-    for overhead in range(0, 11):  # no delimiter, header or varint is longer
-        payload_size = frame_size - overhead
-        if payload_size < _SEQ_DIGITS:
-            break
-        try:
-            if len(framing.encode(b"x" * payload_size)) == frame_size:
-                return payload_size
-        except ValueError:
-            continue
+    payload_size = _exact_payload(framing, frame_size)
+    if payload_size is not None:
+        return payload_size
     if frame_size - 10 < _SEQ_DIGITS:
         raise ValueError(
             f"frames of {frame_size} bytes are too small: the payload must hold a "
             f"{_SEQ_DIGITS}-digit sequence number besides the framing's own bytes"
         )
-    raise ValueError(f"frames of {frame_size} bytes do not fit {framing.describe()}")
+    # Say which sizes do work nearby (a varint header grows by one byte at 128, ...).
+    nearby = [
+        size
+        for size in sorted(
+            range(frame_size - 16, frame_size + 17), key=lambda n: abs(n - frame_size)
+        )
+        if size > 0 and _exact_payload(framing, size) is not None
+    ][:2]
+    hint = f"; try --size {' or '.join(str(n) for n in sorted(nearby))}" if nearby else ""
+    raise ValueError(
+        f"no frame of {framing.describe()} is exactly {frame_size} bytes on the wire{hint}"
+    )
+
+
+def _exact_payload(framing: Framing, frame_size: int) -> int | None:
+    """The payload size whose frame is exactly ``frame_size`` wire bytes, if there is one."""
+    for overhead in range(0, 11):  # no delimiter, header or varint is longer
+        payload_size = frame_size - overhead
+        if payload_size < _SEQ_DIGITS:
+            return None
+        try:
+            if len(framing.encode(b"x" * payload_size)) == frame_size:
+                return payload_size
+        except ValueError:
+            continue
+    return None
 
 
 async def run_bench(
