@@ -237,12 +237,13 @@ static int *open_idle(int n, const char *tcp, const char *unix_path) {
         for (int i = first; i < last; i++) {
             size_t got = 0;
             while (got < frame_size) {
-                ssize_t r = readable(fds[i]) ? recv(fds[i], echo + got, frame_size - got, 0) : -1;
-                if (r <= 0 && !(r < 0 && errno == EAGAIN)) {
-                    fprintf(stderr, "loadgen: idle connection %d: no echo\n", i);
+                ssize_t r = readable(fds[i]) ? recv(fds[i], echo + got, frame_size - got, 0) : 0;
+                if (r < 0 && errno == EAGAIN) continue; /* woken, nothing yet */
+                if (r <= 0) { /* timed out, closed, or failed */
+                    fprintf(stderr, "loadgen: idle connection %d: no echo within 10 s\n", i);
                     return NULL;
                 }
-                if (r > 0) got += (size_t)r;
+                got += (size_t)r;
             }
             char *payload = frame + (framing_length ? 4 : 0);
             seq_hex(payload, nconns + i, 0);
