@@ -28,6 +28,7 @@ import trio
 from ._config import DEFAULT_RECEIVE_SIZE
 from ._errors import FramingError, IncompleteFrame
 from ._framing import Decoder, Framing
+from ._listeners import stream_for
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
@@ -51,13 +52,6 @@ class ConnectionInfo:
 
     def __str__(self) -> str:
         return f"conn {self.id} from {self.peer} on {self.listener}"
-
-    @classmethod
-    def for_stream(
-        cls, id: int, listener: str, stream: trio.SocketStream, peer: object
-    ) -> ConnectionInfo:
-        """Describe a connection from its stream and the peer address ``accept()`` gave."""
-        return cls.for_socket(id, listener, stream.socket, peer)
 
     @classmethod
     def for_socket(
@@ -149,7 +143,7 @@ class Connection:
         """The stream, made around the raw socket the first time it is needed."""
         if self.stream is None:
             assert self.raw_socket is not None
-            self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(self.raw_socket))
+            self.stream = stream_for(self.raw_socket)
         return self.stream
 
     def drain(self) -> None:

@@ -298,7 +298,7 @@ class LengthPrefixDecoder(_BufferedDecoder):
 
     def _payload_length(self, start: int) -> int:
         n = self.length_bytes
-        length = int.from_bytes(self._buf[start : start + n], self.byte_order)
+        length = self._unpack_from(self._buf, start)[0]
         if self.length_includes_header:
             if length < n:
                 raise self._fail(
