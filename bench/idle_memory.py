@@ -26,7 +26,9 @@ from triodaemon import Daemon, DaemonConfig, UnixAddress
 
 async def measure(conns: int, top: int) -> None:
     path = os.path.join(tempfile.mkdtemp(prefix="td-idle-"), "idle.sock")
-    config = DaemonConfig([UnixAddress(path)], max_connections=conns + 10, idle_timeout=0)
+    config = DaemonConfig(
+        [UnixAddress(path)], max_connections=conns + 10, idle_timeout=0, park_above=0
+    )
     daemon = Daemon(config)
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.serve)

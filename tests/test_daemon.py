@@ -23,9 +23,14 @@ from triodaemon import (
     connect,
     echo_frames,
 )
+from triodaemon._config import DEFAULT_PARK_ABOVE
 from triodaemon._listeners import Address
 
 from .conftest import LogWaiter, loopback, read_until_eof, running
+
+#: Run a test both ways a connection can wait for data: in its own scope, and
+#: parked in the daemon's shared watcher (as it does while many are open).
+BOTH_WAITS = pytest.mark.parametrize("park_above", [DEFAULT_PARK_ABOVE, 0], ids=["own", "parked"])
 
 FRAMINGS = [
     Framing(),
@@ -43,10 +48,14 @@ def sample(framing: Framing) -> list[bytes]:
     return [b"hello", b"", b"world " * 1000, b"last"]
 
 
+@BOTH_WAITS
 @pytest.mark.parametrize("framing", FRAMINGS, ids=lambda f: f.describe())
-async def test_echo_on_tcp_and_unix_in_every_framing(sock_dir: Path, framing: Framing) -> None:
+async def test_echo_on_tcp_and_unix_in_every_framing(
+    sock_dir: Path, framing: Framing, park_above: int
+) -> None:
+    config = DaemonConfig(loopback(sock_dir), framing, park_above=park_above)
     with trio.fail_after(10):
-        async with running(DaemonConfig(loopback(sock_dir), framing)) as (daemon, addresses):
+        async with running(config) as (daemon, addresses):
             assert [type(a) for a in addresses] == [TcpAddress, UnixAddress]
             for address in addresses:
                 frames = sample(framing)
@@ -166,8 +175,9 @@ async def test_connection_limit_is_shared_fairly_by_listeners(
     assert daemon_log.count("connection limit (1) reached") == 1
 
 
-async def test_idle_connection_is_closed(sock_dir: Path) -> None:
-    config = DaemonConfig(loopback(sock_dir), idle_timeout=0.2)
+@BOTH_WAITS
+async def test_idle_connection_is_closed(sock_dir: Path, park_above: int) -> None:
+    config = DaemonConfig(loopback(sock_dir), idle_timeout=0.2, park_above=park_above)
     with trio.fail_after(10):
         async with running(config) as (daemon, addresses):
             for address in addresses:
@@ -178,12 +188,15 @@ async def test_idle_connection_is_closed(sock_dir: Path) -> None:
     assert daemon.stats.idle_timeouts == 2
 
 
-async def test_drain_closes_idle_finishes_in_progress_and_refuses_new(sock_dir: Path) -> None:
+@BOTH_WAITS
+async def test_drain_closes_idle_finishes_in_progress_and_refuses_new(
+    sock_dir: Path, park_above: int
+) -> None:
     framing = Framing("length")
     wire = framing.encode(b"a frame in progress")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            daemon = Daemon(DaemonConfig(loopback(sock_dir), framing))
+            daemon = Daemon(DaemonConfig(loopback(sock_dir), framing, park_above=park_above))
             addresses = await nursery.start(daemon.serve)
             idle = await connect(addresses[0])
             busy = await connect(addresses[1])
@@ -191,6 +204,7 @@ async def test_drain_closes_idle_finishes_in_progress_and_refuses_new(sock_dir: 
             await idle.send_all(framing.encode(b"done"))
             assert await idle.receive_some() == framing.encode(b"done")
             await trio.testing.wait_all_tasks_blocked()  # the daemon has read busy's bytes
+            assert daemon.parked == (2 if park_above == 0 else 0)
             daemon.drain()
             assert await read_until_eof(idle) == b""
             for address in addresses:
@@ -230,8 +244,11 @@ async def test_drain_deadline_cancels_a_client_that_never_reads(sock_dir: Path) 
     assert daemon.summary.aborted == 1
 
 
-async def test_abort_cancels_at_once(sock_dir: Path) -> None:
-    config = DaemonConfig(loopback(sock_dir), framing=Framing("length"), drain_timeout=3600)
+@BOTH_WAITS
+async def test_abort_cancels_at_once(sock_dir: Path, park_above: int) -> None:
+    config = DaemonConfig(
+        loopback(sock_dir), framing=Framing("length"), drain_timeout=3600, park_above=park_above
+    )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             daemon = Daemon(config)
@@ -242,12 +259,14 @@ async def test_abort_cancels_at_once(sock_dir: Path) -> None:
             daemon.drain()
             await trio.testing.wait_all_tasks_blocked()
             assert daemon.connections == 1
+            assert daemon.parked == (1 if park_above == 0 else 0)  # mid-frame: still waiting
             daemon.abort()
     assert await read_until_eof(stream) == b""
     await stream.aclose()
     assert daemon.summary is not None
     assert daemon.summary.forced
     assert daemon.summary.aborted == 1
+    assert daemon.parked == 0  # the cancelled wait left the watcher
 
 
 async def test_handler_bug_harms_no_other_connection(

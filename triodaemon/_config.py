@@ -19,6 +19,13 @@ from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
 DEFAULT_RECEIVE_SIZE = 65536
 
 
+#: Above this many open connections, waiting connections park in the shared
+#: watcher: memory per connection matters then, and the watcher's second trip
+#: through the scheduler per wake-up costs latency that only few connections
+#: would notice (S1 of bench/run.py: one connection).
+DEFAULT_PARK_ABOVE = 1000
+
+
 def _to_addresses(value: Iterable[Address]) -> tuple[Address, ...]:
     addresses = tuple(value)
     for address in addresses:
@@ -53,6 +60,10 @@ class DaemonConfig:
     """Bytes asked for per read."""
     backlog: int = attrs.field(default=DEFAULT_BACKLOG, validator=attrs.validators.gt(0))
     """The listen backlog of every listener we bind."""
+    park_above: int = attrs.field(default=DEFAULT_PARK_ABOVE, validator=attrs.validators.ge(0))
+    """While more connections than this are open, a connection waiting for data waits in
+    one shared readiness task (about 2 KiB less memory each, one more scheduler pass
+    per wake-up); 0 parks always."""
 
     @property
     def idle_seconds(self) -> float:

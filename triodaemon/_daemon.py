@@ -25,6 +25,7 @@ from ._config import DaemonConfig
 from ._connection import Connection, ConnectionInfo, FrameHandler, echo
 from ._listeners import Address, BoundListener, open_listeners
 from ._stats import Stats
+from ._watcher import IdleWatcher
 
 log = logging.getLogger("triodaemon")
 
@@ -79,6 +80,10 @@ class Daemon:
     _aborted: int = attrs.field(default=0, init=False)
     _next_id: int = attrs.field(default=0, init=False)
     _at_limit: bool = attrs.field(default=False, init=False)
+    _watcher: IdleWatcher = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._watcher = IdleWatcher(self.config.idle_seconds)  # its epoll opens in serve()
 
     def drain(self) -> None:
         """Begin a graceful shutdown; :meth:`serve` returns when it is over. Idempotent."""
@@ -103,6 +108,11 @@ class Daemon:
     def connections(self) -> int:
         """How many connections are open now."""
         return len(self._connections)
+
+    @property
+    def parked(self) -> int:
+        """How many of them wait for data in the shared watcher now (see ``park_above``)."""
+        return self._watcher.parked
 
     async def serve(
         self,
@@ -139,27 +149,11 @@ class Daemon:
             )
         limiter = trio.Semaphore(config.max_connections)
         try:
-            async with trio.open_nursery() as handlers:
-                self._handlers_scope = handlers.cancel_scope
-                if self._forced:
-                    handlers.cancel_scope.cancel()
-                with self._accept_scope:
-                    async with trio.open_nursery() as accepts:
-                        for listener in listeners:
-                            accepts.start_soon(self._accept_loop, listener, handlers, limiter)
-                        task_status.started(tuple(listener.address for listener in listeners))
-                for listener in listeners:
-                    listener.close()
-                in_flight = len(self._connections)
-                log.info(
-                    "shutting down: listeners closed, draining %d connection%s (deadline %gs)",
-                    in_flight,
-                    "" if in_flight == 1 else "s",
-                    config.drain_timeout,
-                )
-                for connection in list(self._connections):
-                    connection.drain()
-                handlers.cancel_scope.deadline = trio.current_time() + config.drain_timeout
+            async with trio.open_nursery() as watching:
+                # Outlives every connection (they may wait in it), then is cancelled.
+                await watching.start(self._watcher.run)
+                await self._serve_connections(listeners, limiter, task_status)
+                watching.cancel_scope.cancel()
         finally:
             for listener in listeners:
                 listener.close()
@@ -172,6 +166,36 @@ class Daemon:
             " (forced)" if self._forced else "",
         )
         return self.summary
+
+    async def _serve_connections(
+        self,
+        listeners: Sequence[BoundListener],
+        limiter: trio.Semaphore,
+        task_status: trio.TaskStatus[tuple[Address, ...]],
+    ) -> None:
+        """Accept until drained, then drain: the accept and handler nurseries."""
+        config = self.config
+        async with trio.open_nursery() as handlers:
+            self._handlers_scope = handlers.cancel_scope
+            if self._forced:
+                handlers.cancel_scope.cancel()
+            with self._accept_scope:
+                async with trio.open_nursery() as accepts:
+                    for listener in listeners:
+                        accepts.start_soon(self._accept_loop, listener, handlers, limiter)
+                    task_status.started(tuple(listener.address for listener in listeners))
+            for listener in listeners:
+                listener.close()
+            in_flight = len(self._connections)
+            log.info(
+                "shutting down: listeners closed, draining %d connection%s (deadline %gs)",
+                in_flight,
+                "" if in_flight == 1 else "s",
+                config.drain_timeout,
+            )
+            for connection in list(self._connections):
+                connection.drain()
+            handlers.cancel_scope.deadline = trio.current_time() + config.drain_timeout
 
     async def _accept_loop(
         self, listener: BoundListener, handlers: trio.Nursery, limiter: trio.Semaphore
@@ -238,8 +262,10 @@ class Daemon:
             receive_size=config.receive_size,
             stats=self.stats,
             raw_socket=sock,
+            watcher=self._watcher,
         )
         self._connections.add(connection)
+        self._watcher.engaged = len(self._connections) > config.park_above
         self.stats.connections_accepted += 1
         self.stats.connections_active += 1
         log.debug("%s: accepted", info)
@@ -255,6 +281,7 @@ class Daemon:
             log.debug("%s: handler traceback", info, exc_info=True)
         finally:
             self._connections.discard(connection)
+            self._watcher.engaged = len(self._connections) > config.park_above
             self.stats.connections_active -= 1
             limiter.release()
             if self._at_limit and not self._draining:

@@ -1,0 +1,327 @@
+"""The shared readiness task (IdleWatcher), alone and under a Connection, on real sockets."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from triodaemon import (
+    Connection,
+    ConnectionInfo,
+    DaemonConfig,
+    Framing,
+    Stats,
+    UnixAddress,
+    run_check,
+)
+from triodaemon._connection import PARK_AFTER_SECONDS
+from triodaemon._watcher import IdleWatcher
+
+from .conftest import running
+from .test_check import EVERY_FRAMING
+
+INFO = ConnectionInfo(1, "test://", "peer")
+
+
+@asynccontextmanager
+async def watching(idle_timeout: float = 300) -> AsyncIterator[tuple[IdleWatcher, trio.Nursery]]:
+    """A running watcher, engaged, and a nursery for the tasks that park in it."""
+    watcher = IdleWatcher(idle_timeout, engaged=True)
+    async with trio.open_nursery() as outer:
+        await outer.start(watcher.run)
+        async with trio.open_nursery() as nursery:
+            yield watcher, nursery
+        outer.cancel_scope.cancel()
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    return ours, theirs
+
+
+async def park(watcher: IdleWatcher, sock: socket.socket) -> bool:
+    """Park the current task on ``sock`` the way a Connection does; what it was woken with."""
+    fd = sock.fileno()
+
+    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        watcher.forget(fd)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    watcher.park(fd, trio.lowlevel.current_task())
+    woken: bool = await trio.lowlevel.wait_task_rescheduled(abort)
+    return woken
+
+
+async def test_a_parked_task_wakes_when_its_socket_is_readable() -> None:
+    ours, theirs = pair()
+    results: list[bool] = []
+    with ours, theirs, trio.fail_after(5):
+        async with watching() as (watcher, nursery):
+
+            async def waiter() -> None:
+                results.append(await park(watcher, ours))
+
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert watcher.parked == 1
+            assert results == []
+            theirs.send(b"x")
+        assert results == [True]
+        assert watcher.parked == 0
+
+
+async def test_eof_wakes_a_parked_task_too() -> None:
+    ours, theirs = pair()
+    with ours, trio.fail_after(5):
+        async with watching() as (watcher, _):
+            theirs.close()
+            assert await park(watcher, ours) is True
+            assert ours.recv(10) == b""
+
+
+async def test_the_idle_deadline_wakes_with_false_at_exactly_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    first, first_peer = pair()
+    second, second_peer = pair()
+    woken: dict[str, float] = {}
+    with first, first_peer, second, second_peer:
+        async with watching(idle_timeout=30) as (watcher, nursery):
+            start = trio.current_time()
+
+            async def waiter(name: str, sock: socket.socket, delay: float) -> None:
+                await trio.sleep(delay)
+                assert await park(watcher, sock) is False
+                woken[name] = trio.current_time() - start
+
+            # The watcher is asleep with nothing parked when the first one parks.
+            nursery.start_soon(waiter, "first", first, 1)
+            nursery.start_soon(waiter, "second", second, 5)
+    assert woken == {"first": pytest.approx(31), "second": pytest.approx(35)}
+
+
+async def test_wake_wakes_early_and_only_a_parked_task() -> None:
+    ours, theirs = pair()
+    results: list[bool] = []
+    with ours, theirs, trio.fail_after(5):
+        async with watching() as (watcher, nursery):
+            assert watcher.wake(ours.fileno()) is False  # nobody parked there
+
+            async def waiter() -> None:
+                results.append(await park(watcher, ours))
+
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert watcher.wake(ours.fileno()) is True
+            assert watcher.wake(ours.fileno()) is False  # woken once
+        assert results == [False]
+
+
+async def test_cancelling_a_parked_task_stops_watching_its_socket() -> None:
+    ours, theirs = pair()
+    with ours, theirs, trio.fail_after(5):
+        async with watching() as (watcher, nursery):
+            cancelled = trio.Event()
+
+            async def waiter(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await park(watcher, ours)
+                cancelled.set()
+
+            scope = await nursery.start(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert watcher.parked == 1
+            scope.cancel()
+            await cancelled.wait()
+            assert watcher.parked == 0
+            theirs.send(b"nobody is waiting for this")
+            await trio.testing.wait_all_tasks_blocked()  # the watcher wakes nobody, and lives
+
+
+async def test_more_ready_sockets_than_one_poll_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("triodaemon._watcher._POLL_BATCH", 3)
+    pairs = [pair() for _ in range(10)]
+    results: list[bool] = []
+    try:
+        with trio.fail_after(5):
+            async with watching() as (watcher, nursery):
+
+                async def waiter(sock: socket.socket) -> None:
+                    results.append(await park(watcher, sock))
+
+                for ours, _ in pairs:
+                    nursery.start_soon(waiter, ours)
+                await trio.testing.wait_all_tasks_blocked()
+                for _, theirs in pairs:
+                    theirs.send(b"x")
+                await trio.testing.wait_all_tasks_blocked()
+                assert results == [True] * 10  # all in one wake-up of the watcher
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+async def test_park_needs_a_running_watcher_and_run_runs_once() -> None:
+    ours, theirs = pair()
+    with ours, theirs:
+        with pytest.raises(RuntimeError, match="not running"):
+            IdleWatcher().park(ours.fileno(), trio.lowlevel.current_task())
+        async with watching() as (watcher, _):
+            with pytest.raises(RuntimeError, match="running already"):
+                await watcher.run()
+
+
+# A Connection that waits in the watcher.
+
+
+@asynccontextmanager
+async def parked_connection(
+    idle_timeout: float = 300, framing: Framing | None = None
+) -> AsyncIterator[tuple[Connection, trio.SocketStream, IdleWatcher, Stats]]:
+    """A running Connection on a socket pair, with an engaged watcher; yields its client."""
+    ours, theirs = pair()
+    client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+    stats = Stats()
+    async with watching(idle_timeout) as (watcher, nursery):
+        connection = Connection(
+            None,
+            INFO,
+            framing or Framing(),
+            idle_timeout=idle_timeout,
+            stats=stats,
+            raw_socket=ours,
+            watcher=watcher,
+        )
+        nursery.start_soon(connection.run)
+        async with client:
+            yield connection, client, watcher, stats
+
+
+async def test_a_quiet_connection_parks_a_busy_one_waits_on_its_own_then_parks_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with parked_connection() as (connection, client, watcher, stats):
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.parked == 1
+        for _ in range(3):  # frames in quick succession: after two, it is busy
+            await client.send_all(b"ping\n")
+            assert await client.receive_some() == b"ping\n"
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.parked == 0
+        await trio.sleep(PARK_AFTER_SECONDS / 2)
+        assert watcher.parked == 0
+        await trio.sleep(PARK_AFTER_SECONDS)  # quiet long enough: parked again
+        assert watcher.parked == 1
+        await client.send_all(b"still served\n")
+        assert await client.receive_some() == b"still served\n"
+        await client.send_eof()
+        assert await client.receive_some() == b""
+    assert connection.completed
+    assert stats.frames == 4
+
+
+async def test_drain_closes_a_parked_connection_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with parked_connection() as (connection, client, watcher, stats):
+        await client.send_all(b"one\n")
+        assert await client.receive_some() == b"one\n"
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.parked == 1
+        start = trio.current_time()
+        connection.drain()
+        assert await client.receive_some() == b""
+        assert trio.current_time() == start
+    assert connection.completed
+    assert stats.idle_timeouts == 0
+
+
+async def test_drain_during_the_yield_before_parking_closes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # As in test_connection: over these rounds trio's random batch order lands the
+    # drain both in the yield after the reply and in the parked wait after it.
+    for _ in range(40):
+        async with parked_connection() as (connection, client, _, stats):
+            await client.send_all(b"one\n")
+            assert await client.receive_some() == b"one\n"
+            start = trio.current_time()
+            connection.drain()
+            assert await client.receive_some() == b""
+            assert trio.current_time() == start
+        assert connection.completed
+        assert stats.idle_timeouts == 0
+
+
+async def test_a_parked_drain_finishes_the_frame_in_progress(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    framing = Framing("length")
+    wire = framing.encode(b"in progress")
+    async with parked_connection(framing=framing) as (connection, client, watcher, _):
+        await client.send_all(wire[:6])
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.parked == 1
+        connection.drain()
+        await trio.sleep(3)
+        assert watcher.parked == 1  # not woken: a frame is in progress
+        await client.send_all(wire[6:])
+        data = b""
+        while chunk := await client.receive_some():
+            data += chunk
+        assert data == wire
+    assert connection.completed
+
+
+async def test_a_parked_connection_is_closed_at_its_idle_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with parked_connection(idle_timeout=30) as (_, client, watcher, stats):
+        await client.send_all(b"ping\n")
+        assert await client.receive_some() == b"ping\n"
+        start = trio.current_time()
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.parked == 1
+        assert await client.receive_some() == b""
+        assert trio.current_time() - start == pytest.approx(30)
+    assert stats.idle_timeouts == 1
+
+
+async def test_a_cancelled_parked_connection_closes_its_socket() -> None:
+    ours, theirs = pair()
+    with theirs, trio.fail_after(5):
+        async with watching() as (watcher, nursery):
+            connection = Connection(None, INFO, idle_timeout=300, raw_socket=ours, watcher=watcher)
+            nursery.start_soon(connection.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert watcher.parked == 1
+            nursery.cancel_scope.cancel()
+        assert watcher.parked == 0
+        assert ours.fileno() == -1
+        assert not connection.completed
+
+
+def test_the_watcher_and_the_connection_share_one_idle_timeout() -> None:
+    ours, theirs = pair()
+    with ours, theirs, pytest.raises(ValueError, match="idle timeout"):
+        Connection(None, INFO, idle_timeout=30, raw_socket=ours, watcher=IdleWatcher(60))
+
+
+@pytest.mark.parametrize("framing", EVERY_FRAMING, ids=lambda f: f.describe())
+async def test_triodaemon_check_passes_with_every_connection_parked(
+    sock_dir: Path, framing: Framing
+) -> None:
+    config = DaemonConfig([UnixAddress(str(sock_dir / "e.sock"))], framing, park_above=0)
+    with trio.fail_after(60):
+        async with running(config) as (_, [address]):
+            report = await run_check(address, framing, timeout=3)
+    assert report.passed, report.table()
