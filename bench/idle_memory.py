@@ -5,7 +5,8 @@
 Runs a daemon in-process on a Unix socket, opens ``--conns`` connections that each
 do one round trip and then stay idle, and prints the Python memory allocated per
 connection by source line (the client sockets of this process are included, a few
-hundred bytes). S5 of the suite measures the same from outside, as resident memory.
+hundred bytes). Every connection parks in the shared watcher (``park_above=0``); S5 of
+the suite measures the same from outside, as resident memory.
 """
 
 from __future__ import annotations

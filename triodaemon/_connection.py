@@ -7,6 +7,11 @@ its own cancel scope (the idle deadline), which a drain cancels when the
 connection is at a frame boundary; in the middle of a frame the drain lets the
 loop read on until the frame is complete.
 
+While many connections are open, a connection that is not busy waits in the
+daemon's shared :class:`~triodaemon._watcher.IdleWatcher` instead (no cancel
+scope: the watcher wakes it for data, at the idle deadline, or for a drain),
+which makes each idle connection about 2 KiB smaller.
+
 Expected trouble (a reset, a framing violation, an idle peer, a peer that stops
 reading) is caught here, logged as one line naming the peer, counted, and ends
 only this connection. Bugs in the frame handler propagate to the daemon, which
