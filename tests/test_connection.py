@@ -279,3 +279,35 @@ async def test_drain_during_the_yield_after_a_reply_closes_at_once(
             await client.aclose()
         assert connection.completed
         assert stats.idle_timeouts == 0
+
+
+async def test_a_reply_waiting_to_be_sent_survives_other_connections_reads() -> None:
+    # Sockets are read into one buffer shared by every connection of the run; a
+    # reply that does not fit the socket at once must not point into it while it
+    # waits, or the next connection's read would overwrite it.
+    lines = {name: b"".join(b"%s%05d\n" % (name, i) for i in range(8000)) for name in (b"a", b"b")}
+    pairs = [socket.socketpair() for _ in lines]
+    for ours, _ in pairs:
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # replies wait
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            connections = [Connection(None, INFO, raw_socket=ours) for ours, _ in pairs]
+            clients = [trio.SocketStream(trio.socket.from_stdlib_socket(c)) for _, c in pairs]
+            for connection in connections:
+                nursery.start_soon(connection.run)
+            first, second = clients
+            await first.send_all(lines[b"a"])
+            await trio.testing.wait_all_tasks_blocked()  # its reply is stuck half sent
+            await second.send_all(lines[b"b"])
+            assert await read_exactly(second, len(lines[b"b"])) == lines[b"b"]
+            assert await read_exactly(first, len(lines[b"a"])) == lines[b"a"]
+            for client in clients:
+                await client.aclose()
+
+
+async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        data += await stream.receive_some(size - len(data))
+    return bytes(data)

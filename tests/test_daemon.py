@@ -389,3 +389,21 @@ def test_idle_timeout_zero_disables() -> None:
     assert DaemonConfig([], idle_timeout=2.5).idle_seconds == 2.5
     with pytest.raises(ValueError, match="idle_timeout"):
         DaemonConfig([], idle_timeout=-1)
+
+
+@pytest.mark.parametrize(
+    ("receive_size", "expected"),
+    [(None, {"tcp": 262144, "unix": 65536}), (1000, {"tcp": 1000, "unix": 1000})],
+)
+async def test_read_size_by_transport_unless_configured(
+    sock_dir: Path, receive_size: int | None, expected: dict[str, int]
+) -> None:
+    config = DaemonConfig(loopback(sock_dir), receive_size=receive_size)
+    with trio.fail_after(10):
+        async with running(config) as (daemon, addresses):
+            streams = [await connect(address) for address in addresses]
+            await trio.testing.wait_all_tasks_blocked()
+            sizes = {c.info.listener.split(":")[0]: c.receive_size for c in daemon._connections}
+            assert sizes == expected
+            for stream in streams:
+                await stream.aclose()

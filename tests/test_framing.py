@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from triodaemon import (
+    Decoder,
     FrameTooLarge,
     Framing,
     FramingError,
@@ -348,19 +349,38 @@ def test_largest_payload(framing: Framing, largest: int) -> None:
         framing.encode(b"x" * (largest + 1))
 
 
-def take_all(
-    framing: Framing, chunks: Sequence[bytes], *, combined: bool = False
-) -> tuple[bytes, int]:
-    """Take frames after every chunk: ``feed`` + ``take_frames``, or ``feed_and_take``."""
+#: What a reused receive buffer holds after the bytes of the last read: delimiters
+#: and plausible length headers, so a decoder that looks past ``end`` is caught.
+JUNK = b"\n\x00\x00\x00\x01a\r\n\x02" * 4
+
+#: How frames are taken after each chunk: ``feed`` + ``take_frames``, ``feed_and_take``
+#: of the chunk, or ``feed_and_take(buffer, end)`` of the chunk read into a reused
+#: buffer with junk after it (as the daemon reads a socket).
+TAKES = ("feed", "combined", "buffer")
+
+
+def take(decoder: Decoder, chunk: bytes, how: str, buffer: bytearray) -> tuple[bytes, int]:
+    """One chunk's complete frames, taken ``how`` (one of :data:`TAKES`)."""
+    taken: bytes | bytearray | memoryview
+    if how == "feed":
+        decoder.feed(chunk)
+        taken, n = decoder.take_frames()
+    elif how == "combined":
+        taken, n = decoder.feed_and_take(chunk)
+    else:
+        buffer[: len(chunk) + len(JUNK)] = chunk + JUNK  # never resized: views may be alive
+        taken, n = decoder.feed_and_take(buffer, len(chunk))
+    return bytes(taken), n  # a copy before the buffer is read into again
+
+
+def take_all(framing: Framing, chunks: Sequence[bytes], how: str = "feed") -> tuple[bytes, int]:
+    """Take frames after every chunk, ``how`` (one of :data:`TAKES`)."""
     decoder = framing.decoder()
+    buffer = bytearray(sum(map(len, chunks)) + len(JUNK))
     wire = b""
     count = 0
     for chunk in chunks:
-        if combined:
-            taken, n = decoder.feed_and_take(chunk)
-        else:
-            decoder.feed(chunk)
-            taken, n = decoder.take_frames()
+        taken, n = take(decoder, chunk, how, buffer)
         wire += taken
         count += n
         assert decoder.error is None
@@ -372,12 +392,12 @@ def test_take_frames_returns_the_wire_bytes_of_complete_frames(name: str) -> Non
     framing = FRAMINGS.get(name) or Framing("delimiter", delimiter=b"aXa")
     frames = SAMPLES.get(name) or [b"", b"b", b"Xa", b"Xb"]
     stream = b"".join(framing.encode(frame) for frame in frames)
-    for combined in (False, True):
+    for how in TAKES:
         for index in range(len(stream) + 1):
             chunks = [stream[:index], stream[index:]]
-            assert take_all(framing, chunks, combined=combined) == (stream, len(frames))
+            assert take_all(framing, chunks, how) == (stream, len(frames))
         chunks = [bytes([b]) for b in stream]
-        assert take_all(framing, chunks, combined=combined) == (stream, len(frames))
+        assert take_all(framing, chunks, how) == (stream, len(frames))
 
 
 @pytest.mark.parametrize("name", FRAMINGS)
@@ -390,6 +410,15 @@ def test_feed_and_take_returns_whole_frames_uncopied(name: str) -> None:
     if name not in ("triple", "varint", "fixed"):  # these take the buffered path
         assert wire is stream
     assert wire == stream
+    assert decoder.buffered == 0
+    # Read into a reused buffer: a view of the buffer itself comes back.
+    buffer = bytearray(stream + JUNK)
+    wire, count = decoder.feed_and_take(buffer, len(stream))
+    assert count == len(SAMPLES[name])
+    if name not in ("triple", "varint", "fixed"):
+        assert isinstance(wire, memoryview)
+        assert wire.obj is buffer
+    assert bytes(wire) == stream
     assert decoder.buffered == 0
 
 
@@ -408,18 +437,15 @@ def test_feed_and_take_agrees_with_feed_then_take_frames(framing: Framing, strea
     # both with nothing held and with something held.
     for index in range(len(stream) + 1):
         outcomes = []
-        for combined in (False, True):
+        for how in TAKES:
             decoder = framing.decoder()
+            buffer = bytearray(len(stream) + len(JUNK))
             wire, count = b"", 0
             for chunk in (stream[:index], stream[index:]):
-                if combined:
-                    taken, n = decoder.feed_and_take(chunk)
-                else:
-                    decoder.feed(chunk)
-                    taken, n = decoder.take_frames()
+                taken, n = take(decoder, chunk, how, buffer)
                 wire, count = wire + taken, count + n
             outcomes.append((wire, count, repr(decoder.error), decoder.pending()))
-        assert outcomes[0] == outcomes[1], f"split at {index}"
+        assert outcomes[0] == outcomes[1] == outcomes[2], f"split at {index}"
 
 
 @pytest.mark.parametrize("delimiter", [b"\n", b"\r\n", b"abab", b"aa"])
@@ -459,5 +485,5 @@ def test_property_take_frames(name: str, data: st.DataObject) -> None:
     framing = FRAMINGS[name]
     frames, chunks = data.draw(framed_streams(framing))
     stream = b"".join(chunks)
-    assert take_all(framing, chunks) == (stream, len(frames))
-    assert take_all(framing, chunks, combined=True) == (stream, len(frames))
+    for how in TAKES:
+        assert take_all(framing, chunks, how) == (stream, len(frames))

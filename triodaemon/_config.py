@@ -14,9 +14,16 @@ import attrs
 from ._framing import Framing
 from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
 
-#: Bytes asked of the kernel per read; trio's own default, large enough that a
-#: read of pipelined small frames amortises its per-call cost.
+#: Bytes asked of the kernel per read on a Unix socket (and by a ``Connection``
+#: by default); trio's own default, large enough that a read of pipelined small
+#: frames amortises its per-call cost. Larger reads are slower here: a reply as
+#: large as the read no longer fits the socket's send buffer (``wmem_default``,
+#: 208 KiB) in one call. S4 of bench/run.py: 33.7k frames per CPU-s at 64 KiB,
+#: 25.6k at 256 KiB.
 DEFAULT_RECEIVE_SIZE = 65536
+#: Bytes asked per read on TCP, where every call through the TCP stack costs
+#: more and its send buffer grows on demand: S4 at 64 KiB 15.7k, at 256 KiB 23.9k.
+TCP_RECEIVE_SIZE = 262144
 
 
 #: Above this many open connections, waiting connections park in the shared
@@ -56,8 +63,10 @@ class DaemonConfig:
     """Permission bits of Unix socket files."""
     sock_group: str | int | None = None
     """Group (name or id) of Unix socket files; ``None`` keeps the process's group."""
-    receive_size: int = attrs.field(default=DEFAULT_RECEIVE_SIZE, validator=attrs.validators.gt(0))
-    """Bytes asked for per read."""
+    receive_size: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+    """Bytes asked for per read; ``None``: 256 KiB on TCP, 64 KiB on Unix sockets."""
     backlog: int = attrs.field(default=DEFAULT_BACKLOG, validator=attrs.validators.gt(0))
     """The listen backlog of every listener we bind."""
     park_above: int = attrs.field(default=DEFAULT_PARK_ABOVE, validator=attrs.validators.ge(0))

@@ -210,25 +210,29 @@ class Connection:
         receive_size = self.receive_size
         echo = self._echo
         watcher = self.watcher if sock is not None else None
+        # A socket is read into the run's shared buffer (see _receive_buffer); what
+        # was read is used up (sent, or copied into the decoder) before we yield.
+        buf = _receive_buffer(receive_size) if sock is not None else bytearray()
         while True:
             if self._draining and decoder.buffered == 0:
                 log.debug("%s: drained", self.info)
                 return _Close.GRACEFUL
-            data: bytes | bytearray | None = None
+            data: bytes | bytearray = buf
+            size: int | None = None  # bytes read into data; None: none yet (or cancelled)
             try:
                 if sock is not None:
                     # The busy path: yield once (every other connection gets its turn,
                     # and a pipelining peer's next frames arrive meanwhile), then read
                     # directly, paying for neither a cancel scope nor trio's epoll_ctl.
                     await trio.lowlevel.checkpoint()
-                    data = _recv_nowait(sock, receive_size)
-                if data is None and watcher is not None and watcher.engaged and self._quick < 2:
+                    size = _recv_nowait(sock, buf, receive_size)
+                if size is None and watcher is not None and watcher.engaged and self._quick < 2:
                     # Many connections are open and this one is not busy: wait in the
                     # shared watcher, which wakes us with False at the idle deadline or
                     # for drain(), so the wait needs no cancel scope (nor trio's waiter
                     # record): ~2 KiB less per idle connection.
                     assert sock is not None
-                    while data is None and not (self._draining and decoder.buffered == 0):
+                    while size is None and not (self._draining and decoder.buffered == 0):
                         parked_at = trio.current_time()
                         watcher.park(sock.fileno(), trio.lowlevel.current_task())
                         self._parked_fd = sock.fileno()
@@ -236,10 +240,10 @@ class Connection:
                         self._parked_fd = -1
                         if not readable:
                             break
-                        data = _recv_nowait(sock, receive_size)
+                        size = _recv_nowait(sock, buf, receive_size)
                         quick = trio.current_time() - parked_at < QUICK_WAKE_SECONDS
                         self._quick = self._quick + 1 if quick else 0
-                elif data is None:
+                elif size is None:
                     # A read that has to wait, in a cancel scope of its own: the idle
                     # deadline, and what drain() cancels. (Inline, not a method: one
                     # coroutine frame less on every idle connection.) A busy connection
@@ -255,25 +259,26 @@ class Connection:
                         try:
                             if sock is None:
                                 data = await self._stream().receive_some(receive_size)
+                                size = len(data)
                             else:
-                                while data is None:
+                                while size is None:
                                     await trio.lowlevel.wait_readable(sock)
-                                    data = _recv_nowait(sock, receive_size)
+                                    size = _recv_nowait(sock, buf, receive_size)
                         finally:
                             self._receive_scope = None
-                    if data is None and park_at < idle_deadline and not self._draining:
+                    if size is None and park_at < idle_deadline and not self._draining:
                         self._quick = 0  # quiet now: park
                         continue
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 return self._lost(exc)
-            if data is None:  # the wait was cancelled
+            if size is None:  # the wait was cancelled
                 if self._draining:
                     log.debug("%s: drained while idle", self.info)
                 else:
                     stats.idle_timeouts += 1
                     log.info("%s: idle for %gs; closing", self.info, self.idle_timeout)
                 return _Close.GRACEFUL
-            if not data:
+            if not size:
                 try:
                     decoder.feed_eof()
                 except IncompleteFrame as exc:
@@ -282,15 +287,17 @@ class Connection:
                 else:
                     log.debug("%s: closed by peer", self.info)
                 return _Close.GRACEFUL
-            stats.bytes_received += len(data)
-            replies: bytes | bytearray
+            stats.bytes_received += size
+            replies: bytes | bytearray | memoryview
             if echo:
-                # An echo's reply is the frames as they came: one piece, no per-frame work.
-                replies, count = decoder.feed_and_take(data)
+                # An echo's reply is the frames as they came: one piece, no per-frame
+                # work, and no copy when the read began at a frame boundary.
+                replies, count = decoder.feed_and_take(data, size)
                 stats.frames += count
                 error = decoder.error
             else:
-                decoder.feed(data)
+                with memoryview(data) as view:
+                    decoder.feed(view[:size])
                 replies, error = await self._handle_frames()
             if replies:
                 sent = 0
@@ -302,7 +309,10 @@ class Connection:
                     except OSError as exc:
                         return self._lost(exc)
                 if sent < len(replies):
-                    closed = await self._send_rest(memoryview(replies)[sent:])
+                    rest = memoryview(replies)[sent:]
+                    if data is buf:  # the shared buffer: read into by others while we wait
+                        rest = memoryview(bytes(rest))
+                    closed = await self._send_rest(rest)
                     if closed is not None:
                         return closed
                 stats.bytes_sent += len(replies)
@@ -367,8 +377,27 @@ class Connection:
                 pass
 
 
-def _recv_nowait(sock: stdlib_socket.socket, size: int) -> bytes | None:
-    """``sock.recv(size)``, or ``None`` if it would block.
+#: Every connection of a trio run reads its socket into one buffer: no allocation
+#: per read (a read of more than 128 KiB into a new ``bytes`` is an ``mmap`` each
+#: time) and no memory per connection. Safe because trio runs one task at a time
+#: and a connection uses up what it read before it yields.
+_RECEIVE_BUFFER: trio.lowlevel.RunVar[bytearray] = trio.lowlevel.RunVar("triodaemon.receive")
+
+
+def _receive_buffer(size: int) -> bytearray:
+    """The current run's shared receive buffer, at least ``size`` bytes long."""
+    try:
+        buf = _RECEIVE_BUFFER.get()
+    except LookupError:
+        buf = bytearray()
+    if len(buf) < size:
+        buf = bytearray(size)
+        _RECEIVE_BUFFER.set(buf)
+    return buf
+
+
+def _recv_nowait(sock: stdlib_socket.socket, buf: bytearray, size: int) -> int | None:
+    """``sock.recv_into(buf, size)``, or ``None`` if it would block.
 
     A function of its own so that the ``BlockingIOError`` never passes through
     the connection's coroutine: a traceback through a coroutine gives it a frame
@@ -376,7 +405,7 @@ def _recv_nowait(sock: stdlib_socket.socket, size: int) -> bytes | None:
     that waits inside an ``except`` block keeps the exception alive as well.
     """
     try:
-        return sock.recv(size)
+        return sock.recv_into(buf, size)
     except BlockingIOError:
         return None
 

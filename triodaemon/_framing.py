@@ -40,8 +40,8 @@ _VARINT_MAX_BYTES = 10
 class Decoder(Protocol):
     """What every framing strategy's decoder provides."""
 
-    def feed(self, data: bytes | bytearray) -> None:
-        """Store ``data`` for decoding. Never raises framing errors."""
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Store (a copy of) ``data`` for decoding. Never raises framing errors."""
 
     def next_frame(self) -> bytes | None:
         """Return the next complete frame's payload, or ``None`` if more data is needed.
@@ -70,12 +70,27 @@ class Decoder(Protocol):
     def take_frames(self) -> tuple[bytes, int]:
         """Consume every complete frame: their wire bytes as one piece, and how many."""
 
-    def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
-        """``feed(data)`` then ``take_frames()``; may return ``data`` itself, uncopied."""
+    def feed_and_take(
+        self, data: bytes | bytearray, end: int | None = None
+    ) -> tuple[bytes | bytearray | memoryview, int]:
+        """``feed(data[:end])`` then ``take_frames()``, without copying what it need not.
+
+        When nothing was held, the complete frames at the start of ``data`` come
+        back as ``data`` itself or a ``memoryview`` of it, uncopied: use them before
+        ``data`` changes (a reused receive buffer is read into again). ``end``
+        (default ``len(data)``) is how much of ``data`` holds bytes.
+        """
 
     @property
     def error(self) -> FramingError | None:
         """The framing error that stopped the decoder, if any."""
+
+
+def _head(data: bytes | bytearray, end: int | None) -> bytes | bytearray | memoryview:
+    """``data[:end]`` without a copy: ``data`` itself, or a view of its start."""
+    if end is None or end == len(data):
+        return data
+    return memoryview(data)[:end]
 
 
 def _copy(buf: bytearray, start: int, end: int) -> bytes:
@@ -91,7 +106,7 @@ class _BufferedDecoder:
     _start: int = attrs.field(default=0, init=False)
     _error: FramingError | None = attrs.field(default=None, init=False)
 
-    def feed(self, data: bytes | bytearray) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         start = self._start
         if start:
             if start == len(self._buf):
@@ -159,13 +174,15 @@ class _BufferedDecoder:
             pass
         return _copy(self._buf, start, self._start), count
 
-    def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
+    def feed_and_take(
+        self, data: bytes | bytearray, end: int | None = None
+    ) -> tuple[bytes | bytearray | memoryview, int]:
         """:meth:`feed` then :meth:`take_frames`.
 
-        Subclasses return ``data`` itself when nothing was held and it is whole
-        frames (the common case for an echo), so it is never copied.
+        Subclasses return ``data`` (or a view of its start) when nothing was held
+        and it starts with whole frames (the common case for an echo), uncopied.
         """
-        self.feed(data)
+        self.feed(_head(data, end))
         return self.take_frames()
 
 
@@ -209,17 +226,20 @@ class DelimiterDecoder(_BufferedDecoder):
             return _copy(buf, start, end), count
         return super().take_frames()
 
-    def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
+    def feed_and_take(
+        self, data: bytes | bytearray, end: int | None = None
+    ) -> tuple[bytes | bytearray | memoryview, int]:
         delimiter = self.delimiter
+        size = len(data) if end is None else end
         if (
             self._start == len(self._buf)
             and self._error is None
             and not self._self_overlapping
-            and len(data) <= self.max_frame
-            and data.endswith(delimiter)
+            and size <= self.max_frame
+            and data.endswith(delimiter, 0, size)
         ):
-            return data, data.count(delimiter)
-        self.feed(data)
+            return _head(data, size), data.count(delimiter, 0, size)
+        self.feed(_head(data, size))
         return self.take_frames()
 
     def _next_span(self) -> tuple[int, int, int] | None:
@@ -273,28 +293,30 @@ class LengthPrefixDecoder(_BufferedDecoder):
         code = {1: "B", 2: "H", 4: "I", 8: "Q"}[self.length_bytes]
         self._unpack_from = struct.Struct(order + code).unpack_from
 
-    def feed_and_take(self, data: bytes | bytearray) -> tuple[bytes | bytearray, int]:
+    def feed_and_take(
+        self, data: bytes | bytearray, end: int | None = None
+    ) -> tuple[bytes | bytearray | memoryview, int]:
+        size = len(data) if end is None else end
         if self._start != len(self._buf) or self._error is not None:
-            self.feed(data)
+            self.feed(_head(data, size))
             return self.take_frames()
         # Nothing held: walk the headers in ``data`` itself.
         unpack_from = self._unpack_from
         n = self.length_bytes
         limit = self.max_frame
         skip = n if self.length_includes_header else 0
-        size = len(data)
-        end = count = 0
-        while size - end >= n:
-            length = unpack_from(data, end)[0] - skip
-            if not 0 <= length <= limit or size - end - n < length:
+        whole = count = 0
+        while size - whole >= n:
+            length = unpack_from(data, whole)[0] - skip
+            if not 0 <= length <= limit or size - whole - n < length:
                 break  # an error or an unfinished frame: the buffered path deals with it
-            end += n + length
+            whole += n + length
             count += 1
-        if end == size:
-            return data, count
-        self.feed(data[end:])
-        self.take_frames()  # nothing complete is left; this finds a bad header, if any
-        return data[:end], count
+        if whole < size:
+            with memoryview(data) as view:
+                self.feed(view[whole:size])
+            self.take_frames()  # nothing complete is left; this finds a bad header, if any
+        return _head(data, whole), count
 
     def _payload_length(self, start: int) -> int:
         n = self.length_bytes
