@@ -146,6 +146,23 @@ async def test_cancelling_a_parked_task_stops_watching_its_socket() -> None:
             await trio.testing.wait_all_tasks_blocked()  # the watcher wakes nobody, and lives
 
 
+async def test_a_socket_closed_behind_the_watchers_back_is_forgotten_quietly() -> None:
+    ours, theirs = pair()
+    with theirs, trio.fail_after(5):
+        async with watching() as (watcher, nursery):
+
+            async def waiter(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await park(watcher, ours)
+
+            scope = await nursery.start(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            ours.close()  # the kernel drops it from the epoll; unregister would fail
+            scope.cancel()
+        assert watcher.parked == 0
+
+
 async def test_more_ready_sockets_than_one_poll_returns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("triodaemon._watcher._POLL_BATCH", 3)
     pairs = [pair() for _ in range(10)]

@@ -25,6 +25,7 @@ insertion order of the parked table is the order of the deadlines.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import select
 
@@ -91,7 +92,9 @@ class IdleWatcher:
     def _forget(self, fd: int) -> tuple[float, trio.lowlevel.Task] | None:
         entry = self._parked.pop(fd, None)
         if entry is not None and self._epoll is not None:
-            self._epoll.unregister(fd)
+            # If it was closed behind our back, the kernel has dropped it already.
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
         return entry
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
