@@ -267,7 +267,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PARK_ABOVE,
         metavar="N",
         help="while more than N connections are open, quiet ones wait in one shared task: "
-        f"~2 KiB less memory each, a little more latency (0: always; default {DEFAULT_PARK_ABOVE})",
+        f"~1.5 KiB less memory each, a little more latency (0: always; default {DEFAULT_PARK_ABOVE})",
     )
     group.add_argument(
         "--drain-timeout",

@@ -10,7 +10,7 @@ loop read on until the frame is complete.
 While many connections are open, a connection that is not busy waits in the
 daemon's shared :class:`~triodaemon._watcher.IdleWatcher` instead (no cancel
 scope: the watcher wakes it for data, at the idle deadline, or for a drain),
-which makes each idle connection about 2 KiB smaller.
+which makes each idle connection about 1.5 KiB smaller.
 
 Expected trouble (a reset, a framing violation, an idle peer, a peer that stops
 reading) is caught here, logged as one line naming the peer, counted, and ends
@@ -230,7 +230,7 @@ class Connection:
                     # Many connections are open and this one is not busy: wait in the
                     # shared watcher, which wakes us with False at the idle deadline or
                     # for drain(), so the wait needs no cancel scope (nor trio's waiter
-                    # record): ~2 KiB less per idle connection.
+                    # record): ~1.5 KiB less per idle connection.
                     assert sock is not None
                     while size is None and not (self._draining and decoder.buffered == 0):
                         parked_at = trio.current_time()

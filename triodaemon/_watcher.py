@@ -11,7 +11,7 @@ called for (a drain), gets ``False``. Cancelling a parked task still works: its
 abort function calls :meth:`forget`.
 
 A parked task needs neither trio's coroutine frames and waiter record of
-``wait_readable`` nor a cancel scope: about 2 KiB less per idle connection
+``wait_readable`` nor a cancel scope: about 1.5 KiB less per idle connection
 (``python bench/idle_memory.py``). The price is a second trip through the
 scheduler per wake-up (the watcher, then the connection), which shows as
 latency when few connections are open; so the daemon parks only while many are
@@ -71,7 +71,7 @@ class IdleWatcher:
         Raises:
             RuntimeError: :meth:`run` is not running (nothing would ever wake the task).
             OSError: the epoll would not take ``fd`` (out of memory, or of
-                ``fs.epoll.max_user_watches``); wait the usual way instead.
+                ``fs.epoll.max_user_watches``, which trio's own epoll shares).
         """
         if self._epoll is None:
             raise RuntimeError("the IdleWatcher is not running: start its run() first")
