@@ -248,10 +248,11 @@ class Connection:
                     # deadline, and what drain() cancels. (Inline, not a method: one
                     # coroutine frame less on every idle connection.) A busy connection
                     # among many waits here too, until it has been quiet for a while.
-                    idle_deadline = trio.current_time() + self.idle_timeout
+                    now = trio.current_time()
+                    idle_deadline = now + self.idle_timeout
                     park_at = math.inf
                     if watcher is not None and watcher.engaged:
-                        park_at = trio.current_time() + PARK_AFTER_SECONDS
+                        park_at = now + PARK_AFTER_SECONDS
                     with trio.CancelScope(deadline=min(idle_deadline, park_at)) as scope:
                         self._receive_scope = scope
                         if self._draining and decoder.buffered == 0:
