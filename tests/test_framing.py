@@ -422,6 +422,48 @@ def test_feed_and_take_returns_whole_frames_uncopied(name: str) -> None:
     assert decoder.buffered == 0
 
 
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_feed_and_take_returns_frames_that_came_in_pieces_as_a_view_of_the_decoder(
+    name: str,
+) -> None:
+    framing = FRAMINGS[name]
+    stream = b"".join(framing.encode(frame) for frame in SAMPLES[name])
+    decoder = framing.decoder()
+    head, count = decoder.feed_and_take(stream[:-1])
+    assert count == len(SAMPLES[name]) - 1
+    assert bytes(head) == stream[: len(head)]
+    tail = bytearray(stream[-1:])
+    wire, count = decoder.feed_and_take(tail)
+    assert count == 1
+    # The last frame, held in the decoder since the first read, is not copied out.
+    assert isinstance(wire, memoryview)
+    assert wire.obj is not tail
+    assert bytes(wire) == stream[len(head) :]
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_a_view_of_the_decoder_keeps_its_bytes_while_the_decoder_is_fed(name: str) -> None:
+    framing = FRAMINGS[name]
+    frames = SAMPLES[name]
+    stream = b"".join(framing.encode(frame) for frame in frames) * 2
+    decoder = framing.decoder()
+    views: list[tuple[memoryview, bytes]] = []
+    taken = b""
+    # One byte at a time: every frame is assembled in the decoder, and every
+    # view of it is kept alive through all the feeds that follow.
+    for offset in range(len(stream)):
+        chunk = stream[offset : offset + 1]
+        wire, count = decoder.feed_and_take(chunk)
+        if count and wire is not chunk:  # a frame assembled in the decoder's buffer
+            assert isinstance(wire, memoryview)
+            views.append((wire, bytes(wire)))
+        taken += bytes(wire)
+        assert all(bytes(view) == seen for view, seen in views)
+    assert taken == stream
+    # Every frame of more than one byte was assembled in the decoder (varint: all).
+    assert len(views) >= 2 * sum(len(framing.encode(frame)) > 1 for frame in frames)
+
+
 @pytest.mark.parametrize(
     ("framing", "stream"),
     [

@@ -292,7 +292,8 @@ class Connection:
             replies: bytes | bytearray | memoryview
             if echo:
                 # An echo's reply is the frames as they came: one piece, no per-frame
-                # work, and no copy when the read began at a frame boundary.
+                # work, and no copy: a view of the read itself, or of the decoder's
+                # buffer when a frame came in pieces.
                 replies, count = decoder.feed_and_take(data, size)
                 stats.frames += count
                 error = decoder.error
@@ -310,7 +311,7 @@ class Connection:
                         return self._lost(exc)
                 if sent < len(replies):
                     rest = memoryview(replies)[sent:]
-                    if echo and data is buf:  # the shared buffer: others read into it
+                    if rest.obj is buf:  # the shared buffer: others read into it meanwhile
                         rest = memoryview(bytes(rest))
                     closed = await self._send_rest(rest)
                     if closed is not None:

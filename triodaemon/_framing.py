@@ -75,10 +75,11 @@ class Decoder(Protocol):
     ) -> tuple[bytes | bytearray | memoryview, int]:
         """``feed(data[:end])`` then ``take_frames()``, without copying what it need not.
 
-        When nothing was held, the complete frames at the start of ``data`` come
-        back as ``data`` itself or a ``memoryview`` of it, uncopied: use them before
-        ``data`` changes (a reused receive buffer is read into again). ``end``
-        (default ``len(data)``) is how much of ``data`` holds bytes.
+        The complete frames come back uncopied: when nothing was held, as ``data``
+        itself or a ``memoryview`` of its start (use them before ``data`` changes: a
+        reused receive buffer is read into again); otherwise as a ``memoryview`` of
+        the decoder's own buffer, which a later ``feed`` leaves alone while the view
+        lives. ``end`` (default ``len(data)``) is how much of ``data`` holds bytes.
         """
 
     @property
@@ -108,14 +109,21 @@ class _BufferedDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         start = self._start
+        try:
+            if start:
+                if start == len(self._buf):
+                    self._buf.clear()
+                else:
+                    del self._buf[:start]
+            self._buf += data
+        except BufferError:
+            # A view from feed_and_take() is still alive: leave the bytes it shows
+            # alone (a resize fails before it changes anything) and carry on in a
+            # new buffer.
+            self._buf = self._buf[start:] + data
         if start:
-            if start == len(self._buf):
-                self._buf.clear()
-            else:
-                del self._buf[:start]
             self._start = 0
             self._consumed(start)
-        self._buf += data
 
     def _consumed(self, count: int) -> None:
         """Hook: ``count`` bytes were dropped from the front of the buffer."""
@@ -164,6 +172,11 @@ class _BufferedDecoder:
         For an echo: the frames exactly as they arrived, without a copy per frame.
         Never raises: a framing error stops the taking, and is then in :attr:`error`.
         """
+        start, count = self._take()
+        return _copy(self._buf, start, self._start), count
+
+    def _take(self) -> tuple[int, int]:
+        """Consume every complete frame; return where the first began, and how many."""
         start = self._start
         count = 0
         try:
@@ -172,18 +185,23 @@ class _BufferedDecoder:
                 count += 1
         except FramingError:
             pass
-        return _copy(self._buf, start, self._start), count
+        return start, count
 
     def feed_and_take(
         self, data: bytes | bytearray, end: int | None = None
     ) -> tuple[bytes | bytearray | memoryview, int]:
-        """:meth:`feed` then :meth:`take_frames`.
+        """:meth:`feed` then :meth:`take_frames`, returning a view of the frames.
 
         Subclasses return ``data`` (or a view of its start) when nothing was held
         and it starts with whole frames (the common case for an echo), uncopied.
+        Otherwise the frames are a view of the decoder's own buffer: no copy of a
+        large frame that came in pieces.
         """
         self.feed(_head(data, end))
-        return self.take_frames()
+        start, count = self._take()
+        if not count:
+            return b"", 0
+        return memoryview(self._buf)[start : self._start], count
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
@@ -203,7 +221,7 @@ class DelimiterDecoder(_BufferedDecoder):
     def _consumed(self, count: int) -> None:
         self._search = max(0, self._search - count)
 
-    def take_frames(self) -> tuple[bytes, int]:
+    def _take(self) -> tuple[int, int]:
         buf = self._buf
         start = self._start
         delimiter = self.delimiter
@@ -219,12 +237,12 @@ class DelimiterDecoder(_BufferedDecoder):
             last = buf.rfind(delimiter, max(start, self._search))
             if last < 0:
                 self._search = max(start, len(buf) - len(delimiter) + 1)
-                return b"", 0
+                return start, 0
             end = last + len(delimiter)
             count = buf.count(delimiter, start, end)
             self._start = self._search = end
-            return _copy(buf, start, end), count
-        return super().take_frames()
+            return start, count
+        return super()._take()
 
     def feed_and_take(
         self, data: bytes | bytearray, end: int | None = None
@@ -239,8 +257,7 @@ class DelimiterDecoder(_BufferedDecoder):
             and data.endswith(delimiter, 0, size)
         ):
             return _head(data, size), data.count(delimiter, 0, size)
-        self.feed(_head(data, size))
-        return self.take_frames()
+        return super().feed_and_take(data, size)
 
     def _next_span(self) -> tuple[int, int, int] | None:
         if self._error is not None:
@@ -298,8 +315,7 @@ class LengthPrefixDecoder(_BufferedDecoder):
     ) -> tuple[bytes | bytearray | memoryview, int]:
         size = len(data) if end is None else end
         if self._start != len(self._buf) or self._error is not None:
-            self.feed(_head(data, size))
-            return self.take_frames()
+            return super().feed_and_take(data, size)
         # Nothing held: walk the headers in ``data`` itself.
         unpack_from = self._unpack_from
         n = self.length_bytes
@@ -315,7 +331,7 @@ class LengthPrefixDecoder(_BufferedDecoder):
         if whole < size:
             with memoryview(data) as view:
                 self.feed(view[whole:size])
-            self.take_frames()  # nothing complete is left; this finds a bad header, if any
+            self._take()  # nothing complete is left; this finds a bad header, if any
         return _head(data, whole), count
 
     def _payload_length(self, start: int) -> int:
