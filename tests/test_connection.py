@@ -306,6 +306,36 @@ async def test_a_reply_waiting_to_be_sent_survives_other_connections_reads() -> 
                 await client.aclose()
 
 
+async def test_frames_larger_than_a_read_are_echoed_whole_while_replies_wait() -> None:
+    # A frame larger than a read is assembled in the decoder and echoed as a view of
+    # its buffer; with a small send buffer that reply waits half sent while the other
+    # connection reads into the shared buffer, and the decoder goes on behind it.
+    framing = Framing("length")
+    streams = [
+        b"".join(framing.encode(bytes([k]) * (30_000 + 997 * i)) for i in range(6)) for k in (1, 2)
+    ]
+    pairs = [socket.socketpair() for _ in streams]
+    for ours, _ in pairs:
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stats = Stats()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for ours, _ in pairs:
+                connection = Connection(
+                    None, INFO, framing, receive_size=8192, stats=stats, raw_socket=ours
+                )
+                nursery.start_soon(connection.run)
+            clients = [trio.SocketStream(trio.socket.from_stdlib_socket(c)) for _, c in pairs]
+            for client, stream in zip(clients, streams, strict=True):
+                nursery.start_soon(client.send_all, stream)
+            for client, stream in zip(clients, streams, strict=True):
+                assert await read_exactly(client, len(stream)) == stream
+            for client in clients:
+                await client.aclose()
+    assert stats.frames == 12
+
+
 async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:

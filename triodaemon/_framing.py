@@ -4,7 +4,10 @@ Strategy: every decoder keeps one ``bytearray`` and an offset of the first byte
 not yet returned. ``feed()`` only stores (compacting the consumed prefix once per
 feed, so consuming a frame never copies the rest of the buffer); ``next_frame()``
 returns one frame or ``None`` for "need more data"; ``feed_eof()`` says whether
-the stream ended on a frame boundary. The limit is checked before a body is
+the stream ended on a frame boundary. ``feed_and_take()`` hands complete frames
+out as a view of that buffer; ``feed()`` never changes bytes a live view shows
+(``bytearray`` refuses to resize while exported, and the decoder then moves to a
+new buffer). The limit is checked before a body is
 buffered: a length header that announces too much fails at once, and a delimiter
 search fails as soon as more than ``max_frame`` bytes are held without one. The
 delimiter scan remembers how far it has looked, so it is linear however the
