@@ -393,7 +393,7 @@ def test_idle_timeout_zero_disables() -> None:
 
 @pytest.mark.parametrize(
     ("receive_size", "expected"),
-    [(None, {"tcp": 262144, "unix": 65536}), (1000, {"tcp": 1000, "unix": 1000})],
+    [(None, {"tcp": 262144, "unix": 131072}), (1000, {"tcp": 1000, "unix": 1000})],
 )
 async def test_read_size_by_transport_unless_configured(
     sock_dir: Path, receive_size: int | None, expected: dict[str, int]

@@ -14,13 +14,16 @@ import attrs
 from ._framing import Framing
 from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
 
-#: Bytes asked of the kernel per read on a Unix socket (and by a ``Connection``
-#: by default); trio's own default, large enough that a read of pipelined small
-#: frames amortises its per-call cost. Larger reads are slower here: a reply as
-#: large as the read no longer fits the socket's send buffer (``wmem_default``,
-#: 208 KiB) in one call. S4 of bench/run.py: 33.7k frames per CPU-s at 64 KiB,
-#: 25.6k at 256 KiB.
+#: Bytes asked of the kernel per read by a ``Connection`` by default: trio's own
+#: default, large enough that a read of pipelined small frames amortises its
+#: per-call cost.
 DEFAULT_RECEIVE_SIZE = 65536
+#: Bytes asked per read on a Unix socket by the daemon: two 64 KiB frames per call
+#: instead of one frame in two calls. Larger is slower: a reply as large as the read
+#: no longer fits the socket's send buffer (``wmem_default``, 208 KiB) in one call.
+#: S4 of bench/run.py (frames per CPU-s, medians of 4-5 interleaved runs with
+#: bench/.build/loadgen): 36.6k at 64 KiB, 41-43k at 128 KiB, 37k at 192 KiB.
+UNIX_RECEIVE_SIZE = 131072
 #: Bytes asked per read on TCP, where every call through the TCP stack costs
 #: more and its send buffer grows on demand: S4 at 64 KiB 15.7k, at 256 KiB 23.9k.
 TCP_RECEIVE_SIZE = 262144
@@ -66,7 +69,7 @@ class DaemonConfig:
     receive_size: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
-    """Bytes asked for per read; ``None``: 256 KiB on TCP, 64 KiB on Unix sockets."""
+    """Bytes asked for per read; ``None``: 256 KiB on TCP, 128 KiB on Unix sockets."""
     backlog: int = attrs.field(default=DEFAULT_BACKLOG, validator=attrs.validators.gt(0))
     """The listen backlog of every listener we bind."""
     park_above: int = attrs.field(default=DEFAULT_PARK_ABOVE, validator=attrs.validators.ge(0))

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from ._config import DEFAULT_RECEIVE_SIZE, TCP_RECEIVE_SIZE, DaemonConfig
+from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
 from ._connection import Connection, ConnectionInfo, FrameHandler, echo
 from ._listeners import Address, BoundListener, open_listeners
 from ._stats import Stats
@@ -260,7 +260,7 @@ class Daemon:
             self.handler,
             idle_timeout=config.idle_seconds,
             receive_size=config.receive_size
-            or (DEFAULT_RECEIVE_SIZE if sock.family == socket.AF_UNIX else TCP_RECEIVE_SIZE),
+            or (UNIX_RECEIVE_SIZE if sock.family == socket.AF_UNIX else TCP_RECEIVE_SIZE),
             stats=self.stats,
             raw_socket=sock,
             watcher=self._watcher,
