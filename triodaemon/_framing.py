@@ -7,11 +7,10 @@ returns one frame or ``None`` for "need more data"; ``feed_eof()`` says whether
 the stream ended on a frame boundary. ``feed_and_take()`` hands complete frames
 out as a view of that buffer; ``feed()`` never changes bytes a live view shows
 (``bytearray`` refuses to resize while exported, and the decoder then moves to a
-new buffer). The limit is checked before a body is
-buffered: a length header that announces too much fails at once, and a delimiter
-search fails as soon as more than ``max_frame`` bytes are held without one. The
-delimiter scan remembers how far it has looked, so it is linear however the
-bytes arrive.
+new buffer). The limit is checked before a body is buffered: a length header
+that announces too much fails at once, and a delimiter search fails as soon as
+more than ``max_frame`` bytes are held without one. The delimiter scan remembers
+how far it has looked, so it is linear however the bytes arrive.
 
 Nothing here imports trio or touches a socket. The unframed bytes a decoder
 holds are available through ``pending()``, so a connection can be handed to
