@@ -149,11 +149,22 @@ async def test_drain_closes_an_idle_connection_at_once(
 ) -> None:
     server, client = trio.testing.memory_stream_pair()
     connection = Connection(server, INFO, idle_timeout=300)
+    await echo_once_then_drain(connection, client, settle=True)
+
+
+async def echo_once_then_drain(
+    connection: Connection, client: trio.abc.Stream, *, settle: bool
+) -> None:
+    """Echo one line, drain, and check the connection closes at once and completes.
+
+    ``settle``: let the connection reach its wait for the next read before the drain.
+    """
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection.run)
         await client.send_all(b"one\n")
         assert await client.receive_some() == b"one\n"
-        await trio.testing.wait_all_tasks_blocked()
+        if settle:
+            await trio.testing.wait_all_tasks_blocked()
         start = trio.current_time()
         connection.drain()
         assert await client.receive_some() == b""
@@ -268,16 +279,7 @@ async def test_drain_during_the_yield_after_a_reply_closes_at_once(
         client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
         stats = Stats()
         connection = Connection(server, INFO, idle_timeout=300, stats=stats, raw_socket=ours)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(connection.run)
-            await client.send_all(b"one\n")
-            assert await client.receive_some() == b"one\n"
-            start = trio.current_time()
-            connection.drain()
-            assert await client.receive_some() == b""
-            assert trio.current_time() == start
-            await client.aclose()
-        assert connection.completed
+        await echo_once_then_drain(connection, client, settle=False)
         assert stats.idle_timeouts == 0
 
 
