@@ -34,10 +34,17 @@ async def running(
 ) -> AsyncIterator[tuple[Daemon, list[Address]]]:
     """Run a daemon in the background; drain it and wait for it on exit."""
     daemon = Daemon(config, **kwargs)  # type: ignore[arg-type]
+    async with serving(daemon) as addresses:
+        yield daemon, addresses
+
+
+@asynccontextmanager
+async def serving(daemon: Daemon) -> AsyncIterator[list[Address]]:
+    """Serve ``daemon`` in the background; drain it and wait for it on exit."""
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(daemon.serve)
         try:
-            yield daemon, list(addresses)
+            yield list(addresses)
         finally:
             daemon.drain()
 

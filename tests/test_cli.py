@@ -192,7 +192,6 @@ async def test_port_in_use_names_the_port() -> None:
         (["--sock", "/tmp/x", "--max-frame", "lots"], "is not a size"),
         (["--sock", "/tmp/x", "--max-connections", "0"], "must be at least 1"),
         (["--sock", "/tmp/x", "--idle-timeout", "-1"], "0 or more"),
-        (["--sock", "/tmp/x", "--park-above", "-1"], "'-1' must be 0 or more"),
         (["--sock", "/tmp/x", "--sock-mode", "999"], "octal mode"),
         (["--sock", "/tmp/x", "--framing", "json"], "invalid choice"),
         (["--sock", "/tmp/x", "--delimiter", r"\q"], "unknown escape"),
@@ -386,8 +385,7 @@ async def test_max_connections(spawn: SpawnFn, sock_dir: Path) -> None:
 
 async def test_thousand_concurrent_connections(spawn: SpawnFn, sock_dir: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
-        # Above 500 open, connections wait parked in the shared watcher: both kinds here.
-        daemon = await start_daemon(spawn, sock_dir, "--log-level", "info", "--park-above", "500")
+        daemon = await start_daemon(spawn, sock_dir, "--log-level", "info")
         streams: list[trio.SocketStream] = []
         try:
             for index in range(1000):

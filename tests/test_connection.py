@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -11,6 +14,7 @@ import trio.testing
 
 from triodaemon import Connection, ConnectionInfo, Framing, Stats
 from triodaemon._connection import LINGER_SECONDS
+from triodaemon._watcher import IdleWatcher
 
 from .conftest import read_until_eof
 
@@ -283,7 +287,26 @@ async def test_drain_during_the_yield_after_a_reply_closes_at_once(
         assert stats.idle_timeouts == 0
 
 
-async def test_a_reply_waiting_to_be_sent_survives_other_connections_reads() -> None:
+@asynccontextmanager
+async def maybe_served(served: bool) -> AsyncIterator[IdleWatcher | None]:
+    """With ``served``, a running watcher (which serves an echo's reads), else None."""
+    if not served:
+        yield None
+        return
+    watcher = IdleWatcher(math.inf)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        yield watcher
+        nursery.cancel_scope.cancel()
+
+
+#: Echo connections on sockets read and reply in their own task, or are served
+#: by a watcher (as in the daemon).
+OWN_OR_SERVED = pytest.mark.parametrize("served", [False, True], ids=["own", "served"])
+
+
+@OWN_OR_SERVED
+async def test_a_reply_waiting_to_be_sent_survives_other_connections_reads(served: bool) -> None:
     # Sockets are read into one buffer shared by every connection of the run; a
     # reply that does not fit the socket at once must not point into it while it
     # waits, or the next connection's read would overwrite it.
@@ -293,8 +316,10 @@ async def test_a_reply_waiting_to_be_sent_survives_other_connections_reads() -> 
         ours.setblocking(False)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # replies wait
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            connections = [Connection(None, INFO, raw_socket=ours) for ours, _ in pairs]
+        async with maybe_served(served) as watcher, trio.open_nursery() as nursery:
+            connections = [
+                Connection(None, INFO, raw_socket=ours, watcher=watcher) for ours, _ in pairs
+            ]
             clients = [trio.SocketStream(trio.socket.from_stdlib_socket(c)) for _, c in pairs]
             for connection in connections:
                 nursery.start_soon(connection.run)
@@ -308,7 +333,10 @@ async def test_a_reply_waiting_to_be_sent_survives_other_connections_reads() -> 
                 await client.aclose()
 
 
-async def test_frames_larger_than_a_read_are_echoed_whole_while_replies_wait() -> None:
+@OWN_OR_SERVED
+async def test_frames_larger_than_a_read_are_echoed_whole_while_replies_wait(
+    served: bool,
+) -> None:
     # A frame larger than a read is assembled in the decoder and echoed as a view of
     # its buffer; with a small send buffer that reply waits half sent while the other
     # connection reads into the shared buffer, and the decoder goes on behind it.
@@ -322,10 +350,16 @@ async def test_frames_larger_than_a_read_are_echoed_whole_while_replies_wait() -
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     stats = Stats()
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
+        async with maybe_served(served) as watcher, trio.open_nursery() as nursery:
             for ours, _ in pairs:
                 connection = Connection(
-                    None, INFO, framing, receive_size=8192, stats=stats, raw_socket=ours
+                    None,
+                    INFO,
+                    framing,
+                    receive_size=8192,
+                    stats=stats,
+                    raw_socket=ours,
+                    watcher=watcher,
                 )
                 nursery.start_soon(connection.run)
             clients = [trio.SocketStream(trio.socket.from_stdlib_socket(c)) for _, c in pairs]

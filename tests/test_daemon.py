@@ -9,6 +9,7 @@ import socket
 import struct
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -17,20 +18,41 @@ from triodaemon import (
     ConnectionInfo,
     Daemon,
     DaemonConfig,
+    FrameHandler,
     Framing,
     TcpAddress,
     UnixAddress,
     connect,
+    echo,
     echo_frames,
 )
 from triodaemon._config import DEFAULT_PARK_ABOVE
 from triodaemon._listeners import Address
 
-from .conftest import LogWaiter, loopback, read_until_eof, running
+from .conftest import LogWaiter, loopback, read_until_eof, running, serving
 
-#: Run a test both ways a connection can wait for data: in its own scope, and
-#: parked in the daemon's shared watcher (as it does while many are open).
-BOTH_WAITS = pytest.mark.parametrize("park_above", [DEFAULT_PARK_ABOVE, 0], ids=["own", "parked"])
+
+async def echo_in_the_task(frame: bytes, conn: ConnectionInfo) -> bytes:
+    """An echo that is not :func:`echo`: frames go through the connection's task."""
+    return frame
+
+
+#: Every way a connection can wait for data: served by the daemon's shared
+#: watcher (the echo), in its own cancel scope, and parked in the watcher (what
+#: another handler does while many connections are open): (handler, park_above).
+WAITS: dict[str, tuple[FrameHandler, int]] = {
+    "served": (echo, DEFAULT_PARK_ABOVE),
+    "own": (echo_in_the_task, DEFAULT_PARK_ABOVE),
+    "parked": (echo_in_the_task, 0),
+}
+EVERY_WAIT = pytest.mark.parametrize("wait", list(WAITS))
+
+
+def waiting(wait: str, config: DaemonConfig) -> Daemon:
+    """A daemon whose connections wait for data the ``wait`` way."""
+    handler, park_above = WAITS[wait]
+    return Daemon(attrs.evolve(config, park_above=park_above), handler)
+
 
 FRAMINGS = [
     Framing(),
@@ -48,14 +70,14 @@ def sample(framing: Framing) -> list[bytes]:
     return [b"hello", b"", b"world " * 1000, b"last"]
 
 
-@BOTH_WAITS
+@EVERY_WAIT
 @pytest.mark.parametrize("framing", FRAMINGS, ids=lambda f: f.describe())
 async def test_echo_on_tcp_and_unix_in_every_framing(
-    sock_dir: Path, framing: Framing, park_above: int
+    sock_dir: Path, framing: Framing, wait: str
 ) -> None:
-    config = DaemonConfig(loopback(sock_dir), framing, park_above=park_above)
+    daemon = waiting(wait, DaemonConfig(loopback(sock_dir), framing))
     with trio.fail_after(10):
-        async with running(config) as (daemon, addresses):
+        async with serving(daemon) as addresses:
             assert [type(a) for a in addresses] == [TcpAddress, UnixAddress]
             for address in addresses:
                 frames = sample(framing)
@@ -175,11 +197,11 @@ async def test_connection_limit_is_shared_fairly_by_listeners(
     assert daemon_log.count("connection limit (1) reached") == 1
 
 
-@BOTH_WAITS
-async def test_idle_connection_is_closed(sock_dir: Path, park_above: int) -> None:
-    config = DaemonConfig(loopback(sock_dir), idle_timeout=0.2, park_above=park_above)
+@EVERY_WAIT
+async def test_idle_connection_is_closed(sock_dir: Path, wait: str) -> None:
+    daemon = waiting(wait, DaemonConfig(loopback(sock_dir), idle_timeout=0.2))
     with trio.fail_after(10):
-        async with running(config) as (daemon, addresses):
+        async with serving(daemon) as addresses:
             for address in addresses:
                 stream = await connect(address)
                 async with stream:
@@ -188,15 +210,15 @@ async def test_idle_connection_is_closed(sock_dir: Path, park_above: int) -> Non
     assert daemon.stats.idle_timeouts == 2
 
 
-@BOTH_WAITS
+@EVERY_WAIT
 async def test_drain_closes_idle_finishes_in_progress_and_refuses_new(
-    sock_dir: Path, park_above: int
+    sock_dir: Path, wait: str
 ) -> None:
     framing = Framing("length")
     wire = framing.encode(b"a frame in progress")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            daemon = Daemon(DaemonConfig(loopback(sock_dir), framing, park_above=park_above))
+            daemon = waiting(wait, DaemonConfig(loopback(sock_dir), framing))
             addresses = await nursery.start(daemon.serve)
             idle = await connect(addresses[0])
             busy = await connect(addresses[1])
@@ -204,7 +226,7 @@ async def test_drain_closes_idle_finishes_in_progress_and_refuses_new(
             await idle.send_all(framing.encode(b"done"))
             assert await idle.receive_some() == framing.encode(b"done")
             await trio.testing.wait_all_tasks_blocked()  # the daemon has read busy's bytes
-            assert daemon.parked == (2 if park_above == 0 else 0)
+            assert daemon.parked == (0 if wait == "own" else 2)
             daemon.drain()
             assert await read_until_eof(idle) == b""
             for address in addresses:
@@ -244,14 +266,12 @@ async def test_drain_deadline_cancels_a_client_that_never_reads(sock_dir: Path) 
     assert daemon.summary.aborted == 1
 
 
-@BOTH_WAITS
-async def test_abort_cancels_at_once(sock_dir: Path, park_above: int) -> None:
-    config = DaemonConfig(
-        loopback(sock_dir), framing=Framing("length"), drain_timeout=3600, park_above=park_above
-    )
+@EVERY_WAIT
+async def test_abort_cancels_at_once(sock_dir: Path, wait: str) -> None:
+    config = DaemonConfig(loopback(sock_dir), framing=Framing("length"), drain_timeout=3600)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            daemon = Daemon(config)
+            daemon = waiting(wait, config)
             addresses = await nursery.start(daemon.serve)
             stream = await connect(addresses[0])
             await stream.send_all(b"\x00\x00\x00\x10mid")  # a frame that never finishes
@@ -259,7 +279,7 @@ async def test_abort_cancels_at_once(sock_dir: Path, park_above: int) -> None:
             daemon.drain()
             await trio.testing.wait_all_tasks_blocked()
             assert daemon.connections == 1
-            assert daemon.parked == (1 if park_above == 0 else 0)  # mid-frame: still waiting
+            assert daemon.parked == (0 if wait == "own" else 1)  # mid-frame: still waiting
             daemon.abort()
     assert await read_until_eof(stream) == b""
     await stream.aclose()

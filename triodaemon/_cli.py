@@ -27,7 +27,7 @@ from ._bench import run_bench
 from ._check import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
 from ._check import SCENARIOS, ScenarioResult, run_check
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
-from ._config import DEFAULT_PARK_ABOVE, DaemonConfig
+from ._config import DaemonConfig
 from ._daemon import Daemon
 from ._errors import ClientError, TriodaemonError
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
@@ -61,10 +61,6 @@ def _whole_number(text: str, least: int) -> int:
 
 def _positive_int(text: str) -> int:
     return _whole_number(text, 1)
-
-
-def _count(text: str) -> int:
-    return _whole_number(text, 0)
 
 
 def _seconds(text: str) -> float:
@@ -260,14 +256,6 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=300.0,
         metavar="SECONDS",
         help="close connections idle this long in both directions; 0 disables (default 300)",
-    )
-    group.add_argument(
-        "--park-above",
-        type=_count,
-        default=DEFAULT_PARK_ABOVE,
-        metavar="N",
-        help="while more than N connections are open, quiet ones wait in one shared task: "
-        f"~1.5 KiB less memory each, a little more latency (0: always; default {DEFAULT_PARK_ABOVE})",
     )
     group.add_argument(
         "--drain-timeout",
@@ -475,7 +463,6 @@ def serve_main(argv: Sequence[str]) -> int:
             framing,
             max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
-            park_above=args.park_above,
             drain_timeout=args.drain_timeout,
             sock_mode=args.sock_mode,
             sock_group=args.sock_group,

@@ -29,10 +29,11 @@ UNIX_RECEIVE_SIZE = 131072
 TCP_RECEIVE_SIZE = 262144
 
 
-#: Above this many open connections, waiting connections park in the shared
-#: watcher: memory per connection matters then, and the watcher's second trip
-#: through the scheduler per wake-up costs latency that only few connections
-#: would notice (S1 of bench/run.py: one connection).
+#: With a handler other than the echo, above this many open connections, waiting
+#: connections park in the shared watcher: memory per connection matters then,
+#: and the watcher's second trip through the scheduler per wake-up costs latency
+#: that only few connections would notice (S1 of bench/run.py: one connection).
+#: (The echo is always served by the watcher, which needs no second trip.)
 DEFAULT_PARK_ABOVE = 1000
 
 
@@ -73,9 +74,10 @@ class DaemonConfig:
     backlog: int = attrs.field(default=DEFAULT_BACKLOG, validator=attrs.validators.gt(0))
     """The listen backlog of every listener we bind."""
     park_above: int = attrs.field(default=DEFAULT_PARK_ABOVE, validator=attrs.validators.ge(0))
-    """While more connections than this are open, a connection waiting for data waits in
-    one shared readiness task (about 1.5 KiB less memory each, one more scheduler pass
-    per wake-up); 0 parks always."""
+    """With a frame handler other than :func:`echo`: while more connections than this
+    are open, a connection waiting for data waits in one shared readiness task (about
+    1.5 KiB less memory each, one more scheduler pass per wake-up); 0 parks always.
+    The echo's connections always wait there, served by that task itself."""
 
     @property
     def idle_seconds(self) -> float:

@@ -111,7 +111,8 @@ class Daemon:
 
     @property
     def parked(self) -> int:
-        """How many of them wait for data in the shared watcher now (see ``park_above``)."""
+        """How many of them wait for data in the shared watcher now: served there (the
+        echo) or parked (another handler, see ``park_above``)."""
         return self._watcher.parked
 
     async def serve(
