@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from triodaemon import Daemon, DaemonConfig, TcpAddress, UnixAddress
+from triodaemon import ConnectionInfo, Daemon, DaemonConfig, TcpAddress, UnixAddress
 from triodaemon._listeners import Address
 
 pytest_plugins = ["pytester"]
@@ -47,6 +47,11 @@ async def serving(daemon: Daemon) -> AsyncIterator[list[Address]]:
             yield list(addresses)
         finally:
             daemon.drain()
+
+
+async def echo_in_the_task(frame: bytes, conn: ConnectionInfo) -> bytes:
+    """An echo that is not :func:`echo`: frames go through the connection's task."""
+    return frame
 
 
 async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:

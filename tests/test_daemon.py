@@ -29,13 +29,14 @@ from triodaemon import (
 from triodaemon._config import DEFAULT_PARK_ABOVE
 from triodaemon._listeners import Address
 
-from .conftest import LogWaiter, loopback, read_until_eof, running, serving
-
-
-async def echo_in_the_task(frame: bytes, conn: ConnectionInfo) -> bytes:
-    """An echo that is not :func:`echo`: frames go through the connection's task."""
-    return frame
-
+from .conftest import (
+    LogWaiter,
+    echo_in_the_task,
+    loopback,
+    read_until_eof,
+    running,
+    serving,
+)
 
 #: Every way a connection can wait for data: served by the daemon's shared
 #: watcher (the echo), in its own cancel scope, and parked in the watcher (what

@@ -26,7 +26,7 @@ from triodaemon import (
 from triodaemon._connection import PARK_AFTER_SECONDS
 from triodaemon._watcher import IdleWatcher, Step
 
-from .conftest import read_until_eof, running
+from .conftest import echo_in_the_task, read_until_eof, running
 from .test_check import EVERY_FRAMING
 
 INFO = ConnectionInfo(1, "test://", "peer")
@@ -287,11 +287,6 @@ async def test_an_exception_in_a_step_is_raised_in_the_task_and_the_watcher_goes
 
 
 # A Connection that waits in the watcher.
-
-
-async def echo_in_the_task(frame: bytes, conn: ConnectionInfo) -> bytes:
-    """An echo that is not :func:`echo`: its connection parks instead of being served."""
-    return frame
 
 
 #: How a connection waits in the watcher: served (the echo), or parked (another handler).
