@@ -48,19 +48,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _whole_number(text: str, least: int) -> int:
+def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < least:
-        more = "0 or more" if least == 0 else f"at least {least}"
-        raise argparse.ArgumentTypeError(f"{text!r} must be {more}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
-
-
-def _positive_int(text: str) -> int:
-    return _whole_number(text, 1)
 
 
 def _seconds(text: str) -> float:

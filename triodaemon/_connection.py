@@ -264,19 +264,15 @@ class Connection:
                     return self._lost(handoff)
                 elif handoff is _Handoff.EOF:
                     size = 0
-                elif handoff is None:
-                    if decoder.error is not None:
-                        return self._framing_error(decoder.error)
-                    continue  # drained: the loop's first test says so
                 else:
-                    closed = await self._send_rest(handoff)
-                    if closed is not None:
-                        return closed
-                    stats.bytes_sent += len(handoff)
-                    del handoff
+                    if handoff is not None:  # replies the socket did not take at once
+                        closed = await self._send_rest(handoff)
+                        if closed is not None:
+                            return closed
+                        del handoff
                     if decoder.error is not None:
                         return self._framing_error(decoder.error)
-                    continue
+                    continue  # drained, if so: the loop's first test says so
             else:
                 try:
                     if sock is not None:
@@ -360,23 +356,14 @@ class Connection:
                 decoder.feed(memoryview(data)[:size])
                 replies, error = await self._handle_frames()
             if replies:
-                sent = 0
-                if sock is not None:  # a direct send first: no trip through the scheduler
-                    try:
-                        sent = sock.send(replies)
-                    except BlockingIOError:
-                        pass
-                    except OSError as exc:
-                        return self._lost(exc)
-                if sent < len(replies):
-                    rest = memoryview(replies)[sent:]
-                    if rest.obj is buf:  # the shared buffer: others read into it meanwhile
-                        rest = memoryview(bytes(rest))
+                rest = self._send_direct(replies)
+                if isinstance(rest, OSError):
+                    return self._lost(rest)
+                if rest is not None:
                     closed = await self._send_rest(rest)
                     if closed is not None:
                         return closed
                     del rest
-                stats.bytes_sent += len(replies)
             # Kept no longer: nothing of a read stays with a connection while it waits
             # (a view of the shared buffer alone is ~300 B per idle connection).
             del replies
@@ -410,20 +397,32 @@ class Connection:
         replies, count = decoder.feed_and_take(buf, size)
         stats.frames += count
         if replies:
-            try:
-                sent = sock.send(replies)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._handoff = exc
-                return False
-            stats.bytes_sent += sent
-            if sent < len(replies):
-                rest = memoryview(replies)[sent:]
-                # A view of the shared buffer would change under us: copy it.
-                self._handoff = memoryview(bytes(rest)) if rest.obj is buf else rest
+            rest = self._send_direct(replies)
+            if rest is not None:
+                self._handoff = rest
                 return False
         return decoder.error is None and not (self._draining and decoder.buffered == 0)
+
+    def _send_direct(self, replies: bytes | bytearray | memoryview) -> memoryview | OSError | None:
+        """Send what the socket takes now, with no trip through the scheduler.
+
+        Returns ``None`` once all is sent, the ``OSError`` that broke the
+        connection, or the rest for :meth:`_send_rest`: copied if it shows the
+        shared receive buffer, which other connections read into meanwhile.
+        """
+        sent = 0
+        if self.raw_socket is not None:
+            try:
+                sent = self.raw_socket.send(replies)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                return exc
+        self.stats.bytes_sent += sent
+        if sent == len(replies):
+            return None
+        rest = memoryview(replies)[sent:]
+        return memoryview(bytes(rest)) if rest.obj is self._buf else rest
 
     def _framing_error(self, error: FramingError) -> _Close:
         """Count and log a peer that broke the framing; the replies before it are sent."""
@@ -467,6 +466,7 @@ class Connection:
                 self.idle_timeout,
             )
             return _Close.FORCEFUL
+        self.stats.bytes_sent += len(data)
         return None
 
     def _lost(self, exc: BaseException) -> _Close:
