@@ -490,6 +490,22 @@ def test_feed_and_take_agrees_with_feed_then_take_frames(framing: Framing, strea
         assert outcomes[0] == outcomes[1] == outcomes[2], f"split at {index}"
 
 
+@pytest.mark.parametrize(
+    ("delimiter", "stream", "frames"),
+    [
+        (b"\r\n", b"a\r\nb\n", b"a\r\n"),  # ends with the delimiter's last byte only
+        (b"aXa", b"aXaXa", b"aXa"),  # ends with a delimiter that overlaps the one before
+    ],
+)
+def test_feed_and_take_takes_no_shortcut_on_a_read_that_only_seems_to_end_a_frame(
+    delimiter: bytes, stream: bytes, frames: bytes
+) -> None:
+    for how in ("combined", "buffer"):
+        decoder = Framing("delimiter", delimiter=delimiter).decoder()
+        assert take(decoder, stream, how, bytearray(64)) == (frames, 1)
+        assert decoder.pending() == stream[len(frames) :]
+
+
 @pytest.mark.parametrize("delimiter", [b"\n", b"\r\n", b"abab", b"aa"])
 def test_take_frames_fast_path_agrees_with_next_frame(delimiter: bytes) -> None:
     framing = Framing("delimiter", delimiter=delimiter, max_frame=1000)
