@@ -264,9 +264,7 @@ class DelimiterDecoder(_BufferedDecoder):
             and self._error is None
             and (len(delimiter) == 1 or data.endswith(delimiter, 0, size))
         ):
-            # _head() inlined: a call costs as much as the view it makes.
-            head = data if size == len(data) else memoryview(data)[:size]
-            return head, data.count(delimiter, 0, size)
+            return _head(data, size), data.count(delimiter, 0, size)
         return super().feed_and_take(data, size)
 
     def _next_span(self) -> tuple[int, int, int] | None:
