@@ -80,6 +80,10 @@ def loopback(sock_dir: Path) -> list[Address]:
     return [TcpAddress("127.0.0.1", 0), UnixAddress(str(sock_dir / "echo.sock"))]
 
 
+#: The readiness line, one per listener: ``triodaemon: listening on ADDRESS``.
+_READY = "triodaemon: listening on "
+
+
 class DaemonProcess:
     """A ``python -m triodaemon`` subprocess whose stderr is collected line by line."""
 
@@ -121,7 +125,7 @@ class DaemonProcess:
         """Wait for ``count`` readiness lines; return their addresses."""
         with trio.fail_after(15):
             while True:
-                ready = [line for line in self.lines if "listening on " in line]
+                ready = [line for line in self.lines if line.startswith(_READY)]
                 if len(ready) >= count:
                     break
                 if self.process.returncode is not None and self._changed.is_set():
@@ -129,7 +133,7 @@ class DaemonProcess:
                 await self._changed.wait()
         self.addresses = []
         for line in ready:
-            url = line.split("listening on ", 1)[1]
+            url = line.removeprefix(_READY)
             if url.startswith("unix:"):
                 self.addresses.append(UnixAddress(url[5:]))
             else:

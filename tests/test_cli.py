@@ -124,6 +124,33 @@ async def test_stale_socket_is_replaced_and_live_one_refused(
         assert await first.wait() == 0
 
 
+async def test_many_daemons_started_at_once_on_one_path(spawn: SpawnFn, sock_dir: Path) -> None:
+    """Exactly one serves; the others refuse with the usual line and remove nothing."""
+    with trio.fail_after(TEST_TIMEOUT):
+        path = sock_dir / "echo.sock"
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(path))  # every starter finds a stale file to probe and remove
+        stale.close()
+        daemons = [await spawn("--sock", str(path)) for _ in range(8)]
+        serving: list[DaemonProcess] = []
+        for daemon in daemons:
+            first = await daemon.wait_for_line("triodaemon: ")
+            if first.startswith("triodaemon: listening on "):
+                serving.append(daemon)
+            else:
+                assert await daemon.wait() == 1
+                assert daemon.lines == [
+                    f"triodaemon: error: another process is listening on {path}; "
+                    "stop it or choose another path"
+                ]
+        [server] = serving
+        assert await echo_frames(UnixAddress(str(path)), [b"the one"]) == [b"the one"]
+        assert sorted(p.name for p in sock_dir.iterdir()) == ["echo.sock"]
+        server.signal(signal.SIGTERM)
+        assert await server.wait() == 0
+        assert list(sock_dir.iterdir()) == []
+
+
 async def test_sigquit_drains_too(spawn: SpawnFn, sock_dir: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         daemon = await start_daemon(spawn, sock_dir)

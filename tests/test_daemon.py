@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
@@ -27,7 +28,12 @@ from triodaemon import (
     echo_frames,
 )
 from triodaemon._config import DEFAULT_PARK_ABOVE
-from triodaemon._listeners import Address
+from triodaemon._listeners import (
+    PER_CONNECTION_ACCEPT_ERRNOS,
+    Address,
+    BoundListener,
+    open_listeners,
+)
 
 from .conftest import (
     LogWaiter,
@@ -428,3 +434,91 @@ async def test_read_size_by_transport_unless_configured(
             assert sizes == expected
             for stream in streams:
                 await stream.aclose()
+
+
+class FlakyListeningSocket(socket.socket):
+    """A listening socket whose next accepts fail with the given errors, then work."""
+
+    def __init__(self, sock: socket.socket, errors: list[int]) -> None:
+        super().__init__(fileno=sock.detach())
+        self.errors = errors
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, os.strerror(code))
+        return super().accept()
+
+
+async def flaky_listeners(sock_dir: Path, *errors: list[int]) -> list[BoundListener]:
+    """One Unix listener per list of errors, each failing its accepts with that list first."""
+    listeners = await open_listeners(
+        [UnixAddress(str(sock_dir / f"e{i}.sock")) for i in range(len(errors))]
+    )
+    for listener, failures in zip(listeners, errors, strict=True):
+        listener.sock = FlakyListeningSocket(listener.sock, failures)
+    return listeners
+
+
+async def test_accept_errors_of_one_connection_are_skipped(
+    sock_dir: Path, daemon_log: LogWaiter
+) -> None:
+    """Every error accept(2) passes on from the new connection: skip it, accept the next."""
+    errors = sorted(PER_CONNECTION_ACCEPT_ERRNOS)
+    assert {errno.ENONET, errno.EHOSTDOWN, errno.ENOPROTOOPT, errno.ENETUNREACH} <= set(errors)
+    [listener] = await flaky_listeners(sock_dir, errors)
+    daemon = Daemon(DaemonConfig([]))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            [address] = await nursery.start(daemon.serve, [listener])
+            assert await echo_frames(address, [b"served"]) == [b"served"]
+            assert errors == []  # every one of them was raised, and skipped
+            daemon.drain()
+    assert daemon.stats.accept_errors == 0
+    assert daemon_log.count("failed") == 0
+
+
+async def test_an_accept_error_not_understood_backs_off_and_serving_goes_on(
+    sock_dir: Path, daemon_log: LogWaiter
+) -> None:
+    failing, healthy = await flaky_listeners(sock_dir, [errno.EIO, errno.EIO], [])
+    daemon = Daemon(DaemonConfig([]))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            first, second = await nursery.start(daemon.serve, [failing, healthy])
+            async with trio.open_nursery() as clients:
+                clients.start_soon(echo_frames, first, [b"waits for the retry"])
+                line = await daemon_log.wait_for("failed")
+                assert line == (
+                    f"accept on {first} failed: EIO (Input/output error); retrying every 0.1s"
+                )
+                assert await echo_frames(second, [b"meanwhile"]) == [b"meanwhile"]
+            await daemon_log.wait_for("accepting again")
+            assert await echo_frames(first, [b"and after"]) == [b"and after"]
+            daemon.drain()
+    assert daemon.stats.accept_errors == 2
+    assert daemon_log.count("failed") == 1  # one line, not one per retry
+
+
+async def test_a_broken_listener_ends_alone_and_the_last_one_drains(
+    sock_dir: Path, daemon_log: LogWaiter
+) -> None:
+    first_listener, second_listener = await flaky_listeners(sock_dir, [errno.EBADF], [])
+    daemon = Daemon(DaemonConfig([]))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            first, second = await nursery.start(daemon.serve, [first_listener, second_listener])
+            with socket.socket(socket.AF_UNIX) as doomed:
+                doomed.connect(first.path)
+                line = await daemon_log.wait_for("is broken")
+            assert line == (
+                f"listener {first} is broken: accept failed with EBADF (Bad file descriptor); "
+                "no longer accepting there"
+            )
+            assert await echo_frames(second, [b"still served"]) == [b"still served"]
+            assert not daemon.draining
+            second_listener.sock = FlakyListeningSocket(second_listener.sock, [errno.EINVAL])
+            with socket.socket(socket.AF_UNIX) as doomed:
+                doomed.connect(second.path)
+                await daemon_log.wait_for("no listener is left, draining")
+    assert daemon.summary is not None

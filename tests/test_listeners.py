@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from triodaemon import AddressError, BoundListener, TcpAddress, UnixAddress, parse_tcp_address
 from triodaemon._listeners import UNIX_PATH_MAX, open_listeners, open_tcp, open_unix
@@ -224,3 +226,151 @@ def test_listeners_close_outside_trio(sock_dir: Path) -> None:
     for listener in listeners:
         listener.close()
     assert not (sock_dir / "sync.sock").exists()
+
+
+async def test_starts_at_once_on_one_path_leave_exactly_one_listening(sock_dir: Path) -> None:
+    """Probe, remove and bind are one step between starters: none removes another's socket."""
+    path = sock_dir / "echo.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    results: list[BoundListener | AddressError] = []
+
+    async def start() -> None:
+        try:
+            results.append(await open_unix(UnixAddress(str(path))))
+        except AddressError as exc:
+            results.append(exc)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(start)
+    [listener] = [result for result in results if isinstance(result, BoundListener)]
+    refusals = {str(result) for result in results if isinstance(result, AddressError)}
+    try:
+        assert refusals == {
+            f"another process is listening on {path}; stop it or choose another path"
+        }
+        st = os.lstat(path)
+        assert listener.unix_identity == (st.st_dev, st.st_ino)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+        assert sorted(os.listdir(sock_dir)) == ["echo.sock"]  # no lock file, no temporary
+    finally:
+        listener.close()
+    assert not path.exists()
+
+
+async def test_a_leftover_lock_file_is_no_obstacle(sock_dir: Path) -> None:
+    """A starter killed with -9 leaves its lock file: the kernel has dropped its lock."""
+    (sock_dir / "echo.sock.lock").write_text("")
+    listener = await open_unix(UnixAddress(str(sock_dir / "echo.sock")))
+    listener.close()
+    assert os.listdir(sock_dir) == []
+
+
+async def test_a_lock_file_held_by_another_starter_is_waited_for(sock_dir: Path) -> None:
+    lock = os.open(sock_dir / "echo.sock.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def start() -> None:
+                listener = await open_unix(UnixAddress(str(sock_dir / "echo.sock")))
+                listener.close()
+                done.set()
+
+            nursery.start_soon(start)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()
+            assert not (sock_dir / "echo.sock").exists()
+            os.close(lock)  # the other starter is done (its lock file stays, as after kill -9)
+            await done.wait()
+
+
+async def test_a_lock_held_too_long_is_one_line(sock_dir: Path, autojump_clock: object) -> None:
+    lock = os.open(sock_dir / "echo.sock.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(AddressError, match=r"another process has been starting on .* for 10s"):
+            await open_unix(UnixAddress(str(sock_dir / "echo.sock")))
+    finally:
+        os.close(lock)
+
+
+def _as_another_user() -> contextlib.AbstractContextManager[None]:
+    """What an attacker who may rename entries in a shared directory does, as somebody else."""
+
+    @contextlib.contextmanager
+    def switched() -> Iterator[None]:
+        if os.geteuid() != 0:
+            yield  # the same user: the paths still must not be followed
+            return
+        os.setegid(65534)
+        os.seteuid(65534)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+
+    return switched()
+
+
+async def test_a_name_swapped_for_a_symlink_while_binding_is_never_followed(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between bind() and chmod()/chown() another user swaps the new name for a symlink.
+
+    The shared directory lets others rename entries (mode 0777, no sticky bit).
+    Whatever was bound there, the attacker replaces with a link to a victim
+    file (and, if the socket was bound inside a directory, that directory with
+    a link to a directory of the attacker's own holding such a link). The
+    victim's mode and group must not change, and nothing but a real socket of
+    ours may end up at the path.
+    """
+    sock_dir.chmod(0o755)
+    shared = sock_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    victim = sock_dir / "victim"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    before = os.stat(victim)
+    theirs = sock_dir / "theirs"
+    theirs.mkdir()
+    theirs.chmod(0o777)
+    path = shared / "echo.sock"
+
+    def swap(target: Path, link_to: Path) -> None:
+        """Move ``target`` aside and put a symlink to ``link_to`` at its name, as the attacker."""
+        with _as_another_user():
+            os.rename(target, str(target) + ".moved")
+            os.symlink(link_to, target)
+
+    class Attacked(socket.socket):
+        def bind(self, address: object) -> None:
+            bound = Path(str(address))
+            if self.family != socket.AF_UNIX:
+                return super().bind(address)  # type: ignore[arg-type]
+            if bound.parent != shared:  # bound inside a directory: swap the directory first
+                swap(bound.parent, theirs)
+                bound = theirs / bound.name
+            super().bind(address)  # type: ignore[arg-type]
+            swap(bound, victim)  # then the socket file itself
+            return None
+
+    monkeypatch.setattr(socket, "socket", Attacked)
+    try:
+        with pytest.raises(AddressError, match="replaced while binding"):
+            await open_unix(
+                UnixAddress(str(path)), mode=0o666, group=65534 if os.geteuid() == 0 else None
+            )
+    finally:
+        monkeypatch.undo()
+        after = os.stat(victim)
+        assert (stat.S_IMODE(after.st_mode), after.st_gid) == (0o600, before.st_gid)
+        assert not path.is_symlink()
+        assert not path.exists()

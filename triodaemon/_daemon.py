@@ -23,16 +23,21 @@ import trio
 
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
 from ._connection import Connection, ConnectionInfo, FrameHandler, echo
-from ._listeners import Address, BoundListener, open_listeners
+from ._listeners import BROKEN_LISTENER_ERRNOS, Address, BoundListener, open_listeners
 from ._stats import Stats
 from ._watcher import IdleWatcher
 
 log = logging.getLogger("triodaemon")
 
-#: Errors from ``accept()`` that mean "out of a resource, try again later".
-_ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: Pause between accepts while file descriptors are exhausted (as trio's serve_listeners).
+#: Pause between accepts while they fail (out of descriptors or memory, or an
+#: error not understood), as trio's serve_listeners does for EMFILE.
 ACCEPT_BACKOFF = 0.1
+
+
+def _describe(exc: OSError) -> str:
+    """``EIO (Input/output error)``: an OS error with its errno's name."""
+    name = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "?"
+    return f"{name} ({exc.strerror or exc})"
 
 
 @attrs.frozen
@@ -80,6 +85,7 @@ class Daemon:
     _aborted: int = attrs.field(default=0, init=False)
     _next_id: int = attrs.field(default=0, init=False)
     _at_limit: bool = attrs.field(default=False, init=False)
+    _listening: int = attrs.field(default=0, init=False)
     _watcher: IdleWatcher = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -182,6 +188,7 @@ class Daemon:
                 handlers.cancel_scope.cancel()
             with self._accept_scope:
                 async with trio.open_nursery() as accepts:
+                    self._listening = len(listeners)
                     for listener in listeners:
                         accepts.start_soon(self._accept_loop, listener, handlers, limiter)
                     task_status.started(tuple(listener.address for listener in listeners))
@@ -201,7 +208,7 @@ class Daemon:
     async def _accept_loop(
         self, listener: BoundListener, handlers: trio.Nursery, limiter: trio.Semaphore
     ) -> None:
-        exhausted = False
+        failing = False
         listener_name = str(listener.address)  # one string for all its connections
         while True:
             # Wait for a connection before taking a slot: a loop holding a slot
@@ -224,28 +231,44 @@ class Daemon:
                 continue
             except OSError as exc:
                 limiter.release()
-                if exc.errno not in _ACCEPT_RETRY_ERRNOS:
-                    raise
                 self.stats.accept_errors += 1
-                if not exhausted:
+                if exc.errno in BROKEN_LISTENER_ERRNOS:
+                    self._listener_broken(listener, exc)
+                    return
+                # Out of descriptors or memory, or not understood: this listener
+                # pauses, the others and every connection carry on.
+                if not failing:
                     log.error(
                         "accept on %s failed: %s; retrying every %gs",
                         listener.address,
-                        exc.strerror,
+                        _describe(exc),
                         ACCEPT_BACKOFF,
                     )
-                    exhausted = True
+                    failing = True
                 await trio.sleep(ACCEPT_BACKOFF)
                 continue
-            if exhausted:
+            if failing:
                 log.warning("accepting again on %s", listener.address)
-                exhausted = False
+                failing = False
             self._next_id += 1
             info = ConnectionInfo.for_socket(self._next_id, listener_name, sock, peer)
             # A constant name: trio would otherwise build one string per task.
             handlers.start_soon(
                 self._run_connection, sock, info, limiter, name="triodaemon.connection"
             )
+
+    def _listener_broken(self, listener: BoundListener, exc: OSError) -> None:
+        """A listening socket that cannot accept any more: stop using it; drain if none is left."""
+        self._listening -= 1
+        left = self._listening
+        log.error(
+            "listener %s is broken: accept failed with %s; no longer accepting there%s",
+            listener.address,
+            _describe(exc),
+            "" if left else "; no listener is left, draining",
+        )
+        if not left:
+            self.drain()
 
     async def _run_connection(
         self,
