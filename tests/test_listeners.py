@@ -16,7 +16,8 @@ import trio
 import trio.testing
 
 from triodaemon import AddressError, BoundListener, TcpAddress, UnixAddress, parse_tcp_address
-from triodaemon._listeners import UNIX_PATH_MAX, open_listeners, open_tcp, open_unix
+from triodaemon._listeners import open_listeners, open_tcp, open_unix
+from triodaemon._socketfile import UNIX_PATH_MAX
 
 
 @pytest.mark.parametrize(

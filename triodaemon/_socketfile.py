@@ -1,0 +1,358 @@
+"""Unix socket files: stale ones, live ones, a safe bind, a lock between starters.
+
+Strategy: an existing socket file is probed (a live one is refused, a stale one
+removed); anything else at the path is never touched. The socket is bound in a
+fresh private directory next to the path, given its mode and group there, put
+into listening state, and only then linked onto the final path, so the path
+never exists with wider permissions or without a listener behind it, and no
+step after ``bind()`` goes through a name another user could swap (see
+:func:`_bind_in_private_directory`). Two starters on one path take turns (see
+:func:`_startup_lock`). Every OS error becomes an :class:`AddressError` that
+names the path and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import grp
+import logging
+import os
+import secrets
+import socket as stdlib_socket
+import stat
+from collections.abc import AsyncIterator
+
+import trio
+
+from ._errors import AddressError
+
+log = logging.getLogger("triodaemon")
+
+#: Linux ``sun_path`` is 108 bytes including the terminating NUL.
+UNIX_PATH_MAX = 107
+#: How long a probe of an existing socket file may take before we call it live.
+_PROBE_TIMEOUT = 2.0
+#: How long to wait for another process starting on the same socket path. Each
+#: holds the lock for one probe (at most ``_PROBE_TIMEOUT``) and a bind.
+LOCK_TIMEOUT = 10.0
+#: How often to retry the lock while another process holds it (flock has no
+#: readiness to wait for).
+_LOCK_POLL = 0.01
+#: The lock file beside the socket: ``PATH.lock``.
+_LOCK_SUFFIX = ".lock"
+#: The socket's name inside its private directory, until it is linked into place.
+_BIND_NAME = "s"
+#: Opening a directory only to use it as ``dir_fd``: ``O_PATH`` where there is
+#: one, so a directory we may write in but not list (mode 0300) still works.
+_DIRECTORY_FLAGS = os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
+
+
+async def bind_socket_file(
+    path: str, *, mode: int, group: str | int | None, backlog: int
+) -> tuple[stdlib_socket.socket, tuple[int, int]]:
+    """Bind and listen on a Unix socket at ``path``, safely; see the module's strategy.
+
+    Returns:
+        The listening, non-blocking socket, and the ``(st_dev, st_ino)`` of its
+        file, for :func:`remove_if_ours`.
+
+    Raises:
+        AddressError: one line naming the path and what to do.
+    """
+    directory = _check_unix_path(path)
+    gid = _resolve_group(group) if group is not None else None
+    name = os.path.basename(path)
+    try:
+        parent = os.open(directory, _DIRECTORY_FLAGS)
+    except OSError as exc:
+        raise AddressError(f"cannot use directory {directory}: {exc.strerror}") from exc
+    try:
+        async with _startup_lock(parent, directory, path):
+            await _remove_if_stale(parent, name, path)
+            return _bind_in_private_directory(parent, directory, name, path, mode, gid, backlog)
+    finally:
+        os.close(parent)
+
+
+def remove_if_ours(path: str, identity: tuple[int, int]) -> bool:
+    """Unlink ``path`` if it is the file with this ``(st_dev, st_ino)``; say whether it was."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if (st.st_dev, st.st_ino) != identity:
+        log.warning("not removing %s: it was replaced by another file", path)
+        return False
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc.strerror)
+        return False
+    return True
+
+
+async def _probe(path: str) -> bool:
+    """Return whether something accepts connections on the socket file at ``path``."""
+    probe = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    with probe:
+        with trio.move_on_after(_PROBE_TIMEOUT):
+            try:
+                await probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                return False
+            except OSError as exc:
+                raise AddressError(f"cannot probe existing socket {path}: {exc.strerror}") from exc
+            return True
+        # A full backlog keeps a connect pending: somebody is there.
+        return True
+
+
+def _check_unix_path(path: str) -> str:
+    """Validate the length and parent directory of ``path``; return the directory."""
+    size = len(os.fsencode(path))
+    if size > UNIX_PATH_MAX:
+        raise AddressError(
+            f"socket path {path} is {size} bytes; the limit is {UNIX_PATH_MAX}: choose a shorter path"
+        )
+    if not path:
+        raise AddressError("the socket path is empty")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        raise AddressError(f"cannot create {path}: directory {directory} does not exist") from None
+    except PermissionError:
+        raise AddressError(
+            f"cannot create {path}: no permission to reach directory {directory}"
+        ) from None
+    except OSError as exc:
+        raise AddressError(f"cannot create {path}: {directory}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise AddressError(f"cannot create {path}: {directory} is not a directory")
+    return directory
+
+
+def _resolve_group(group: str | int) -> int:
+    if isinstance(group, int):
+        return group
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise AddressError(f"no such group: {group}") from None
+
+
+async def _remove_if_stale(parent: int, name: str, path: str) -> None:
+    """Refuse a live socket or any other file at ``path``; remove a stale socket."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise AddressError(f"cannot use {path}: {exc.strerror}") from exc
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AddressError(f"{path} exists and is not a socket; refusing to replace it")
+    if await _probe(path):
+        raise AddressError(
+            f"another process is listening on {path}; stop it or choose another path"
+        )
+    try:
+        os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise AddressError(f"cannot remove stale socket {path}: {exc.strerror}") from exc
+    log.info("removed stale socket file %s (nothing was listening)", path)
+
+
+def _bind_in_private_directory(
+    parent: int, directory: str, name: str, path: str, mode: int, gid: int | None, backlog: int
+) -> tuple[stdlib_socket.socket, tuple[int, int]]:
+    """Bind in a private directory, set mode and group there, listen, then link onto ``path``.
+
+    Why a private directory: ``chmod`` and ``chown`` of a socket file go by its
+    name, and in a directory where others may rename entries, a name can be
+    swapped for a symlink between ``bind()`` and ``chmod()``, which would then
+    change the mode and group of whatever the link points to. So the socket is
+    bound inside a fresh directory of our own (mode 0700: nobody else can add,
+    rename or replace anything in it), every later step goes through that
+    directory's descriptor, never a path, and only ``linkat()`` (which never
+    follows a link) puts the finished socket at its final name. ``bind()``
+    itself must take a path; if the private directory's name was swapped
+    before it, the socket lands elsewhere and is not found through the
+    descriptor afterwards, and the start is refused.
+    """
+    if len(os.fsencode(os.path.join(directory, _private_name(), _BIND_NAME))) > UNIX_PATH_MAX:
+        raise AddressError(
+            f"socket path {path} is too close to the {UNIX_PATH_MAX}-byte limit "
+            "to bind safely: choose a shorter path"
+        )
+    private, private_fd = _make_private_directory(parent, directory, path)
+    bind_path = os.path.join(directory, private, _BIND_NAME)
+    sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        try:
+            sock.bind(bind_path)
+            st = os.stat(_BIND_NAME, dir_fd=private_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise AddressError(
+                f"cannot set up {path}: the temporary directory was replaced while binding; "
+                f"is another user renaming entries in {directory}?"
+            ) from None
+        except PermissionError as exc:
+            raise AddressError(
+                f"cannot create {path}: no permission to write in {directory}"
+            ) from exc
+        except OSError as exc:
+            raise AddressError(f"cannot create {path}: {exc.strerror}") from exc
+        if not stat.S_ISSOCK(st.st_mode):
+            raise AddressError(f"cannot set up {path}: the temporary socket is not a socket")
+        try:
+            os.chmod(_BIND_NAME, mode, dir_fd=private_fd)
+            if gid is not None:
+                os.chown(_BIND_NAME, -1, gid, dir_fd=private_fd)
+            sock.listen(backlog)
+            _link_into_place(private_fd, parent, name, path)
+        except PermissionError as exc:
+            raise AddressError(f"cannot set up {path}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise AddressError(f"cannot set up {path}: {exc.strerror}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        _remove_private_directory(parent, private, private_fd)
+    return sock, (st.st_dev, st.st_ino)
+
+
+def _private_name() -> str:
+    """A fresh name for a private directory: short, as the bind path must fit in sun_path."""
+    return "." + secrets.token_hex(3)
+
+
+def _make_private_directory(parent: int, directory: str, path: str) -> tuple[str, int]:
+    """Make a fresh 0700 directory beside ``path``; return its name and a descriptor of it."""
+    while True:
+        private = _private_name()
+        try:
+            os.mkdir(private, 0o700, dir_fd=parent)
+        except FileExistsError:
+            continue
+        except PermissionError as exc:
+            raise AddressError(
+                f"cannot create {path}: no permission to write in {directory}"
+            ) from exc
+        except OSError as exc:
+            raise AddressError(f"cannot create {path}: {exc.strerror}") from exc
+        break
+    try:
+        private_fd = os.open(private, _DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        raise AddressError(
+            f"cannot set up {path}: the temporary directory was replaced "
+            f"({exc.strerror}); is another user renaming entries in {directory}?"
+        ) from exc
+    st = os.fstat(private_fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(private_fd)
+        raise AddressError(
+            f"cannot set up {path}: the temporary directory was replaced by someone "
+            f"else's; is another user renaming entries in {directory}?"
+        )
+    return private, private_fd
+
+
+def _link_into_place(private_fd: int, parent: int, name: str, path: str) -> None:
+    """Give the bound socket its final name; never replace what is there."""
+    try:
+        os.link(_BIND_NAME, name, src_dir_fd=private_fd, dst_dir_fd=parent, follow_symlinks=False)
+    except FileExistsError:
+        raise AddressError(f"{path} appeared while binding; another program created it") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # No hard links on this filesystem: rename, which would replace. The
+        # startup lock keeps other triodaemons out; check for anyone else.
+        try:
+            os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(_BIND_NAME, name, src_dir_fd=private_fd, dst_dir_fd=parent)
+        else:
+            raise AddressError(
+                f"{path} appeared while binding; another program created it"
+            ) from None
+
+
+def _remove_private_directory(parent: int, private: str, private_fd: int) -> None:
+    """Remove the private directory (and the socket's temporary name in it). Never raises."""
+    with contextlib.suppress(OSError):
+        os.unlink(_BIND_NAME, dir_fd=private_fd)
+    os.close(private_fd)
+    try:
+        os.rmdir(private, dir_fd=parent)
+    except OSError as exc:
+        log.warning("could not remove temporary directory %s: %s", private, exc.strerror)
+
+
+@contextlib.asynccontextmanager
+async def _startup_lock(parent: int, directory: str, path: str) -> AsyncIterator[None]:
+    """Hold ``flock`` on a lock file beside the socket across probe, remove and bind.
+
+    Two daemons starting on one path would otherwise both find a stale file
+    dead, and the second would remove the first's live socket. The lock is an
+    ``flock``, so the kernel releases it when its holder exits, however (a
+    ``kill -9`` needs no cleanup); the holder removes the file before
+    releasing it, and whoever locks next checks that the file it locked is
+    still the one at the name (and starts over if not), so removing it is safe
+    and a leftover file is never an obstacle.
+    """
+    lock_path = path + _LOCK_SUFFIX
+    lock_name = os.path.basename(lock_path)
+    deadline = trio.current_time() + LOCK_TIMEOUT
+    while True:
+        try:
+            fd = os.open(
+                lock_name,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent,
+            )
+        except PermissionError as exc:
+            raise AddressError(
+                f"cannot create {path}: no permission to write in {directory}"
+            ) from exc
+        except OSError as exc:
+            raise AddressError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if trio.current_time() >= deadline:
+                        raise AddressError(
+                            f"another process has been starting on {path} for "
+                            f"{LOCK_TIMEOUT:g}s (it holds {lock_path}); try again"
+                        ) from None
+                    await trio.sleep(_LOCK_POLL)
+            try:
+                at_name = os.stat(lock_name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                at_name = None
+            held = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if at_name is not None and (at_name.st_dev, at_name.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # removed or replaced by the holder before us: lock the current one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_name, dir_fd=parent)
+        os.close(fd)
