@@ -240,6 +240,15 @@ def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> Non
     assert line.startswith("triodaemon: error: ")
 
 
+def test_help_lists_the_subcommands_in_its_usage() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    usage = result.stdout.decode().split("\n\n", 1)[0]
+    assert usage.startswith("usage: triodaemon [serve] ")
+    for command in ("client", "check", "bench"):
+        assert f"triodaemon {command} " in usage
+
+
 def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0

@@ -1,44 +1,110 @@
-"""triodaemon: a framed echo daemon and library on trio, and a framing test harness."""
+"""triodaemon: a framed echo daemon and library on trio, and a framing test harness.
+
+The names below load on first use (PEP 562), not when the package is imported:
+the command line imports ``triodaemon`` before anything else and must be able
+to hold signals before trio is imported (see :mod:`triodaemon.__main__`).
+``from triodaemon import Daemon`` and ``triodaemon.Daemon`` work as usual.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._bench import BenchResult as BenchResult
-from ._bench import run_bench as run_bench
-from ._check import SCENARIOS as SCENARIOS
-from ._check import CheckReport as CheckReport
-from ._check import ScenarioResult as ScenarioResult
-from ._check import run_check as run_check
-from ._client import connect as connect
-from ._client import echo_frames as echo_frames
-from ._client import exchange as exchange
-from ._config import DaemonConfig as DaemonConfig
-from ._connection import Connection as Connection
-from ._connection import ConnectionInfo as ConnectionInfo
-from ._connection import FrameHandler as FrameHandler
-from ._connection import echo as echo
-from ._daemon import Daemon as Daemon
-from ._daemon import DrainSummary as DrainSummary
-from ._errors import AddressError as AddressError
-from ._errors import ClientError as ClientError
-from ._errors import FrameTooLarge as FrameTooLarge
-from ._errors import FramingError as FramingError
-from ._errors import IncompleteFrame as IncompleteFrame
-from ._errors import MalformedHeader as MalformedHeader
-from ._errors import TriodaemonError as TriodaemonError
-from ._framing import Decoder as Decoder
-from ._framing import DelimiterDecoder as DelimiterDecoder
-from ._framing import FixedSizeDecoder as FixedSizeDecoder
-from ._framing import Framing as Framing
-from ._framing import LengthPrefixDecoder as LengthPrefixDecoder
-from ._framing import RawDecoder as RawDecoder
-from ._framing import VarintDecoder as VarintDecoder
-from ._framing import parse_delimiter as parse_delimiter
-from ._listeners import BoundListener as BoundListener
-from ._listeners import TcpAddress as TcpAddress
-from ._listeners import UnixAddress as UnixAddress
-from ._listeners import open_listeners as open_listeners
-from ._listeners import parse_tcp_address as parse_tcp_address
-from ._listeners import stream_for as stream_for
-from ._stats import Stats as Stats
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._bench import BenchResult as BenchResult
+    from ._bench import run_bench as run_bench
+    from ._check import SCENARIOS as SCENARIOS
+    from ._check import CheckReport as CheckReport
+    from ._check import ScenarioResult as ScenarioResult
+    from ._check import run_check as run_check
+    from ._client import connect as connect
+    from ._client import echo_frames as echo_frames
+    from ._client import exchange as exchange
+    from ._config import DaemonConfig as DaemonConfig
+    from ._connection import Connection as Connection
+    from ._connection import ConnectionInfo as ConnectionInfo
+    from ._connection import FrameHandler as FrameHandler
+    from ._connection import echo as echo
+    from ._daemon import Daemon as Daemon
+    from ._daemon import DrainSummary as DrainSummary
+    from ._errors import AddressError as AddressError
+    from ._errors import ClientError as ClientError
+    from ._errors import FrameTooLarge as FrameTooLarge
+    from ._errors import FramingError as FramingError
+    from ._errors import IncompleteFrame as IncompleteFrame
+    from ._errors import MalformedHeader as MalformedHeader
+    from ._errors import TriodaemonError as TriodaemonError
+    from ._framing import Decoder as Decoder
+    from ._framing import DelimiterDecoder as DelimiterDecoder
+    from ._framing import FixedSizeDecoder as FixedSizeDecoder
+    from ._framing import Framing as Framing
+    from ._framing import LengthPrefixDecoder as LengthPrefixDecoder
+    from ._framing import RawDecoder as RawDecoder
+    from ._framing import VarintDecoder as VarintDecoder
+    from ._framing import parse_delimiter as parse_delimiter
+    from ._listeners import BoundListener as BoundListener
+    from ._listeners import TcpAddress as TcpAddress
+    from ._listeners import UnixAddress as UnixAddress
+    from ._listeners import open_listeners as open_listeners
+    from ._listeners import parse_tcp_address as parse_tcp_address
+    from ._listeners import stream_for as stream_for
+    from ._stats import Stats as Stats
+
+#: Each public name and the private module that defines it.
+_EXPORTS = {
+    "BenchResult": "._bench",
+    "run_bench": "._bench",
+    "SCENARIOS": "._check",
+    "CheckReport": "._check",
+    "ScenarioResult": "._check",
+    "run_check": "._check",
+    "connect": "._client",
+    "echo_frames": "._client",
+    "exchange": "._client",
+    "DaemonConfig": "._config",
+    "Connection": "._connection",
+    "ConnectionInfo": "._connection",
+    "FrameHandler": "._connection",
+    "echo": "._connection",
+    "Daemon": "._daemon",
+    "DrainSummary": "._daemon",
+    "AddressError": "._errors",
+    "ClientError": "._errors",
+    "FrameTooLarge": "._errors",
+    "FramingError": "._errors",
+    "IncompleteFrame": "._errors",
+    "MalformedHeader": "._errors",
+    "TriodaemonError": "._errors",
+    "Decoder": "._framing",
+    "DelimiterDecoder": "._framing",
+    "FixedSizeDecoder": "._framing",
+    "Framing": "._framing",
+    "LengthPrefixDecoder": "._framing",
+    "RawDecoder": "._framing",
+    "VarintDecoder": "._framing",
+    "parse_delimiter": "._framing",
+    "BoundListener": "._listeners",
+    "TcpAddress": "._listeners",
+    "UnixAddress": "._listeners",
+    "open_listeners": "._listeners",
+    "parse_tcp_address": "._listeners",
+    "stream_for": "._listeners",
+    "Stats": "._stats",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once loaded, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,7 +1,38 @@
-"""``python -m triodaemon``: the same as the ``triodaemon`` command."""
+"""The process entry point: ``triodaemon`` (the console script) and ``python -m triodaemon``.
+
+Strategy: the first thing the process does is block every signal, with the C
+module behind :mod:`signal` that the interpreter has loaded for itself (so
+there is nothing to import, and nothing for a signal to interrupt), before
+trio or the rest of triodaemon is imported; then it narrows that down to the
+signals the daemon handles (:func:`triodaemon._signals.hold`), which stay
+pending until the command can receive them. So no signal sent during startup
+acts with its default disposition: death without a word, or a
+``KeyboardInterrupt`` traceback from inside an import. The package's
+``__init__`` imports nothing until a name is used.
+"""
 
 import sys
 
-from ._cli import main
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _early
+else:
+    try:
+        import _signal as _early  # CPython: already loaded by the interpreter itself
+    except ImportError:  # another implementation
+        import signal as _early
 
-sys.exit(main())
+
+def main_entry() -> None:
+    """Run the command line and exit with its code."""
+    mask = _early.pthread_sigmask(_early.SIG_BLOCK, _early.valid_signals())
+    from . import _signals
+
+    _signals.hold(mask)
+    from ._cli import main
+
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

@@ -1,11 +1,14 @@
-"""The command line: ``triodaemon [serve flags]`` and ``triodaemon client``.
+"""The command line: ``triodaemon [serve flags]``, ``client``, ``check`` and ``bench``.
 
 Strategy: parse and validate everything before trio starts, so a bad flag is
 one line and exit 2; bind every listener before announcing readiness, so a port
-in use or an unusable path is one line and exit 1; only then serve. Signals are
-received through ``trio.open_signal_receiver``, opened before binding so no
-signal can arrive unhandled: the first SIGTERM/SIGINT/SIGQUIT drains, a second
-one aborts. SIGHUP and SIGUSR2 are left alone.
+in use or an unusable path is one line and exit 1; only then serve. Signals
+(see :mod:`triodaemon._signals` for what each one does) are held from the
+first moment of the process and received through ``trio.open_signal_receiver``,
+opened before binding, so none can arrive unhandled: a stop signal before the
+daemon is ready ends the start with one line and exit 128+N; after it, the
+first one drains and a second one aborts. The harness commands (``check``,
+``bench``) are imported only when they are run, so the daemon starts light.
 """
 
 from __future__ import annotations
@@ -18,27 +21,36 @@ import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
-from . import __version__
-from ._bench import run_bench
-from ._check import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
-from ._check import SCENARIOS, ScenarioResult, run_check
+from . import __version__, _signals
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
 from ._config import DaemonConfig
 from ._daemon import Daemon
 from ._errors import ClientError, TriodaemonError
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
-from ._listeners import Address, TcpAddress, UnixAddress, open_listeners, parse_tcp_address
+from ._listeners import (
+    Address,
+    BoundListener,
+    TcpAddress,
+    UnixAddress,
+    open_listeners,
+    parse_tcp_address,
+)
+
+if TYPE_CHECKING:
+    from ._check import ScenarioResult
 
 log = logging.getLogger("triodaemon")
 
-#: Exit codes: 1 for runtime failures (port in use, forced shutdown), 2 for usage.
+#: Exit codes: 1 for runtime failures (port in use, forced shutdown), 2 for usage;
+#: 128+N for a start (or a client command) ended by signal N, as a shell reports it.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-_SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+EXIT_SIGNAL_BASE = 128
+_XCPU = getattr(signal, "SIGXCPU", None)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -218,11 +230,19 @@ def _framing_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 def _serve_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="triodaemon",
+        usage=(
+            "triodaemon [serve] [--tcp [HOST]:PORT]... [--sock PATH]... [options]\n"
+            "       triodaemon client (--tcp HOST:PORT | --sock PATH) [options]"
+            "  send frames, print the replies\n"
+            "       triodaemon check  (--tcp HOST:PORT | --sock PATH) [options]"
+            "  check any echo server's framing\n"
+            "       triodaemon bench  (--tcp HOST:PORT | --sock PATH) [options]"
+            "  load any echo server"
+        ),
         description=(
-            "A framed echo daemon on TCP and Unix sockets. "
-            "'triodaemon client --help' for the client, "
-            "'triodaemon check --help' to check any echo server, "
-            "'triodaemon bench --help' to load one."
+            "A framed echo daemon on TCP and Unix sockets. Each subcommand has its own "
+            "--help: 'triodaemon client --help', 'triodaemon check --help', "
+            "'triodaemon bench --help'."
         ),
     )
     parser.add_argument("--version", action="version", version=f"triodaemon {__version__}")
@@ -310,6 +330,9 @@ def _client_parser() -> argparse.ArgumentParser:
 
 
 def _check_parser() -> argparse.ArgumentParser:
+    from ._check import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
+    from ._check import SCENARIOS
+
     parser = _Parser(
         prog="triodaemon check",
         description=(
@@ -404,43 +427,81 @@ def _error(message: str) -> int:
     return EXIT_FAILURE
 
 
+def _on_stop_signal(daemon: Daemon, signum: int, drain_timeout: float) -> None:
+    """A stop signal once the daemon is serving: drain, and abort on a second one."""
+    name = _signals.signal_name(signum)
+    if not daemon.draining:
+        why = " (the CPU time limit was reached)" if signum == _XCPU else ""
+        log.info(
+            "received %s%s: draining (deadline %gs); send SIGTERM again to stop at once",
+            name,
+            why,
+            drain_timeout,
+        )
+        daemon.drain()
+    elif signum == _XCPU:
+        # The kernel repeats it every CPU-second until the hard limit: not a user's second word.
+        log.info("received %s again: still draining", name)
+    else:
+        log.warning("received %s again: stopping now", name)
+        daemon.abort()
+
+
 async def _serve(config: DaemonConfig) -> int:
-    with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS) as signals:
-        try:
-            listeners = await open_listeners(
-                config.listen,
-                sock_mode=config.sock_mode,
-                sock_group=config.sock_group,
-                backlog=config.backlog,
-            )
-        except TriodaemonError as exc:
-            return _error(str(exc))
+    # The receiver is in place before the held signals are let through, so one
+    # sent at any moment of startup arrives here.
+    with trio.open_signal_receiver(*_signals.HANDLED_SIGNALS) as signals, _signals.released():
         daemon = Daemon(config)
+        ready = False
+        stopped_by: int | None = None  # a stop signal that came before the daemon was ready
 
         async with trio.open_nursery() as nursery:
 
-            async def serve_then_stop(*, task_status: trio.TaskStatus[tuple[Address, ...]]) -> None:
+            async def handle_signals() -> None:
+                nonlocal stopped_by
+                async for signum in signals:
+                    if signum in _signals.STATS_SIGNALS:
+                        log.info("stats: %s", daemon.stats.summary())
+                    elif signum in _signals.IGNORED_SIGNALS:
+                        log.warning("%s", _signals.ignored_message(signum))
+                    elif ready:
+                        _on_stop_signal(daemon, signum, config.drain_timeout)
+                    elif stopped_by is None:
+                        stopped_by = signum
+                        nursery.cancel_scope.cancel()  # whatever binding is under way
+
+            async def serve_then_stop(
+                listeners: list[BoundListener],
+                *,
+                task_status: trio.TaskStatus[tuple[Address, ...]],
+            ) -> None:
                 await daemon.serve(listeners, task_status=task_status)
                 nursery.cancel_scope.cancel()
 
-            async def handle_signals() -> None:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not daemon.draining:
-                        log.info(
-                            "received %s: draining (deadline %gs); send it again to stop at once",
-                            name,
-                            config.drain_timeout,
-                        )
-                        daemon.drain()
-                    else:
-                        log.warning("received %s again: stopping now", name)
-                        daemon.abort()
-
-            addresses = await nursery.start(serve_then_stop)
+            nursery.start_soon(handle_signals)
+            try:
+                listeners = await open_listeners(
+                    config.listen,
+                    sock_mode=config.sock_mode,
+                    sock_group=config.sock_group,
+                    backlog=config.backlog,
+                )
+            except TriodaemonError as exc:
+                nursery.cancel_scope.cancel()
+                return _error(str(exc))
+            try:
+                addresses = await nursery.start(serve_then_stop, listeners)
+            finally:
+                if stopped_by is not None:  # cancelled before serve() took them
+                    for listener in listeners:
+                        listener.close()
             for address in addresses:
                 print(f"triodaemon: listening on {address}", file=sys.stderr, flush=True)
-            nursery.start_soon(handle_signals)
+            ready = True
+    if stopped_by is not None:
+        name = _signals.signal_name(stopped_by)
+        print(f"triodaemon: {name} while starting; stopped before serving", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + stopped_by
     summary = daemon.summary
     return EXIT_FAILURE if summary is not None and summary.forced else 0
 
@@ -467,7 +528,7 @@ def serve_main(argv: Sequence[str]) -> int:
     _setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
     _raise_fd_limit(config.max_connections + len(listen) + 64)
-    return _run(_serve, config)  # Ctrl-C before the signal receiver is in place: 130
+    return _run(_serve, config)
 
 
 async def _stdin_lines(keep_newline: bool) -> AsyncIterator[bytes]:
@@ -513,11 +574,16 @@ def _one_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ad
 
 
 def _run(main: Callable[..., Awaitable[int]], *args: object) -> int:
-    """``trio.run`` for a command: Ctrl-C outside any handler exits 130 without a traceback."""
-    try:
-        return trio.run(main, *args)
-    except KeyboardInterrupt:
-        return 130
+    """``trio.run`` for a command."""
+    return trio.run(main, *args)
+
+
+def _only_interrupts(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``KeyboardInterrupt``, or a group (from a nursery) of nothing else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    inner = getattr(exc, "exceptions", None)  # BaseExceptionGroup, without naming it on 3.10
+    return isinstance(inner, tuple) and bool(inner) and all(map(_only_interrupts, inner))
 
 
 def client_main(argv: Sequence[str]) -> int:
@@ -528,6 +594,8 @@ def client_main(argv: Sequence[str]) -> int:
 
 
 async def _check(address: Address, framing: Framing, args: argparse.Namespace) -> int:
+    from ._check import run_check
+
     def progress(result: ScenarioResult) -> None:
         if not args.json:
             status = "pass" if result.passed else "FAIL"
@@ -544,6 +612,8 @@ async def _check(address: Address, framing: Framing, args: argparse.Namespace) -
 
 
 async def _bench(address: Address, framing: Framing, args: argparse.Namespace) -> int:
+    from ._bench import run_bench
+
     live = sys.stderr.isatty()
 
     def progress(elapsed: float, frames: int, errors: int) -> None:
@@ -584,20 +654,30 @@ def check_main(argv: Sequence[str]) -> int:
     return _run(_check, _one_target(parser, args), framing, args)
 
 
+_SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "client": client_main,
+    "check": check_main,
+    "bench": bench_main,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code.
+
+    The signals that :mod:`triodaemon._signals` holds may be held on entry (the
+    entry point holds them first thing): serving lets them through once its
+    signal receiver is in place, every other command at once. Ctrl-C in a
+    command other than serving is one line and exit 130.
+    """
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["client"]:
-        return client_main(arguments[1:])
-    if arguments[:1] == ["check"]:
-        return check_main(arguments[1:])
-    if arguments[:1] == ["bench"]:
-        return bench_main(arguments[1:])
-    if arguments[:1] == ["serve"]:
-        arguments = arguments[1:]
-    return serve_main(arguments)
-
-
-def main_entry() -> None:
-    """The console script: exit with :func:`main`'s code."""
-    sys.exit(main())
+    command = _SUBCOMMANDS.get(arguments[0]) if arguments else None
+    if command is None:
+        return serve_main(arguments[1:] if arguments[:1] == ["serve"] else arguments)
+    try:
+        with _signals.released():
+            return command(arguments[1:])
+    except BaseException as exc:
+        if not _only_interrupts(exc):
+            raise
+        print("triodaemon: interrupted", file=sys.stderr, flush=True)
+        return EXIT_SIGNAL_BASE + signal.SIGINT

@@ -30,4 +30,22 @@ class Stats:
     handler_errors: int = 0
     """Connections ended by an exception in the frame handler."""
     accept_errors: int = 0
-    """Failed accepts (file descriptors or memory exhausted)."""
+    """Failed accepts that were not one dead connection (descriptors or memory
+    exhausted, a broken listener, an error not understood)."""
+
+    def summary(self) -> str:
+        """One line for the log: connections, frames, bytes, errors by kind."""
+        errors = {
+            "framing": self.framing_errors,
+            "incomplete": self.incomplete_frames,
+            "resets": self.resets,
+            "idle timeouts": self.idle_timeouts,
+            "handler": self.handler_errors,
+            "accept": self.accept_errors,
+        }
+        return (
+            f"{self.connections_active} connection{'' if self.connections_active == 1 else 's'}"
+            f" open, {self.connections_accepted} accepted; {self.frames} frames;"
+            f" {self.bytes_received} bytes in, {self.bytes_sent} out; errors: "
+            + ", ".join(f"{count} {kind}" for kind, count in errors.items())
+        )

@@ -1,0 +1,255 @@
+"""Signals against the real command line: none a user can send by accident ends the
+daemon without a drain, at any moment from the first instant of startup.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+import triodaemon
+from triodaemon import connect, echo_frames
+from triodaemon._signals import (
+    HANDLED_SIGNALS,
+    IGNORED_SIGNALS,
+    STOP_SIGNALS,
+    signal_name,
+)
+
+from .conftest import DaemonProcess, SpawnFn, read_until_eof
+
+TEST_TIMEOUT = 60
+
+
+async def start(spawn: SpawnFn, sock_dir: Path, *args: str) -> DaemonProcess:
+    daemon = await spawn("--sock", str(sock_dir / "echo.sock"), *args)
+    await daemon.wait_ready(1)
+    return daemon
+
+
+def test_every_catchable_signal_that_would_end_the_process_is_handled() -> None:
+    # The signals whose default action ends the process (signal(7)), less the
+    # ones that cannot be caught and the ones that report a fault of our own.
+    terminating = {
+        "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTERM",
+        "SIGSTKFLT", "SIGXCPU", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR",
+    }  # fmt: skip
+    expected = {getattr(signal, name) for name in terminating if hasattr(signal, name)}
+    expected |= set(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+    assert set(HANDLED_SIGNALS) == expected
+    assert len(HANDLED_SIGNALS) == len(set(HANDLED_SIGNALS))
+
+
+async def test_stray_signals_are_logged_and_ignored_under_load(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """SIGHUP, SIGUSR2 and every other stray signal: one line each, no frame lost."""
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir)
+        address = daemon.addresses[0]
+        sent = [b"frame %d" % i for i in range(2000)]
+        async with trio.open_nursery() as nursery:
+            echoed: list[bytes] = []
+
+            async def load() -> None:
+                echoed.extend(await echo_frames(address, sent))
+
+            nursery.start_soon(load)
+            for signum in IGNORED_SIGNALS:
+                daemon.signal(signum)
+                await daemon.wait_for_line(f"received {signal_name(signum)}: ignored")
+        assert echoed == sent
+        hup = await daemon.wait_for_line("received SIGHUP")
+        assert "a later release will restart without dropping connections" in hup
+        assert await echo_frames(address, [b"still here"]) == [b"still here"]
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+        assert not (sock_dir / "echo.sock").exists()
+        assert "Traceback" not in daemon.stderr
+
+
+async def test_sigusr1_logs_one_line_of_stats(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir)
+        address = daemon.addresses[0]
+        assert await echo_frames(address, [b"abc", b"defg"]) == [b"abc", b"defg"]
+        held = await connect(address)  # one connection open while asking
+        await held.send_all(b"x\n")
+        assert await held.receive_some() == b"x\n"
+        daemon.signal(signal.SIGUSR1)
+        line = await daemon.wait_for_line("stats: ")
+        assert line.endswith(
+            "stats: 1 connection open, 2 accepted; 3 frames; 11 bytes in, 11 out; errors: "
+            "0 framing, 0 incomplete, 0 resets, 0 idle timeouts, 0 handler, 0 accept"
+        )
+        await held.aclose()
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+
+
+async def test_sigxcpu_drains_and_repeats_do_not_abort(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir, "--framing", "length", "--drain-timeout", "30")
+        stream = await connect(daemon.addresses[0])
+        wire = b"\x00\x00\x00\x05hello"
+        await stream.send_all(wire[:6])  # a frame in progress
+        daemon.signal(signal.SIGXCPU)
+        await daemon.wait_for_line("received SIGXCPU (the CPU time limit was reached): draining")
+        daemon.signal(signal.SIGXCPU)  # the kernel repeats it every CPU-second
+        await daemon.wait_for_line("received SIGXCPU again: still draining")
+        await stream.send_all(wire[6:])
+        assert await read_until_eof(stream) == wire
+        await stream.aclose()
+        assert await daemon.wait() == 0
+        await daemon.wait_for_line("1 connection drained, 0 aborted")
+
+
+async def test_a_stop_signal_during_startup_ends_it_with_one_line(sock_dir: Path) -> None:
+    """Blocked from the first instant, delivered once trio receives signals: one line."""
+    with trio.fail_after(TEST_TIMEOUT):
+        for signum in STOP_SIGNALS:
+            # Sent before the process runs any code, so it arrives during startup
+            # whatever the machine's speed: the child starts with it pending.
+            result = await trio.run_process(
+                [sys.executable, "-c", _PENDING_AT_EXEC, str(signum), str(sock_dir / "e.sock")],
+                capture_stderr=True,
+                check=False,
+            )
+            name = signal_name(signum)
+            assert result.returncode == 128 + signum, result.stderr
+            assert result.stderr.decode().splitlines() == [
+                f"triodaemon: {name} while starting; stopped before serving"
+            ]
+            assert list(sock_dir.iterdir()) == []
+
+
+#: Run the daemon with one signal already pending: block it, raise it, exec.
+_PENDING_AT_EXEC = """
+import os, signal, sys
+signum = int(sys.argv[1])
+signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+os.kill(os.getpid(), signum)
+os.execv(sys.executable, [sys.executable, "-m", "triodaemon", "--sock", sys.argv[2]])
+"""
+
+#: Where triodaemon's own modules are: a traceback may show none of them but
+#: ``__init__.py`` (it runs before the entry point, and imports nothing).
+_PACKAGE = Path(triodaemon.__file__).parent
+
+
+def _frames_of_ours(traceback: str) -> list[str]:
+    files = re.findall(r'File "([^"]*)"', traceback)
+    return [
+        file for file in files if Path(file).parent == _PACKAGE and Path(file).name != "__init__.py"
+    ]
+
+
+async def test_sigint_at_any_moment_of_startup(sock_dir: Path) -> None:
+    """Ctrl-C at 40 moments from process start to serving: never a traceback of ours."""
+    script = Path(sys.executable).parent / "triodaemon"  # the console script pip made
+    outcomes: dict[str, int] = {}
+    with trio.fail_after(4 * TEST_TIMEOUT):
+        for i in range(40):
+            command = (
+                [str(script)] if i % 2 and script.exists() else [sys.executable, "-m", "triodaemon"]
+            )
+            path = sock_dir / f"e{i}.sock"
+            process = await trio.lowlevel.open_process(
+                [*command, "--sock", str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            assert process.stderr is not None
+            await trio.sleep(i * 0.006)  # the moment under test, not a wait for an event
+            process.send_signal(signal.SIGINT)
+            stderr = await read_until_eof(process.stderr)
+            code = await process.wait()
+            text = stderr.decode()
+            lines = text.splitlines()
+            if code == -signal.SIGINT and not lines:
+                outcome = "before the interpreter handled signals"
+            elif "Traceback" in text:
+                # Only the interpreter's own start may print one (a Ctrl-C while
+                # Python imports site, say), before any code of ours has run.
+                assert _frames_of_ours(text) == [], text
+                outcome = "before triodaemon's entry point"
+            elif code == 128 + signal.SIGINT:
+                assert lines == ["triodaemon: SIGINT while starting; stopped before serving"]
+                outcome = "stopped while starting"
+            else:
+                assert code == 0, text
+                assert "listening on" in text, text
+                assert "shutdown complete" in lines[-1], text
+                outcome = "drained after starting"
+            assert not path.exists(), (outcome, text)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    # The moments must have covered both sides of readiness, or the test tested little.
+    assert outcomes.get("stopped while starting", 0) >= 3, outcomes
+    assert outcomes.get("drained after starting", 0) >= 3, outcomes
+    assert [p for p in sock_dir.iterdir()] == []
+
+
+def test_serving_imports_neither_the_harness_nor_pytest_nor_hypothesis() -> None:
+    code = (
+        "import sys\n"
+        "from triodaemon import _cli\n"
+        "_cli._serve_parser()\n"
+        "from triodaemon import Daemon, DaemonConfig, UnixAddress\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest', "
+        "'hypothesis') or m.startswith(('trio.testing', 'triodaemon.testing', "
+        "'triodaemon._check', 'triodaemon._bench'))]\n"
+        "print(sorted(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, check=True, timeout=60
+    )
+    assert result.stdout.decode().strip() == "[]"
+
+
+def test_the_package_names_load_on_first_use() -> None:
+    code = (
+        "import sys, triodaemon\n"
+        "assert 'trio' not in sys.modules, 'importing the package imported trio'\n"
+        "for name in triodaemon.__all__:\n"
+        "    getattr(triodaemon, name)\n"
+        "from triodaemon import Daemon\n"
+        "assert Daemon is triodaemon._daemon.Daemon\n"
+        "try:\n"
+        "    triodaemon.NoSuchName\n"
+        "except AttributeError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, check=True, timeout=60
+    )
+    assert result.stdout.decode().strip() == ("module 'triodaemon' has no attribute 'NoSuchName'")
+
+
+async def test_ctrl_c_in_a_client_command_is_one_line(sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        path = str(sock_dir / "mute.sock")
+        server = trio.socket.socket(socket.AF_UNIX)
+        await server.bind(path)
+        server.listen()
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "triodaemon", "client", "--sock", path, "--send", "hi"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        conn, _ = await server.accept()
+        assert await conn.recv(100) == b"hi\n"  # sent: now it waits for a reply that never comes
+        process.send_signal(signal.SIGINT)
+        stderr = await read_until_eof(process.stderr)
+        assert await process.wait() == 130
+        assert stderr.decode().splitlines() == ["triodaemon: interrupted"]
+        conn.close()
+        server.close()

@@ -1,0 +1,100 @@
+"""What each signal does to the command-line daemon, and holding signals while it starts.
+
+Strategy: every catchable signal whose default action would end the process is
+given a meaning, so nothing a user can send by accident (a ``kill -HUP`` from
+logrotate, the terminal of ``triodaemon &`` closing, a stray ``kill -USR1``)
+ends the daemon without a drain:
+
+- :data:`STOP_SIGNALS` start the graceful shutdown (a second one aborts it);
+  SIGXCPU (the soft CPU-time limit, which the kernel repeats every second until
+  the hard limit kills) drains too, but never escalates to an abort;
+- :data:`STATS_SIGNALS` log a one-line stats summary;
+- :data:`IGNORED_SIGNALS` are logged and ignored.
+
+Left at their defaults: the signals that report a fault of the process itself
+(SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS), where carrying on
+is the wrong answer; SIGKILL and SIGSTOP, which cannot be caught; the stop
+signals of job control (SIGTSTP, SIGTTIN, SIGTTOU) and the ones ignored by
+default. Python itself ignores SIGPIPE and SIGXFSZ (they become ``OSError``).
+
+Startup: the entry point blocks :data:`HANDLED_SIGNALS` before importing
+anything else (:func:`hold`), so a signal sent while trio and triodaemon are
+still being imported waits; the serving path releases them once trio's signal
+receiver is in place (:func:`released`), where a stop signal that arrives
+before the daemon is ready ends the start with one line. Every other command
+releases them before it starts. This module imports only standard-library
+modules that the interpreter's own startup has loaded already, besides
+``signal``, so that holding comes first and costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterable, Iterator
+
+
+def _existing(*names: str) -> tuple[int, ...]:
+    """The signals of these names that this platform has."""
+    return tuple(int(getattr(signal, name)) for name in names if hasattr(signal, name))
+
+
+#: Start a graceful shutdown; a second one (other than SIGXCPU) stops at once.
+STOP_SIGNALS = _existing("SIGTERM", "SIGINT", "SIGQUIT", "SIGXCPU")
+#: Log a one-line summary of the daemon's counters (a cheap, conventional "how are you").
+STATS_SIGNALS = _existing("SIGUSR1")
+#: Logged and ignored. SIGHUP will start a restart that drops nothing, in a later release.
+IGNORED_SIGNALS = _existing(
+    "SIGHUP", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT"
+) + (
+    tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+    if hasattr(signal, "SIGRTMIN") and hasattr(signal, "SIGRTMAX")
+    else ()
+)
+#: Every signal the serving daemon receives, and so every signal held during startup.
+HANDLED_SIGNALS = STOP_SIGNALS + STATS_SIGNALS + IGNORED_SIGNALS
+
+
+def hold(mask: Iterable[int] | None = None) -> None:
+    """Block :data:`HANDLED_SIGNALS`: one sent now stays pending until :func:`released`.
+
+    Args:
+        mask: the blocked signals to add them to, if not the current ones (the
+            entry point blocks everything first, then holds just these on top
+            of the mask the process started with).
+    """
+    if mask is None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    else:
+        signal.pthread_sigmask(signal.SIG_SETMASK, {*mask, *HANDLED_SIGNALS})
+
+
+@contextlib.contextmanager
+def released() -> Iterator[None]:
+    """Unblock :data:`HANDLED_SIGNALS` (a pending one is delivered at once); on exit,
+    put the signal mask back as it was (held again, if it was held)."""
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM``, or ``SIGRTMIN+3`` for a real-time signal without a name of its own."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        rtmin = getattr(signal, "SIGRTMIN", None)
+        return f"SIGRTMIN+{signum - rtmin}" if rtmin is not None else f"signal {signum}"
+
+
+def ignored_message(signum: int) -> str:
+    """The log line for a signal in :data:`IGNORED_SIGNALS`."""
+    name = signal_name(signum)
+    if signum == getattr(signal, "SIGHUP", None):
+        return (
+            f"received {name}: ignored (a later release will restart without dropping "
+            "connections on SIGHUP; to stop, send SIGTERM)"
+        )
+    return f"received {name}: ignored (it has no meaning to triodaemon; to stop, send SIGTERM)"
