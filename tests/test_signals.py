@@ -196,6 +196,14 @@ async def test_sigint_at_any_moment_of_startup(sock_dir: Path) -> None:
     assert [p for p in sock_dir.iterdir()] == []
 
 
+def python_prints(code: str) -> str:
+    """What a fresh interpreter running ``code`` prints."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, check=True, timeout=60
+    )
+    return result.stdout.decode().strip()
+
+
 def test_serving_imports_neither_the_harness_nor_pytest_nor_hypothesis() -> None:
     code = (
         "import sys\n"
@@ -207,10 +215,7 @@ def test_serving_imports_neither_the_harness_nor_pytest_nor_hypothesis() -> None
         "'triodaemon._check', 'triodaemon._bench'))]\n"
         "print(sorted(heavy))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, check=True, timeout=60
-    )
-    assert result.stdout.decode().strip() == "[]"
+    assert python_prints(code) == "[]"
 
 
 def test_the_package_names_load_on_first_use() -> None:
@@ -226,10 +231,7 @@ def test_the_package_names_load_on_first_use() -> None:
         "except AttributeError as exc:\n"
         "    print(exc)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, check=True, timeout=60
-    )
-    assert result.stdout.decode().strip() == ("module 'triodaemon' has no attribute 'NoSuchName'")
+    assert python_prints(code) == "module 'triodaemon' has no attribute 'NoSuchName'"
 
 
 async def test_ctrl_c_in_a_client_command_is_one_line(sock_dir: Path) -> None:

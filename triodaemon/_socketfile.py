@@ -134,6 +134,13 @@ def _check_unix_path(path: str) -> str:
     return directory
 
 
+def _cannot_create(path: str, directory: str, exc: OSError) -> AddressError:
+    """The error for a file we could not create in ``directory``."""
+    if isinstance(exc, PermissionError):
+        return AddressError(f"cannot create {path}: no permission to write in {directory}")
+    return AddressError(f"cannot create {path}: {exc.strerror}")
+
+
 def _resolve_group(group: str | int) -> int:
     if isinstance(group, int):
         return group
@@ -203,12 +210,8 @@ def _bind_in_private_directory(
                 f"cannot set up {path}: the temporary directory was replaced while binding; "
                 f"is another user renaming entries in {directory}?"
             ) from None
-        except PermissionError as exc:
-            raise AddressError(
-                f"cannot create {path}: no permission to write in {directory}"
-            ) from exc
         except OSError as exc:
-            raise AddressError(f"cannot create {path}: {exc.strerror}") from exc
+            raise _cannot_create(path, directory, exc) from exc
         if not stat.S_ISSOCK(st.st_mode):
             raise AddressError(f"cannot set up {path}: the temporary socket is not a socket")
         try:
@@ -242,12 +245,8 @@ def _make_private_directory(parent: int, directory: str, path: str) -> tuple[str
             os.mkdir(private, 0o700, dir_fd=parent)
         except FileExistsError:
             continue
-        except PermissionError as exc:
-            raise AddressError(
-                f"cannot create {path}: no permission to write in {directory}"
-            ) from exc
         except OSError as exc:
-            raise AddressError(f"cannot create {path}: {exc.strerror}") from exc
+            raise _cannot_create(path, directory, exc) from exc
         break
     try:
         private_fd = os.open(private, _DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
@@ -321,12 +320,8 @@ async def _startup_lock(parent: int, directory: str, path: str) -> AsyncIterator
                 0o600,
                 dir_fd=parent,
             )
-        except PermissionError as exc:
-            raise AddressError(
-                f"cannot create {path}: no permission to write in {directory}"
-            ) from exc
         except OSError as exc:
-            raise AddressError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
+            raise _cannot_create(lock_path, directory, exc) from exc
         try:
             while True:
                 try:
