@@ -1,4 +1,11 @@
-"""Peer: the trio tutorial shape: serve_listeners, receive_some, one send_all per read."""
+"""Peer: the trio tutorial shape: serve_listeners, receive_some, one send_all per read.
+
+The shape a tutorial writes, without what its best user would not write: the complete
+frames of the buffer are sent as a ``memoryview``, not a copy (a read that ends on a
+frame boundary, the common case, is sent as it came), only the incomplete tail is
+kept, length prefixes are read in place with ``struct``, and each receive asks for
+128 KiB instead of trio's default 64 KiB, which never holds a whole S4 frame.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,9 @@ import socket
 
 import trio
 from _common import frames_end, parse_args, ready
+
+#: Bytes per receive_some (trio's default is 64 KiB).
+RECEIVE_SIZE = 131072
 
 
 async def main() -> None:
@@ -15,11 +25,11 @@ async def main() -> None:
     async def handle(stream: trio.SocketStream) -> None:
         buffer = b""
         try:
-            while data := await stream.receive_some():
-                buffer += data
+            while data := await stream.receive_some(RECEIVE_SIZE):
+                buffer += data  # no copy while nothing is held: b"" + data is data
                 end = frames_end(buffer, line)
                 if end:
-                    await stream.send_all(buffer[:end])
+                    await stream.send_all(memoryview(buffer)[:end])
                     buffer = buffer[end:]
         except trio.BrokenResourceError:
             pass
