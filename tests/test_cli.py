@@ -163,7 +163,7 @@ async def test_sigquit_drains_too(spawn: SpawnFn, sock_dir: Path) -> None:
     [
         (
             ["--sock", "{dir}/data.txt"],
-            "{dir}/data.txt exists and is not a socket; refusing to replace it",
+            "{dir}/data.txt exists and is not a socket (a regular file); refusing to replace it",
         ),
         (["--sock", "{dir}/" + "x" * 110], "bytes; the limit is 107: choose a shorter path"),
         (["--sock", "{dir}/missing/e.sock"], "directory {dir}/missing does not exist"),

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -136,7 +136,9 @@ async def test_live_socket_is_refused(sock_dir: Path) -> None:
 async def test_regular_file_is_never_removed(sock_dir: Path) -> None:
     path = sock_dir / "data.txt"
     path.write_text("precious")
-    with pytest.raises(AddressError, match="exists and is not a socket; refusing to replace it"):
+    with pytest.raises(
+        AddressError, match=r"exists and is not a socket \(a regular file\); refusing to replace it"
+    ):
         await open_unix(UnixAddress(str(path)))
     assert path.read_text() == "precious"
 
@@ -375,3 +377,35 @@ async def test_a_name_swapped_for_a_symlink_while_binding_is_never_followed(
         assert (stat.S_IMODE(after.st_mode), after.st_gid) == (0o600, before.st_gid)
         assert not path.is_symlink()
         assert not path.exists()
+
+
+async def test_a_leftover_lock_of_another_user_is_no_obstacle(sock_dir: Path) -> None:
+    """A root daemon killed with -9 mid-start leaves a root-owned lock in /tmp-like dirs."""
+    sock_dir.chmod(0o755)
+    shared = sock_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # world-writable and sticky, as /tmp
+    (shared / "echo.sock.lock").write_text("")
+    (shared / "echo.sock.lock").chmod(0o644)
+    with _as_another_user():
+        listener = await open_unix(UnixAddress(str(shared / "echo.sock")))
+        listener.close()
+    assert not (shared / "echo.sock").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda lock: lock.symlink_to(lock.parent / "elsewhere"), "it is a symlink"),
+        (lambda lock: lock.mkdir(), "it is not a regular file"),
+    ],
+)
+async def test_a_lock_file_that_is_not_a_file_is_one_line(
+    sock_dir: Path, make: Callable[[Path], None], why: str
+) -> None:
+    lock = sock_dir / "echo.sock.lock"
+    make(lock)
+    with pytest.raises(AddressError, match=f"cannot use lock file {lock}: {why}"):
+        await open_unix(UnixAddress(str(sock_dir / "echo.sock")))
+    assert not (sock_dir / "elsewhere").exists()
+    assert not (sock_dir / "echo.sock").exists()

@@ -430,18 +430,26 @@ def _error(message: str) -> int:
 def _on_stop_signal(daemon: Daemon, signum: int, drain_timeout: float) -> None:
     """A stop signal once the daemon is serving: drain, and abort on a second one."""
     name = _signals.signal_name(signum)
-    if not daemon.draining:
-        why = " (the CPU time limit was reached)" if signum == _XCPU else ""
+    if signum == _XCPU:
+        # The kernel repeats it every CPU-second until the hard limit: never an abort.
+        if daemon.draining:
+            log.info("received %s during the drain: still draining", name)
+        else:
+            log.info(
+                "received %s (the CPU time limit was reached): draining (deadline %gs); "
+                "send SIGTERM to stop at once",
+                name,
+                drain_timeout,
+            )
+            daemon.drain()
+    elif not daemon.draining:
         log.info(
-            "received %s%s: draining (deadline %gs); send SIGTERM again to stop at once",
+            "received %s: draining (deadline %gs); send %s again to stop at once",
             name,
-            why,
             drain_timeout,
+            name,
         )
         daemon.drain()
-    elif signum == _XCPU:
-        # The kernel repeats it every CPU-second until the hard limit: not a user's second word.
-        log.info("received %s again: still draining", name)
     else:
         log.warning("received %s again: stopping now", name)
         daemon.abort()
@@ -674,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         return serve_main(arguments[1:] if arguments[:1] == ["serve"] else arguments)
     try:
+        _signals.ignore_as_inherited()  # as any program would: only the daemon overrides them
         with _signals.released():
             return command(arguments[1:])
     except BaseException as exc:

@@ -55,8 +55,20 @@ IGNORED_SIGNALS = _existing(
 HANDLED_SIGNALS = STOP_SIGNALS + STATS_SIGNALS + IGNORED_SIGNALS
 
 
+#: Handled signals this process inherited as ignored (see :func:`hold`).
+_inherited_ignores: set[int] = set()
+
+
 def hold(mask: Iterable[int] | None = None) -> None:
     """Block :data:`HANDLED_SIGNALS`: one sent now stays pending until :func:`released`.
+
+    A signal inherited as ignored is given back its default disposition while
+    held: the kernel drops an ignored signal even while it is blocked, and a
+    non-interactive shell starts ``triodaemon &`` with SIGINT and SIGQUIT
+    ignored, so a ``kill -INT`` sent during startup would vanish, though trio's
+    receiver takes SIGINT once serving. The daemon gives each signal its
+    meaning whoever started it; other commands put the ignores back
+    (:func:`ignore_as_inherited`) before they let signals through.
 
     Args:
         mask: the blocked signals to add them to, if not the current ones (the
@@ -67,6 +79,17 @@ def hold(mask: Iterable[int] | None = None) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     else:
         signal.pthread_sigmask(signal.SIG_SETMASK, {*mask, *HANDLED_SIGNALS})
+    for signum in HANDLED_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            _inherited_ignores.add(signum)
+            default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            signal.signal(signum, default)
+
+
+def ignore_as_inherited() -> None:
+    """Ignore again the signals the process inherited as ignored (dropping any pending)."""
+    for signum in _inherited_ignores:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

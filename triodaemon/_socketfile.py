@@ -19,6 +19,7 @@ import fcntl
 import grp
 import logging
 import os
+import pwd
 import secrets
 import socket as stdlib_socket
 import stat
@@ -134,10 +135,24 @@ def _check_unix_path(path: str) -> str:
     return directory
 
 
+def _kind(mode: int) -> str:
+    """What sort of file ``mode`` says it is, in a word or two."""
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a special file"
+
+
 def _cannot_create(path: str, directory: str, exc: OSError) -> AddressError:
     """The error for a file we could not create in ``directory``."""
     if isinstance(exc, PermissionError):
-        return AddressError(f"cannot create {path}: no permission to write in {directory}")
+        return AddressError(
+            f"cannot create {path}: no permission to write in {directory} "
+            "(creating a file there needs write and search permission)"
+        )
     return AddressError(f"cannot create {path}: {exc.strerror}")
 
 
@@ -161,7 +176,9 @@ async def _remove_if_stale(parent: int, name: str, path: str) -> None:
     except OSError as exc:
         raise AddressError(f"cannot use {path}: {exc.strerror}") from exc
     if not stat.S_ISSOCK(st.st_mode):
-        raise AddressError(f"{path} exists and is not a socket; refusing to replace it")
+        raise AddressError(
+            f"{path} exists and is not a socket ({_kind(st.st_mode)}); refusing to replace it"
+        )
     if await _probe(path):
         raise AddressError(
             f"another process is listening on {path}; stop it or choose another path"
@@ -217,7 +234,13 @@ def _bind_in_private_directory(
         try:
             os.chmod(_BIND_NAME, mode, dir_fd=private_fd)
             if gid is not None:
-                os.chown(_BIND_NAME, -1, gid, dir_fd=private_fd)
+                try:
+                    os.chown(_BIND_NAME, -1, gid, dir_fd=private_fd)
+                except PermissionError:
+                    raise AddressError(
+                        f"cannot give {path} group {gid}: only root, or a member of "
+                        "that group, may; choose another --sock-group"
+                    ) from None
             sock.listen(backlog)
             _link_into_place(private_fd, parent, name, path)
         except PermissionError as exc:
@@ -306,22 +329,18 @@ async def _startup_lock(parent: int, directory: str, path: str) -> AsyncIterator
     ``flock``, so the kernel releases it when its holder exits, however (a
     ``kill -9`` needs no cleanup); the holder removes the file before
     releasing it, and whoever locks next checks that the file it locked is
-    still the one at the name (and starts over if not), so removing it is safe
-    and a leftover file is never an obstacle.
+    still the one at the name (and starts over if not), so removing it is safe.
+    A leftover file (its holder killed before it could remove it) is no
+    obstacle, even to another user: ``flock`` needs only a read-only
+    descriptor, and the file is made readable to all (it holds nothing).
     """
     lock_path = path + _LOCK_SUFFIX
     lock_name = os.path.basename(lock_path)
     deadline = trio.current_time() + LOCK_TIMEOUT
     while True:
-        try:
-            fd = os.open(
-                lock_name,
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=parent,
-            )
-        except OSError as exc:
-            raise _cannot_create(lock_path, directory, exc) from exc
+        fd = _open_lock_file(parent, directory, lock_name, lock_path)
+        if fd is None:
+            continue  # created by another starter between our two opens
         try:
             while True:
                 try:
@@ -351,3 +370,48 @@ async def _startup_lock(parent: int, directory: str, path: str) -> AsyncIterator
         with contextlib.suppress(OSError):
             os.unlink(lock_name, dir_fd=parent)
         os.close(fd)
+
+
+def _open_lock_file(parent: int, directory: str, name: str, lock_path: str) -> int | None:
+    """Open the lock file read-only, creating it if need be; ``None``: try again.
+
+    An existing one is opened without ``O_CREAT``, so a file another user left
+    in a sticky directory (where Linux refuses ``O_CREAT`` on it) still opens.
+    Never follows a symlink.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=parent)
+    except FileNotFoundError:
+        try:
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=parent)
+        except FileExistsError:
+            return None
+        except OSError as exc:
+            raise _cannot_create(lock_path, directory, exc) from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            why = "it is a symlink, which is never followed"
+        elif isinstance(exc, PermissionError):
+            why = f"it is not readable ({_owner(parent, name)})"
+        else:
+            why = exc.strerror or str(exc)
+        raise AddressError(
+            f"cannot use lock file {lock_path}: {why}; remove it if no triodaemon is starting there"
+        ) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AddressError(f"cannot use lock file {lock_path}: it is not a regular file; remove it")
+    return fd
+
+
+def _owner(parent: int, name: str) -> str:
+    """``owned by uid 0 (root)``, or what can be said of who owns ``name``."""
+    try:
+        uid = os.stat(name, dir_fd=parent, follow_symlinks=False).st_uid
+    except OSError:
+        return "owner unknown"
+    try:
+        return f"owned by uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"owned by uid {uid}"
