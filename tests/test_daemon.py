@@ -512,7 +512,7 @@ async def test_a_broken_listener_ends_alone_and_the_last_one_drains(
                 doomed.connect(first.path)
                 line = await daemon_log.wait_for("is broken")
             assert line == (
-                f"listener {first} is broken: accept failed with EBADF (Bad file descriptor); "
+                f"listener {first} is broken (EBADF (Bad file descriptor)); "
                 "no longer accepting there"
             )
             assert await echo_frames(second, [b"still served"]) == [b"still served"]
@@ -522,3 +522,21 @@ async def test_a_broken_listener_ends_alone_and_the_last_one_drains(
                 doomed.connect(second.path)
                 await daemon_log.wait_for("no listener is left, draining")
     assert daemon.summary is not None
+
+
+async def test_a_listener_closed_under_the_daemon_ends_alone(
+    sock_dir: Path, daemon_log: LogWaiter
+) -> None:
+    listeners = await open_listeners(
+        [UnixAddress(str(sock_dir / "a.sock")), UnixAddress(str(sock_dir / "b.sock"))]
+    )
+    daemon = Daemon(DaemonConfig([]))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            first, second = await nursery.start(daemon.serve, listeners)
+            listeners[0].close()  # an embedding program closes one behind our back
+            line = await daemon_log.wait_for("is broken")
+            assert line == f"listener {first} is broken (it was closed); no longer accepting there"
+            assert await echo_frames(second, [b"still served"]) == [b"still served"]
+            assert not daemon.draining
+            daemon.drain()

@@ -20,7 +20,7 @@ import re
 import resource
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import trio
@@ -508,7 +508,11 @@ async def _serve(config: DaemonConfig) -> int:
             ready = True
     if stopped_by is not None:
         name = _signals.signal_name(stopped_by)
-        print(f"triodaemon: {name} while starting; stopped before serving", file=sys.stderr)
+        print(
+            f"triodaemon: {name} while starting; stopped before serving",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_SIGNAL_BASE + stopped_by
     summary = daemon.summary
     return EXIT_FAILURE if summary is not None and summary.forced else 0
@@ -536,7 +540,7 @@ def serve_main(argv: Sequence[str]) -> int:
     _setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
     _raise_fd_limit(config.max_connections + len(listen) + 64)
-    return _run(_serve, config)
+    return trio.run(_serve, config)
 
 
 async def _stdin_lines(keep_newline: bool) -> AsyncIterator[bytes]:
@@ -581,11 +585,6 @@ def _one_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ad
     return targets[0]
 
 
-def _run(main: Callable[..., Awaitable[int]], *args: object) -> int:
-    """``trio.run`` for a command."""
-    return trio.run(main, *args)
-
-
 def _only_interrupts(exc: BaseException) -> bool:
     """Whether ``exc`` is a ``KeyboardInterrupt``, or a group (from a nursery) of nothing else."""
     if isinstance(exc, KeyboardInterrupt):
@@ -598,7 +597,7 @@ def client_main(argv: Sequence[str]) -> int:
     parser = _client_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    return _run(_client, _one_target(parser, args), framing, args)
+    return trio.run(_client, _one_target(parser, args), framing, args)
 
 
 async def _check(address: Address, framing: Framing, args: argparse.Namespace) -> int:
@@ -652,14 +651,14 @@ def bench_main(argv: Sequence[str]) -> int:
     parser = _bench_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    return _run(_bench, _one_target(parser, args), framing, args)
+    return trio.run(_bench, _one_target(parser, args), framing, args)
 
 
 def check_main(argv: Sequence[str]) -> int:
     parser = _check_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    return _run(_check, _one_target(parser, args), framing, args)
+    return trio.run(_check, _one_target(parser, args), framing, args)
 
 
 _SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {

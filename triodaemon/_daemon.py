@@ -34,9 +34,11 @@ log = logging.getLogger("triodaemon")
 ACCEPT_BACKOFF = 0.1
 
 
-def _describe(exc: OSError) -> str:
-    """``EIO (Input/output error)``: an OS error with its errno's name."""
-    name = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "?"
+def _describe(exc: Exception) -> str:
+    """``EIO (Input/output error)``: an OS error with its errno's name (or what else it is)."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return f"{type(exc).__name__}: {exc}"
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
     return f"{name} ({exc.strerror or exc})"
 
 
@@ -213,7 +215,11 @@ class Daemon:
         while True:
             # Wait for a connection before taking a slot: a loop holding a slot
             # while its own listener is quiet would starve the other listeners.
-            await listener.wait_acceptable()
+            try:
+                await listener.wait_acceptable()
+            except (OSError, ValueError, trio.ClosedResourceError) as exc:  # closed under us
+                self._listener_broken(listener, exc)
+                return
             try:
                 limiter.acquire_nowait()
             except trio.WouldBlock:
@@ -257,14 +263,15 @@ class Daemon:
                 self._run_connection, sock, info, limiter, name="triodaemon.connection"
             )
 
-    def _listener_broken(self, listener: BoundListener, exc: OSError) -> None:
+    def _listener_broken(self, listener: BoundListener, exc: Exception) -> None:
         """A listening socket that cannot accept any more: stop using it; drain if none is left."""
         self._listening -= 1
         left = self._listening
+        closed = isinstance(exc, trio.ClosedResourceError) or listener.sock.fileno() == -1
         log.error(
-            "listener %s is broken: accept failed with %s; no longer accepting there%s",
+            "listener %s is broken (%s); no longer accepting there%s",
             listener.address,
-            _describe(exc),
+            "it was closed" if closed else _describe(exc),
             "" if left else "; no listener is left, draining",
         )
         if not left:
