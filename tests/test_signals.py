@@ -188,6 +188,25 @@ async def test_sigint_at_any_moment_of_startup(sock_dir: Path) -> None:
     script = Path(sys.executable).parent / "triodaemon"  # the console script pip made
     outcomes: dict[str, int] = {}
     with trio.fail_after(4 * TEST_TIMEOUT):
+        # How long a start takes on this machine and Python, so that the moments
+        # span it, and a little past readiness, however slow the machine is.
+        started = trio.current_time()
+        probe = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "triodaemon", "--sock", str(sock_dir / "probe.sock")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert probe.stderr is not None
+        ready = b""
+        while b"listening on" not in ready:
+            chunk = await probe.stderr.receive_some()
+            assert chunk, ready
+            ready += chunk
+        step = 1.4 * (trio.current_time() - started) / 40
+        probe.send_signal(signal.SIGTERM)
+        await read_until_eof(probe.stderr)
+        assert await probe.wait() == 0
         for i in range(40):
             command = (
                 [str(script)] if i % 2 and script.exists() else [sys.executable, "-m", "triodaemon"]
@@ -200,10 +219,7 @@ async def test_sigint_at_any_moment_of_startup(sock_dir: Path) -> None:
                 stderr=subprocess.PIPE,
             )
             assert process.stderr is not None
-            # The moment under test, not a wait for an event: 0 to 390 ms, past readiness
-            # on a slower start too (3.12 takes ~190 ms here, 3.11 ~160 ms; 0.006 s steps
-            # reached 234 ms, and left too few moments after readiness on 3.12).
-            await trio.sleep(i * 0.01)
+            await trio.sleep(i * step)  # the moment under test, not a wait for an event
             process.send_signal(signal.SIGINT)
             stderr = await read_until_eof(process.stderr)
             code = await process.wait()
