@@ -25,12 +25,17 @@ else:
 
 def main_entry() -> None:
     """Run the command line and exit with its code."""
-    mask = _early.pthread_sigmask(_early.SIG_BLOCK, _early.valid_signals())
-    from . import _signals
+    try:
+        mask = _early.pthread_sigmask(_early.SIG_BLOCK, _early.valid_signals())
+        from . import _signals
 
-    _signals.hold(mask)
-    from ._cli import main
-
+        _signals.hold(mask)
+        from ._cli import main
+    except KeyboardInterrupt:
+        # A Ctrl-C that came just before the block: Python raises it at its next
+        # check, which can fall here. SIGINT is held from now on.
+        print("triodaemon: SIGINT while starting; stopped before serving", file=sys.stderr)
+        sys.exit(128 + _early.SIGINT)
     sys.exit(main())
 
 

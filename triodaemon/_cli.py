@@ -455,35 +455,50 @@ def _on_stop_signal(daemon: Daemon, signum: int, drain_timeout: float) -> None:
         daemon.abort()
 
 
+class _Startup(trio.TaskStatus[tuple[Address, ...]]):
+    """Where the start is: the ``task_status`` the command line gives :meth:`Daemon.serve`.
+
+    It prints the readiness lines in the same instant the daemon starts serving
+    (a plain ``nursery.start`` returns a scheduling pass later), so a signal is
+    always either before readiness (the start stops) or after it (a drain).
+    """
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.stopped_by: int | None = None
+        """A stop signal that came before the daemon was ready."""
+
+    def started(self, value: tuple[Address, ...] | None = None) -> None:
+        if self.stopped_by is not None:
+            return  # serve() got this far before its cancellation reached it
+        for address in value or ():
+            print(f"triodaemon: listening on {address}", file=sys.stderr, flush=True)
+        self.ready = True
+
+
 async def _serve(config: DaemonConfig) -> int:
     # The receiver is in place before the held signals are let through, so one
     # sent at any moment of startup arrives here.
     with trio.open_signal_receiver(*_signals.HANDLED_SIGNALS) as signals, _signals.released():
         daemon = Daemon(config)
-        ready = False
-        stopped_by: int | None = None  # a stop signal that came before the daemon was ready
+        startup = _Startup()
 
         async with trio.open_nursery() as nursery:
 
             async def handle_signals() -> None:
-                nonlocal stopped_by
                 async for signum in signals:
                     if signum in _signals.STATS_SIGNALS:
                         log.info("stats: %s", daemon.stats.summary())
                     elif signum in _signals.IGNORED_SIGNALS:
                         log.warning("%s", _signals.ignored_message(signum))
-                    elif ready:
+                    elif startup.ready:
                         _on_stop_signal(daemon, signum, config.drain_timeout)
-                    elif stopped_by is None:
-                        stopped_by = signum
+                    elif startup.stopped_by is None:
+                        startup.stopped_by = signum
                         nursery.cancel_scope.cancel()  # whatever binding is under way
 
-            async def serve_then_stop(
-                listeners: list[BoundListener],
-                *,
-                task_status: trio.TaskStatus[tuple[Address, ...]],
-            ) -> None:
-                await daemon.serve(listeners, task_status=task_status)
+            async def serve_then_stop(listeners: list[BoundListener]) -> None:
+                await daemon.serve(listeners, task_status=startup)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(handle_signals)
@@ -497,23 +512,16 @@ async def _serve(config: DaemonConfig) -> int:
             except TriodaemonError as exc:
                 nursery.cancel_scope.cancel()
                 return _error(str(exc))
-            try:
-                addresses = await nursery.start(serve_then_stop, listeners)
-            finally:
-                if stopped_by is not None:  # cancelled before serve() took them
-                    for listener in listeners:
-                        listener.close()
-            for address in addresses:
-                print(f"triodaemon: listening on {address}", file=sys.stderr, flush=True)
-            ready = True
-    if stopped_by is not None:
-        name = _signals.signal_name(stopped_by)
+            # serve() owns them from its first step, even if cancelled at once.
+            nursery.start_soon(serve_then_stop, listeners)
+    if startup.stopped_by is not None:
+        name = _signals.signal_name(startup.stopped_by)
         print(
             f"triodaemon: {name} while starting; stopped before serving",
             file=sys.stderr,
             flush=True,
         )
-        return EXIT_SIGNAL_BASE + stopped_by
+        return EXIT_SIGNAL_BASE + startup.stopped_by
     summary = daemon.summary
     return EXIT_FAILURE if summary is not None and summary.forced else 0
 
