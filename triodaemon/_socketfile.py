@@ -243,8 +243,6 @@ def _bind_in_private_directory(
                     ) from None
             sock.listen(backlog)
             _link_into_place(private_fd, parent, name, path)
-        except PermissionError as exc:
-            raise AddressError(f"cannot set up {path}: {exc.strerror}") from exc
         except OSError as exc:
             raise AddressError(f"cannot set up {path}: {exc.strerror}") from exc
     except BaseException:
