@@ -4,6 +4,7 @@ daemon without a drain, at any moment from the first instant of startup.
 
 from __future__ import annotations
 
+import ast
 import re
 import signal
 import socket
@@ -304,6 +305,18 @@ def test_serving_imports_neither_the_harness_nor_pytest_nor_hypothesis() -> None
         "print(sorted(heavy))\n"
     )
     assert python_prints(code) == "[]"
+
+
+def test_the_lazy_names_and_the_type_checkers_names_agree() -> None:
+    """Each name the type checkers see in ``__init__`` loads from the same module at run time."""
+    tree = ast.parse((_PACKAGE / "__init__.py").read_text())
+    seen = {
+        alias.asname or alias.name: f".{node.module}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        for alias in node.names
+    }
+    assert seen == triodaemon._EXPORTS
 
 
 def test_the_package_names_load_on_first_use() -> None:
