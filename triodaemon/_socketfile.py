@@ -62,13 +62,9 @@ async def bind_socket_file(
     Raises:
         AddressError: one line naming the path and what to do.
     """
-    directory = _check_unix_path(path)
     gid = _resolve_group(group) if group is not None else None
+    directory, parent = _open_directory(path)
     name = os.path.basename(path)
-    try:
-        parent = os.open(directory, _DIRECTORY_FLAGS)
-    except OSError as exc:
-        raise AddressError(f"cannot use directory {directory}: {exc.strerror}") from exc
     try:
         async with _startup_lock(parent, directory, path):
             await _remove_if_stale(parent, name, path)
@@ -110,8 +106,8 @@ async def _probe(path: str) -> bool:
         return True
 
 
-def _check_unix_path(path: str) -> str:
-    """Validate the length and parent directory of ``path``; return the directory."""
+def _open_directory(path: str) -> tuple[str, int]:
+    """Check the length of ``path``; open its directory (for ``dir_fd``); return both."""
     size = len(os.fsencode(path))
     if size > UNIX_PATH_MAX:
         raise AddressError(
@@ -121,18 +117,17 @@ def _check_unix_path(path: str) -> str:
         raise AddressError("the socket path is empty")
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        st = os.stat(directory)
+        return directory, os.open(directory, _DIRECTORY_FLAGS)
     except FileNotFoundError:
         raise AddressError(f"cannot create {path}: directory {directory} does not exist") from None
     except PermissionError:
         raise AddressError(
             f"cannot create {path}: no permission to reach directory {directory}"
         ) from None
+    except NotADirectoryError:
+        raise AddressError(f"cannot create {path}: {directory} is not a directory") from None
     except OSError as exc:
         raise AddressError(f"cannot create {path}: {directory}: {exc.strerror}") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise AddressError(f"cannot create {path}: {directory} is not a directory")
-    return directory
 
 
 def _kind(mode: int) -> str:
