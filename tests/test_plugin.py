@@ -1,4 +1,4 @@
-"""The pytest plugin: fixtures available by installation, the README/examples test file."""
+"""The pytest plugin: fixtures available by installation, the docs/examples test file."""
 
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ def test_examples_test_file_passes(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=7)
 
 
-def test_readme_example_is_the_examples_file() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_testing_docs_example_is_the_examples_file() -> None:
+    docs = (ROOT / "docs" / "testing.md").read_text()
     example = (ROOT / "examples" / "test_with_triodaemon.py").read_text()
-    block = readme.split("<!-- example-test -->\n```python\n", 1)[1].split("```", 1)[0]
+    block = docs.split("<!-- example-test -->\n```python\n", 1)[1].split("```", 1)[0]
     assert block == example
 
 
