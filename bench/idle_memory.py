@@ -5,8 +5,9 @@
 Runs a daemon in-process on a Unix socket, opens ``--conns`` connections that each
 do one round trip and then stay idle, and prints the Python memory allocated per
 connection by source line (the client sockets of this process are included, a few
-hundred bytes). Every connection parks in the shared watcher (``park_above=0``); S5 of
-the suite measures the same from outside, as resident memory.
+hundred bytes). Every connection waits in the daemon's readiness backend (epoll by
+default; ``TRIODAEMON_READINESS=portable`` for the other); S5 of the suite measures the
+same from outside, as resident memory.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from triodaemon import Daemon, DaemonConfig, UnixAddress
 
 async def measure(conns: int, top: int) -> None:
     path = os.path.join(tempfile.mkdtemp(prefix="td-idle-"), "idle.sock")
-    config = DaemonConfig(
-        [UnixAddress(path)], max_connections=conns + 10, idle_timeout=0, park_above=0
-    )
+    config = DaemonConfig([UnixAddress(path)], max_connections=conns + 10, idle_timeout=0)
     daemon = Daemon(config)
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.serve)

@@ -21,6 +21,13 @@ from triodaemon._listeners import Address
 pytest_plugins = ["pytester"]
 
 
+def pytest_report_header() -> str:
+    """Which readiness backend the daemons of this run use unless a test picks one."""
+    from triodaemon._readiness import open_readiness
+
+    return f"triodaemon readiness backend: {open_readiness().name}"
+
+
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
     """A short temporary directory for socket files (sun_path is 107 bytes)."""
@@ -50,7 +57,7 @@ async def serving(daemon: Daemon) -> AsyncIterator[list[Address]]:
 
 
 async def echo_in_the_task(frame: bytes, conn: ConnectionInfo) -> bytes:
-    """An echo that is not :func:`echo`: frames go through the connection's task."""
+    """An echo handler: frames go through the connection's task, one call each."""
     return frame
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -269,6 +270,83 @@ async def test_sigterm_closes_an_idle_connection_at_once(spawn: SpawnFn, sock_di
         await daemon.wait_for_line("1 connection drained, 0 aborted")
 
 
+async def test_sigterm_with_an_idle_client_that_stays_exits_at_once_and_drains_it(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    # Nothing is owed to a client that has read every reply: no lingering for its
+    # EOF, so a drain deadline under the linger time still counts it drained.
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--drain-timeout", "0.5")
+        clients = [await connect(address) for address in daemon.addresses]
+        for client in clients:
+            await client.send_all(b"hello\n")
+            assert await client.receive_some() == b"hello\n"
+        start = trio.current_time()
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+        assert trio.current_time() - start < 0.5
+        await daemon.wait_for_line("2 connections drained, 0 aborted")
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_a_framing_violator_is_cut_off_within_a_bounded_number_of_bytes(
+    spawn: SpawnFn, sock_dir: Path, transport: str
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--max-frame", "1KiB")
+        address = daemon.addresses[0 if transport == "tcp" else 1]
+        violator = await connect(address)
+        sent = 0
+        try:
+            while sent < 200_000_000:
+                await violator.send_all(b"v" * 65536)
+                sent += 65536
+        except trio.BrokenResourceError:
+            pass
+        await violator.aclose()
+        await daemon.wait_for_line("frames are limited to 1024 bytes; closing")
+        daemon.signal(signal.SIGUSR1)
+        line = await daemon.wait_for_line("stats: ")
+        taken = int(line.split("bytes in")[0].rsplit(";", 1)[1])
+        # The read that found the violation, the discard cap, and reads in flight.
+        assert taken < 2_000_000, line
+        daemon.signal()
+        assert await daemon.wait() == 0
+
+
+async def test_frame_timeout_closes_a_trickling_client_and_frees_its_slot(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(
+            spawn, sock_dir, "--frame-timeout", "0.5", "--max-connections", "1"
+        )
+        trickler = await connect(daemon.addresses[0])
+        start = trio.current_time()
+
+        async def trickle() -> None:
+            with contextlib.suppress(trio.BrokenResourceError):
+                while True:
+                    await trickler.send_all(b"x")  # progress, but never a frame
+                    await trio.sleep(0.05)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            assert await read_until_eof(trickler) == b""
+            assert 0.5 <= trio.current_time() - start < 3
+            nursery.cancel_scope.cancel()
+        await daemon.wait_for_line("frame not complete after 0.5s")
+        legit = await connect(daemon.addresses[1])  # the slot is free again
+        await legit.send_all(b"hello\n")
+        assert await legit.receive_some() == b"hello\n"
+        await legit.aclose()
+        await trickler.aclose()
+        daemon.signal()
+        assert await daemon.wait() == 0
+
+
 async def test_sigterm_lets_a_frame_in_progress_finish(spawn: SpawnFn, sock_dir: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         framing = Framing("length")
@@ -306,7 +384,8 @@ async def test_drain_deadline_aborts_a_client_that_never_reads(
                 raise AssertionError("the daemon never cut the flood off")
 
             nursery.start_soon(flood)
-            await daemon.wait_for_line("conn 1 ")
+            # The daemon owes replies the client will never read: stuck in a send.
+            await daemon.wait_for_line("bytes of replies wait for the peer to read")
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait() == 0
         await stream.aclose()

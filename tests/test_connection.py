@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import logging
-import math
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 
 from triodaemon import Connection, ConnectionInfo, Framing, Stats
-from triodaemon._connection import LINGER_SECONDS
-from triodaemon._watcher import IdleWatcher
+from triodaemon._connection import LINGER_DISCARD, LINGER_SECONDS
 
 from .conftest import read_until_eof
 
@@ -265,115 +260,74 @@ async def test_reset_by_peer_is_one_line(caplog: pytest.LogCaptureFixture) -> No
     assert "conn 1 from peer on test://: connection lost: connection reset by peer" in caplog.text
 
 
-def test_a_connection_needs_a_stream_or_a_socket() -> None:
-    with pytest.raises(ValueError, match="needs a stream or a raw_socket"):
-        Connection(None, INFO)
+async def test_a_trickling_peer_meets_the_frame_timeout(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One byte every 10 s is progress (the idle timeout never fires), but the
+    # frame begun at the first byte must be complete within the frame timeout.
+    server, client = trio.testing.memory_stream_pair()
+    stats = Stats()
+    connection = Connection(server, INFO, idle_timeout=30, frame_timeout=60, stats=stats)
+
+    async def trickle() -> None:
+        while True:
+            await client.send_all(b"x")
+            await trio.sleep(10)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run)
+        nursery.start_soon(trickle)
+        start = trio.current_time()
+        assert await client.receive_some() == b""  # our EOF
+        assert trio.current_time() - start == pytest.approx(60)
+        nursery.cancel_scope.cancel()
+    assert (stats.frame_timeouts, stats.idle_timeouts) == (1, 0)
+    assert "frame not complete after 60s (6 bytes so far); closing" in caplog.text
 
 
-async def test_drain_during_the_yield_after_a_reply_closes_at_once(
+async def test_the_frame_timeout_starts_again_with_each_frame(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # On a raw socket the connection yields after each reply before reading on.
-    # trio runs each batch of tasks in a random order, so over these rounds the
-    # drain lands both in that yield and in the wait for the next read.
-    for _ in range(40):
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        server = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-        client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
-        stats = Stats()
-        connection = Connection(server, INFO, idle_timeout=300, stats=stats, raw_socket=ours)
-        await echo_once_then_drain(connection, client, settle=False)
-        assert stats.idle_timeouts == 0
-
-
-@asynccontextmanager
-async def maybe_served(served: bool) -> AsyncIterator[IdleWatcher | None]:
-    """With ``served``, a running watcher (which serves an echo's reads), else None."""
-    if not served:
-        yield None
-        return
-    watcher = IdleWatcher(math.inf)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(watcher.run)
-        yield watcher
-        nursery.cancel_scope.cancel()
-
-
-#: Echo connections on sockets read and reply in their own task, or are served
-#: by a watcher (as in the daemon).
-OWN_OR_SERVED = pytest.mark.parametrize("served", [False, True], ids=["own", "served"])
-
-
-@OWN_OR_SERVED
-async def test_a_reply_waiting_to_be_sent_survives_other_connections_reads(served: bool) -> None:
-    # Sockets are read into one buffer shared by every connection of the run; a
-    # reply that does not fit the socket at once must not point into it while it
-    # waits, or the next connection's read would overwrite it.
-    lines = {name: b"".join(b"%s%05d\n" % (name, i) for i in range(8000)) for name in (b"a", b"b")}
-    pairs = [socket.socketpair() for _ in lines]
-    for ours, _ in pairs:
-        ours.setblocking(False)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # replies wait
-    with trio.fail_after(10):
-        async with maybe_served(served) as watcher, trio.open_nursery() as nursery:
-            connections = [
-                Connection(None, INFO, raw_socket=ours, watcher=watcher) for ours, _ in pairs
-            ]
-            clients = [trio.SocketStream(trio.socket.from_stdlib_socket(c)) for _, c in pairs]
-            for connection in connections:
-                nursery.start_soon(connection.run)
-            first, second = clients
-            await first.send_all(lines[b"a"])
-            await trio.testing.wait_all_tasks_blocked()  # its reply is stuck half sent
-            await second.send_all(lines[b"b"])
-            assert await read_exactly(second, len(lines[b"b"])) == lines[b"b"]
-            assert await read_exactly(first, len(lines[b"a"])) == lines[b"a"]
-            for client in clients:
-                await client.aclose()
-
-
-@OWN_OR_SERVED
-async def test_frames_larger_than_a_read_are_echoed_whole_while_replies_wait(
-    served: bool,
-) -> None:
-    # A frame larger than a read is assembled in the decoder and echoed as a view of
-    # its buffer; with a small send buffer that reply waits half sent while the other
-    # connection reads into the shared buffer, and the decoder goes on behind it.
-    framing = Framing("length")
-    streams = [
-        b"".join(framing.encode(bytes([k]) * (30_000 + 997 * i)) for i in range(6)) for k in (1, 2)
-    ]
-    pairs = [socket.socketpair() for _ in streams]
-    for ours, _ in pairs:
-        ours.setblocking(False)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server, client = trio.testing.memory_stream_pair()
     stats = Stats()
-    with trio.fail_after(10):
-        async with maybe_served(served) as watcher, trio.open_nursery() as nursery:
-            for ours, _ in pairs:
-                connection = Connection(
-                    None,
-                    INFO,
-                    framing,
-                    receive_size=8192,
-                    stats=stats,
-                    raw_socket=ours,
-                    watcher=watcher,
-                )
-                nursery.start_soon(connection.run)
-            clients = [trio.SocketStream(trio.socket.from_stdlib_socket(c)) for _, c in pairs]
-            for client, stream in zip(clients, streams, strict=True):
-                nursery.start_soon(client.send_all, stream)
-            for client, stream in zip(clients, streams, strict=True):
-                assert await read_exactly(client, len(stream)) == stream
-            for client in clients:
-                await client.aclose()
-    assert stats.frames == 12
+    connection = Connection(server, INFO, frame_timeout=60, stats=stats)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.run)
+        # Each read ends inside a frame, 50 s apart: no frame ever takes 60 s.
+        for index in range(5):
+            await client.send_all(b"end %d\nbegin " % index)
+            await trio.sleep(50)
+        await client.send_all(b"\n")
+        await client.send_eof()
+        assert (await read_until_eof(client)).count(b"\n") == 6
+    assert stats.frame_timeouts == 0
 
 
-async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        data += await stream.receive_some(size - len(data))
-    return bytes(data)
+async def test_lingering_discards_a_bounded_number_of_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server, client = trio.testing.memory_stream_pair()
+    connection = Connection(server, INFO)
+    ended: list[float] = []
+
+    async def run() -> None:
+        await connection.run()
+        ended.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        connection.drain()
+        assert await client.receive_some() == b""
+        start = trio.current_time()
+        await client.send_all(b"x" * (LINGER_DISCARD + 1))
+    assert ended == [start]  # cut off at once, not after LINGER_SECONDS
+    assert connection.completed
+
+
+def test_bad_timeouts_are_refused() -> None:
+    server, _ = trio.testing.memory_stream_pair()
+    with pytest.raises(ValueError, match="timeouts must be positive"):
+        Connection(server, INFO, idle_timeout=0)
+    with pytest.raises(ValueError, match="timeouts must be positive"):
+        Connection(server, INFO, frame_timeout=-1)

@@ -24,16 +24,15 @@ from triodaemon import (
     TcpAddress,
     UnixAddress,
     connect,
-    echo,
     echo_frames,
 )
-from triodaemon._config import DEFAULT_PARK_ABOVE
 from triodaemon._listeners import (
     PER_CONNECTION_ACCEPT_ERRNOS,
     Address,
     BoundListener,
     open_listeners,
 )
+from triodaemon._readiness import ReadinessName
 
 from .conftest import (
     LogWaiter,
@@ -44,21 +43,28 @@ from .conftest import (
     serving,
 )
 
-#: Every way a connection can wait for data: served by the daemon's shared
-#: watcher (the echo), in its own cancel scope, and parked in the watcher (what
-#: another handler does while many connections are open): (handler, park_above).
-WAITS: dict[str, tuple[FrameHandler, int]] = {
-    "served": (echo, DEFAULT_PARK_ABOVE),
-    "own": (echo_in_the_task, DEFAULT_PARK_ABOVE),
-    "parked": (echo_in_the_task, 0),
+#: Every way a connection waits for data, in each readiness backend: served by
+#: the backend (the echo: the backend calls its step), or waiting there for its
+#: task to read (another handler). (The whole suite also runs with each backend
+#: as the default: see .ci/run.)
+WAITS: dict[str, tuple[FrameHandler | None, ReadinessName]] = {
+    "served-epoll": (None, "epoll"),
+    "task-epoll": (echo_in_the_task, "epoll"),
+    "served-portable": (None, "portable"),
+    "task-portable": (echo_in_the_task, "portable"),
 }
 EVERY_WAIT = pytest.mark.parametrize("wait", list(WAITS))
 
 
 def waiting(wait: str, config: DaemonConfig) -> Daemon:
     """A daemon whose connections wait for data the ``wait`` way."""
-    handler, park_above = WAITS[wait]
-    return Daemon(attrs.evolve(config, park_above=park_above), handler)
+    handler, readiness = WAITS[wait]
+    return Daemon(attrs.evolve(config, readiness=readiness), handler)
+
+
+def waits_now(daemon: Daemon) -> int:
+    """How many of the daemon's connections wait in its readiness backend now."""
+    return daemon._readiness.waiting
 
 
 FRAMINGS = [
@@ -233,7 +239,7 @@ async def test_drain_closes_idle_finishes_in_progress_and_refuses_new(
             await idle.send_all(framing.encode(b"done"))
             assert await idle.receive_some() == framing.encode(b"done")
             await trio.testing.wait_all_tasks_blocked()  # the daemon has read busy's bytes
-            assert daemon.parked == (0 if wait == "own" else 2)
+            assert waits_now(daemon) == 2
             daemon.drain()
             assert await read_until_eof(idle) == b""
             for address in addresses:
@@ -286,14 +292,14 @@ async def test_abort_cancels_at_once(sock_dir: Path, wait: str) -> None:
             daemon.drain()
             await trio.testing.wait_all_tasks_blocked()
             assert daemon.connections == 1
-            assert daemon.parked == (0 if wait == "own" else 1)  # mid-frame: still waiting
+            assert waits_now(daemon) == 1  # mid-frame: still waiting
             daemon.abort()
     assert await read_until_eof(stream) == b""
     await stream.aclose()
     assert daemon.summary is not None
     assert daemon.summary.forced
     assert daemon.summary.aborted == 1
-    assert daemon.parked == 0  # the cancelled wait left the watcher
+    assert waits_now(daemon) == 0  # the cancelled wait left the backend
 
 
 async def test_handler_bug_harms_no_other_connection(

@@ -27,7 +27,7 @@ import trio
 
 from . import __version__, _signals
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
-from ._config import DaemonConfig
+from ._config import DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_BUFFERED, DaemonConfig
 from ._daemon import Daemon
 from ._errors import ClientError, TriodaemonError
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
@@ -39,6 +39,7 @@ from ._listeners import (
     open_listeners,
     parse_tcp_address,
 )
+from ._readiness import READINESS_NAMES, open_readiness
 
 if TYPE_CHECKING:
     from ._check import ScenarioResult
@@ -92,13 +93,18 @@ _SIZE_UNITS = {
 }
 
 
-def _size(text: str) -> int:
-    """Parse a byte count: ``4096``, ``64K``, ``64KiB``, ``1MiB``."""
+def _size_or_zero(text: str) -> int:
+    """Parse a byte count: ``0``, ``4096``, ``64K``, ``64KiB``, ``1MiB``."""
     match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 4096, 64KiB, 1MiB)")
     unit = match.group(2).lower() if match.group(2) else None
-    value = int(match.group(1)) * _SIZE_UNITS[unit]
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def _size(text: str) -> int:
+    """Parse a byte count of at least one byte."""
+    value = _size_or_zero(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 byte")
     return value
@@ -278,6 +284,33 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="on shutdown, cancel connections still busy after this long (default 10)",
+    )
+    group.add_argument(
+        "--frame-timeout",
+        type=_seconds,
+        default=DEFAULT_FRAME_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "close a connection whose frame is not complete this long after its first byte; "
+            f"0 disables (default {DEFAULT_FRAME_TIMEOUT:g})"
+        ),
+    )
+    group.add_argument(
+        "--max-buffered",
+        type=_size_or_zero,
+        default=DEFAULT_MAX_BUFFERED,
+        metavar="BYTES",
+        help=(
+            "bytes all connections may hold in unfinished frames together; past it, "
+            "connections holding one wait to be read; 0 disables (default 64MiB)"
+        ),
+    )
+    parser.add_argument(
+        "--readiness",
+        choices=READINESS_NAMES,
+        default="auto",
+        help="how connections wait for data: epoll (Linux), portable (any system), "
+        "auto (default: epoll where there is one)",
     )
     parser.add_argument(
         "--log-level",
@@ -540,9 +573,13 @@ def serve_main(argv: Sequence[str]) -> int:
             max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
             drain_timeout=args.drain_timeout,
+            frame_timeout=args.frame_timeout,
+            max_buffered=args.max_buffered,
+            readiness=args.readiness,
             sock_mode=args.sock_mode,
             sock_group=args.sock_group,
         )
+        open_readiness(config.readiness)  # one that this system has
     except ValueError as exc:
         parser.error(str(exc))
     _setup_logging(args.log_level)

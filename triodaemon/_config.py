@@ -13,6 +13,7 @@ import attrs
 
 from ._framing import Framing
 from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
+from ._readiness import READINESS_NAMES, ReadinessName
 
 #: Bytes asked of the kernel per read by a ``Connection`` by default: trio's own
 #: default, large enough that a read of pipelined small frames amortises its
@@ -29,12 +30,15 @@ UNIX_RECEIVE_SIZE = 131072
 TCP_RECEIVE_SIZE = 262144
 
 
-#: With a handler other than the echo, above this many open connections, waiting
-#: connections park in the shared watcher: memory per connection matters then,
-#: and the watcher's second trip through the scheduler per wake-up costs latency
-#: that only few connections would notice (S1 of bench/run.py: one connection).
-#: (The echo is always served by the watcher, which needs no second trip.)
-DEFAULT_PARK_ABOVE = 1000
+#: Default bound on how long a frame may take from its first byte to its last.
+#: Generous for any honest peer (a 1 MiB frame at 35 KiB/s), and what stops a
+#: peer that trickles one byte a second from holding a connection slot forever.
+DEFAULT_FRAME_TIMEOUT = 30.0
+
+#: Default bound on the bytes all connections hold in partial frames together:
+#: 64 frames of the default 1 MiB limit at once, where 1024 connections each
+#: holding one could otherwise pin a GiB.
+DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
 
 
 def _to_addresses(value: Iterable[Address]) -> tuple[Address, ...]:
@@ -73,13 +77,26 @@ class DaemonConfig:
     """Bytes asked for per read; ``None``: 256 KiB on TCP, 128 KiB on Unix sockets."""
     backlog: int = attrs.field(default=DEFAULT_BACKLOG, validator=attrs.validators.gt(0))
     """The listen backlog of every listener we bind."""
-    park_above: int = attrs.field(default=DEFAULT_PARK_ABOVE, validator=attrs.validators.ge(0))
-    """With a frame handler other than :func:`echo`: while more connections than this
-    are open, a connection waiting for data waits in one shared readiness task (about
-    1.5 KiB less memory each, one more scheduler pass per wake-up); 0 parks always.
-    The echo's connections always wait there, served by that task itself."""
+    frame_timeout: float = attrs.field(
+        default=DEFAULT_FRAME_TIMEOUT, validator=attrs.validators.ge(0)
+    )
+    """Close a connection whose frame is not complete this many seconds after its first
+    byte arrived; 0 disables."""
+    max_buffered: int = attrs.field(default=DEFAULT_MAX_BUFFERED, validator=attrs.validators.ge(0))
+    """Bytes all connections may hold in partial frames together before connections
+    holding one are not read until room frees (never closed for it); 0 disables."""
+    readiness: ReadinessName = attrs.field(
+        default="auto", validator=attrs.validators.in_(READINESS_NAMES)
+    )
+    """How connections wait for their sockets: ``epoll`` (Linux), ``portable`` (any
+    system), or ``auto``: epoll where there is one (``$TRIODAEMON_READINESS`` overrides)."""
 
     @property
     def idle_seconds(self) -> float:
         """The idle timeout as a duration: ``inf`` when disabled."""
         return self.idle_timeout if self.idle_timeout > 0 else math.inf
+
+    @property
+    def frame_seconds(self) -> float:
+        """The frame timeout as a duration: ``inf`` when disabled."""
+        return self.frame_timeout if self.frame_timeout > 0 else math.inf

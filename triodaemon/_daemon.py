@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 from collections.abc import Sequence
 
 import attrs
 import trio
 
+from ._budget import BufferBudget
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
-from ._connection import Connection, ConnectionInfo, FrameHandler, echo
+from ._connection import ConnectionInfo, FrameHandler
 from ._listeners import BROKEN_LISTENER_ERRNOS, Address, BoundListener, open_listeners
+from ._readiness import Readiness, open_readiness
+from ._socket_connection import SocketConnection
 from ._stats import Stats
-from ._watcher import IdleWatcher
 
 log = logging.getLogger("triodaemon")
 
@@ -69,16 +72,20 @@ class Daemon:
 
     Args:
         config: what to listen on, framing, limits.
-        handler: the per-frame behaviour; :func:`echo` by default.
+        handler: the per-frame behaviour; ``None`` (the default) echoes every
+            frame back as it came, on the fast path (no call per frame).
+
+    Raises:
+        ValueError: ``config.readiness`` names a backend this system lacks.
     """
 
     config: DaemonConfig
-    handler: FrameHandler = echo
+    handler: FrameHandler | None = None
     stats: Stats = attrs.field(factory=Stats, init=False)
     """Live counters."""
     summary: DrainSummary | None = attrs.field(default=None, init=False)
     """Set when :meth:`serve` returns."""
-    _connections: set[Connection] = attrs.field(factory=set, init=False)
+    _connections: set[SocketConnection] = attrs.field(factory=set, init=False)
     _accept_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _handlers_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _draining: bool = attrs.field(default=False, init=False)
@@ -88,10 +95,17 @@ class Daemon:
     _next_id: int = attrs.field(default=0, init=False)
     _at_limit: bool = attrs.field(default=False, init=False)
     _listening: int = attrs.field(default=0, init=False)
-    _watcher: IdleWatcher = attrs.field(init=False)
+    _readiness: Readiness = attrs.field(init=False)
+    _budget: BufferBudget = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._watcher = IdleWatcher(self.config.idle_seconds)  # its epoll opens in serve()
+        self._readiness = open_readiness(self.config.readiness)  # its epoll opens in serve()
+        self._budget = BufferBudget(self.config.max_buffered or math.inf)
+
+    @property
+    def readiness(self) -> str:
+        """The readiness backend connections wait through: ``epoll`` or ``portable``."""
+        return self._readiness.name
 
     def drain(self) -> None:
         """Begin a graceful shutdown; :meth:`serve` returns when it is over. Idempotent."""
@@ -118,10 +132,9 @@ class Daemon:
         return len(self._connections)
 
     @property
-    def parked(self) -> int:
-        """How many of them wait for data in the shared watcher now: served there (the
-        echo) or parked (another handler, see ``park_above``)."""
-        return self._watcher.parked
+    def buffered(self) -> int:
+        """Bytes all connections hold in partial frames now (see ``config.max_buffered``)."""
+        return self._budget.held
 
     async def serve(
         self,
@@ -159,8 +172,8 @@ class Daemon:
         limiter = trio.Semaphore(config.max_connections)
         try:
             async with trio.open_nursery() as watching:
-                # Outlives every connection (they may wait in it), then is cancelled.
-                await watching.start(self._watcher.run)
+                # Outlives every connection (they wait through it), then is cancelled.
+                await watching.start(self._readiness.run)
                 await self._serve_connections(listeners, limiter, task_status)
                 watching.cancel_scope.cancel()
         finally:
@@ -284,20 +297,20 @@ class Daemon:
         limiter: trio.Semaphore,
     ) -> None:
         config = self.config
-        connection = Connection(
-            None,  # made around sock only if needed: an idle connection stays small
+        connection = SocketConnection(
+            sock,
             info,
             config.framing,
             self.handler,
+            readiness=self._readiness,
             idle_timeout=config.idle_seconds,
+            frame_timeout=config.frame_seconds,
             receive_size=config.receive_size
             or (UNIX_RECEIVE_SIZE if sock.family == socket.AF_UNIX else TCP_RECEIVE_SIZE),
             stats=self.stats,
-            raw_socket=sock,
-            watcher=self._watcher,
+            budget=self._budget,
         )
         self._connections.add(connection)
-        self._watcher.engaged = len(self._connections) > config.park_above
         self.stats.connections_accepted += 1
         self.stats.connections_active += 1
         log.debug("%s: accepted", info)
@@ -313,7 +326,6 @@ class Daemon:
             log.debug("%s: handler traceback", info, exc_info=True)
         finally:
             self._connections.discard(connection)
-            self._watcher.engaged = len(self._connections) > config.park_above
             self.stats.connections_active -= 1
             limiter.release()
             if self._at_limit and not self._draining:

@@ -23,6 +23,7 @@ import pwd
 import secrets
 import socket as stdlib_socket
 import stat
+import sys
 from collections.abc import AsyncIterator
 
 import trio
@@ -31,8 +32,9 @@ from ._errors import AddressError
 
 log = logging.getLogger("triodaemon")
 
-#: Linux ``sun_path`` is 108 bytes including the terminating NUL.
-UNIX_PATH_MAX = 107
+#: The longest socket path, in bytes: ``sun_path`` holds it and a terminating
+#: NUL, 108 bytes on Linux, 104 on macOS and the BSDs.
+UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 #: How long a probe of an existing socket file may take before we call it live.
 _PROBE_TIMEOUT = 2.0
 #: How long to wait for another process starting on the same socket path. Each

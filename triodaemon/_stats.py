@@ -27,6 +27,10 @@ class Stats:
     """Connections the peer reset or broke."""
     idle_timeouts: int = 0
     """Connections closed for having made no progress for the idle timeout."""
+    frame_timeouts: int = 0
+    """Connections closed for a frame not completed within the frame timeout."""
+    memory_waits: int = 0
+    """Times a connection holding a partial frame waited for the buffer budget."""
     handler_errors: int = 0
     """Connections ended by an exception in the frame handler."""
     accept_errors: int = 0
@@ -40,6 +44,7 @@ class Stats:
             "incomplete": self.incomplete_frames,
             "resets": self.resets,
             "idle timeouts": self.idle_timeouts,
+            "frame timeouts": self.frame_timeouts,
             "handler": self.handler_errors,
             "accept": self.accept_errors,
         }
@@ -48,4 +53,5 @@ class Stats:
             f" open, {self.connections_accepted} accepted; {self.frames} frames;"
             f" {self.bytes_received} bytes in, {self.bytes_sent} out; errors: "
             + ", ".join(f"{count} {kind}" for kind, count in errors.items())
+            + f"; {self.memory_waits} waits for buffer room"
         )

@@ -18,7 +18,7 @@ import trio
 
 from .._client import connect, echo_frames
 from .._config import DaemonConfig
-from .._connection import FrameHandler, echo
+from .._connection import FrameHandler
 from .._daemon import Daemon
 from .._errors import TriodaemonError
 from .._framing import Framing
@@ -64,7 +64,7 @@ class EchoServer:
 async def echo_server(
     framing: Framing | None = None,
     *,
-    handler: FrameHandler = echo,
+    handler: FrameHandler | None = None,
     drain_timeout: float = 5.0,
     **config: Any,
 ) -> AsyncIterator[EchoServer]:
@@ -72,7 +72,7 @@ async def echo_server(
 
     Args:
         framing: the framing to serve (line framing by default).
-        handler: the frame handler (echo by default).
+        handler: the frame handler; ``None`` (the default) is the daemon's echo.
         drain_timeout: the drain deadline at exit.
         **config: further :class:`~triodaemon.DaemonConfig` fields
             (``max_connections``, ``idle_timeout``, ...).
