@@ -2,6 +2,7 @@
 
     python bench/run.py                 # everything, ~14 minutes (see --help for a subset)
     python bench/run.py --quick         # seconds: checks the harness works
+    python bench/run.py --baseline DIR  # also "triodaemon@base": the checkout in DIR
 
 For each scenario, transport and round, every server is started pinned to CPU 0
 (taskset), loaded by bench/loadgen (C, built here with cc) pinned to CPU 1, and
@@ -36,6 +37,10 @@ BUILD = HERE / ".build"
 
 #: S5's idle connections (--idle changes it).
 IDLE = 10_000
+
+#: The server that runs the triodaemon of another checkout (--baseline DIR), to
+#: measure a change against the code before it in one run.
+BASELINE = "triodaemon@base"
 
 # name: (load generator arguments, description, framing)
 SCENARIOS = {
@@ -75,7 +80,7 @@ def files_needed(idle: int) -> int:
 def server_command(name: str, framing: str, where: list[str], idle: int) -> list[str]:
     """The command line of server ``name`` listening at ``where`` (--tcp PORT | --unix PATH)."""
     py = sys.executable
-    if name == "triodaemon":
+    if name in ("triodaemon", BASELINE):
         kind, value = where
         address = ["--tcp", f"127.0.0.1:{value}"] if kind == "--tcp" else ["--sock", value]
         return [
@@ -248,6 +253,7 @@ def measure(
     warmup: float,
     workdir: Path,
     idle: int,
+    baseline: Path | None = None,
 ) -> Sample:
     args, _, framing = SCENARIOS[scenario]
     if scenario == "s5":
@@ -258,10 +264,18 @@ def measure(
         where = ["--unix", tempfile.mktemp(prefix=f"{scenario}-", suffix=".sock", dir=workdir)]
     log_path = workdir / f"{server}.log"
     with log_path.open("wb") as log:
+        env = cwd = None
+        if server == BASELINE:
+            # python -m puts the working directory first on sys.path: run it there.
+            assert baseline is not None
+            env = {**os.environ, "PYTHONPATH": str(baseline)}
+            cwd = baseline
         process = subprocess.Popen(
             pinned(0, server_command(server, framing, where, idle)),
             stdout=subprocess.DEVNULL,
             stderr=log,
+            env=env,
+            cwd=cwd,
         )
     try:
         try:
@@ -428,10 +442,17 @@ def main() -> int:
     parser.add_argument(
         "--from-json", metavar="FILE", help="measure nothing: print the tables of a --json FILE"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        type=Path,
+        help=f"also run {BASELINE}: the triodaemon package of the checkout DIR "
+        "(git worktree add DIR main), interleaved with the rest",
+    )
     args = parser.parse_args()
     if args.from_json:
         saved = [Sample(**fields) for fields in json.loads(Path(args.from_json).read_text())]
-        named = [s for s in ALL_SERVERS if any(sample.server == s for sample in saved)]
+        named = [s for s in [*ALL_SERVERS, BASELINE] if any(x.server == s for x in saved)]
         print(report(saved, named, args.idle))
         return 0
     if args.quick:
@@ -440,6 +461,11 @@ def main() -> int:
     unknown = [s for s in servers if s not in ALL_SERVERS]
     if unknown:
         sys.exit(f"bench: unknown server {unknown[0]}; choose from {', '.join(ALL_SERVERS)}")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "triodaemon" / "__main__.py").is_file():
+            sys.exit(f"bench: --baseline {args.baseline} is not a triodaemon checkout")
+        servers.insert(servers.index("triodaemon") + 1 if "triodaemon" in servers else 0, BASELINE)
     check_available(servers)
     raise_file_limit(args.scenarios.split(","), args.idle)
     loadgen = build_loadgen()
@@ -460,6 +486,7 @@ def main() -> int:
                             args.warmup,
                             Path(directory),
                             args.idle,
+                            args.baseline,
                         )
                         samples.append(sample)
                         print(

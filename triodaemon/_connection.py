@@ -245,8 +245,12 @@ class _Conversation:
         A connection waiting at a frame boundary closes at once.
         """
         self._draining = True
-        if self.decoder.buffered == 0:
+        if self._drained():
             self._wake()
+
+    def _drained(self) -> bool:
+        """Whether a drain has come and no frame is in progress: time to close."""
+        return self._draining and not self.decoder.buffered
 
     async def run(self) -> None:
         """Serve until done, then close.
@@ -274,7 +278,7 @@ class _Conversation:
     async def _serve(self) -> _Close:
         decoder = self.decoder
         while True:
-            if self._draining and decoder.buffered == 0:
+            if self._drained():
                 log.debug("%s: drained", self.info)
                 return _Close.GRACEFUL
             got = self._waited(await self._wait())
@@ -493,7 +497,7 @@ class Connection(_Conversation):
     async def _receive_some(self) -> int | _Stop | Wait:
         with trio.CancelScope(deadline=self._deadline) as scope:
             self._scope = scope
-            if self._draining and not self.decoder.buffered:
+            if self._drained():
                 scope.cancel()  # drain() came before this wait began
             try:
                 self._got = data = await self.stream.receive_some(self.receive_size)

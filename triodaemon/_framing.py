@@ -5,12 +5,18 @@ not yet returned. ``feed()`` only stores (compacting the consumed prefix once pe
 feed, so consuming a frame never copies the rest of the buffer); ``next_frame()``
 returns one frame or ``None`` for "need more data"; ``feed_eof()`` says whether
 the stream ended on a frame boundary. ``feed_and_take()`` hands complete frames
-out as a view of that buffer; ``feed()`` never changes bytes a live view shows
-(``bytearray`` refuses to resize while exported, and the decoder then moves to a
-new buffer). The limit is checked before a body is buffered: a length header
-that announces too much fails at once, and a delimiter search fails as soon as
-more than ``max_frame`` bytes are held without one. The delimiter scan remembers
-how far it has looked, so it is linear however the bytes arrive.
+out uncopied: the read itself when nothing was held, or a view of the buffer;
+``feed()`` never changes bytes a live view shows (``bytearray`` refuses to
+resize while exported, and the decoder then moves to a new buffer).
+
+Each kind has exactly one scan (``_scan``): find up to N whole frames in a
+buffer, or the framing error that stops them. ``next_frame()`` asks it for one
+frame, ``take_frames()`` and ``feed_and_take()`` for all of them, so every limit
+is checked in one place per kind. The limit is checked before a body is
+buffered: a length header that announces too much fails at once, and a
+delimiter search fails as soon as more than ``max_frame`` bytes are held
+without one. The delimiter scan remembers how far it has looked, so it is
+linear however the bytes arrive.
 
 Nothing here imports trio or touches a socket. The unframed bytes a decoder
 holds are available through ``pending()``, so a connection can be handed to
@@ -102,12 +108,37 @@ def _copy(buf: bytearray, start: int, end: int) -> bytes:
         return bytes(view[start:end])
 
 
+#: ``most`` for a scan that takes every whole frame there is: more frames than
+#: any buffer holds.
+_EVERY = (1 << 30) - 1
+
+#: What a scan found: where the last whole frame ends, how many whole frames,
+#: and the framing error that stopped it (at the bad frame's first byte), if any.
+_Scan = tuple[int, int, "FramingError | None"]
+
+
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
 class _BufferedDecoder:
+    """The sans-I/O core every kind shares; a kind supplies one scan (``_scan``).
+
+    ``_scan(data, start, end, most)`` finds up to ``most`` whole frames in
+    ``data[start:end]`` and consumes nothing. Every way of taking frames goes
+    through it: :meth:`next_frame` (one frame), :meth:`take_frames` (all of
+    them, from the buffer) and :meth:`feed_and_take` (all of them, from the read
+    itself when nothing is held), so the limits are checked in one place per kind.
+    """
+
     max_frame: int = attrs.field(default=DEFAULT_MAX_FRAME, validator=attrs.validators.gt(0))
     _buf: bytearray = attrs.field(factory=bytearray, init=False)
     _start: int = attrs.field(default=0, init=False)
     _error: FramingError | None = attrs.field(default=None, init=False)
+
+    def _scan(self, data: bytes | bytearray, start: int, end: int, most: int) -> _Scan:
+        raise NotImplementedError
+
+    def _payload(self, data: bytes | bytearray, begin: int, end: int) -> tuple[int, int]:
+        """Where the payload of the whole frame ``data[begin:end]`` lies."""
+        return begin, end
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         start = self._start
@@ -154,19 +185,19 @@ class _BufferedDecoder:
         """The framing error that stopped this decoder, if one did."""
         return self._error
 
-    def _next_span(self) -> tuple[int, int, int] | None:
-        """``(payload start, payload end, frame end)`` of the next complete frame, or ``None``.
-
-        Consumes nothing; raises (and remembers) framing errors.
-        """
-        raise NotImplementedError
-
     def next_frame(self) -> bytes | None:
-        span = self._next_span()
-        if span is None:
-            return None
-        begin, end, self._start = span
-        return _copy(self._buf, begin, end)
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        start = self._start
+        stop, count, error = self._scan(buf, start, len(buf), 1)
+        if count:
+            self._start = stop
+            begin, end = self._payload(buf, start, stop)
+            return _copy(buf, begin, end)
+        if error is not None:
+            raise self._fail(error)
+        return None
 
     def take_frames(self) -> tuple[bytes, int]:
         """Consume every complete frame; return their wire bytes as one piece, and how many.
@@ -178,28 +209,37 @@ class _BufferedDecoder:
         return _copy(self._buf, start, self._start), count
 
     def _take(self) -> tuple[int, int]:
-        """Consume every complete frame; return where the first began, and how many."""
+        """Consume every complete frame held; return where the first began, and how many."""
         start = self._start
-        count = 0
-        try:
-            while (span := self._next_span()) is not None:
-                self._start = span[2]
-                count += 1
-        except FramingError:
-            pass
+        if self._error is not None:
+            return start, 0
+        stop, count, error = self._scan(self._buf, start, len(self._buf), _EVERY)
+        self._start = stop
+        if error is not None:
+            self._fail(error)
         return start, count
 
     def feed_and_take(
         self, data: bytes | bytearray, end: int | None = None
     ) -> tuple[bytes | bytearray | memoryview, int]:
-        """:meth:`feed` then :meth:`take_frames`, returning a view of the frames.
+        """:meth:`feed` then :meth:`take_frames`, returning the frames uncopied.
 
-        Subclasses return ``data`` (or a view of its start) when nothing was held
-        and it starts with whole frames (the common case for an echo), uncopied.
-        Otherwise the frames are a view of the decoder's own buffer: no copy of a
-        large frame that came in pieces.
+        When nothing is held (the common case for an echo) the read itself is
+        scanned: its whole frames come back as ``data`` or a view of its start,
+        and only what follows them is stored. Otherwise the frames are a view of
+        the decoder's own buffer: no copy of a large frame that came in pieces.
         """
-        self.feed(_head(data, end))
+        size = len(data) if end is None else end
+        if self._start == len(self._buf) and self._error is None:
+            stop, count, error = self._scan(data, 0, size, _EVERY)
+            if stop == size:
+                return (data if size == len(data) else memoryview(data)[:size]), count
+            with memoryview(data) as view:
+                self.feed(view[stop:size])
+            if error is not None:
+                self._fail(error)
+            return (memoryview(data)[:stop], count) if count else (b"", 0)
+        self.feed(_head(data, size))
         start, count = self._take()
         if not count:
             return b"", 0
@@ -211,90 +251,71 @@ class DelimiterDecoder(_BufferedDecoder):
     """Frames end with ``delimiter``, which is not part of the payload."""
 
     delimiter: bytes = attrs.field(default=b"\n", kw_only=True)
+    # How far the buffer has been searched: a delimiter cannot start before it.
     _search: int = attrs.field(default=0, init=False)
     _self_overlapping: bool = attrs.field(default=False, init=False)
-    # The delimiter's last byte, for a one-index check on the echo's fast path;
-    # -1 (matches no byte) turns that path off for a self-overlapping delimiter.
-    _fast_last: int = attrs.field(default=-1, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.delimiter:
             raise ValueError("the delimiter must not be empty")
         d = self.delimiter
         self._self_overlapping = any(d[:k] == d[-k:] for k in range(1, len(d)))
-        self._fast_last = -1 if self._self_overlapping else d[-1]
 
     def _consumed(self, count: int) -> None:
         self._search = max(0, self._search - count)
 
-    def _take(self) -> tuple[int, int]:
-        buf = self._buf
-        start = self._start
+    def _scan(self, data: bytes | bytearray, start: int, end: int, most: int) -> _Scan:
         delimiter = self.delimiter
-        # Fast path: when no more than the limit is held, no frame in it can be too
-        # long, so the last delimiter ends the complete frames and `count` counts
-        # them; valid for delimiters that cannot overlap themselves ("\n", "\r\n",
-        # but not "abab").
-        if (
-            self._error is None
-            and not self._self_overlapping
-            and len(buf) - start <= self.max_frame
-        ):
-            last = buf.rfind(delimiter, max(start, self._search))
+        size = len(delimiter)
+        limit = self.max_frame
+        ours = data is self._buf
+        search = self._search if ours and self._search > start else start
+        if most == _EVERY and end - start <= limit and not self._self_overlapping:
+            # No frame in so few bytes can be too long: the last delimiter ends the
+            # whole frames, and count() counts them (delimiters that cannot overlap
+            # themselves, "\n" or "\r\n" but not "abab", are never counted twice).
+            last = data.rfind(delimiter, search, end)
             if last < 0:
-                self._search = max(start, len(buf) - len(delimiter) + 1)
-                return start, 0
-            end = last + len(delimiter)
-            count = buf.count(delimiter, start, end)
-            self._start = self._search = end
-            return start, count
-        return super()._take()
-
-    def feed_and_take(
-        self, data: bytes | bytearray, end: int | None = None
-    ) -> tuple[bytes | bytearray | memoryview, int]:
-        delimiter = self.delimiter
-        size = len(data) if end is None else end
-        # Nothing held, and the read ends with a delimiter (its last byte compared
-        # first: an index costs a third of an endswith call).
-        if (
-            0 < size <= self.max_frame
-            and data[size - 1] == self._fast_last
-            and self._start == len(self._buf)
-            and self._error is None
-            and (len(delimiter) == 1 or data.endswith(delimiter, 0, size))
-        ):
-            return _head(data, size), data.count(delimiter, 0, size)
-        return super().feed_and_take(data, size)
-
-    def _next_span(self) -> tuple[int, int, int] | None:
-        if self._error is not None:
-            raise self._error
-        buf = self._buf
-        start = self._start
-        delimiter = self.delimiter
-        index = buf.find(delimiter, max(start, self._search))
-        if index < 0:
-            held = len(buf) - start
-            if held >= self.max_frame + len(delimiter):
-                raise self._fail(
-                    FrameTooLarge(
-                        f"{held} bytes without a delimiter; frames are limited to "
-                        f"{self.max_frame} bytes"
+                if ours:
+                    self._search = max(start, end - size + 1)
+                return start, 0, None
+            stop = last + size
+            if ours:
+                self._search = stop
+            return stop, data.count(delimiter, start, stop), None
+        pos = start
+        count = 0
+        while count < most:
+            index = data.find(delimiter, max(pos, search), end)
+            if index < 0:
+                held = end - pos
+                if held >= limit + size:
+                    return (
+                        pos,
+                        count,
+                        FrameTooLarge(
+                            f"{held} bytes without a delimiter; frames are limited to {limit} bytes"
+                        ),
                     )
+                # A delimiter split across reads starts at most size-1 bytes back.
+                search = max(pos, end - size + 1)
+                break
+            if index - pos > limit:
+                return (
+                    pos,
+                    count,
+                    FrameTooLarge(
+                        f"frame of {index - pos} bytes; frames are limited to {limit} bytes"
+                    ),
                 )
-            # A delimiter split across reads starts at most len-1 bytes back.
-            self._search = max(start, len(buf) - len(delimiter) + 1)
-            return None
-        if index - start > self.max_frame:
-            raise self._fail(
-                FrameTooLarge(
-                    f"frame of {index - start} bytes; frames are limited to {self.max_frame} bytes"
-                )
-            )
-        end = index + len(delimiter)
-        self._search = end
-        return (start, index, end)
+            pos = search = index + size
+            count += 1
+        if ours:
+            self._search = search
+        return pos, count, None
+
+    def _payload(self, data: bytes | bytearray, begin: int, end: int) -> tuple[int, int]:
+        return begin, end - len(self.delimiter)
 
     def _eof_message(self, held: int) -> str:
         return f"peer closed mid-frame ({held} bytes without a delimiter)"
@@ -318,68 +339,46 @@ class LengthPrefixDecoder(_BufferedDecoder):
         code = {1: "B", 2: "H", 4: "I", 8: "Q"}[self.length_bytes]
         self._unpack_from = struct.Struct(order + code).unpack_from
 
-    def feed_and_take(
-        self, data: bytes | bytearray, end: int | None = None
-    ) -> tuple[bytes | bytearray | memoryview, int]:
-        size = len(data) if end is None else end
-        if self._start != len(self._buf) or self._error is not None:
-            return super().feed_and_take(data, size)
-        # Nothing held: walk the headers in ``data`` itself.
+    def _scan(self, data: bytes | bytearray, start: int, end: int, most: int) -> _Scan:
         unpack_from = self._unpack_from
         n = self.length_bytes
         limit = self.max_frame
         skip = n if self.length_includes_header else 0
-        whole = count = 0
-        while size - whole >= n:
-            length = unpack_from(data, whole)[0] - skip
-            if not 0 <= length <= limit or size - whole - n < length:
-                break  # an error or an unfinished frame: the buffered path deals with it
-            whole += n + length
-            count += 1
-        if whole < size:
-            with memoryview(data) as view:
-                self.feed(view[whole:size])
-            self._take()  # nothing complete is left; this finds a bad header, if any
-        return _head(data, whole), count
+        pos = start
+        count = 0
+        for taken in range(1, most + 1):  # counted by range: no arithmetic per frame
+            if end - pos < n:
+                break
+            length = unpack_from(data, pos)[0] - skip
+            if not 0 <= length <= limit:
+                return pos, count, self._bad_header(length + skip)
+            if end - pos - n < length:
+                break
+            pos += n + length
+            count = taken
+        return pos, count, None
 
-    def _payload_length(self, start: int) -> int:
+    def _bad_header(self, value: int) -> FramingError:
         n = self.length_bytes
-        length = self._unpack_from(self._buf, start)[0]
-        if self.length_includes_header:
-            if length < n:
-                raise self._fail(
-                    MalformedHeader(
-                        f"length header says {length} bytes, less than the {n}-byte header it includes"
-                    )
-                )
-            length -= n
-        if length > self.max_frame:
-            raise self._fail(
-                FrameTooLarge(
-                    f"header announces a {length}-byte frame; frames are limited to "
-                    f"{self.max_frame} bytes"
-                )
+        if self.length_includes_header and value < n:
+            return MalformedHeader(
+                f"length header says {value} bytes, less than the {n}-byte header it includes"
             )
-        return length
+        length = value - n if self.length_includes_header else value
+        return FrameTooLarge(
+            f"header announces a {length}-byte frame; frames are limited to {self.max_frame} bytes"
+        )
 
-    def _next_span(self) -> tuple[int, int, int] | None:
-        if self._error is not None:
-            raise self._error
-        start = self._start
-        n = self.length_bytes
-        held = len(self._buf) - start
-        if held < n:
-            return None
-        length = self._payload_length(start)
-        if held < n + length:
-            return None
-        return (start + n, start + n + length, start + n + length)
+    def _payload(self, data: bytes | bytearray, begin: int, end: int) -> tuple[int, int]:
+        return begin + self.length_bytes, end
 
     def _eof_message(self, held: int) -> str:
         n = self.length_bytes
         if held < n:
             return f"peer closed mid-header ({held} of {n} header bytes)"
-        length = self._payload_length(self._start)
+        length = self._unpack_from(self._buf, self._start)[0]
+        if self.length_includes_header:
+            length -= n
         return f"peer closed mid-frame ({held - n} of {length} bytes)"
 
 
@@ -391,46 +390,51 @@ class VarintDecoder(_BufferedDecoder):
     ``max_frame`` as it is read, so a runaway header fails before it ends.
     """
 
-    def _header(self, start: int) -> tuple[int, int] | None:
-        """Return ``(payload length, header size)``, or ``None`` if the varint is unfinished."""
-        buf = self._buf
+    def _header(
+        self, data: bytes | bytearray, start: int, end: int
+    ) -> tuple[int, int] | FramingError | None:
+        """``(payload length, header size)``; ``None`` if the varint is unfinished; or the error."""
         value = 0
         shift = 0
-        for position in range(start, min(len(buf), start + _VARINT_MAX_BYTES)):
-            byte = buf[position]
+        for position in range(start, min(end, start + _VARINT_MAX_BYTES)):
+            byte = data[position]
             value |= (byte & 0x7F) << shift
             if value > self.max_frame:
-                raise self._fail(
-                    FrameTooLarge(
-                        f"varint header announces at least {value} bytes; frames are limited "
-                        f"to {self.max_frame} bytes"
-                    )
+                return FrameTooLarge(
+                    f"varint header announces at least {value} bytes; frames are limited "
+                    f"to {self.max_frame} bytes"
                 )
             if not byte & 0x80:
                 return value, position - start + 1
             shift += 7
-        if len(buf) - start >= _VARINT_MAX_BYTES:
-            raise self._fail(
-                MalformedHeader(f"varint length header runs past {_VARINT_MAX_BYTES} bytes")
-            )
+        if end - start >= _VARINT_MAX_BYTES:
+            return MalformedHeader(f"varint length header runs past {_VARINT_MAX_BYTES} bytes")
         return None
 
-    def _next_span(self) -> tuple[int, int, int] | None:
-        if self._error is not None:
-            raise self._error
-        start = self._start
-        header = self._header(start)
-        if header is None:
-            return None
-        length, size = header
-        end = start + size + length
-        if len(self._buf) < end:
-            return None
-        return (start + size, end, end)
+    def _scan(self, data: bytes | bytearray, start: int, end: int, most: int) -> _Scan:
+        pos = start
+        count = 0
+        while count < most:
+            header = self._header(data, pos, end)
+            if header is None:
+                break
+            if isinstance(header, FramingError):
+                return pos, count, header
+            length, size = header
+            if end - pos - size < length:
+                break
+            pos += size + length
+            count += 1
+        return pos, count, None
+
+    def _payload(self, data: bytes | bytearray, begin: int, end: int) -> tuple[int, int]:
+        header = self._header(data, begin, end)
+        assert isinstance(header, tuple)  # a whole frame's header
+        return begin + header[1], end
 
     def _eof_message(self, held: int) -> str:
-        header = self._header(self._start)
-        if header is None:
+        header = self._header(self._buf, self._start, len(self._buf))
+        if not isinstance(header, tuple):
             return f"peer closed mid-header ({held} bytes of an unfinished varint)"
         length, size = header
         return f"peer closed mid-frame ({held - size} of {length} bytes)"
@@ -448,12 +452,9 @@ class FixedSizeDecoder(_BufferedDecoder):
                 f"frame size {self.frame_size} exceeds the frame limit {self.max_frame}"
             )
 
-    def _next_span(self) -> tuple[int, int, int] | None:
-        start = self._start
-        end = start + self.frame_size
-        if len(self._buf) < end:
-            return None
-        return (start, end, end)
+    def _scan(self, data: bytes | bytearray, start: int, end: int, most: int) -> _Scan:
+        count = min((end - start) // self.frame_size, most)
+        return start + count * self.frame_size, count, None
 
     def _eof_message(self, held: int) -> str:
         return f"peer closed mid-frame ({held} of {self.frame_size} bytes)"
@@ -466,12 +467,10 @@ class RawDecoder(_BufferedDecoder):
     Never mid-frame: EOF is always clean.
     """
 
-    def _next_span(self) -> tuple[int, int, int] | None:
-        start = self._start
-        if start == len(self._buf):
-            return None
-        end = min(len(self._buf), start + self.max_frame)
-        return (start, end, end)
+    def _scan(self, data: bytes | bytearray, start: int, end: int, most: int) -> _Scan:
+        # Pieces of at most max_frame bytes: every byte held is in a whole frame.
+        count = min(-(-(end - start) // self.max_frame), most)
+        return min(end, start + count * self.max_frame), count, None
 
 
 def _encode_varint(value: int) -> bytes:

@@ -19,6 +19,7 @@ task, with trio's ``wait_writable``, under the idle timeout.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fcntl
 import logging
@@ -105,6 +106,8 @@ class SocketConnection(_Conversation):
             stats=stats,
             budget=budget,
         )
+        if sock.family != socket.AF_UNIX:
+            _tune_tcp(sock)
         self._sock = sock
         self._waiter = readiness.waiter(sock)
         self._buf = _receive_buffer(max(receive_size, OVER_BUDGET_READ))
@@ -134,7 +137,7 @@ class SocketConnection(_Conversation):
                 return _Stop.LOST
             if size is not None:
                 return size
-            if self._draining and not self.decoder.buffered:
+            if self._drained():
                 return _Stop.WOKEN  # drain() came during the yield: nothing to wake
             got = await self._waiter.wait(self._deadline)
             if got is not Wait.READY:
@@ -189,6 +192,7 @@ class SocketConnection(_Conversation):
                 self._handoff = rest
                 return None
         decoder = self.decoder
+        # (_drained(), inline: this runs for every read.)
         if decoder.error is not None or (self._draining and not decoder.buffered):
             return None
         return self._deadline
@@ -240,10 +244,13 @@ class SocketConnection(_Conversation):
         log.debug("%s: %d bytes of replies wait for the peer to read", self.info, len(rest))
         with trio.move_on_after(self.idle_timeout):
             while rest:
-                await trio.lowlevel.wait_writable(sock)
+                # Try first, as trio's own send does: since the step's attempt the
+                # peer has often made room, and a wait would cost a trip through
+                # trio's epoll.
                 try:
                     sent = sock.send(rest)
                 except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
                     continue
                 except OSError as exc:
                     return self._lost(exc)
@@ -296,6 +303,25 @@ class SocketConnection(_Conversation):
     async def _close(self) -> None:
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()
+
+
+#: What trio's ``SocketStream`` sets on every TCP socket, and why we set it too:
+#: replies go out at once (no Nagle delay on a small reply after a large one),
+#: and the kernel takes only this much not yet sent ahead of what it is
+#: sending, so a bulk echo's replies wait in our buffer (which we reuse) rather
+#: than in a send buffer that grows to megabytes (S4 of bench/run.py over TCP:
+#: about twice the frames per CPU-second; docs/performance.md).
+TCP_NOTSENT_LOWAT = 16384
+
+
+def _tune_tcp(sock: socket.socket) -> None:
+    """``TCP_NODELAY`` and ``TCP_NOTSENT_LOWAT`` on an accepted TCP socket, where there are."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if lowat is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, lowat, TCP_NOTSENT_LOWAT)
 
 
 def _unacknowledged(sock: socket.socket) -> int | None:
