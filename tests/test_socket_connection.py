@@ -43,20 +43,6 @@ async def backend_running(name: str) -> AsyncIterator[Readiness]:
         nursery.cancel_scope.cancel()
 
 
-def make(way: str, ours: socket.socket, backend: Readiness, **options: Any) -> SocketConnection:
-    _, handler = WAYS[way]
-    settings: dict[str, Any] = {
-        "idle_timeout": 300.0,
-        "frame_timeout": math.inf,
-        "receive_size": 65536,
-        "stats": Stats(),
-        "budget": None,
-    }
-    framing = options.pop("framing", None)
-    settings.update(options)
-    return SocketConnection(ours, INFO, framing, handler, readiness=backend, **settings)
-
-
 class Running(SocketConnection):
     """A SocketConnection that says when its run is over."""
 
@@ -73,6 +59,21 @@ class Running(SocketConnection):
             self.over.set()
 
 
+def make(way: str, ours: socket.socket, backend: Readiness, **options: Any) -> Running:
+    """A connection on ``ours`` that waits the ``way`` way; ``options`` override the settings."""
+    _, handler = WAYS[way]
+    settings: dict[str, Any] = {
+        "idle_timeout": 300.0,
+        "frame_timeout": math.inf,
+        "receive_size": 65536,
+        "stats": Stats(),
+        "budget": None,
+    }
+    framing = options.pop("framing", None)
+    settings.update(options)
+    return Running(ours, INFO, framing, handler, readiness=backend, **settings)
+
+
 @asynccontextmanager
 async def connected(
     way: str, **options: Any
@@ -82,17 +83,7 @@ async def connected(
     ours.setblocking(False)
     client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
     async with backend_running(WAYS[way][0]) as backend, trio.open_nursery() as nursery:
-        _, handler = WAYS[way]
-        settings: dict[str, Any] = {
-            "idle_timeout": 300.0,
-            "frame_timeout": math.inf,
-            "receive_size": 65536,
-            "stats": Stats(),
-            "budget": None,
-        }
-        framing = options.pop("framing", None)
-        settings.update(options)
-        connection = Running(ours, INFO, framing, handler, readiness=backend, **settings)
+        connection = make(way, ours, backend, **options)
         nursery.start_soon(connection.run)
         try:
             yield connection, client, backend

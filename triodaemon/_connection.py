@@ -536,6 +536,7 @@ class Connection(_Conversation):
                 await self.stream.send_eof()
                 discarded = 0
                 while data := await self.stream.receive_some(self.receive_size):
+                    self.stats.bytes_received += len(data)
                     discarded += len(data)
                     if discarded > LINGER_DISCARD:
                         return

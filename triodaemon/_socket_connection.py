@@ -286,6 +286,7 @@ class SocketConnection(_Conversation):
             if size == 0:
                 return  # the peer's EOF: it has read all it wanted
             if size is not None:
+                self.stats.bytes_received += size
                 discarded += size
                 if discarded > LINGER_DISCARD:
                     return
