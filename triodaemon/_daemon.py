@@ -133,7 +133,8 @@ class Daemon:
 
     @property
     def buffered(self) -> int:
-        """Bytes all connections hold in partial frames now (see ``config.max_buffered``)."""
+        """Bytes all connections hold in partial frames now (see ``config.max_buffered``;
+        with ``max_buffered=0`` no account is kept, and this stays 0)."""
         return self._budget.held
 
     async def serve(
