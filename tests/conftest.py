@@ -140,7 +140,7 @@ class DaemonProcess:
                 await self._changed.wait()
         self.addresses = []
         for line in ready:
-            url = line.removeprefix(_READY)
+            url = line.removeprefix(_READY).split(" (", 1)[0]  # " (systemd socket NAME)"
             if url.startswith("unix:"):
                 self.addresses.append(UnixAddress(url[5:]))
             else:
@@ -159,19 +159,46 @@ class DaemonProcess:
 SpawnFn = Callable[..., Awaitable[DaemonProcess]]
 
 
+@asynccontextmanager
+async def daemon_process(
+    command: list[str], env: dict[str, str] | None = None
+) -> AsyncIterator[DaemonProcess]:
+    """Run ``command`` (a triodaemon, however it is started) with its stderr collected.
+
+    Killed at the end if it is still running.
+    """
+    process = await trio.lowlevel.open_process(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    daemon = DaemonProcess(process)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon._collect)
+        try:
+            yield daemon
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
 @pytest.fixture
 async def spawn() -> AsyncIterator[SpawnFn]:
     """Start ``python -m triodaemon ARGS...``; processes left running are killed at the end."""
     processes: list[DaemonProcess] = []
     async with trio.open_nursery() as nursery:
 
-        async def start(*args: str) -> DaemonProcess:
+        async def start(*args: str, env: dict[str, str] | None = None) -> DaemonProcess:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "triodaemon", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
             daemon = DaemonProcess(process)
             processes.append(daemon)

@@ -9,10 +9,8 @@ whole difference a system without it makes.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -22,7 +20,7 @@ import trio
 
 from triodaemon import connect
 
-from .conftest import DaemonProcess, read_until_eof
+from .conftest import daemon_process, read_until_eof
 
 PACKAGE = Path(__file__).resolve().parent.parent / "triodaemon"
 
@@ -55,32 +53,19 @@ async def test_the_command_line_serves_and_drains_without_epoll(tmp_path: Path) 
     script = tmp_path / "triodaemon_without_epoll.py"
     script.write_text(WITHOUT_EPOLL + "from triodaemon.__main__ import main_entry\nmain_entry()\n")
     sock = tmp_path / "e.sock"
-    process = await trio.lowlevel.open_process(
-        [sys.executable, str(script), "--tcp", "127.0.0.1:0", "--sock", str(sock)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "TRIODAEMON_READINESS": ""},
-    )
-    daemon = DaemonProcess(process)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(daemon._collect)
-            with trio.fail_after(20):
-                addresses = await daemon.wait_ready(2)
-                streams = [await connect(address) for address in addresses]
-                for stream in streams:
-                    await stream.send_all(b"no epoll here\n")
-                    assert await stream.receive_some() == b"no epoll here\n"
-                daemon.signal(signal.SIGTERM)
-                for stream in streams:
-                    assert await read_until_eof(stream) == b""
-                    await stream.aclose()
-                assert await daemon.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    command = [sys.executable, str(script), "--tcp", "127.0.0.1:0", "--sock", str(sock)]
+    with trio.fail_after(20):
+        async with daemon_process(command, env={"TRIODAEMON_READINESS": ""}) as daemon:
+            addresses = await daemon.wait_ready(2)
+            streams = [await connect(address) for address in addresses]
+            for stream in streams:
+                await stream.send_all(b"no epoll here\n")
+                assert await stream.receive_some() == b"no epoll here\n"
+            daemon.signal(signal.SIGTERM)
+            for stream in streams:
+                assert await read_until_eof(stream) == b""
+                await stream.aclose()
+            assert await daemon.wait() == 0
     assert "2 connections drained, 0 aborted" in daemon.stderr
     assert not sock.exists()
 

@@ -19,6 +19,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -29,7 +30,7 @@ from . import __version__, _signals
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
 from ._config import DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_BUFFERED, DaemonConfig
 from ._daemon import Daemon
-from ._errors import ClientError, TriodaemonError
+from ._errors import AddressError, ClientError, TriodaemonError
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
 from ._listeners import (
     Address,
@@ -40,6 +41,7 @@ from ._listeners import (
     parse_tcp_address,
 )
 from ._readiness import READINESS_NAMES, open_readiness
+from ._systemd import Notifier, activated_sockets
 
 if TYPE_CHECKING:
     from ._check import ScenarioResult
@@ -529,25 +531,32 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
     always either before readiness (the start stops) or after it (a drain).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, notifier: Notifier) -> None:
         self.ready = False
         self.stopped_by: int | None = None
         """A stop signal that came before the daemon was ready."""
+        self._notifier = notifier
+        self.labels: list[str] = []
+        """What to add to each listener's readiness line, in listener order."""
 
     def started(self, value: tuple[Address, ...] | None = None) -> None:
         if self.stopped_by is not None:
             return  # serve() got this far before its cancellation reached it
-        for address in value or ():
-            print(f"triodaemon: listening on {address}", file=sys.stderr, flush=True)
+        for index, address in enumerate(value or ()):
+            label = self.labels[index] if index < len(self.labels) else ""
+            print(f"triodaemon: listening on {address}{label}", file=sys.stderr, flush=True)
         self.ready = True
+        self._notifier.send("READY=1", "STATUS=serving")
 
 
-async def _serve(config: DaemonConfig) -> int:
+async def _serve(
+    config: DaemonConfig, notifier: Notifier, activated: list[tuple[socket.socket, str]]
+) -> int:
     # The receiver is in place before the held signals are let through, so one
     # sent at any moment of startup arrives here.
     with trio.open_signal_receiver(*_signals.HANDLED_SIGNALS) as signals, _signals.released():
         daemon = Daemon(config)
-        startup = _Startup()
+        startup = _Startup(notifier)
 
         async with trio.open_nursery() as nursery:
 
@@ -568,6 +577,9 @@ async def _serve(config: DaemonConfig) -> int:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(handle_signals)
+            # systemd's sockets first: they are what the unit file promised.
+            adopted = [BoundListener.from_socket(sock) for sock, _ in activated]
+            startup.labels = [f" (systemd socket {name})" for _, name in activated]
             try:
                 listeners = await open_listeners(
                     config.listen,
@@ -576,10 +588,14 @@ async def _serve(config: DaemonConfig) -> int:
                     backlog=config.backlog,
                 )
             except TriodaemonError as exc:
+                for listener in adopted:
+                    listener.close()
                 nursery.cancel_scope.cancel()
                 return _error(str(exc))
+            listeners = [*adopted, *listeners]
             # serve() owns them from its first step, even if cancelled at once.
             nursery.start_soon(serve_then_stop, listeners)
+            nursery.start_soon(notifier.run, daemon, config.drain_timeout)
     if startup.stopped_by is not None:
         name = _signals.signal_name(startup.stopped_by)
         print(
@@ -597,8 +613,15 @@ def serve_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
     listen: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
-    if not listen:
-        parser.error("nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH")
+    try:
+        activated = activated_sockets()  # and unset: nothing we start inherits them
+    except AddressError as exc:
+        return _error(str(exc))
+    if not listen and not activated:
+        parser.error(
+            "nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH "
+            "(or start it from a systemd socket unit)"
+        )
     try:
         config = DaemonConfig(
             listen,
@@ -617,9 +640,13 @@ def serve_main(argv: Sequence[str]) -> int:
         parser.error(str(exc))
     _setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
-    _raise_fd_limit(config.max_connections + len(listen) + 64)
+    _raise_fd_limit(config.max_connections + len(listen) + len(activated) + 64)
     _keep_large_buffers_on_the_heap()
-    return trio.run(_serve, config)
+    notifier = Notifier.from_environment()  # and unset: nothing we start inherits it
+    try:
+        return trio.run(_serve, config, notifier, activated)
+    finally:
+        notifier.close()
 
 
 async def _stdin_lines(keep_newline: bool) -> AsyncIterator[bytes]:

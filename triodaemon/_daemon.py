@@ -97,6 +97,7 @@ class Daemon:
     _listening: int = attrs.field(default=0, init=False)
     _readiness: Readiness = attrs.field(init=False)
     _budget: BufferBudget = attrs.field(init=False)
+    _drain_started: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._readiness = open_readiness(self.config.readiness)  # its epoll opens in serve()
@@ -112,6 +113,7 @@ class Daemon:
         if self._draining:
             return
         self._draining = True
+        self._drain_started.set()
         self._accept_scope.cancel()
 
     def abort(self) -> None:
@@ -125,6 +127,10 @@ class Daemon:
     def draining(self) -> bool:
         """Whether a shutdown has begun."""
         return self._draining
+
+    async def wait_draining(self) -> None:
+        """Wait until a shutdown begins (at once if it has)."""
+        await self._drain_started.wait()
 
     @property
     def connections(self) -> int:
