@@ -94,16 +94,17 @@ _READY = "triodaemon: listening on "
 class DaemonProcess:
     """A ``python -m triodaemon`` subprocess whose stderr is collected line by line."""
 
-    def __init__(self, process: trio.Process) -> None:
+    def __init__(self, process: trio.Process, stderr: trio.abc.ReceiveStream | None = None) -> None:
         self.process = process
+        self._stderr = stderr if stderr is not None else process.stderr
         self.lines: list[str] = []
         self._changed = trio.Event()
         self.addresses: list[Address] = []
 
     async def _collect(self) -> None:
-        assert self.process.stderr is not None
+        assert self._stderr is not None
         buffer = b""
-        while chunk := await self.process.stderr.receive_some():
+        while chunk := await self._stderr.receive_some():
             buffer += chunk
             *complete, buffer = buffer.split(b"\n")
             self.lines.extend(line.decode() for line in complete)

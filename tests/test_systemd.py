@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -267,3 +268,69 @@ async def wait_connect(address: TcpAddress) -> trio.SocketStream:
             return await trio.open_tcp_stream(address.host or "127.0.0.1", address.port)
         except OSError:
             await trio.sleep(0.01)
+
+
+# -- the journal ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "other-stream"])
+async def test_log_lines_carry_syslog_priorities_when_stderr_is_the_journal(
+    sock_dir: Path, journal: bool
+) -> None:
+    # The journal tells a service its stderr is the journal by JOURNAL_STREAM=DEV:INODE.
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    stream = f"{st.st_dev}:{st.st_ino}" if journal else f"{st.st_dev}:{st.st_ino + 1}"
+    process = await trio.lowlevel.open_process(
+        [
+            *(sys.executable, "-m", "triodaemon", "--sock", str(sock_dir / "e.sock")),
+            *("--log-level", "debug", "--max-frame", "8"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "JOURNAL_STREAM": stream},
+    )
+    os.close(write_end)
+    daemon = DaemonProcess(process, trio.lowlevel.FdStream(read_end))
+    try:
+        with trio.fail_after(TEST_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(daemon._collect)
+                [address] = await daemon.wait_ready(1)
+                client = await connect(address)
+                await client.send_all(b"x" * 20)  # over --max-frame: a warning
+                assert await read_until_eof(client) == b""
+                await client.aclose()
+                await daemon.wait_for_line("frames are limited to 8 bytes")
+                daemon.signal(signal.SIGTERM)
+                assert await daemon.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    logged = [line for line in daemon.lines if not line.startswith("triodaemon: ")]
+    if journal:
+        assert any(line.startswith("<7>conn 1 ") and "accepted" in line for line in logged)
+        assert any(line.startswith("<4>conn 1 ") and "limited to 8" in line for line in logged)
+        assert any(line.startswith("<6>shutdown complete") for line in logged)
+        assert all(line[:1] == "<" for line in logged), logged  # and no timestamps
+    else:
+        assert all(line[:4].isdigit() and " triodaemon " in line for line in logged), logged
+
+
+async def test_an_error_line_to_the_journal_is_priority_3(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    with trio.fail_after(TEST_TIMEOUT):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "triodaemon", "--sock", str(tmp_path / "no" / "dir.sock")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=write_end,
+            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+        )
+        os.close(write_end)
+        assert await process.wait() == 1
+        output = await read_until_eof(trio.lowlevel.FdStream(read_end))
+    assert output.decode().startswith("<3>triodaemon: error: "), output

@@ -437,9 +437,37 @@ def _bench_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: syslog priorities of the logging levels, for the journal's ``<N>`` prefixes.
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<N>message``: the journal reads the priority from the prefix and stamps the
+    time itself (so ``journalctl -p warning`` works)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 2 if record.levelno > logging.ERROR else 7)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).split("\n"))
+
+
+def _stderr_is_the_journal() -> bool:
+    """Whether stderr is the journal: ``$JOURNAL_STREAM`` names its device and inode."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s triodaemon %(levelname)s %(message)s"))
+    if _stderr_is_the_journal():
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s triodaemon %(levelname)s %(message)s"))
     root = logging.getLogger("triodaemon")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -491,7 +519,8 @@ def _keep_large_buffers_on_the_heap() -> None:
 
 
 def _error(message: str) -> int:
-    print(f"triodaemon: error: {message}", file=sys.stderr, flush=True)
+    prefix = "<3>" if _stderr_is_the_journal() else ""
+    print(f"{prefix}triodaemon: error: {message}", file=sys.stderr, flush=True)
     return EXIT_FAILURE
 
 
