@@ -263,7 +263,14 @@ async def test_sigint_at_any_moment_of_startup(sock_dir: Path) -> None:
             lines = text.splitlines()
             if code == -signal.SIGINT and not lines:
                 outcome = "before the interpreter handled signals"
-            elif "Traceback" in text or any(own in text for own in _PYTHONS_OWN):
+            elif (
+                "Traceback" in text
+                or any(own in text for own in _PYTHONS_OWN)
+                # The interpreter's own report of a KeyboardInterrupt raised with no
+                # Python frame on the stack (seen once in ~400 runs on 3.10): outside
+                # any code of ours, which never prints it bare.
+                or text.strip() == "KeyboardInterrupt"
+            ):
                 # Only the interpreter's own start may print one, or lose the signal,
                 # before any code of ours has run.
                 assert _frames_of_ours(text) == [], text
