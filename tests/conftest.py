@@ -152,6 +152,23 @@ class DaemonProcess:
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.process.send_signal(signum)
 
+    async def wait_until_received(self, count: int) -> None:
+        """Ask for stats (SIGUSR1) until the daemon has read ``count`` bytes in all.
+
+        What a test needs before a drain that must find a frame in progress: bytes
+        sent are not yet bytes the daemon has read.
+        """
+        with trio.fail_after(15):
+            while True:
+                seen = len(self.lines)
+                self.signal(signal.SIGUSR1)
+                while not (new := [line for line in self.lines[seen:] if "stats: " in line]):
+                    if self.process.returncode is not None and self._changed.is_set():
+                        raise AssertionError(f"exited before its stats:\n{self.stderr}")
+                    await self._changed.wait()
+                if int(new[0].split(" bytes in")[0].rsplit(" ", 1)[1]) >= count:
+                    return
+
     async def wait(self) -> int:
         with trio.fail_after(30):
             return await self.process.wait()

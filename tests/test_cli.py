@@ -356,7 +356,7 @@ async def test_sigterm_lets_a_frame_in_progress_finish(spawn: SpawnFn, sock_dir:
         daemon = await start_daemon(spawn, sock_dir, "--framing", "length")
         stream = await connect(daemon.addresses[1])
         await stream.send_all(wire[:9])
-        await daemon.wait_for_line("conn 1 ")
+        await daemon.wait_until_received(9)  # a frame in progress when the drain comes
         daemon.signal(signal.SIGTERM)
         await daemon.wait_for_line("draining 1 connection")
         with pytest.raises(ClientError):
@@ -401,7 +401,7 @@ async def test_second_signal_stops_at_once(spawn: SpawnFn, sock_dir: Path) -> No
         )
         stream = await connect(daemon.addresses[0])
         await stream.send_all(b"\x00\x00\x01\x00never finished")
-        await daemon.wait_for_line("conn 1 ")
+        await daemon.wait_until_received(18)  # a frame in progress when the drain comes
         daemon.signal(signal.SIGTERM)
         await daemon.wait_for_line("draining 1 connection")
         daemon.signal(signal.SIGINT)

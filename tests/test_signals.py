@@ -103,6 +103,7 @@ async def test_sigxcpu_drains_and_repeats_do_not_abort(spawn: SpawnFn, sock_dir:
         stream = await connect(daemon.addresses[0])
         wire = b"\x00\x00\x00\x05hello"
         await stream.send_all(wire[:6])  # a frame in progress
+        await daemon.wait_until_received(6)  # ... when the drain comes
         daemon.signal(signal.SIGXCPU)
         await daemon.wait_for_line("received SIGXCPU (the CPU time limit was reached): draining")
         daemon.signal(signal.SIGXCPU)  # the kernel repeats it every CPU-second

@@ -214,7 +214,8 @@ async def test_a_drain_under_activation_finishes_the_frame_in_progress(sock_dir:
         async with activated(sock_dir, "--framing", "length") as (daemon, tcp, _):
             stream = await wait_connect(tcp)
             await stream.send_all(wire[:6])
-            await daemon.wait_for_line("accepted")
+            await daemon.wait_for_line("accepted")  # the daemon runs (and holds signals)
+            await daemon.wait_until_received(6)  # a frame in progress when the drain comes
             daemon.signal(signal.SIGTERM)
             await daemon.wait_for_line("shutting down")
             await stream.send_all(wire[6:])
