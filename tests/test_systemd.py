@@ -173,6 +173,8 @@ async def activated(
         *(sys.executable, "-m", "triodaemon", "--log-level", "debug", *args),
     ]
     async with daemon_process(command) as daemon:
+        # Both sockets are bound and listening once it says so for the last one.
+        await daemon.wait_for_line(f"Listening on {unix.path} as 4.")
         yield daemon, tcp, unix
 
 
@@ -186,7 +188,7 @@ async def test_socket_activation_serves_both_passed_sockets(sock_dir: Path) -> N
     with trio.fail_after(TEST_TIMEOUT):
         async with activated(sock_dir) as (daemon, tcp, unix):
             # The first connection starts the daemon; it waits in the backlog.
-            first = await wait_connect(tcp)
+            first = await connect(tcp)
             await first.send_all(b"via tcp\n")
             assert await first.receive_some() == b"via tcp\n"
             lines = [line for line in daemon.lines if "listening on" in line]
@@ -212,7 +214,7 @@ async def test_a_drain_under_activation_finishes_the_frame_in_progress(sock_dir:
     wire = framing.encode(b"a frame in progress")
     with trio.fail_after(TEST_TIMEOUT):
         async with activated(sock_dir, "--framing", "length") as (daemon, tcp, _):
-            stream = await wait_connect(tcp)
+            stream = await connect(tcp)
             await stream.send_all(wire[:6])
             await daemon.wait_for_line("accepted")  # the daemon runs (and holds signals)
             await daemon.wait_until_received(6)  # a frame in progress when the drain comes
@@ -260,15 +262,6 @@ def test_activation_is_only_for_the_process_it_names() -> None:
     environ = {"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "a:b", "OTHER": "x"}
     assert activated_sockets(environ) == []
     assert environ == {"OTHER": "x"}  # removed all the same
-
-
-async def wait_connect(address: TcpAddress) -> trio.SocketStream:
-    """Connect once systemd-socket-activate listens (it binds right after it starts)."""
-    while True:
-        try:
-            return await trio.open_tcp_stream(address.host or "127.0.0.1", address.port)
-        except OSError:
-            await trio.sleep(0.01)
 
 
 # -- the journal ----------------------------------------------------------------------
