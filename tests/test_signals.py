@@ -5,6 +5,7 @@ daemon without a drain, at any moment from the first instant of startup.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import signal
 import socket
@@ -344,24 +345,44 @@ def test_the_package_names_load_on_first_use() -> None:
     assert python_prints(code) == "module 'triodaemon' has no attribute 'NoSuchName'"
 
 
-async def test_ctrl_c_in_a_client_command_is_one_line(sock_dir: Path) -> None:
-    with trio.fail_after(TEST_TIMEOUT):
-        path = str(sock_dir / "mute.sock")
-        server = trio.socket.socket(socket.AF_UNIX)
+async def _interrupt_client(path: str, *options: str, stdin: int | None) -> bytes:
+    """Start ``triodaemon client`` on ``path``; once its first line arrives, Ctrl-C it."""
+    with trio.socket.socket(socket.AF_UNIX) as server:
         await server.bind(path)
         server.listen()
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "triodaemon", "client", "--sock", path, "--send", "hi"],
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "triodaemon", "client", "--sock", path, *options],
+            stdin=stdin,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         assert process.stderr is not None
         conn, _ = await server.accept()
-        assert await conn.recv(100) == b"hi\n"  # sent: now it waits for a reply that never comes
-        process.send_signal(signal.SIGINT)
-        stderr = await read_until_eof(process.stderr)
-        assert await process.wait() == 130
+        with conn:
+            assert await conn.recv(100) == b"hi\n"  # now it waits: for a reply, or for stdin
+            process.send_signal(signal.SIGINT)
+            stderr = await read_until_eof(process.stderr)
+            assert await process.wait() == 130
+        return stderr
+
+
+async def test_ctrl_c_in_a_client_command_is_one_line(sock_dir: Path) -> None:
+    # Many times, so that the interrupt lands in different places: none of them
+    # may leave a warning (a coroutine created but never awaited) behind.
+    with trio.fail_after(TEST_TIMEOUT):
+        for i in range(10):
+            path = str(sock_dir / f"mute{i}.sock")
+            stderr = await _interrupt_client(path, "--send", "hi", stdin=subprocess.DEVNULL)
+            assert stderr.decode().splitlines() == ["triodaemon: interrupted"]
+
+
+async def test_ctrl_c_while_a_client_waits_for_stdin_is_one_line(sock_dir: Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"hi\n")  # and the pipe stays open: the next line never comes
+        with trio.fail_after(TEST_TIMEOUT):
+            stderr = await _interrupt_client(str(sock_dir / "wait.sock"), stdin=read_end)
         assert stderr.decode().splitlines() == ["triodaemon: interrupted"]
-        conn.close()
-        server.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)

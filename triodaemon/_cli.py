@@ -21,7 +21,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import trio
@@ -679,9 +679,16 @@ def serve_main(argv: Sequence[str]) -> int:
 
 
 async def _stdin_lines(keep_newline: bool) -> AsyncIterator[bytes]:
-    stdin = trio.wrap_file(sys.stdin.buffer)
-    async for line in stdin:
-        yield line if keep_newline else line.removesuffix(b"\n")
+    # os.read in a thread, abandoned on cancel: Ctrl-C stops the wait at once, and
+    # the thread holds no lock of sys.stdin's that the interpreter's exit would need.
+    fd = sys.stdin.fileno()
+    pending = b""
+    while chunk := await trio.to_thread.run_sync(os.read, fd, 65536, abandon_on_cancel=True):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line + b"\n" if keep_newline else line
+    if pending:
+        yield pending
 
 
 async def _client(address: Address, framing: Framing, args: argparse.Namespace) -> int:
@@ -728,11 +735,40 @@ def _only_interrupts(exc: BaseException) -> bool:
     return isinstance(inner, tuple) and bool(inner) and all(map(_only_interrupts, inner))
 
 
+async def _interruptible(
+    command: Callable[[Address, Framing, argparse.Namespace], Awaitable[int]],
+    address: Address,
+    framing: Framing,
+    args: argparse.Namespace,
+) -> int:
+    """Run a client command; Ctrl-C cancels it and raises ``KeyboardInterrupt`` here.
+
+    Left to trio, the interrupt is raised wherever the program happens to be,
+    between creating a coroutine and awaiting it too, and the interpreter then
+    warns about the coroutine at exit. Cancelling stops it at a checkpoint, with
+    every ``finally`` run.
+    """
+    code = 0
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                nonlocal code
+                code = await command(address, framing, args)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            async for _ in interrupts:
+                nursery.cancel_scope.cancel()
+                raise KeyboardInterrupt
+    return code
+
+
 def client_main(argv: Sequence[str]) -> int:
     parser = _client_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    return trio.run(_client, _one_target(parser, args), framing, args)
+    return trio.run(_interruptible, _client, _one_target(parser, args), framing, args)
 
 
 async def _check(address: Address, framing: Framing, args: argparse.Namespace) -> int:
@@ -786,14 +822,14 @@ def bench_main(argv: Sequence[str]) -> int:
     parser = _bench_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    return trio.run(_bench, _one_target(parser, args), framing, args)
+    return trio.run(_interruptible, _bench, _one_target(parser, args), framing, args)
 
 
 def check_main(argv: Sequence[str]) -> int:
     parser = _check_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    return trio.run(_check, _one_target(parser, args), framing, args)
+    return trio.run(_interruptible, _check, _one_target(parser, args), framing, args)
 
 
 _SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
