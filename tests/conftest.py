@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,14 @@ async def run_triodaemon(
             capture_stderr=True,
             check=False,
         )
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (for a program that binds it itself)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def loopback(sock_dir: Path) -> list[Address]:

@@ -19,7 +19,7 @@ import trio
 from triodaemon import Framing, TcpAddress, UnixAddress, connect
 from triodaemon._systemd import STATUS_INTERVAL, Notifier, activated_sockets
 
-from .conftest import DaemonProcess, SpawnFn, daemon_process, read_until_eof
+from .conftest import DaemonProcess, SpawnFn, daemon_process, free_port, read_until_eof
 
 TEST_TIMEOUT = 30
 
@@ -146,13 +146,6 @@ def test_a_notify_socket_that_is_gone_does_not_harm_the_daemon(tmp_path: Path) -
 # -- socket activation, with Debian's systemd-socket-activate ---------------------
 
 ACTIVATE = shutil.which("systemd-socket-activate")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
@@ -328,3 +321,192 @@ async def test_an_error_line_to_the_journal_is_priority_3(tmp_path: Path) -> Non
         assert await process.wait() == 1
         output = await read_until_eof(trio.lowlevel.FdStream(read_end))
     assert output.decode().startswith("<3>triodaemon: error: "), output
+
+
+# -- a restart on the same socket ---------------------------------------------------
+
+#: Start triodaemon as systemd does: the listening socket (descriptor N, the first
+#: argument) becomes descriptor 3, and LISTEN_PID is the pid that runs triodaemon.
+_AS_SYSTEMD_STARTS_IT = (
+    "import os, sys\n"
+    "held = int(sys.argv[1])\n"
+    "os.dup2(held, 3)\n"
+    "if held != 3: os.close(held)\n"
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='echo')\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'triodaemon', *sys.argv[2:]])\n"
+)
+
+
+@asynccontextmanager
+async def started_on(held: socket.socket) -> AsyncIterator[DaemonProcess]:
+    """triodaemon on a listening socket the test holds, as systemd holds a .socket unit's."""
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-c",
+            _AS_SYSTEMD_STARTS_IT,
+            str(held.fileno()),
+            "--framing",
+            "length",
+            "--log-level",
+            "debug",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        pass_fds=(held.fileno(),),
+    )
+    daemon = DaemonProcess(process)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon._collect)
+        try:
+            yield daemon
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+async def test_a_restart_on_the_same_socket_refuses_nobody(sock_dir: Path, family: str) -> None:
+    """While no daemon runs, connections queue in the socket's backlog: the next one serves them.
+
+    The test holds the listening socket, as systemd holds a .socket unit's across
+    restarts of its service.
+    """
+    framing = Framing("length")
+    held = socket.socket(socket.AF_UNIX if family == "unix" else socket.AF_INET)
+    with held:
+        held.bind(str(sock_dir / "held.sock") if family == "unix" else ("127.0.0.1", 0))
+        held.listen(64)
+        address = (
+            UnixAddress(held.getsockname())
+            if family == "unix"
+            else TcpAddress("127.0.0.1", held.getsockname()[1])
+        )
+        queued: list[tuple[trio.SocketStream, bytes]] = []
+
+        async def queue(text: bytes) -> None:
+            stream = await connect(address)  # accepted by the kernel, into the backlog
+            queued.append((stream, text))
+            await stream.send_all(framing.encode(text))
+
+        try:
+            with trio.fail_after(TEST_TIMEOUT):
+                async with started_on(held) as first:
+                    await first.wait_ready(1)
+                    busy = await connect(address)
+                    queued.append((busy, b""))  # closed at the end, whatever happens
+                    wire = framing.encode(b"in progress at the stop")
+                    await busy.send_all(wire[:7])
+                    await first.wait_for_line("accepted")
+                    await first.wait_until_received(7)
+                    first.signal(signal.SIGTERM)
+                    await first.wait_for_line("listeners closed")
+                    await queue(b"while the first one drains")
+                    await busy.send_all(wire[7:])
+                    assert await read_until_eof(busy) == wire
+                    assert await first.wait() == 0
+                await queue(b"while none runs")
+                await queue(b"while none runs, again")
+
+                async with started_on(held) as second:
+                    await second.wait_ready(1)
+                    for stream, text in queued[1:]:
+                        expected = framing.encode(text)
+                        received = b""
+                        while len(received) < len(expected):
+                            received += await stream.receive_some()
+                        assert received == expected
+                    second.signal(signal.SIGTERM)
+                    assert await second.wait() == 0
+        finally:
+            for stream, _ in queued:
+                await stream.aclose()
+        if isinstance(address, UnixAddress):
+            assert Path(address.path).exists()  # the holder's file: never removed by a daemon
+    for daemon in (first, second):
+        assert "Traceback" not in daemon.stderr
+
+
+# -- the example unit files -------------------------------------------------------
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "systemd"
+ANALYZE = shutil.which("systemd-analyze")
+UNITS = Path("/usr/lib/systemd/system")
+
+
+def _unit_root(tmp_path: Path, *units: Path) -> Path:
+    """A file system root for ``systemd-analyze --root``: systemd's own units, ours, and
+    an executable where ExecStart= looks (its absence would be the only complaint)."""
+    root = tmp_path / "root"
+    shutil.copytree(UNITS, root / UNITS.relative_to("/"), symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for unit in units:
+        shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+        for line in unit.read_text().splitlines():
+            if line.startswith("ExecStart="):
+                program = root / line.removeprefix("ExecStart=").split()[0].lstrip("/")
+                program.parent.mkdir(parents=True, exist_ok=True)
+                program.write_text("#!/bin/sh\n")
+                program.chmod(0o755)
+    return root
+
+
+needs_analyze = pytest.mark.skipif(
+    ANALYZE is None or not UNITS.is_dir(),
+    reason="systemd-analyze is missing: .ci/run installs systemd",
+)
+
+
+@needs_analyze
+@pytest.mark.parametrize("socket_unit", ["triodaemon.socket", "tcp/triodaemon.socket"])
+async def test_the_example_units_verify_without_a_warning(tmp_path: Path, socket_unit: str) -> None:
+    assert ANALYZE is not None
+    root = _unit_root(tmp_path, EXAMPLES / socket_unit, EXAMPLES / "triodaemon.service")
+    result = await trio.run_process(
+        [ANALYZE, "verify", f"--root={root}", "triodaemon.socket", "triodaemon.service"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    output = (result.stdout + result.stderr).decode()
+    assert (result.returncode, output) == (0, "")
+
+
+@needs_analyze
+async def test_the_example_service_is_hardened(tmp_path: Path) -> None:
+    # systemd's own review of the sandbox: 0 is fully locked down, 10 is nothing.
+    # The example scores 0.5 ("SAFE"); an option dropped by mistake raises it and
+    # fails the threshold (given in tenths).
+    assert ANALYZE is not None
+    unit = "triodaemon.service"
+    root = _unit_root(tmp_path, EXAMPLES / "triodaemon.service")
+    result = await trio.run_process(
+        [ANALYZE, "security", "--offline=yes", "--threshold=5", f"--root={root}", unit],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode == 0, output
+
+
+@needs_analyze
+async def test_the_example_sysusers_file_parses(tmp_path: Path) -> None:
+    sysusers = shutil.which("systemd-sysusers")
+    assert sysusers is not None
+    (tmp_path / "etc").mkdir()
+    result = await trio.run_process(
+        [sysusers, f"--root={tmp_path}", "--dry-run", str(EXAMPLES / "triodaemon.sysusers.conf")],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode == 0, output
+    assert "Creating group 'triodaemon'" in output
