@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -38,6 +38,7 @@ from ._listeners import (
     TcpAddress,
     UnixAddress,
     open_listeners,
+    open_unix,
     parse_tcp_address,
 )
 from ._readiness import READINESS_NAMES, open_readiness
@@ -264,6 +265,22 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="socket file mode (default 0600)",
     )
     group.add_argument("--sock-group", metavar="GROUP", help="socket file group, name or id")
+    group = parser.add_argument_group("control")
+    group.add_argument(
+        "--control",
+        metavar="PATH",
+        help="answer 'triodaemon ctl' (newline-delimited JSON) on a Unix socket at PATH",
+    )
+    group.add_argument(
+        "--control-mode",
+        type=_mode,
+        default=0o600,
+        metavar="MODE",
+        help="control socket file mode (default 0600: only its owner)",
+    )
+    group.add_argument(
+        "--control-group", metavar="GROUP", help="control socket file group, name or id"
+    )
     _add_framing_flags(parser)
     group = parser.add_argument_group("limits")
     group.add_argument(
@@ -567,10 +584,14 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
         self._notifier = notifier
         self.labels: list[str] = []
         """What to add to each listener's readiness line, in listener order."""
+        self.control: BoundListener | None = None
+        """The control socket, announced before the listeners (it answers first)."""
 
     def started(self, value: tuple[Address, ...] | None = None) -> None:
         if self.stopped_by is not None:
             return  # serve() got this far before its cancellation reached it
+        if self.control is not None:
+            print(f"triodaemon: control on {self.control.address}", file=sys.stderr, flush=True)
         for index, address in enumerate(value or ()):
             label = self.labels[index] if index < len(self.labels) else ""
             print(f"triodaemon: listening on {address}{label}", file=sys.stderr, flush=True)
@@ -601,14 +622,18 @@ async def _serve(
                         startup.stopped_by = signum
                         nursery.cancel_scope.cancel()  # whatever binding is under way
 
-            async def serve_then_stop(listeners: list[BoundListener]) -> None:
-                await daemon.serve(listeners, task_status=startup)
+            async def serve_then_stop(
+                listeners: list[BoundListener], control: BoundListener | None
+            ) -> None:
+                await daemon.serve(listeners, control=control, task_status=startup)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(handle_signals)
             # systemd's sockets first: they are what the unit file promised.
             adopted = [BoundListener.from_socket(sock) for sock, _ in activated]
             startup.labels = [f" (systemd socket {name})" for _, name in activated]
+            listeners: list[BoundListener] = []
+            control: BoundListener | None = None
             try:
                 listeners = await open_listeners(
                     config.listen,
@@ -616,14 +641,19 @@ async def _serve(
                     sock_group=config.sock_group,
                     backlog=config.backlog,
                 )
+                if config.control is not None:
+                    control = await open_unix(
+                        config.control, mode=config.control_mode, group=config.control_group
+                    )
             except TriodaemonError as exc:
-                for listener in adopted:
+                for listener in [*adopted, *listeners]:
                     listener.close()
                 nursery.cancel_scope.cancel()
                 return _error(str(exc))
             listeners = [*adopted, *listeners]
+            startup.control = control
             # serve() owns them from its first step, even if cancelled at once.
-            nursery.start_soon(serve_then_stop, listeners)
+            nursery.start_soon(serve_then_stop, listeners, control)
             nursery.start_soon(notifier.run, daemon, config.drain_timeout)
     if startup.stopped_by is not None:
         name = _signals.signal_name(startup.stopped_by)
@@ -663,6 +693,9 @@ def serve_main(argv: Sequence[str]) -> int:
             readiness=args.readiness,
             sock_mode=args.sock_mode,
             sock_group=args.sock_group,
+            control=UnixAddress(args.control) if args.control is not None else None,
+            control_mode=args.control_mode,
+            control_group=args.control_group,
         )
         open_readiness(config.readiness)  # one that this system has
     except ValueError as exc:
@@ -735,12 +768,7 @@ def _only_interrupts(exc: BaseException) -> bool:
     return isinstance(inner, tuple) and bool(inner) and all(map(_only_interrupts, inner))
 
 
-async def _interruptible(
-    command: Callable[[Address, Framing, argparse.Namespace], Awaitable[int]],
-    address: Address,
-    framing: Framing,
-    args: argparse.Namespace,
-) -> int:
+async def _interruptible(command: Callable[..., Awaitable[int]], *args: Any) -> int:
     """Run a client command; Ctrl-C cancels it and raises ``KeyboardInterrupt`` here.
 
     Left to trio, the interrupt is raised wherever the program happens to be,
@@ -754,7 +782,7 @@ async def _interruptible(
 
             async def run() -> None:
                 nonlocal code
-                code = await command(address, framing, args)
+                code = await command(*args)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)
@@ -832,10 +860,90 @@ def check_main(argv: Sequence[str]) -> int:
     return trio.run(_interruptible, _check, _one_target(parser, args), framing, args)
 
 
+_CTL_COMMANDS = ("stats", "connections", "drain", "log-level", "help")
+
+
+def _ctl_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="triodaemon ctl",
+        description=(
+            "Ask a running daemon (started with --control PATH) what it is doing, or tell "
+            "it what to do: stats, connections, drain (a graceful shutdown), log-level "
+            "LEVEL, help."
+        ),
+    )
+    parser.add_argument(
+        "--control", required=True, metavar="PATH", help="the daemon's control socket"
+    )
+    parser.add_argument("command", choices=_CTL_COMMANDS, help="what to ask or tell")
+    parser.add_argument("level", nargs="?", help="for log-level: debug, info, warning, error")
+    parser.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    parser.add_argument(
+        "--watch",
+        type=_seconds,
+        metavar="S",
+        help="stats or connections: ask again every S seconds, until Ctrl-C",
+    )
+    return parser
+
+
+async def _ctl(args: argparse.Namespace) -> int:
+    import json
+
+    from ._control import ControlError, open_control
+    from ._ctl import rates, render_reply, render_stats
+
+    arguments = {"level": args.level} if args.command == "log-level" else {}
+    live = args.watch is not None and sys.stdout.isatty()
+    previous: Any = None
+    try:
+        control = await open_control(args.control)
+        async with control.stream:
+            while True:
+                try:
+                    result = await control.request(args.command, **arguments)
+                except ClientError:
+                    if previous is not None and previous.get("state") == "draining":
+                        # It drained and exited: the end of what was being watched.
+                        print("triodaemon: the daemon has exited", file=sys.stderr, flush=True)
+                        return 0
+                    raise
+                if args.json:
+                    text = json.dumps(result, indent=None if args.watch else 2)
+                elif args.command == "stats" and previous is not None:
+                    text = render_stats(result, rates(previous, result))
+                else:
+                    text = render_reply(args.command, result)
+                if live:
+                    text = "\x1b[H\x1b[2J" + text  # in place, like top
+                elif previous is not None and not args.json:
+                    text = "\n" + text
+                print(text, flush=True)
+                if args.watch is None:
+                    return 0
+                previous = result if args.command == "stats" else {}
+                await trio.sleep(args.watch)
+    except (ClientError, ControlError) as exc:
+        return _error(str(exc))
+
+
+def ctl_main(argv: Sequence[str]) -> int:
+    parser = _ctl_parser()
+    args = parser.parse_args(argv)
+    if args.command == "log-level" and args.level is None:
+        parser.error("log-level needs a LEVEL: debug, info, warning or error")
+    if args.command != "log-level" and args.level is not None:
+        parser.error(f"{args.command} takes no argument (got {args.level!r})")
+    if args.watch is not None and args.command not in ("stats", "connections"):
+        parser.error("--watch applies to stats and connections")
+    return trio.run(_interruptible, _ctl, args)
+
+
 _SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "client": client_main,
     "check": check_main,
     "bench": bench_main,
+    "ctl": ctl_main,
 }
 
 

@@ -90,6 +90,21 @@ class DaemonConfig:
     )
     """How connections wait for their sockets: ``epoll`` (Linux), ``portable`` (any
     system), or ``auto``: epoll where there is one (``$TRIODAEMON_READINESS`` overrides)."""
+    control: UnixAddress | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(UnixAddress))
+    )
+    """A Unix socket for the control protocol (``stats``, ``connections``, ``drain``,
+    ``log-level``; see :mod:`triodaemon._control`); ``None``: no control socket."""
+    control_mode: int = attrs.field(
+        default=0o600, validator=[attrs.validators.ge(0), attrs.validators.le(0o777)]
+    )
+    """Permission bits of the control socket file: only its owner by default."""
+    control_group: str | int | None = None
+    """Group (name or id) of the control socket file; ``None`` keeps the process's group."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.control is not None and self.control in self.listen:
+            raise ValueError(f"{self.control} is both a listener and the control socket")
 
     @property
     def idle_seconds(self) -> float:

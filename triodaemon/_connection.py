@@ -153,13 +153,18 @@ class _Conversation:
         "_frame_deadline",
         "_held",
         "_lost_reason",
+        "_writing",
+        "bytes_in",
+        "bytes_out",
         "completed",
         "decoder",
         "frame_timeout",
+        "frames",
         "framing",
         "handler",
         "idle_timeout",
         "info",
+        "opened",
         "receive_size",
         "stats",
     )
@@ -189,6 +194,12 @@ class _Conversation:
         self.stats = stats if stats is not None else Stats()
         self.decoder: Decoder = self.framing.decoder()
         self.completed = False
+        # This connection's share of the daemon-wide counters in ``stats``.
+        self.frames = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.opened = math.nan  # trio.current_time() when run() began
+        self._writing = False  # replies wait for the peer to read
         self._budget = budget if budget is not None else _NO_BUDGET
         self._draining = False
         self._deadline = math.inf  # of the next wait: the earlier of the two below
@@ -248,6 +259,16 @@ class _Conversation:
         if self._drained():
             self._wake()
 
+    @property
+    def state(self) -> str:
+        """``draining`` (a drain has come), ``writing`` (replies wait for the peer to
+        read them), ``mid-frame`` (part of a frame is held) or ``reading``."""
+        if self._draining:
+            return "draining"
+        if self._writing:
+            return "writing"
+        return "mid-frame" if self.decoder.buffered else "reading"
+
     def _drained(self) -> bool:
         """Whether a drain has come and no frame is in progress: time to close."""
         return self._draining and not self.decoder.buffered
@@ -263,7 +284,8 @@ class _Conversation:
             Exception: whatever the frame handler raised (the connection is closed first).
         """
         try:
-            self._deadline = trio.current_time() + self.idle_timeout
+            self.opened = now = trio.current_time()
+            self._deadline = now + self.idle_timeout
             if await self._serve() is _Close.GRACEFUL:
                 await self._linger()
             self.completed = True
@@ -305,6 +327,7 @@ class _Conversation:
             replies = self._take_echo(data, size, trio.current_time())
         else:
             self.stats.bytes_received += size
+            self.bytes_in += size
             self.decoder.feed(memoryview(data)[:size])
             replies, count = await self._handle_frames(self.handler)
             self._progress(trio.current_time(), count)
@@ -321,9 +344,11 @@ class _Conversation:
         """
         stats = self.stats
         stats.bytes_received += size
+        self.bytes_in += size
         decoder = self.decoder
         replies, count = decoder.feed_and_take(data, size)
         stats.frames += count
+        self.frames += count
         # _progress(now, count), inline for the common case: this runs for every read
         # of the echo. Nothing was held and the read came back whole, so nothing is held
         # now: no need to ask the decoder.
@@ -345,6 +370,7 @@ class _Conversation:
             while (frame := self.decoder.next_frame()) is not None:
                 count += 1
                 self.stats.frames += 1
+                self.frames += 1
                 reply = await handler(frame, self.info)
                 if reply is not None:
                     replies += encode(reply)
@@ -527,14 +553,19 @@ class Connection(_Conversation):
             self._scope.cancel()
 
     async def _send(self, replies: bytes | bytearray | memoryview) -> _Close | None:
-        with trio.move_on_after(self.idle_timeout) as scope:
-            try:
-                await self.stream.send_all(replies)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                return self._lost(exc)
+        self._writing = True
+        try:
+            with trio.move_on_after(self.idle_timeout) as scope:
+                try:
+                    await self.stream.send_all(replies)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    return self._lost(exc)
+        finally:
+            self._writing = False
         if scope.cancelled_caught:
             return self._peer_stopped_reading()
         self.stats.bytes_sent += len(replies)
+        self.bytes_out += len(replies)
         return None
 
     async def _linger(self) -> None:
@@ -544,6 +575,7 @@ class Connection(_Conversation):
                 discarded = 0
                 while data := await self.stream.receive_some(self.receive_size):
                     self.stats.bytes_received += len(data)
+                    self.bytes_in += len(data)
                     discarded += len(data)
                     if discarded > LINGER_DISCARD:
                         return

@@ -16,16 +16,27 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import socket
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import trio
 
+from . import __version__
 from ._budget import BufferBudget
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
 from ._connection import ConnectionInfo, FrameHandler
-from ._listeners import BROKEN_LISTENER_ERRNOS, Address, BoundListener, open_listeners
+from ._control import LOG_LEVELS, Commands, ControlError, no_arguments, serve_control
+from ._listeners import (
+    BROKEN_LISTENER_ERRNOS,
+    Address,
+    BoundListener,
+    open_listeners,
+    open_unix,
+)
 from ._readiness import Readiness, open_readiness
 from ._socket_connection import SocketConnection
 from ._stats import Stats
@@ -98,6 +109,11 @@ class Daemon:
     _readiness: Readiness = attrs.field(init=False)
     _budget: BufferBudget = attrs.field(init=False)
     _drain_started: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _listeners: Sequence[BoundListener] = attrs.field(default=(), init=False)
+    _control: BoundListener | None = attrs.field(default=None, init=False)
+    _started: float = attrs.field(default=math.nan, init=False)  # time.monotonic()
+    _started_wall: float = attrs.field(default=math.nan, init=False)  # time.time()
+    _drain_deadline: float = attrs.field(default=math.inf, init=False)  # trio's clock
 
     def __attrs_post_init__(self) -> None:
         self._readiness = open_readiness(self.config.readiness)  # its epoll opens in serve()
@@ -147,6 +163,7 @@ class Daemon:
         self,
         listeners: Sequence[BoundListener] | None = None,
         *,
+        control: BoundListener | None = None,
         task_status: trio.TaskStatus[tuple[Address, ...]] = trio.TASK_STATUS_IGNORED,
     ) -> DrainSummary:
         """Serve until drained or aborted.
@@ -154,6 +171,10 @@ class Daemon:
         Args:
             listeners: already-bound listeners to serve (ownership passes to the
                 daemon); by default, bind ``config.listen``.
+            control: an already-bound Unix listener to serve the control protocol
+                on (ownership passes to the daemon); by default, bind
+                ``config.control`` if it is set. It answers from before the first
+                connection until :meth:`serve` returns, through a drain.
             task_status: receives the tuple of bound addresses, in listener order.
 
         Returns:
@@ -177,15 +198,27 @@ class Daemon:
                 backlog=config.backlog,
             )
         limiter = trio.Semaphore(config.max_connections)
+        self._listeners = listeners
+        self._started, self._started_wall = time.monotonic(), time.time()
         try:
+            if control is None and config.control is not None:
+                control = await open_unix(
+                    config.control, mode=config.control_mode, group=config.control_group
+                )
+            self._control = control
             async with trio.open_nursery() as watching:
-                # Outlives every connection (they wait through it), then is cancelled.
+                # Outlive every connection (they wait through the backend; the control
+                # socket reports the drain), then are cancelled.
                 await watching.start(self._readiness.run)
+                if control is not None:
+                    await watching.start(serve_control, control, self.control_commands())
                 await self._serve_connections(listeners, limiter, task_status)
                 watching.cancel_scope.cancel()
         finally:
             for listener in listeners:
                 listener.close()
+            if control is not None:
+                control.close()
         self.summary = DrainSummary(self._drained, self._aborted, self._forced)
         log.info(
             "shutdown complete: %d connection%s drained, %d aborted at the deadline%s",
@@ -225,7 +258,136 @@ class Daemon:
             )
             for connection in list(self._connections):
                 connection.drain()
-            handlers.cancel_scope.deadline = trio.current_time() + config.drain_timeout
+            self._drain_deadline = trio.current_time() + config.drain_timeout
+            handlers.cancel_scope.deadline = self._drain_deadline
+
+    # -- what a control socket (or an embedding program) can ask ------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the control socket's ``stats`` reports, ready for ``json.dumps``.
+
+        Version, pid, start time and uptime, listeners, connections open and in
+        all, frames, bytes each way, errors by kind, the limits in force, and the
+        drain's progress once one has begun (``drain``, else ``None``).
+        """
+        stats = self.stats
+        config = self.config
+        drain = None
+        if self._draining:
+            drain = {
+                "remaining": len(self._connections),
+                "drained": self._drained,
+                "aborted": self._aborted,
+                "deadline_in": self._until(self._drain_deadline),
+                "forced": self._forced,
+            }
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": self._started_wall,
+            "uptime": time.monotonic() - self._started,
+            "state": "draining" if self._draining else "serving",
+            "readiness": self.readiness,
+            "listeners": [
+                {"address": str(listener.address), "accepting": not self._draining}
+                for listener in self._listeners
+            ],
+            "control": str(self._control.address) if self._control is not None else None,
+            "connections": {"open": self.connections, "total": stats.connections_accepted},
+            "frames": stats.frames,
+            "bytes_in": stats.bytes_received,
+            "bytes_out": stats.bytes_sent,
+            "buffered": self.buffered,
+            "memory_waits": stats.memory_waits,
+            "errors": stats.errors(),
+            "limits": {
+                "framing": config.framing.describe(),
+                "max_frame": config.framing.max_frame,
+                "max_connections": config.max_connections,
+                "idle_timeout": config.idle_timeout,
+                "frame_timeout": config.frame_timeout,
+                "drain_timeout": config.drain_timeout,
+                "max_buffered": config.max_buffered,
+            },
+            "drain": drain,
+        }
+
+    def connection_snapshots(self) -> list[dict[str, Any]]:
+        """What the control socket's ``connections`` reports: one record per open
+        connection, oldest first (id, peer, listener, age in seconds, bytes each
+        way, frames, and state: ``reading``, ``mid-frame``, ``writing`` or
+        ``draining``)."""
+        if not self._connections:
+            return []
+        now = trio.current_time()
+        return [
+            {
+                "id": connection.info.id,
+                "peer": connection.info.peer,
+                "listener": connection.info.listener,
+                "age": now - connection.opened,
+                "bytes_in": connection.bytes_in,
+                "bytes_out": connection.bytes_out,
+                "frames": connection.frames,
+                "state": connection.state,
+            }
+            for connection in sorted(self._connections, key=lambda c: c.info.id)
+        ]
+
+    def control_commands(self) -> Commands:
+        """The control protocol's commands for this daemon: ``stats``,
+        ``connections``, ``drain``, ``log-level`` (and ``help``)."""
+        commands = Commands()
+
+        async def stats(args: dict[str, Any]) -> dict[str, Any]:
+            no_arguments(args)
+            return self.snapshot()
+
+        async def connections(args: dict[str, Any]) -> list[dict[str, Any]]:
+            no_arguments(args)
+            return self.connection_snapshots()
+
+        async def drain(args: dict[str, Any]) -> dict[str, Any]:
+            no_arguments(args)
+            already = self._draining
+            if not already:
+                log.info(
+                    "drain requested on the control socket: draining (deadline %gs)",
+                    self.config.drain_timeout,
+                )
+                self.drain()
+            return {"draining": len(self._connections), "already": already}
+
+        async def log_level(args: dict[str, Any]) -> dict[str, str]:
+            level = args.pop("level", None)
+            no_arguments(args)
+            if level not in LOG_LEVELS:
+                raise ControlError(f"level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+            logger = logging.getLogger("triodaemon")
+            was = logging.getLevelName(logger.getEffectiveLevel()).lower()
+            logger.setLevel(level.upper())
+            if level != was:
+                log.warning("log level changed on the control socket: %s (was %s)", level, was)
+            return {"level": level, "was": was}
+
+        commands.add("stats", stats, "stats", "counters, listeners, limits, the drain's progress")
+        commands.add("connections", connections, "connections", "every open connection")
+        commands.add("drain", drain, "drain", "start the graceful shutdown (as SIGTERM does)")
+        commands.add(
+            "log-level", log_level, "log-level LEVEL", f"log detail: {', '.join(LOG_LEVELS)}"
+        )
+        return commands
+
+    @staticmethod
+    def _until(deadline: float) -> float:
+        """Seconds from now to ``deadline`` on trio's clock (never negative); ``nan``
+        outside a trio run."""
+        if deadline == math.inf:
+            return math.inf
+        try:
+            return max(0.0, deadline - trio.current_time())
+        except RuntimeError:
+            return math.nan
 
     async def _accept_loop(
         self, listener: BoundListener, handlers: trio.Nursery, limiter: trio.Semaphore

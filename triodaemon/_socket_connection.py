@@ -219,6 +219,7 @@ class SocketConnection(_Conversation):
         except OSError as exc:
             return exc
         self.stats.bytes_sent += sent
+        self.bytes_out += sent
         if sent == len(replies):
             return None
         rest = memoryview(replies)[sent:]
@@ -242,22 +243,27 @@ class SocketConnection(_Conversation):
         """Send what the socket did not take at once, waiting while it is full."""
         sock = self._sock
         log.debug("%s: %d bytes of replies wait for the peer to read", self.info, len(rest))
-        with trio.move_on_after(self.idle_timeout):
-            while rest:
-                # Try first, as trio's own send does: since the step's attempt the
-                # peer has often made room, and a wait would cost a trip through
-                # trio's epoll.
-                try:
-                    sent = sock.send(rest)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                    continue
-                except OSError as exc:
-                    return self._lost(exc)
-                self.stats.bytes_sent += sent
-                rest = rest[sent:]
-            self._progress(trio.current_time(), 0)
-            return None
+        self._writing = True
+        try:
+            with trio.move_on_after(self.idle_timeout):
+                while rest:
+                    # Try first, as trio's own send does: since the step's attempt the
+                    # peer has often made room, and a wait would cost a trip through
+                    # trio's epoll.
+                    try:
+                        sent = sock.send(rest)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(sock)
+                        continue
+                    except OSError as exc:
+                        return self._lost(exc)
+                    self.stats.bytes_sent += sent
+                    self.bytes_out += sent
+                    rest = rest[sent:]
+                self._progress(trio.current_time(), 0)
+                return None
+        finally:
+            self._writing = False
         return self._peer_stopped_reading()
 
     # -- closing --------------------------------------------------------------------
@@ -287,6 +293,7 @@ class SocketConnection(_Conversation):
                 return  # the peer's EOF: it has read all it wanted
             if size is not None:
                 self.stats.bytes_received += size
+                self.bytes_in += size
                 discarded += size
                 if discarded > LINGER_DISCARD:
                     return

@@ -37,9 +37,10 @@ class Stats:
     """Failed accepts that were not one dead connection (descriptors or memory
     exhausted, a broken listener, an error not understood)."""
 
-    def summary(self) -> str:
-        """One line for the log: connections, frames, bytes, errors by kind."""
-        errors = {
+    def errors(self) -> dict[str, int]:
+        """The error counters by kind: ``framing``, ``incomplete``, ``resets``,
+        ``idle timeouts``, ``frame timeouts``, ``handler``, ``accept``."""
+        return {
             "framing": self.framing_errors,
             "incomplete": self.incomplete_frames,
             "resets": self.resets,
@@ -48,6 +49,10 @@ class Stats:
             "handler": self.handler_errors,
             "accept": self.accept_errors,
         }
+
+    def summary(self) -> str:
+        """One line for the log: connections, frames, bytes, errors by kind."""
+        errors = self.errors()
         return (
             f"{self.connections_active} connection{'' if self.connections_active == 1 else 's'}"
             f" open, {self.connections_accepted} accepted; {self.frames} frames;"

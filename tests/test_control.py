@@ -1,0 +1,494 @@
+"""The control socket: the protocol in-process, and ``triodaemon ctl`` against real daemons."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from triodaemon import (
+    AddressError,
+    ClientError,
+    Daemon,
+    DaemonConfig,
+    Framing,
+    UnixAddress,
+    connect,
+    echo_frames,
+)
+from triodaemon._control import (
+    MAX_CLIENTS,
+    MAX_REQUEST,
+    REQUEST_TIMEOUT,
+    SEND_TIMEOUT,
+    ControlClient,
+    open_control,
+)
+
+from .conftest import LogWaiter, SpawnFn, read_until_eof, run_triodaemon, running
+
+TEST_TIMEOUT = 30
+
+
+def config(sock_dir: Path, **kwargs: Any) -> DaemonConfig:
+    return DaemonConfig(
+        [UnixAddress(str(sock_dir / "echo.sock"))],
+        control=UnixAddress(str(sock_dir / "control.sock")),
+        **kwargs,
+    )
+
+
+async def raw_exchange(path: Path, data: bytes) -> list[dict[str, Any]]:
+    """Send ``data`` as it is on a new control connection, shut down our side, and
+    return every reply line the daemon sent before it closed."""
+    stream = await connect(UnixAddress(str(path)))
+    async with stream:
+        await stream.send_all(data)
+        await stream.send_eof()
+        replies = await read_until_eof(stream)
+    return [json.loads(line) for line in replies.splitlines()]
+
+
+# -- the protocol, in-process ----------------------------------------------------
+
+
+async def test_stats_and_connections_describe_what_is_going_on(sock_dir: Path) -> None:
+    framing = Framing("length")
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(config(sock_dir, framing=framing)) as (daemon, addresses):
+            control = await open_control(str(sock_dir / "control.sock"))
+            async with control.stream:
+                stats = await control.request("stats")
+                assert stats["pid"] == os.getpid()
+                assert stats["state"] == "serving"
+                assert stats["listeners"] == [{"address": str(addresses[0]), "accepting": True}]
+                assert stats["control"] == f"unix:{sock_dir / 'control.sock'}"
+                assert stats["connections"] == {"open": 0, "total": 0}
+                assert stats["limits"]["max_connections"] == 1024
+                assert stats["drain"] is None
+                assert await control.request("connections") == []
+
+                assert await echo_frames(addresses[0], [b"one", b"two"], framing=framing) == [
+                    b"one",
+                    b"two",
+                ]
+                busy = await connect(addresses[0])
+                async with busy:
+                    await busy.send_all(framing.encode(b"three"))
+                    assert await busy.receive_some() == framing.encode(b"three")
+                    await busy.send_all(framing.encode(b"a frame in progress")[:6])
+                    while daemon.buffered == 0:  # the daemon has read the partial frame
+                        await trio.testing.wait_all_tasks_blocked()
+                    (conn,) = await control.request("connections")
+                    assert conn["id"] == 2
+                    assert conn["peer"].startswith(f"pid {os.getpid()} uid ")
+                    assert conn["listener"] == str(addresses[0])
+                    assert conn["bytes_in"] == 9 + 6
+                    assert conn["bytes_out"] == 9
+                    assert conn["frames"] == 1
+                    assert conn["state"] == "mid-frame"
+                    assert conn["age"] >= 0
+                    stats = await control.request("stats")
+                    assert stats["connections"] == {"open": 1, "total": 2}
+                    assert stats["frames"] == 3
+                    assert stats["bytes_in"] == 7 + 7 + 9 + 6
+                    assert stats["bytes_out"] == 7 + 7 + 9
+                    assert stats["buffered"] == 6
+                    assert stats["errors"]["framing"] == 0
+                    json.dumps(stats)  # JSON-ready as it is
+
+
+async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(config(sock_dir)):
+            requests = [
+                b"not json",
+                b"[1, 2]",
+                b'{"id": 1}',
+                b'{"id": 2, "command": "reboot"}',
+                b'{"id": 3, "command": "stats", "verbose": true}',
+                b'{"id": 4, "command": "log-level"}',
+                b'{"id": 5, "command": "log-level", "level": "loud"}',
+                b'{"id": "six", "command": "help"}',
+                b"\xff\xfe",
+                b'{"id": 7, "command": "stats"}',
+            ]
+            replies = await raw_exchange(sock_dir / "control.sock", b"\n".join(requests) + b"\n")
+            assert [(reply["id"], reply["ok"]) for reply in replies] == [
+                (None, False),
+                (None, False),
+                (1, False),
+                (2, False),
+                (3, False),
+                (4, False),
+                (5, False),
+                ("six", True),
+                (None, False),
+                (7, True),
+            ]
+            errors = [str(reply.get("error")) for reply in replies]
+            assert errors[0].startswith("not a JSON request: ")
+            assert errors[1].startswith("a request is a JSON object")
+            assert errors[2] == 'no "command" in the request: try {"command": "help"}'
+            assert errors[3] == (
+                "unknown command 'reboot': the commands are "
+                "help, stats, connections, drain, log-level"
+            )
+            assert errors[4] == "unexpected argument 'verbose'"
+            assert errors[5] == "level must be one of debug, info, warning, error, not None"
+            assert errors[6] == "level must be one of debug, info, warning, error, not 'loud'"
+            assert set(replies[7]["result"]) == {
+                "help",
+                "stats",
+                "connections",
+                "drain",
+                "log-level LEVEL",
+            }
+
+
+async def test_an_oversized_request_is_refused_and_closed(sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(config(sock_dir)) as (daemon, _):
+            replies = await raw_exchange(sock_dir / "control.sock", b"x" * (2 * MAX_REQUEST))
+            assert replies == [
+                {
+                    "id": None,
+                    "ok": False,
+                    "error": f"request line longer than {MAX_REQUEST} bytes; closing",
+                }
+            ]
+            # Exactly at the limit is fine.
+            request = b'{"command": "help"' + b" " * (MAX_REQUEST - 20) + b"}\n"
+            assert len(request) == MAX_REQUEST
+            (reply,) = await raw_exchange(sock_dir / "control.sock", request)
+            assert reply["ok"]
+            assert daemon.connections == 0
+
+
+async def test_an_unfinished_request_line_times_out(
+    sock_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(config(sock_dir)):
+        stream = await connect(UnixAddress(str(sock_dir / "control.sock")))
+        async with stream:
+            await stream.send_all(b'{"command": "st')  # and never the rest
+            started = trio.current_time()
+            data = await read_until_eof(stream)
+            assert trio.current_time() - started == pytest.approx(REQUEST_TIMEOUT, abs=0.1)
+        assert json.loads(data)["error"] == (
+            f"request line not finished within {REQUEST_TIMEOUT:g}s; closing"
+        )
+
+
+async def test_a_client_that_never_reads_is_cut_off(
+    sock_dir: Path, autojump_clock: trio.testing.MockClock, daemon_log: LogWaiter
+) -> None:
+    async with running(config(sock_dir)) as (_, addresses):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setblocking(False)
+        sock.connect(str(sock_dir / "control.sock"))
+        with sock:
+            request = b'{"command": "stats"}\n' * 64
+            sent = 0
+            # Requests until the daemon stops taking them: its replies fill our
+            # receive buffer and its send buffer, and it reads no more requests.
+            while True:
+                try:
+                    sent += sock.send(request)
+                except BlockingIOError:
+                    break
+                await trio.testing.wait_all_tasks_blocked()
+            assert sent < 64 * 1024 * 1024  # the daemon did stop reading
+            line = await daemon_log.wait_for("control client did not read its reply")
+            assert line == f"control client did not read its reply for {SEND_TIMEOUT:g}s; closed"
+            # Meanwhile, and after, everything else carries on.
+            assert await echo_frames(addresses[0], [b"fine"]) == [b"fine"]
+            control = await open_control(str(sock_dir / "control.sock"))
+            async with control.stream:
+                assert (await control.request("stats"))["state"] == "serving"
+
+
+async def test_one_control_connection_too_many_is_told_and_closed(sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(config(sock_dir)):
+            path = str(sock_dir / "control.sock")
+            clients: list[ControlClient] = []
+            try:
+                for _ in range(MAX_CLIENTS):
+                    client = await open_control(path)
+                    clients.append(client)
+                    await client.request("help")  # being served, not only queued
+                replies = await raw_exchange(Path(path), b'{"command": "help"}\n')
+                assert replies == [
+                    {
+                        "id": None,
+                        "ok": False,
+                        "error": f"too many control connections ({MAX_CLIENTS})",
+                    }
+                ]
+                await clients.pop().aclose()
+                # A slot is free again once the daemon has seen that one go.
+                while True:
+                    replies = await raw_exchange(Path(path), b'{"command": "help"}\n')
+                    if replies[0]["ok"]:
+                        break
+                    await trio.testing.wait_all_tasks_blocked()
+            finally:
+                for client in clients:
+                    await client.aclose()
+
+
+async def test_the_control_socket_answers_through_a_drain(sock_dir: Path) -> None:
+    framing = Framing("length")
+    wire = framing.encode(b"in progress")
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(config(sock_dir, framing=framing, drain_timeout=20)) as (
+            daemon,
+            addresses,
+        ):
+            control = await open_control(str(sock_dir / "control.sock"))
+            async with control.stream:
+                busy = await connect(addresses[0])
+                async with busy:
+                    await busy.send_all(wire[:5])
+                    while daemon.buffered == 0:
+                        await trio.testing.wait_all_tasks_blocked()
+                    assert await control.request("drain") == {"draining": 1, "already": False}
+                    assert await control.request("drain") == {"draining": 1, "already": True}
+                    stats = await control.request("stats")
+                    assert stats["state"] == "draining"
+                    assert stats["listeners"][0]["accepting"] is False
+                    assert stats["drain"]["remaining"] == 1
+                    assert 0 < stats["drain"]["deadline_in"] <= 20
+                    (conn,) = await control.request("connections")
+                    assert conn["state"] == "draining"
+                    assert not (sock_dir / "echo.sock").exists()  # stopped accepting
+                    await busy.send_all(wire[5:])
+                    assert await read_until_eof(busy) == wire
+                # The daemon is done now, and so is its control socket.
+                with pytest.raises(ClientError):
+                    await asking_until_it_fails(control)
+    assert daemon.summary is not None
+    assert daemon.summary.drained == 1
+    assert not (sock_dir / "control.sock").exists()
+
+
+async def test_a_control_socket_gets_the_socket_file_hygiene(sock_dir: Path) -> None:
+    path = sock_dir / "control.sock"
+    with trio.fail_after(TEST_TIMEOUT):
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(path))
+        stale.close()  # a file nothing listens on: removed
+        async with running(config(sock_dir)):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            second = Daemon(
+                DaemonConfig(
+                    [UnixAddress(str(sock_dir / "other.sock"))], control=UnixAddress(str(path))
+                )
+            )
+            with pytest.raises(AddressError, match="another process is listening on"):
+                await second.serve()
+            assert not (sock_dir / "other.sock").exists()  # its listener was closed again
+            assert path.exists()  # the refused one did not remove ours
+        assert not path.exists()
+
+
+async def asking_until_it_fails(control: ControlClient) -> None:
+    while True:
+        await control.request("stats")
+
+
+def test_a_listener_cannot_also_be_the_control_socket(sock_dir: Path) -> None:
+    with pytest.raises(ValueError, match="both a listener and the control socket"):
+        DaemonConfig(
+            [UnixAddress(str(sock_dir / "x.sock"))], control=UnixAddress(str(sock_dir / "x.sock"))
+        )
+
+
+# -- triodaemon ctl, against a daemon process --------------------------------------
+
+
+async def start(spawn: SpawnFn, sock_dir: Path, *args: str) -> tuple[Any, str]:
+    control = str(sock_dir / "control.sock")
+    daemon = await spawn("--sock", str(sock_dir / "echo.sock"), "--control", control, *args)
+    await daemon.wait_ready(1)
+    await daemon.wait_for_line(f"triodaemon: control on unix:{control}")
+    return daemon, control
+
+
+async def ctl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await run_triodaemon("ctl", *args)
+
+
+async def test_ctl_prints_tables_and_json(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon, control = await start(spawn, sock_dir, "--framing", "length")
+        framing = Framing("length")
+        stream = await connect(daemon.addresses[0])
+        async with stream:
+            await stream.send_all(framing.encode(b"hello"))
+            assert await stream.receive_some() == framing.encode(b"hello")
+
+            result = await ctl("--control", control, "stats")
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.decode().splitlines()
+            labels = [line.split()[0] for line in lines]
+            assert labels == [
+                "triodaemon",
+                "listeners",
+                "connections",
+                "frames",
+                "bytes",
+                "buffered",
+                "errors",
+                "limits",
+            ]
+            assert lines[2].split(None, 1)[1] == "1 open, 1 in all"
+            assert lines[3].split(None, 1)[1] == "1"
+
+            result = await ctl("--control", control, "connections")
+            assert result.returncode == 0, result.stderr
+            header, row = result.stdout.decode().splitlines()
+            columns = ["id", "peer", "listener", "age", "in", "out", "frames", "state"]
+            assert header.split() == columns
+            assert row.split()[0] == "1"
+            assert row.split()[-1] == "reading"
+
+            result = await ctl("--control", control, "connections", "--json")
+            (conn,) = json.loads(result.stdout)
+            assert (conn["bytes_in"], conn["bytes_out"], conn["frames"]) == (9, 9, 1)
+
+            result = await ctl("--control", control, "log-level", "debug")
+            assert result.stdout.decode().strip() == "log level debug (was info)"
+            await daemon.wait_for_line("log level changed on the control socket: debug (was info)")
+
+            result = await ctl("--control", control, "help")
+            assert "log-level LEVEL" in result.stdout.decode()
+        daemon.signal()
+        assert await daemon.wait() == 0
+    assert not Path(control).exists()
+
+
+async def test_ctl_errors_are_one_line(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        missing = str(sock_dir / "nobody.sock")
+        result = await ctl("--control", missing, "stats")
+        assert result.returncode == 1
+        assert result.stderr.decode().splitlines() == [
+            f"triodaemon: error: cannot connect to unix:{missing}: no such file or directory "
+            f"(is a daemon running with --control {missing}?)"
+        ]
+        result = await ctl("--control", missing, "log-level")
+        assert result.returncode == 2
+        assert "log-level needs a LEVEL" in result.stderr.decode()
+        result = await ctl("--control", missing, "stats", "debug")
+        assert result.returncode == 2
+        assert "stats takes no argument" in result.stderr.decode()
+
+        daemon, control = await start(spawn, sock_dir)
+        result = await ctl("--control", control, "log-level", "loud")
+        assert result.returncode == 1
+        assert result.stderr.decode().splitlines() == [
+            "triodaemon: error: level must be one of debug, info, warning, error, not 'loud'"
+        ]
+        daemon.signal()
+        assert await daemon.wait() == 0
+
+
+async def test_ctl_drain_under_load_loses_no_echo(spawn: SpawnFn, sock_dir: Path) -> None:
+    """Clients busy in lockstep when ``ctl drain`` comes: every frame the daemon read
+    is echoed; at most the one each client sent as the daemon closed goes unread."""
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon, control = await start(spawn, sock_dir)
+        address = daemon.addresses[0]
+        results: list[tuple[list[bytes], list[bytes]]] = []
+        started = trio.Semaphore(0)
+
+        async def client(n: int) -> None:
+            sent: list[bytes] = []
+            echoed: list[bytes] = []
+            results.append((sent, echoed))
+            stream = await connect(address)
+            async with stream:
+                buffer = b""
+                for i in range(100_000):
+                    frame = b"client %d frame %d" % (n, i)
+                    try:
+                        await stream.send_all(frame + b"\n")
+                    except trio.BrokenResourceError:
+                        return
+                    sent.append(frame)
+                    while b"\n" not in buffer:
+                        try:
+                            data = await stream.receive_some()
+                        except trio.BrokenResourceError:
+                            return
+                        if not data:
+                            return
+                        buffer += data
+                    line, buffer = buffer.split(b"\n", 1)
+                    echoed.append(line)
+                    if i == 50:
+                        started.release()
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(client, n)
+            for _ in range(8):
+                await started.acquire()
+            result = await ctl("--control", control, "drain")
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.decode().strip() == "draining 8 connections"
+        assert await daemon.wait() == 0
+    for sent, echoed in results:
+        assert len(echoed) > 50
+        assert echoed == sent[: len(echoed)]
+        assert len(sent) - len(echoed) <= 1
+    assert "shutdown complete: 8 connections drained, 0 aborted" in daemon.stderr
+
+
+WATCH = ["stats", "--watch", "0.2"]
+
+
+async def test_ctl_watch_follows_a_drain_to_the_end(spawn: SpawnFn, sock_dir: Path) -> None:
+    framing = Framing("length")
+    wire = framing.encode(b"in progress")
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon, control = await start(spawn, sock_dir, "--framing", "length")
+        stream = await connect(daemon.addresses[0])
+        async with stream:
+            await stream.send_all(wire[:5])
+            await daemon.wait_until_received(5)
+            watch = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "triodaemon", "ctl", "--control", control, *WATCH],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert watch.stdout is not None
+            assert watch.stderr is not None
+            seen = b""
+            while b"frames" not in seen:  # the first table
+                seen += await watch.stdout.receive_some()
+            assert (await ctl("--control", control, "drain")).returncode == 0
+            while b"1 connection left" not in seen:  # the drain's progress
+                seen += await watch.stdout.receive_some()
+            await stream.send_all(wire[5:])
+            assert await read_until_eof(stream) == wire
+            seen += await read_until_eof(watch.stdout)
+            assert await watch.wait() == 0
+            assert (await read_until_eof(watch.stderr)).decode().splitlines() == [
+                "triodaemon: the daemon has exited"
+            ]
+        text = seen.decode()
+        assert "\x1b" not in text  # not a terminal: tables one after another
+        assert "/s)" in text  # rates, from the second table on
+        assert await daemon.wait() == 0

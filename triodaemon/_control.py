@@ -1,0 +1,313 @@
+"""The control protocol: ask a running daemon what it is doing, tell it what to do.
+
+Newline-delimited JSON over a stream (the ``--control`` Unix socket): one request
+per line, ``{"id": 1, "command": "log-level", "level": "debug"}``, and one reply
+per request, in order, echoing its ``id``: ``{"id": 1, "ok": true, "result": ...}``
+or ``{"id": 1, "ok": false, "error": "..."}``. A request that cannot be carried
+out (malformed JSON, an unknown command, a wrong argument) gets an error reply
+and the connection stays usable.
+
+Strategy: :class:`Commands` is a table of named async functions; it turns one
+request line into one reply, and never raises for anything a client sends.
+:func:`serve_control_stream` runs the request/reply loop over any trio stream
+with every resource bounded: a request line is at most ``MAX_REQUEST`` bytes
+(longer: an error reply, then the connection is closed, as nothing after it can
+be trusted to start a line), a line begun must end within ``REQUEST_TIMEOUT``, a
+connection with no request for ``IDLE_TIMEOUT`` is closed, and a reply the
+client does not take within ``SEND_TIMEOUT`` closes it (requests are read only
+once the previous reply is sent, so a client that never reads holds one reply
+at most). :func:`serve_control` accepts at most ``MAX_CLIENTS`` at a time on a
+listener; one more gets an error line and is closed. :class:`ControlClient` is
+the other end, for ``triodaemon ctl`` and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._client import connect
+from ._errors import ClientError, FramingError, TriodaemonError
+from ._framing import Framing
+from ._listeners import BoundListener, UnixAddress, stream_for
+
+log = logging.getLogger("triodaemon")
+
+#: The longest request line, newline included.
+MAX_REQUEST = 65536
+#: Seconds a request line may take from its first byte to its newline.
+REQUEST_TIMEOUT = 10.0
+#: Seconds a control connection may stay without a request before it is closed.
+IDLE_TIMEOUT = 300.0
+#: Seconds a reply may wait for the client to read it before the connection is closed.
+SEND_TIMEOUT = 10.0
+#: Control connections served at once; one more gets an error line and is closed.
+MAX_CLIENTS = 16
+
+#: The levels ``log-level`` accepts.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ControlError(TriodaemonError):
+    """A request that cannot be carried out; the message is the reply's ``error``.
+
+    Raised by :meth:`ControlClient.request` for an error reply, too.
+    """
+
+
+#: A command: the request's arguments (every key but ``id`` and ``command``) to
+#: the reply's ``result`` (anything JSON can carry).
+Command = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+@attrs.frozen
+class _Entry:
+    run: Command
+    usage: str
+    summary: str
+
+
+class Commands:
+    """The commands a control connection can run, by name, with ``help`` built in."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self.add("help", self._help, "help", "what each command does and takes")
+
+    def add(self, name: str, run: Command, usage: str, summary: str) -> None:
+        """Add (or replace) the command ``name``; ``usage`` shows its arguments."""
+        self._entries[name] = _Entry(run, usage, summary)
+
+    async def _help(self, args: dict[str, Any]) -> dict[str, str]:
+        no_arguments(args)
+        return {entry.usage: entry.summary for entry in self._entries.values()}
+
+    async def reply(self, line: bytes) -> dict[str, Any]:
+        """The reply to one request line (without its newline). Never raises for
+        anything a client can send."""
+        request_id: Any = None
+        try:
+            try:
+                request = json.loads(line)
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise ControlError(f"not a JSON request: {exc}") from None
+            if not isinstance(request, dict):
+                raise ControlError(
+                    'a request is a JSON object, such as {"id": 1, "command": "stats"}'
+                )
+            request_id = request.pop("id", None)
+            name = request.pop("command", None)
+            if not isinstance(name, str):
+                raise ControlError('no "command" in the request: try {"command": "help"}')
+            entry = self._entries.get(name)
+            if entry is None:
+                known = ", ".join(self._entries)
+                raise ControlError(f"unknown command {name!r}: the commands are {known}")
+            result = await entry.run(request)
+        except ControlError as exc:
+            return {"id": request_id, "ok": False, "error": str(exc)}
+        return {"id": request_id, "ok": True, "result": result}
+
+
+def no_arguments(args: dict[str, Any]) -> None:
+    """Refuse arguments a command does not take."""
+    if args:
+        raise ControlError(f"unexpected argument {next(iter(args))!r}")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One protocol line: compact JSON and a newline (``nan`` and ``inf`` as null)."""
+    return json.dumps(_finite(message), separators=(",", ":")).encode() + b"\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``: JSON has no inf."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _error_line(message: str) -> bytes:
+    return encode({"id": None, "ok": False, "error": message})
+
+
+async def serve_control_stream(stream: trio.abc.Stream, commands: Commands) -> None:
+    """Answer requests on ``stream`` until the client leaves or breaks a limit; close it."""
+    decoder = Framing("line", max_frame=MAX_REQUEST - 1).decoder()
+    async with stream:
+        try:
+            while True:
+                line = await _next_request(stream, decoder)
+                if line is None:
+                    return
+                reply = encode(await commands.reply(line))
+                with trio.move_on_after(SEND_TIMEOUT) as scope:
+                    await stream.send_all(reply)
+                if scope.cancelled_caught:
+                    log.info("control client did not read its reply for %gs; closed", SEND_TIMEOUT)
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+async def _next_request(stream: trio.abc.Stream, decoder: Any) -> bytes | None:
+    """The next request line; ``None`` when the connection should end (after an
+    error line to the client, where there is something to say)."""
+    line_deadline = math.inf
+    idle_deadline = trio.current_time() + IDLE_TIMEOUT
+    while True:
+        try:
+            line: bytes | None = decoder.next_frame()
+        except FramingError:
+            await _say(stream, f"request line longer than {MAX_REQUEST} bytes; closing")
+            return None
+        if line is not None:
+            return line
+        if decoder.buffered and line_deadline == math.inf:
+            line_deadline = trio.current_time() + REQUEST_TIMEOUT
+        with trio.move_on_at(min(line_deadline, idle_deadline)):
+            data = await stream.receive_some(MAX_REQUEST)
+            if not data:
+                return None
+            decoder.feed(data)
+            continue
+        if decoder.buffered:
+            await _say(stream, f"request line not finished within {REQUEST_TIMEOUT:g}s; closing")
+        return None
+
+
+#: Before closing on a client that broke a limit: how long, and how many more of
+#: its bytes, to read and discard, so that the close does not answer unread bytes
+#: with a reset that destroys the error line before the client reads it.
+_LINGER_SECONDS = 1.0
+_LINGER_DISCARD = 2 * MAX_REQUEST
+
+
+async def _say(stream: trio.abc.Stream, message: str) -> None:
+    """A last error line, if the client takes it soon; then our EOF, and a short linger."""
+    with trio.move_on_after(_LINGER_SECONDS):
+        await stream.send_all(_error_line(message))
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        discarded = 0
+        while discarded < _LINGER_DISCARD and (data := await stream.receive_some(MAX_REQUEST)):
+            discarded += len(data)
+
+
+async def serve_control(
+    listener: BoundListener,
+    commands: Commands,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve control connections on ``listener`` until cancelled; then close it."""
+    clients = trio.Semaphore(MAX_CLIENTS)
+    refusals = trio.Semaphore(MAX_CLIENTS)
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    sock, _ = await listener.accept()
+                except OSError as exc:
+                    log.error("control socket %s: accept failed: %s", listener.address, exc)
+                    await trio.sleep(0.1)
+                    continue
+                try:
+                    clients.acquire_nowait()
+                except trio.WouldBlock:
+                    # Told why, with the same linger as any refusal (bounded too:
+                    # past that many at once, closed without a word).
+                    try:
+                        refusals.acquire_nowait()
+                    except trio.WouldBlock:
+                        sock.close()
+                    else:
+                        nursery.start_soon(_refuse, stream_for(sock), refusals)
+                    continue
+                nursery.start_soon(_client, stream_for(sock), commands, clients)
+    finally:
+        listener.close()
+
+
+async def _client(stream: trio.SocketStream, commands: Commands, clients: trio.Semaphore) -> None:
+    try:
+        await serve_control_stream(stream, commands)
+    finally:
+        clients.release()
+
+
+async def _refuse(stream: trio.SocketStream, refusals: trio.Semaphore) -> None:
+    try:
+        async with stream:
+            await _say(stream, f"too many control connections ({MAX_CLIENTS})")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        refusals.release()
+
+
+class ControlClient:
+    """The client end of the control protocol over one stream: request, await the reply.
+
+    Use :func:`open_control` to connect to a control socket.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, where: str) -> None:
+        self.stream = stream
+        self.where = where
+        self._decoder = Framing("line", max_frame=1 << 30).decoder()
+        self._next_id = 0
+
+    async def request(self, command: str, **args: Any) -> Any:
+        """Send one request; return its reply's ``result``.
+
+        Raises:
+            ControlError: the daemon answered with an error.
+            ClientError: the connection failed, or the reply was not one.
+        """
+        self._next_id += 1
+        try:
+            await self.stream.send_all(encode({"id": self._next_id, "command": command, **args}))
+            while (line := self._decoder.next_frame()) is None:
+                data = await self.stream.receive_some()
+                if not data:
+                    raise ClientError(f"{self.where} closed the connection before replying")
+                self._decoder.feed(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientError(f"{self.where}: connection lost: {exc}") from None
+        try:
+            reply = json.loads(line)
+        except ValueError as exc:
+            raise ClientError(f"{self.where} sent something that is not JSON: {exc}") from None
+        if not isinstance(reply, dict) or reply.get("id") != self._next_id:
+            raise ClientError(f"{self.where} sent a reply that is not the one asked for: {line!r}")
+        if not reply.get("ok"):
+            raise ControlError(str(reply.get("error")))
+        return reply.get("result")
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def open_control(path: str) -> ControlClient:
+    """Connect to the control socket at ``path``.
+
+    Raises:
+        ClientError: nothing listens there (one line, naming the path).
+    """
+    try:
+        stream = await connect(UnixAddress(path))
+    except ClientError as exc:
+        raise ClientError(f"{exc} (is a daemon running with --control {path}?)") from None
+    return ControlClient(stream, f"the daemon at {path}")
