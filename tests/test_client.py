@@ -134,3 +134,37 @@ def test_cli_client_reports_a_server_that_hangs_up() -> None:
     assert err.decode().splitlines() == [
         "triodaemon: error: server closed the connection after 1 of 2 replies"
     ]
+
+
+async def test_a_connect_that_gets_no_answer_gives_up() -> None:
+    # A backlog that is full: the kernel drops further SYNs, and a connect would
+    # wait over two minutes for its own give-up.
+    from triodaemon import TcpAddress
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        address = TcpAddress("127.0.0.1", server.getsockname()[1])
+        queued: list[trio.SocketStream] = []
+        try:
+            with trio.fail_after(10):
+                error = await _connect_until_refused(address, queued)
+            assert queued  # (how many fit the backlog is the kernel's business)
+            assert str(error) == (
+                f"cannot connect to {address}: no answer within 0.5s "
+                "(its listen backlog is full, or something drops the connection)"
+            )
+        finally:
+            for stream in queued:
+                await stream.aclose()
+
+
+async def _connect_until_refused(address: object, queued: list[trio.SocketStream]) -> ClientError:
+    from triodaemon import TcpAddress, connect
+
+    assert isinstance(address, TcpAddress)
+    while True:
+        try:
+            queued.append(await connect(address, timeout=0.5))
+        except ClientError as exc:
+            return exc

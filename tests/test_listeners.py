@@ -409,3 +409,8 @@ async def test_a_lock_file_that_is_not_a_file_is_one_line(
         await open_unix(UnixAddress(str(sock_dir / "echo.sock")))
     assert not (sock_dir / "elsewhere").exists()
     assert not (sock_dir / "echo.sock").exists()
+
+
+def test_an_abstract_unix_address_is_written_with_an_at_sign() -> None:
+    assert str(UnixAddress("\0triodaemon")) == "unix:@triodaemon"
+    assert str(UnixAddress("/run/echo.sock")) == "unix:/run/echo.sock"

@@ -109,11 +109,14 @@ async def nginx(tmp_path: Path, example: str, socket_dir: Path) -> AsyncIterator
     async with daemon_process([NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]) as proc:
         # The master binds the port before it starts workers; a connection made
         # before a worker accepts waits in the backlog.
-        await proc.wait_for_line("start worker process")
-        yield TcpAddress("127.0.0.1", port)
-        proc.signal(signal.SIGTERM)  # a killed master would leave its workers behind
-        with trio.fail_after(10):
-            await proc.process.wait()
+        try:
+            await proc.wait_for_line("start worker process")
+            yield TcpAddress("127.0.0.1", port)
+        finally:
+            # Whatever happened: a killed master would leave its workers behind.
+            proc.signal(signal.SIGTERM)
+            with trio.CancelScope(shield=True), trio.fail_after(10):
+                await proc.process.wait()
 
 
 async def test_the_examples_pass_nginx_t_as_they_are(tmp_path: Path) -> None:

@@ -386,3 +386,40 @@ async def test_ctrl_c_while_a_client_waits_for_stdin_is_one_line(sock_dir: Path)
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+#: Run the rest of the command line with SIGINT ignored, as ``cmd &`` in a script does.
+IGNORING_SIGINT = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+CLIENT = [sys.executable, "-m", "triodaemon", "client"]
+
+
+def _ignored_signals(pid: int) -> int:
+    """The mask of signals process ``pid`` ignores (SigIgn in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no SigIgn line")
+
+
+async def test_a_client_command_keeps_sigint_ignored_as_inherited(sock_dir: Path) -> None:
+    """``triodaemon client ... &`` in a script starts with SIGINT ignored: Ctrl-C
+    on the terminal must not stop it, as it would not stop any other program."""
+    path = str(sock_dir / "bg.sock")
+    with trio.socket.socket(socket.AF_UNIX) as server, trio.fail_after(TEST_TIMEOUT):
+        await server.bind(path)
+        server.listen()
+        process = await trio.lowlevel.open_process(
+            [*IGNORING_SIGINT, *CLIENT, "--sock", path, "--send", "hi"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        conn, _ = await server.accept()
+        with conn:
+            assert await conn.recv(100) == b"hi\n"  # waiting for the reply now
+            assert _ignored_signals(process.pid) & (1 << (signal.SIGINT - 1))
+            process.send_signal(signal.SIGINT)  # dropped by the kernel
+            await conn.send(b"hi\n")
+            assert await read_until_eof(process.stdout) == b"hi\n"
+        assert await process.wait() == 0

@@ -776,6 +776,8 @@ async def _interruptible(command: Callable[..., Awaitable[int]], *args: Any) -> 
     warns about the coroutine at exit. Cancelling stops it at a checkpoint, with
     every ``finally`` run.
     """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return await command(*args)  # inherited as ignored (``cmd &`` in a script): kept
     code = 0
     with trio.open_signal_receiver(signal.SIGINT) as interrupts:
         async with trio.open_nursery() as nursery:
@@ -966,5 +968,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         if not _only_interrupts(exc):
             raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing now
         print("triodaemon: interrupted", file=sys.stderr, flush=True)
         return EXIT_SIGNAL_BASE + signal.SIGINT

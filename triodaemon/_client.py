@@ -20,18 +20,28 @@ from ._listeners import Address, TcpAddress
 DEFAULT_REPLY_TIMEOUT = 10.0
 
 
-async def connect(address: Address) -> trio.SocketStream:
-    """Open a stream to a TCP or Unix address.
+#: Seconds a connect may take: the kernel's own limit for a TCP connect that gets
+#: no answer (a full backlog drops SYNs) is over two minutes.
+CONNECT_TIMEOUT = 10.0
+
+
+async def connect(address: Address, *, timeout: float = CONNECT_TIMEOUT) -> trio.SocketStream:
+    """Open a stream to a TCP or Unix address, within ``timeout`` seconds.
 
     Raises:
         ClientError: the connection could not be made (one line, address named).
     """
-    try:
-        if isinstance(address, TcpAddress):
-            return await trio.open_tcp_stream(address.host or "localhost", address.port)
-        return await trio.open_unix_socket(address.path)
-    except OSError as exc:
-        raise ClientError(f"cannot connect to {address}: {_reason(exc)}") from exc
+    with trio.move_on_after(timeout):
+        try:
+            if isinstance(address, TcpAddress):
+                return await trio.open_tcp_stream(address.host or "localhost", address.port)
+            return await trio.open_unix_socket(address.path)
+        except OSError as exc:
+            raise ClientError(f"cannot connect to {address}: {_reason(exc)}") from exc
+    raise ClientError(
+        f"cannot connect to {address}: no answer within {timeout:g}s "
+        "(its listen backlog is full, or something drops the connection)"
+    )
 
 
 def _reason(exc: OSError) -> str:

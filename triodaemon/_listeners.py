@@ -87,7 +87,9 @@ class UnixAddress:
     """Filesystem path of the socket."""
 
     def __str__(self) -> str:
-        return f"unix:{self.path}"
+        # An abstract socket (Linux; systemd's ListenStream=@name) as ss and systemd write it.
+        path = "@" + self.path[1:] if self.path.startswith("\0") else self.path
+        return f"unix:{path}"
 
 
 Address = TcpAddress | UnixAddress

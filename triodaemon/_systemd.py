@@ -46,6 +46,9 @@ from ._errors import AddressError
 
 log = logging.getLogger("triodaemon")
 
+#: The shortest interval between two watchdog pings, whatever ``$WATCHDOG_USEC`` says.
+MIN_WATCHDOG_PING = 0.01
+
 #: How often the ``STATUS=`` line is refreshed.
 STATUS_INTERVAL = 2.0
 #: How often, during a drain, its deadline is extended (each extension covers
@@ -93,11 +96,12 @@ def activated_sockets(
 
 
 def _adopt(fd: int, label: str) -> socket.socket:
+    which = label if label == f"fd {fd}" else f"{label} (fd {fd})"
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
         raise AddressError(
-            f"systemd socket {label} (fd {fd}) is not a socket: {exc.strerror or exc}"
+            f"systemd socket {which} is not a socket: {exc.strerror or exc}"
         ) from exc
     try:
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
@@ -106,7 +110,7 @@ def _adopt(fd: int, label: str) -> socket.socket:
     if sock.type != socket.SOCK_STREAM or not listening:
         sock.close()
         raise AddressError(
-            f"systemd socket {label} (fd {fd}) is not a listening stream socket: "
+            f"systemd socket {which} is not a listening stream socket: "
             "use ListenStream= in the .socket unit"
         )
     sock.set_inheritable(False)
@@ -173,7 +177,8 @@ class Notifier:
             return
         async with trio.open_nursery() as nursery:
             if self.watchdog is not None:
-                nursery.start_soon(self._watchdog, self.watchdog / 2)
+                # Half the interval, but not a busy loop for an absurd WATCHDOG_USEC=1.
+                nursery.start_soon(self._watchdog, max(self.watchdog / 2, MIN_WATCHDOG_PING))
             nursery.start_soon(self._status, daemon)
             await daemon.wait_draining()
             self.send("STOPPING=1", f"STATUS=draining {_connections(daemon.connections)}")
