@@ -80,6 +80,9 @@ def files_needed(idle: int) -> int:
 def server_command(name: str, framing: str, where: list[str], idle: int) -> list[str]:
     """The command line of server ``name`` listening at ``where`` (--tcp PORT | --unix PATH)."""
     py = sys.executable
+    workers = WORKERS.get(name)
+    if workers is not None:
+        return [*server_command("triodaemon", framing, where, idle), "--workers", str(workers)]
     if name in ("triodaemon", BASELINE):
         kind, value = where
         address = ["--tcp", f"127.0.0.1:{value}"] if kind == "--tcp" else ["--sock", value]
@@ -111,6 +114,12 @@ def server_command(name: str, framing: str, where: list[str], idle: int) -> list
     extra = ["--loop", loop] if loop else []
     return [py, str(PEERS / script), *where, "--framing", framing, *extra]
 
+
+#: triodaemon with N worker processes (``--workers N``), measured unpinned, server
+#: and loadgen sharing every core, with the CPU of the supervisor and its workers
+#: together: not in the default set (their figures say what the machine has, not
+#: how triodaemon compares). ``-1w`` is the single process, unpinned, for reference.
+WORKERS = {"triodaemon-1w": 1, "triodaemon-2w": 2}
 
 ALL_SERVERS = [
     "triodaemon",
@@ -177,6 +186,10 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
     return command
 
 
+def unpinned(cpu: int, command: list[str]) -> list[str]:
+    return command
+
+
 def raise_file_limit(scenarios: list[str], idle: int) -> None:
     """Raise this process's open-file limit to the hard limit: servers and loadgen inherit it."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -199,8 +212,16 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    """CPU ticks of process ``pid`` and its children (a supervisor's workers) so far."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # itself, or ppid
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
 
 
 def free_port() -> int:
@@ -256,6 +277,7 @@ def measure(
     baseline: Path | None = None,
 ) -> Sample:
     args, _, framing = SCENARIOS[scenario]
+    pin = pinned if server not in WORKERS else unpinned
     if scenario == "s5":
         args = [*args, "--idle", str(idle), "--pause"]
     if transport == "tcp":
@@ -271,7 +293,7 @@ def measure(
             env = {**os.environ, "PYTHONPATH": str(baseline)}
             cwd = baseline
         process = subprocess.Popen(
-            pinned(0, server_command(server, framing, where, idle)),
+            pin(0, server_command(server, framing, where, idle)),
             stdout=subprocess.DEVNULL,
             stderr=log,
             env=env,
@@ -284,7 +306,7 @@ def measure(
             raise RuntimeError(f"{server}: {exc}: {log_path.read_text()[-500:]}") from None
         target = ["--tcp", f"127.0.0.1:{where[1]}"] if transport == "tcp" else ["--unix", where[1]]
         generator = subprocess.Popen(
-            pinned(
+            pin(
                 1,
                 [
                     str(loadgen),
@@ -452,15 +474,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.from_json:
         saved = [Sample(**fields) for fields in json.loads(Path(args.from_json).read_text())]
-        named = [s for s in [*ALL_SERVERS, BASELINE] if any(x.server == s for x in saved)]
+        named = [s for s in [*ALL_SERVERS, BASELINE, *WORKERS] if any(x.server == s for x in saved)]
         print(report(saved, named, args.idle))
         return 0
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 0.3, 0.1
     servers = args.servers.split(",")
-    unknown = [s for s in servers if s not in ALL_SERVERS]
+    unknown = [s for s in servers if s not in ALL_SERVERS and s not in WORKERS]
     if unknown:
-        sys.exit(f"bench: unknown server {unknown[0]}; choose from {', '.join(ALL_SERVERS)}")
+        known = ", ".join([*ALL_SERVERS, *WORKERS])
+        sys.exit(f"bench: unknown server {unknown[0]}; choose from {known}")
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
         if not (args.baseline / "triodaemon" / "__main__.py").is_file():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import resource
@@ -22,6 +23,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
@@ -42,6 +44,7 @@ from ._listeners import (
     parse_tcp_address,
 )
 from ._readiness import READINESS_NAMES, open_readiness
+from ._supervisor import Supervisor
 from ._systemd import Notifier, activated_sockets
 
 if TYPE_CHECKING:
@@ -281,6 +284,18 @@ def _serve_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--control-group", metavar="GROUP", help="control socket file group, name or id"
     )
+    group = parser.add_argument_group("processes")
+    group.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="serve with N worker processes under a supervisor (default 1: this process alone)",
+    )
+    # A worker's part, given by its supervisor: not for people.
+    group.add_argument("--worker", type=_positive_int, help=argparse.SUPPRESS)
+    group.add_argument("--inherit", type=int, action="append", default=[], help=argparse.SUPPRESS)
+    group.add_argument("--channel", type=int, help=argparse.SUPPRESS)
     _add_framing_flags(parser)
     group = parser.add_argument_group("limits")
     group.add_argument(
@@ -541,7 +556,7 @@ def _error(message: str) -> int:
     return EXIT_FAILURE
 
 
-def _on_stop_signal(daemon: Daemon, signum: int, drain_timeout: float) -> None:
+def _on_stop_signal(daemon: Daemon | Supervisor, signum: int, drain_timeout: float) -> None:
     """A stop signal once the daemon is serving: drain, and abort on a second one."""
     name = _signals.signal_name(signum)
     if signum == _XCPU:
@@ -577,8 +592,13 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
     always either before readiness (the start stops) or after it (a drain).
     """
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, *, quiet: bool = False) -> None:
         self.ready = False
+        self.ready_event = trio.Event()
+        self.quiet = quiet
+        """A worker's: its supervisor prints the readiness lines."""
+        self.failure: str | None = None
+        """Why serving failed to start, after the listeners were bound."""
         self.stopped_by: int | None = None
         """A stop signal that came before the daemon was ready."""
         self._notifier = notifier
@@ -592,21 +612,28 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
             return  # serve() got this far before its cancellation reached it
         if self.control is not None:
             print(f"triodaemon: control on {self.control.address}", file=sys.stderr, flush=True)
-        for index, address in enumerate(value or ()):
+        for index, address in enumerate(() if self.quiet else value or ()):
             label = self.labels[index] if index < len(self.labels) else ""
             print(f"triodaemon: listening on {address}{label}", file=sys.stderr, flush=True)
         self.ready = True
+        self.ready_event.set()
         self._notifier.send("READY=1", "STATUS=serving")
 
 
 async def _serve(
-    config: DaemonConfig, notifier: Notifier, activated: list[tuple[socket.socket, str]]
+    config: DaemonConfig,
+    notifier: Notifier,
+    activated: list[tuple[socket.socket, str]],
+    server: Callable[[], Daemon | Supervisor] | None = None,
+    channel: socket.socket | None = None,
 ) -> int:
+    """Serve until stopped: a daemon (or, with ``server``, a supervisor of workers);
+    a worker (``channel``, its supervisor's end) answers its supervisor on it."""
     # The receiver is in place before the held signals are let through, so one
     # sent at any moment of startup arrives here.
     with trio.open_signal_receiver(*_signals.HANDLED_SIGNALS) as signals, _signals.released():
-        daemon = Daemon(config)
-        startup = _Startup(notifier)
+        daemon = server() if server is not None else Daemon(config)
+        startup = _Startup(notifier, quiet=channel is not None)
 
         async with trio.open_nursery() as nursery:
 
@@ -625,7 +652,10 @@ async def _serve(
             async def serve_then_stop(
                 listeners: list[BoundListener], control: BoundListener | None
             ) -> None:
-                await daemon.serve(listeners, control=control, task_status=startup)
+                try:
+                    await daemon.serve(listeners, control=control, task_status=startup)
+                except TriodaemonError as exc:  # a worker that failed at the first start
+                    startup.failure = str(exc)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(handle_signals)
@@ -655,6 +685,10 @@ async def _serve(
             # serve() owns them from its first step, even if cancelled at once.
             nursery.start_soon(serve_then_stop, listeners, control)
             nursery.start_soon(notifier.run, daemon, config.drain_timeout)
+            if channel is not None:
+                nursery.start_soon(_answer_supervisor, daemon, startup, channel)
+    if startup.failure is not None:
+        return _error(startup.failure)
     if startup.stopped_by is not None:
         name = _signals.signal_name(startup.stopped_by)
         print(
@@ -667,15 +701,40 @@ async def _serve(
     return EXIT_FAILURE if summary is not None and summary.forced else 0
 
 
+async def _answer_supervisor(
+    daemon: Daemon | Supervisor, startup: _Startup, channel: socket.socket
+) -> None:
+    """A worker's side of its socketpair: answer the supervisor once serving; drain
+    when the supervisor is gone (its end closed: it exited, or was killed)."""
+    from ._control import serve_control_stream
+
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
+    await startup.ready_event.wait()
+    assert isinstance(daemon, Daemon)
+    await serve_control_stream(
+        stream, daemon.control_commands("by the supervisor"), idle_timeout=math.inf
+    )
+    if not daemon.draining:
+        log.warning("the supervisor is gone: draining")
+        daemon.drain()
+
+
 def serve_main(argv: Sequence[str]) -> int:
     parser = _serve_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
+    worker = args.worker is not None
     listen: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
-    try:
-        activated = activated_sockets()  # and unset: nothing we start inherits them
-    except AddressError as exc:
-        return _error(str(exc))
+    control = UnixAddress(args.control) if args.control is not None else None
+    if worker:
+        # The supervisor's sockets, inherited: the addresses in argv are its business.
+        listen, control = [], None
+        activated = [(socket.socket(fileno=fd), "") for fd in args.inherit]
+    else:
+        try:
+            activated = activated_sockets()  # and unset: nothing we start inherits them
+        except AddressError as exc:
+            return _error(str(exc))
     if not listen and not activated:
         parser.error(
             "nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH "
@@ -693,7 +752,7 @@ def serve_main(argv: Sequence[str]) -> int:
             readiness=args.readiness,
             sock_mode=args.sock_mode,
             sock_group=args.sock_group,
-            control=UnixAddress(args.control) if args.control is not None else None,
+            control=control,
             control_mode=args.control_mode,
             control_group=args.control_group,
         )
@@ -705,8 +764,14 @@ def serve_main(argv: Sequence[str]) -> int:
     _raise_fd_limit(config.max_connections + len(listen) + len(activated) + 64)
     _keep_large_buffers_on_the_heap()
     notifier = Notifier.from_environment()  # and unset: nothing we start inherits it
+    server: Callable[[], Daemon | Supervisor]
+    if worker or args.workers == 1:
+        server = partial(Daemon, config)
+    else:
+        server = partial(Supervisor, config, args.workers, argv)
+    channel = socket.socket(fileno=args.channel) if args.channel is not None else None
     try:
-        return trio.run(_serve, config, notifier, activated)
+        return trio.run(_serve, config, notifier, activated, server, channel)
     finally:
         notifier.close()
 

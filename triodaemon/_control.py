@@ -141,13 +141,19 @@ def _error_line(message: str) -> bytes:
     return encode({"id": None, "ok": False, "error": message})
 
 
-async def serve_control_stream(stream: trio.abc.Stream, commands: Commands) -> None:
-    """Answer requests on ``stream`` until the client leaves or breaks a limit; close it."""
+async def serve_control_stream(
+    stream: trio.abc.Stream, commands: Commands, *, idle_timeout: float = IDLE_TIMEOUT
+) -> None:
+    """Answer requests on ``stream`` until the client leaves or breaks a limit; close it.
+
+    ``idle_timeout``: how long without a request before closing (``inf``: never,
+    for a supervisor's channel to its worker).
+    """
     decoder = Framing("line", max_frame=MAX_REQUEST - 1).decoder()
     async with stream:
         try:
             while True:
-                line = await _next_request(stream, decoder)
+                line = await _next_request(stream, decoder, idle_timeout)
                 if line is None:
                     return
                 reply = encode(await commands.reply(line))
@@ -160,11 +166,11 @@ async def serve_control_stream(stream: trio.abc.Stream, commands: Commands) -> N
             return
 
 
-async def _next_request(stream: trio.abc.Stream, decoder: Any) -> bytes | None:
+async def _next_request(stream: trio.abc.Stream, decoder: Any, idle_timeout: float) -> bytes | None:
     """The next request line; ``None`` when the connection should end (after an
     error line to the client, where there is something to say)."""
     line_deadline = math.inf
-    idle_deadline = trio.current_time() + IDLE_TIMEOUT
+    idle_deadline = trio.current_time() + idle_timeout
     while True:
         try:
             line: bytes | None = decoder.next_frame()

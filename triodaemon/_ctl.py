@@ -86,6 +86,15 @@ def render_stats(stats: dict[str, Any], rates: dict[str, float] | None = None) -
                 + (" (forced)" if drain["forced"] else ""),
             )
         )
+    for worker in stats.get("workers", ()):
+        rows.append(
+            (
+                f"worker {worker['worker']}",
+                f"pid {worker['pid']}, {worker['state']}, up {duration(worker['uptime'])}, "
+                f"{_plural(worker['connections'], 'connection')}, {worker['frames']:,} frames, "
+                f"{_plural(worker['restarts'], 'restart')}",
+            )
+        )
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
@@ -94,11 +103,15 @@ _COLUMNS = ("id", "peer", "listener", "age", "in", "out", "frames", "state")
 
 
 def render_connections(connections: list[dict[str, Any]]) -> str:
-    """The ``connections`` reply as a table, one row per connection."""
+    """The ``connections`` reply as a table, one row per connection (and a worker
+    column, from a supervisor: ids are per worker)."""
     if not connections:
         return "no open connections"
+    workers = "worker" in connections[0]
+    columns = ("worker", *_COLUMNS) if workers else _COLUMNS
     rows = [
         (
+            *((str(item["worker"]),) if workers else ()),
             str(item["id"]),
             item["peer"],
             item["listener"],
@@ -110,8 +123,8 @@ def render_connections(connections: list[dict[str, Any]]) -> str:
         )
         for item in connections
     ]
-    widths = [max(len(row[i]) for row in [_COLUMNS, *rows]) for i in range(len(_COLUMNS))]
-    numeric = {0, 3, 4, 5, 6}
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
+    numeric = {i + workers for i in (0, 3, 4, 5, 6)} | ({0} if workers else set())
 
     def line(row: tuple[str, ...]) -> str:
         cells = [
@@ -120,7 +133,7 @@ def render_connections(connections: list[dict[str, Any]]) -> str:
         ]
         return "  ".join(cells).rstrip()
 
-    return "\n".join(line(row) for row in [_COLUMNS, *rows])
+    return "\n".join(line(row) for row in [columns, *rows])
 
 
 def render_reply(command: str, result: Any) -> str:

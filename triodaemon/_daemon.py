@@ -334,9 +334,10 @@ class Daemon:
             for connection in sorted(self._connections, key=lambda c: c.info.id)
         ]
 
-    def control_commands(self) -> Commands:
+    def control_commands(self, source: str = "on the control socket") -> Commands:
         """The control protocol's commands for this daemon: ``stats``,
-        ``connections``, ``drain``, ``log-level`` (and ``help``)."""
+        ``connections``, ``drain``, ``log-level`` (and ``help``). ``source`` says
+        where requests come from, in the log lines of ``drain`` and ``log-level``."""
         commands = Commands()
 
         async def stats(args: dict[str, Any]) -> dict[str, Any]:
@@ -352,7 +353,8 @@ class Daemon:
             already = self._draining
             if not already:
                 log.info(
-                    "drain requested on the control socket: draining (deadline %gs)",
+                    "drain requested %s: draining (deadline %gs)",
+                    source,
                     self.config.drain_timeout,
                 )
                 self.drain()
@@ -367,7 +369,7 @@ class Daemon:
             was = logging.getLevelName(logger.getEffectiveLevel()).lower()
             logger.setLevel(level.upper())
             if level != was:
-                log.warning("log level changed on the control socket: %s (was %s)", level, was)
+                log.warning("log level changed %s: %s (was %s)", source, level, was)
             return {"level": level, "was": was}
 
         commands.add("stats", stats, "stats", "counters, listeners, limits, the drain's progress")

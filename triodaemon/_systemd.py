@@ -38,16 +38,33 @@ import math
 import os
 import socket
 from collections.abc import MutableMapping
+from typing import Protocol
 
 import trio
 
-from ._daemon import Daemon
 from ._errors import AddressError
-
-log = logging.getLogger("triodaemon")
+from ._stats import Stats
 
 #: The shortest interval between two watchdog pings, whatever ``$WATCHDOG_USEC`` says.
 MIN_WATCHDOG_PING = 0.01
+
+
+class Served(Protocol):
+    """What the notifier reports on: a :class:`~triodaemon.Daemon`, or a supervisor of workers."""
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def connections(self) -> int: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def wait_draining(self) -> None: ...
+
+
+log = logging.getLogger("triodaemon")
 
 #: How often the ``STATUS=`` line is refreshed.
 STATUS_INTERVAL = 2.0
@@ -171,7 +188,7 @@ class Notifier:
             self._sock.close()
             self._sock = None
 
-    async def run(self, daemon: Daemon, drain_timeout: float) -> None:
+    async def run(self, daemon: Served, drain_timeout: float) -> None:
         """Refresh the status, ping the watchdog, and tell systemd about a drain, until cancelled."""
         if not self.enabled:
             return
@@ -193,7 +210,7 @@ class Notifier:
             self.send("WATCHDOG=1")
             await trio.sleep(every)
 
-    async def _status(self, daemon: Daemon) -> None:
+    async def _status(self, daemon: Served) -> None:
         frames = daemon.stats.frames
         at = trio.current_time()
         while True:

@@ -1,0 +1,266 @@
+"""``--workers N``: a supervisor and its worker processes, started as a user starts them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from triodaemon import connect, echo_frames
+from triodaemon._control import open_control
+from triodaemon._supervisor import FIRST_BACKOFF
+
+from .conftest import DaemonProcess, SpawnFn, read_until_eof, run_triodaemon
+
+TEST_TIMEOUT = 45
+
+
+async def start(spawn: SpawnFn, sock_dir: Path, *args: str, workers: int = 2) -> DaemonProcess:
+    daemon = await spawn(
+        "--sock",
+        str(sock_dir / "echo.sock"),
+        "--control",
+        str(sock_dir / "control.sock"),
+        "--workers",
+        str(workers),
+        *args,
+    )
+    await daemon.wait_ready(1)
+    return daemon
+
+
+async def ask(sock_dir: Path, command: str, **args: Any) -> Any:
+    control = await open_control(str(sock_dir / "control.sock"))
+    async with control.stream:
+        return await control.request(command, **args)
+
+
+async def worker_pids(sock_dir: Path) -> dict[int, int]:
+    stats = await ask(sock_dir, "stats")
+    return {worker["worker"]: worker["pid"] for worker in stats["workers"]}
+
+
+@contextmanager
+def watching_exits(pids: Iterable[int]) -> Iterator[list[int]]:
+    """pidfds of processes that are not our children: readable once each has exited."""
+    fds = [os.pidfd_open(pid) for pid in pids]
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def wait_for_lines(daemon: DaemonProcess, pattern: str, count: int) -> list[str]:
+    """Wait until ``count`` stderr lines match ``pattern`` (a regex); return them."""
+    regex = re.compile(pattern)
+    with trio.fail_after(TEST_TIMEOUT):
+        while True:
+            found = [line for line in daemon.lines if regex.search(line)]
+            if len(found) >= count:
+                return found
+            if daemon.process.returncode is not None:
+                raise AssertionError(f"exited first:\n{daemon.stderr}")
+            await daemon._changed.wait()
+
+
+async def test_every_worker_serves_and_the_supervisor_reports_them(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir, "--log-level", "debug")
+        address = daemon.addresses[0]
+        pids = await worker_pids(sock_dir)
+        assert sorted(pids) == [1, 2]
+        assert len({*pids.values(), daemon.process.pid}) == 3
+        streams: list[trio.SocketStream] = []
+        try:
+            # The kernel hands each connection to one worker or the other: keep
+            # connections open until both have some (it takes a few).
+            for i in range(200):
+                stream = await connect(address)
+                streams.append(stream)
+                await stream.send_all(b"hello %d\n" % i)
+                assert await stream.receive_some() == b"hello %d\n" % i
+                rows = await ask(sock_dir, "connections")
+                if {row["pid"] for row in rows} == set(pids.values()):
+                    break
+            else:
+                raise AssertionError("200 connections, all to one worker")
+            assert len(rows) == len(streams)
+            stats = await ask(sock_dir, "stats")
+            assert stats["connections"]["open"] == len(streams)
+            assert stats["frames"] == len(streams)
+            assert [w["connections"] for w in stats["workers"]] == [
+                sum(row["worker"] == n for row in rows) for n in (1, 2)
+            ]
+            result = await run_triodaemon(
+                "ctl", "--control", str(sock_dir / "control.sock"), "stats"
+            )
+            table = result.stdout.decode()
+            assert f"worker 1     pid {pids[1]}, serving" in table
+            assert f"worker 2     pid {pids[2]}, serving" in table
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        # Their log lines come through the supervisor, whole, with their names.
+        await wait_for_lines(daemon, rf"DEBUG worker [12] \(pid {pids[1]}\): conn 1 from ", 1)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    assert "Traceback" not in daemon.stderr
+    assert not (sock_dir / "echo.sock").exists()
+    assert not (sock_dir / "control.sock").exists()
+
+
+async def test_one_worker_means_no_supervisor(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir, workers=1)
+        stats = await ask(sock_dir, "stats")
+        assert stats["pid"] == daemon.process.pid
+        assert "workers" not in stats
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+
+
+async def test_a_killed_worker_is_replaced_and_the_other_serves_meanwhile(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir, "--log-level", "debug")
+        address = daemon.addresses[0]
+        before = await worker_pids(sock_dir)
+        os.kill(before[1], signal.SIGKILL)
+        # At once, while worker 1 is dead or starting again: nothing is refused.
+        for i in range(30):
+            assert await echo_frames(address, [b"meanwhile %d" % i]) == [b"meanwhile %d" % i]
+        await wait_for_lines(daemon, rf"worker 1 \(pid {before[1]}\) killed by SIGKILL", 1)
+        await wait_for_lines(daemon, r"worker 1 \(pid \d+\) serves", 2)  # started again
+        one, two = (await ask(sock_dir, "stats"))["workers"]
+        assert one["state"] == "serving"
+        assert one["pid"] not in before.values()
+        assert one["restarts"] == 1
+        assert (two["pid"], two["restarts"]) == (before[2], 0)
+        assert await echo_frames(address, [b"after"]) == [b"after"]
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+
+
+async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_later(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir, "--log-level", "debug")
+        address = daemon.addresses[0]
+        starts = r"started worker 1 \(pid (\d+)\)"
+        for attempt in range(1, 5):
+            line = (await wait_for_lines(daemon, starts, attempt))[-1]
+            match = re.search(starts, line)
+            assert match is not None
+            os.kill(int(match[1]), signal.SIGKILL)
+        lines = await wait_for_lines(daemon, r"worker 1 \(pid \d+\) killed by SIGKILL", 4)
+        delays = [float(re.findall(r"restarting it in ([\d.]+)s", line)[0]) for line in lines]
+        assert delays == [FIRST_BACKOFF * 2**n for n in range(4)]
+        assert await echo_frames(address, [b"worker 2 serves"]) == [b"worker 2 serves"]
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+
+
+async def test_a_drain_under_load_across_workers_loses_nothing(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir)
+        address = daemon.addresses[0]
+        results: list[tuple[list[bytes], list[bytes]]] = []
+        going = trio.Semaphore(0)
+        # Connections, made one by one, until both workers have some: which
+        # worker accepts is the kernel's choice (docs/cli.md, worker processes).
+        streams: list[trio.SocketStream] = []
+        for _ in range(100):
+            streams.append(await connect(address))
+            await streams[-1].send_all(b"hello\n")
+            assert await streams[-1].receive_some() == b"hello\n"
+            rows = await ask(sock_dir, "connections")
+            if len(streams) >= 8 and {row["worker"] for row in rows} == {1, 2}:
+                break
+        else:
+            raise AssertionError("100 connections, all to one worker")
+
+        async def client(n: int, stream: trio.SocketStream) -> None:
+            sent: list[bytes] = []
+            echoed: list[bytes] = []
+            results.append((sent, echoed))
+            async with stream:
+                buffer = b""
+                for i in range(100_000):
+                    frame = b"client %d frame %d" % (n, i)
+                    try:
+                        await stream.send_all(frame + b"\n")
+                    except trio.BrokenResourceError:
+                        return
+                    sent.append(frame)
+                    while b"\n" not in buffer:
+                        try:
+                            data = await stream.receive_some()
+                        except trio.BrokenResourceError:
+                            return
+                        if not data:
+                            return
+                        buffer += data
+                    line, buffer = buffer.split(b"\n", 1)
+                    echoed.append(line)
+                    if i == 50:
+                        going.release()
+
+        async with trio.open_nursery() as nursery:
+            for n, stream in enumerate(streams):
+                nursery.start_soon(client, n, stream)
+            for _ in streams:
+                await going.acquire()
+            daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    for sent, echoed in results:
+        assert len(echoed) > 50
+        assert echoed == sent[: len(echoed)]
+        assert len(sent) - len(echoed) <= 1
+    assert len(re.findall(r"worker \d \(pid \d+\): shutdown complete", daemon.stderr)) == 2
+    assert "shutdown complete: every worker has exited" in daemon.stderr
+    assert not (sock_dir / "echo.sock").exists()
+
+
+async def test_a_killed_supervisor_leaves_no_worker_behind(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir, workers=3)
+        pids = await worker_pids(sock_dir)
+        with watching_exits(pids.values()) as exits:
+            daemon.process.kill()
+            assert await daemon.wait() == -signal.SIGKILL
+            with trio.fail_after(5):
+                for fd in exits:
+                    await trio.lowlevel.wait_readable(fd)
+
+
+async def test_a_second_signal_stops_the_workers_at_once(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir, "--drain-timeout", "60")
+        stream = await connect(daemon.addresses[0])
+        async with stream:
+            await stream.send_all(b"never finished")  # holds its worker's drain
+            await daemon.wait_until_received(14)
+            pids = await worker_pids(sock_dir)
+            with watching_exits(pids.values()) as exits:
+                daemon.signal(signal.SIGTERM)
+                await daemon.wait_for_line("draining 2 workers")
+                daemon.signal(signal.SIGTERM)
+                assert await daemon.wait() == 1
+                with trio.fail_after(5):
+                    for fd in exits:
+                        await trio.lowlevel.wait_readable(fd)
+            assert await read_until_eof(stream) == b""
+        await daemon.wait_for_line("received SIGTERM again: stopping now")

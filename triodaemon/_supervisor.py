@@ -1,0 +1,566 @@
+"""Worker processes: one supervisor binds every socket once and keeps N workers serving them.
+
+Strategy: the supervisor is what the command line serves when ``--workers N``
+is above 1, with the interface of a :class:`~triodaemon.Daemon` (``serve``,
+``drain``, ``abort``, ``stats``), so signals, systemd and the control socket
+treat both alike. It binds the listeners and starts each worker as a new
+program, ``python -m triodaemon`` with the same arguments and three hidden
+ones: its number, the listening sockets' descriptors (inherited, shared: the
+kernel's one accept queue per socket feeds every worker), and one end of a
+socketpair. Over that socketpair the supervisor speaks the control protocol
+(:mod:`._control`) as a client: the worker answers once it serves (that is its
+readiness), reports ``stats`` and ``connections`` (which the supervisor's own
+control socket aggregates), and drains when told. A worker whose socketpair
+reaches EOF (the supervisor died, even by SIGKILL) drains by itself.
+
+Workers run in sessions of their own, so a Ctrl-C on the terminal reaches the
+supervisor alone, which drains them all in parallel. Their log lines come
+through a pipe and are logged again by the supervisor, whole, at their own
+level, behind ``worker N (pid P):``. A worker that dies is restarted: at once
+if it had served a while, else after a delay that doubles up to
+``BACKOFF_LIMIT``; a worker that fails before the first start is complete ends
+the start (exit 1, with the worker's last words).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from . import __version__
+from ._config import DaemonConfig
+from ._control import (
+    LOG_LEVELS,
+    Commands,
+    ControlClient,
+    ControlError,
+    no_arguments,
+    serve_control,
+)
+from ._daemon import DrainSummary
+from ._errors import ClientError, TriodaemonError
+from ._listeners import Address, BoundListener
+from ._stats import Stats
+
+log = logging.getLogger("triodaemon")
+
+#: Seconds a worker may take from its start to its first answer (its readiness).
+START_TIMEOUT = 30.0
+#: A worker that served at least this long before it died was not failing at
+#: start: it is restarted at once, and its count of failures begins again.
+STABLE_AFTER = 10.0
+#: The first delay before restarting a worker that failed at start; it doubles
+#: with each failure in a row, up to ``BACKOFF_LIMIT``.
+FIRST_BACKOFF = 0.2
+BACKOFF_LIMIT = 30.0
+#: Seconds a worker may take to answer the supervisor before it is skipped.
+ASK_TIMEOUT = 5.0
+#: How often the supervisor gathers the workers' counters (for SIGUSR1 and systemd).
+POLL_INTERVAL = 1.0
+#: After the drain deadline, how long a worker may still take before it is killed.
+EXIT_GRACE = 5.0
+
+#: A worker's log line as its formatter writes it: time, name, level, message.
+_LOG_LINE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} triodaemon (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)"
+)
+
+
+_LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
+
+
+def exit_reason(code: int) -> str:
+    """``exited with code 1``, ``killed by SIGKILL``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with code {code}"
+
+
+@attrs.define(eq=False)
+class _Worker:
+    number: int
+    process: trio.Process | None = None
+    channel: ControlClient | None = None
+    lock: trio.Lock = attrs.field(factory=trio.Lock)
+    ready: bool = False
+    started: float = math.nan  # time.monotonic() of the last start
+    restarts: int = 0
+    failures: int = 0  # deaths at start in a row
+    last_words: list[str] = attrs.field(factory=list)
+    stats: dict[str, Any] | None = None  # the last stats it reported
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def ask(self, command: str, **args: Any) -> Any:
+        """One request to this worker; ``ClientError`` if it cannot answer in time."""
+        channel = self.channel
+        if channel is None or not self.ready:
+            raise ClientError(f"worker {self.number} is not serving")
+        async with self.lock:
+            with trio.move_on_after(ASK_TIMEOUT):
+                return await channel.request(command, **args)
+        raise ClientError(f"worker {self.number} did not answer within {ASK_TIMEOUT:g}s")
+
+
+class Supervisor:
+    """Serve the daemon's sockets with ``count`` worker processes.
+
+    Args:
+        config: the daemon's configuration (its limits, for the reports; the
+            workers get theirs from ``argv``).
+        count: how many workers (2 or more).
+        argv: the command line's arguments, given to every worker as they are
+            (a worker ignores the addresses in them and serves what it inherits).
+    """
+
+    def __init__(self, config: DaemonConfig, count: int, argv: Sequence[str]) -> None:
+        self.config = config
+        self.argv = list(argv)
+        self.stats = Stats()
+        """The workers' counters, summed: refreshed every ``POLL_INTERVAL``."""
+        self.summary: DrainSummary | None = None
+        self._workers = [_Worker(number) for number in range(1, count + 1)]
+        self._listeners: Sequence[BoundListener] = ()
+        self._control: BoundListener | None = None
+        self._draining = False
+        self._forced = False
+        self._drain_started = trio.Event()
+        self._drain_deadline = math.inf
+        self._all_ready = trio.Event()
+        self._start_failure: str | None = None
+        self._started = math.nan
+        self._started_wall = math.nan
+        self._open = 0
+        self._nursery: trio.Nursery | None = None
+
+    # -- the Daemon-like interface ------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def connections(self) -> int:
+        """Connections open in all workers, as of the last poll."""
+        return self._open
+
+    async def wait_draining(self) -> None:
+        await self._drain_started.wait()
+
+    def drain(self) -> None:
+        """Drain every worker in parallel; :meth:`serve` returns once all have exited."""
+        if self._draining:
+            return
+        self._draining = True
+        self._drain_deadline = trio.current_time() + self.config.drain_timeout
+        self._drain_started.set()
+        log.info(
+            "draining %d workers (deadline %gs)", len(self._workers), self.config.drain_timeout
+        )
+        assert self._nursery is not None, "drain() before serve()"
+        for worker in self._workers:
+            self._nursery.start_soon(self._tell_to_drain, worker)
+
+    def abort(self) -> None:
+        """Kill every worker at once."""
+        self._forced = True
+        if not self._draining:
+            self.drain()
+        for worker in self._workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.kill()
+
+    async def serve(
+        self,
+        listeners: Sequence[BoundListener],
+        *,
+        control: BoundListener | None = None,
+        task_status: trio.TaskStatus[tuple[Address, ...]] = trio.TASK_STATUS_IGNORED,
+    ) -> DrainSummary:
+        """Start the workers; report the addresses once every worker serves; return
+        once all have exited after a drain.
+
+        Raises:
+            TriodaemonError: a worker failed at the first start (with its last words).
+        """
+        self._listeners = listeners
+        self._control = control
+        self._started, self._started_wall = time.monotonic(), time.time()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if control is not None:
+                    await nursery.start(serve_control, control, self.control_commands())
+                async with trio.open_nursery() as keepers:
+                    for worker in self._workers:
+                        keepers.start_soon(self._keep, worker)
+                    await self._all_ready.wait()
+                    if self._start_failure is not None:
+                        keepers.cancel_scope.cancel()
+                    else:
+                        task_status.started(tuple(listener.address for listener in listeners))
+                        nursery.start_soon(self._poll)
+                nursery.cancel_scope.cancel()
+        finally:
+            for listener in listeners:
+                listener.close()
+            if control is not None:
+                control.close()
+            for worker in self._workers:  # a failed start, or a cancellation: no orphans
+                if worker.process is not None and worker.process.returncode is None:
+                    worker.process.kill()
+        if self._start_failure is not None:
+            raise TriodaemonError(self._start_failure)
+        self.summary = DrainSummary(0, 0, self._forced)
+        log.info(
+            "shutdown complete: every worker has exited%s", " (forced)" if self._forced else ""
+        )
+        return self.summary
+
+    # -- the workers ----------------------------------------------------------------
+
+    async def _keep(self, worker: _Worker) -> None:
+        """Run one worker slot: start, watch, restart with backoff, until the drain."""
+        while not self._draining:
+            code = await self._run_once(worker)
+            if self._draining:
+                log.info("worker %d (pid %s) %s", worker.number, worker.pid, exit_reason(code))
+                return
+            if not self._all_ready.is_set():
+                words = "; ".join(worker.last_words[-3:]) or "no output"
+                self._start_failure = (
+                    f"worker {worker.number} {exit_reason(code)} before it served: {words}"
+                )
+                self._all_ready.set()
+                return
+            served = time.monotonic() - worker.started if worker.ready else 0.0
+            if served >= STABLE_AFTER:
+                worker.failures = 0
+                delay = 0.0
+            else:
+                worker.failures += 1
+                delay = min(BACKOFF_LIMIT, FIRST_BACKOFF * 2 ** (worker.failures - 1))
+            log.error(
+                "worker %d (pid %s) %s after %.1fs; restarting it%s",
+                worker.number,
+                worker.pid,
+                exit_reason(code),
+                time.monotonic() - worker.started,
+                f" in {delay:g}s" if delay else "",
+            )
+            if delay >= BACKOFF_LIMIT:
+                log.error(
+                    "worker %d keeps failing at start (%d times in a row); retrying every %gs "
+                    "while the other workers serve",
+                    worker.number,
+                    worker.failures,
+                    BACKOFF_LIMIT,
+                )
+            with trio.move_on_after(delay):
+                await self._drain_started.wait()
+            worker.restarts += 1
+
+    async def _run_once(self, worker: _Worker) -> int:
+        """Start the worker, make it ready, and wait for it to exit; its exit code."""
+        mine, theirs = socket.socketpair()
+        fds = [listener.sock.fileno() for listener in self._listeners]
+        # The level in force now (ctl log-level may have changed it), after argv's: the last wins.
+        level = logging.getLevelName(log.getEffectiveLevel()).lower()
+        command = [sys.executable, "-m", "triodaemon", *self.argv, "--log-level", level]
+        command += ["--worker", str(worker.number)]
+        for fd in fds:
+            command += ["--inherit", str(fd)]
+        command += ["--channel", str(theirs.fileno())]
+        try:
+            process = await trio.lowlevel.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=(*fds, theirs.fileno()),
+                start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
+            )
+        except OSError as exc:
+            mine.close()
+            log.error("cannot start worker %d: %s", worker.number, exc)
+            return 127
+        finally:
+            theirs.close()
+        worker.process = process
+        worker.ready = False
+        worker.started = time.monotonic()
+        worker.last_words = []
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
+        worker.channel = ControlClient(stream, f"worker {worker.number}")
+        log.debug("started worker %d (pid %d)", worker.number, process.pid)
+        relayed = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                assert process.stderr is not None
+                nursery.start_soon(self._relay, worker, process.stderr, relayed)
+                nursery.start_soon(self._handshake, worker)
+                code = await process.wait()
+                with trio.move_on_after(1):  # its last lines, up to its EOF
+                    await relayed.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            worker.ready = False
+            worker.channel = None
+            await trio.aclose_forcefully(stream)
+        return code
+
+    async def _handshake(self, worker: _Worker) -> None:
+        """Wait for the worker's first answer: it serves. Kill it if none comes in time."""
+        assert worker.channel is not None
+        assert worker.process is not None
+        with trio.move_on_after(START_TIMEOUT):
+            try:
+                worker.stats = await worker.channel.request("stats")
+            except (ClientError, ControlError):
+                return  # it is exiting: _run_once sees the exit
+            worker.ready = True
+            log.debug("worker %d (pid %d) serves", worker.number, worker.process.pid)
+            if all(other.ready for other in self._workers):
+                self._all_ready.set()
+            if self._draining:  # a drain that came while it was starting
+                await self._tell_to_drain(worker)
+            return
+        log.error("worker %d did not start within %gs; killing it", worker.number, START_TIMEOUT)
+        worker.last_words.append(f"not ready within {START_TIMEOUT:g}s")
+        worker.process.kill()
+
+    async def _relay(
+        self, worker: _Worker, stderr: trio.abc.ReceiveStream, done: trio.Event
+    ) -> None:
+        """Log the worker's stderr lines again, whole, at their level, with its name."""
+        assert worker.process is not None
+        pid = worker.process.pid
+        buffer = b""
+        try:
+            while chunk := await stderr.receive_some():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self._relay_line(worker, pid, line.decode(errors="replace"))
+            if buffer:
+                self._relay_line(worker, pid, buffer.decode(errors="replace"))
+        finally:
+            done.set()
+
+    @staticmethod
+    def _relay_line(worker: _Worker, pid: int, line: str) -> None:
+        if not line:
+            return
+        found = _LOG_LINE.fullmatch(line)
+        level, message = (_LEVELS[found[1]], found[2]) if found else (logging.WARNING, line)
+        worker.last_words = [*worker.last_words[-4:], message]
+        log.log(level, "worker %d (pid %d): %s", worker.number, pid, message)
+
+    async def _tell_to_drain(self, worker: _Worker) -> None:
+        """Ask one worker to drain; kill it if it has not exited after the deadline."""
+        with contextlib.suppress(ClientError, ControlError):
+            await worker.ask("drain")  # if not serving yet, the handshake tells it
+        process = worker.process
+        if process is None:
+            return
+        with trio.move_on_at(self._drain_deadline + EXIT_GRACE):
+            await process.wait()
+            return
+        log.error(
+            "worker %d (pid %d) still runs %gs after the drain deadline; killing it",
+            worker.number,
+            process.pid,
+            EXIT_GRACE,
+        )
+        process.kill()
+
+    async def _poll(self) -> None:
+        """Gather the workers' counters every ``POLL_INTERVAL`` (for SIGUSR1 and systemd)."""
+        while True:
+            await self._gather()
+            await trio.sleep(POLL_INTERVAL)
+
+    async def _gather(self) -> list[tuple[_Worker, dict[str, Any] | None]]:
+        """Ask every serving worker for its stats at once; sum them into ``self.stats``."""
+        answers: dict[int, dict[str, Any] | None] = {}
+
+        async def ask(worker: _Worker) -> None:
+            try:
+                answers[worker.number] = worker.stats = await worker.ask("stats")
+            except (ClientError, ControlError):
+                answers[worker.number] = None
+
+        async with trio.open_nursery() as nursery:
+            for worker in self._workers:
+                nursery.start_soon(ask, worker)
+        total = Stats()
+        for answer in answers.values():
+            if answer is None:
+                continue
+            total.connections_active += answer["connections"]["open"]
+            total.connections_accepted += answer["connections"]["total"]
+            total.frames += answer["frames"]
+            total.bytes_received += answer["bytes_in"]
+            total.bytes_sent += answer["bytes_out"]
+            total.memory_waits += answer["memory_waits"]
+            errors = answer["errors"]
+            total.framing_errors += errors["framing"]
+            total.incomplete_frames += errors["incomplete"]
+            total.resets += errors["resets"]
+            total.idle_timeouts += errors["idle timeouts"]
+            total.frame_timeouts += errors["frame timeouts"]
+            total.handler_errors += errors["handler"]
+            total.accept_errors += errors["accept"]
+        self.stats = total
+        self._open = total.connections_active
+        return [(worker, answers.get(worker.number)) for worker in self._workers]
+
+    # -- the control socket -------------------------------------------------------
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The ``stats`` reply: the workers' counters summed, and each worker."""
+        gathered = await self._gather()
+        stats = self.stats
+        config = self.config
+        answers = [answer for _, answer in gathered if answer is not None]
+        drain = None
+        if self._draining:
+            drain = {
+                "remaining": stats.connections_active,
+                "drained": sum((a["drain"] or {}).get("drained", 0) for a in answers),
+                "aborted": sum((a["drain"] or {}).get("aborted", 0) for a in answers),
+                "deadline_in": max(0.0, self._drain_deadline - trio.current_time()),
+                "forced": self._forced,
+            }
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": self._started_wall,
+            "uptime": time.monotonic() - self._started,
+            "state": "draining" if self._draining else "serving",
+            "readiness": answers[0]["readiness"] if answers else "?",
+            "listeners": [
+                {"address": str(listener.address), "accepting": not self._draining}
+                for listener in self._listeners
+            ],
+            "control": str(self._control.address) if self._control is not None else None,
+            "connections": {"open": stats.connections_active, "total": stats.connections_accepted},
+            "frames": stats.frames,
+            "bytes_in": stats.bytes_received,
+            "bytes_out": stats.bytes_sent,
+            "buffered": sum(a["buffered"] for a in answers),
+            "memory_waits": stats.memory_waits,
+            "errors": stats.errors(),
+            "limits": {
+                "framing": config.framing.describe(),
+                "max_frame": config.framing.max_frame,
+                "max_connections": config.max_connections,
+                "idle_timeout": config.idle_timeout,
+                "frame_timeout": config.frame_timeout,
+                "drain_timeout": config.drain_timeout,
+                "max_buffered": config.max_buffered,
+            },
+            "drain": drain,
+            "workers": [
+                {
+                    "worker": worker.number,
+                    "pid": worker.pid,
+                    "state": answer["state"] if answer else "starting" if not worker.ready else "?",
+                    "uptime": time.monotonic() - worker.started,
+                    "restarts": worker.restarts,
+                    "connections": answer["connections"]["open"] if answer else 0,
+                    "frames": answer["frames"] if answer else 0,
+                }
+                for worker, answer in gathered
+            ],
+        }
+
+    async def connection_snapshots(self) -> list[dict[str, Any]]:
+        """The ``connections`` reply: every worker's, each with its worker and pid."""
+        rows: list[dict[str, Any]] = []
+
+        async def ask(worker: _Worker) -> None:
+            try:
+                answer = await worker.ask("connections")
+            except (ClientError, ControlError):
+                return
+            rows.extend({**row, "worker": worker.number, "pid": worker.pid} for row in answer)
+
+        async with trio.open_nursery() as nursery:
+            for worker in self._workers:
+                nursery.start_soon(ask, worker)
+        return sorted(rows, key=lambda row: (row["worker"], row["id"]))
+
+    def control_commands(self) -> Commands:
+        commands = Commands()
+
+        async def stats(args: dict[str, Any]) -> dict[str, Any]:
+            no_arguments(args)
+            return await self.snapshot()
+
+        async def connections(args: dict[str, Any]) -> list[dict[str, Any]]:
+            no_arguments(args)
+            return await self.connection_snapshots()
+
+        async def drain(args: dict[str, Any]) -> dict[str, Any]:
+            no_arguments(args)
+            already = self._draining
+            await self._gather()
+            if not already:
+                log.info("drain requested on the control socket")  # the drain logs the rest
+                self.drain()
+            return {"draining": self.stats.connections_active, "already": already}
+
+        async def log_level(args: dict[str, Any]) -> dict[str, str]:
+            level = args.pop("level", None)
+            no_arguments(args)
+            if level not in LOG_LEVELS:
+                raise ControlError(f"level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+            logger = logging.getLogger("triodaemon")
+            was = logging.getLevelName(logger.getEffectiveLevel()).lower()
+            logger.setLevel(level.upper())
+            async with trio.open_nursery() as nursery:
+                for worker in self._workers:
+                    nursery.start_soon(self._set_level, worker, level)
+            if level != was:
+                log.warning("log level changed on the control socket: %s (was %s)", level, was)
+            return {"level": level, "was": was}
+
+        commands.add("stats", stats, "stats", "every worker's counters, summed, and each worker")
+        commands.add("connections", connections, "connections", "every open connection")
+        commands.add("drain", drain, "drain", "drain every worker (as SIGTERM does)")
+        commands.add(
+            "log-level", log_level, "log-level LEVEL", f"log detail: {', '.join(LOG_LEVELS)}"
+        )
+        return commands
+
+    @staticmethod
+    async def _set_level(worker: _Worker, level: str) -> None:
+        with contextlib.suppress(ClientError, ControlError):
+            # One that is (re)starting gets the level in force on its command line.
+            await worker.ask("log-level", level=level)
