@@ -70,3 +70,22 @@ def test_bench_suite_smoke() -> None:
             # Memory per idle connection: measured (a number), for every server.
             assert header.rstrip().endswith("| KiB per idle conn |")
             assert not any(math.isnan(float(row.split("|")[-2])) for row in rows)
+
+
+def test_accept_balance_smoke() -> None:
+    """bench/accept_balance.py runs, and a shared socket loses no queued connection
+    when a worker exits (the reason --workers shares its sockets)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "accept_balance.py"), "--connections", "50"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in result.stdout.decode().splitlines()
+        if line.startswith("| shared") or line.startswith("| reuseport")
+    }
+    assert set(rows) == {"shared", "reuseport"}
+    assert "lost" not in rows["shared"]

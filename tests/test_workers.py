@@ -106,6 +106,12 @@ async def test_every_worker_serves_and_the_supervisor_reports_them(
             table = result.stdout.decode()
             assert f"worker 1     pid {pids[1]}, serving" in table
             assert f"worker 2     pid {pids[2]}, serving" in table
+            result = await run_triodaemon(
+                "ctl", "--control", str(sock_dir / "control.sock"), "connections"
+            )
+            header, *lines = result.stdout.decode().splitlines()
+            assert header.split()[:2] == ["worker", "id"]
+            assert len(lines) == len(streams)
         finally:
             for stream in streams:
                 await stream.aclose()
