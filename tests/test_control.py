@@ -307,6 +307,35 @@ async def asking_until_it_fails(control: ControlClient) -> None:
         await control.request("stats")
 
 
+async def test_a_client_that_gave_up_on_a_reply_skips_it_later() -> None:
+    """A request abandoned (a timeout around it) leaves its reply on the stream: the
+    next request must get its own reply, not that one."""
+    client_end, server_end = trio.testing.memory_stream_pair()
+    client = ControlClient(client_end, "the test's server")
+    release = trio.Event()
+
+    async def server() -> None:
+        buffer = b""
+        while True:
+            while b"\n" not in buffer:
+                buffer += await server_end.receive_some()
+            line, buffer = buffer.split(b"\n", 1)
+            request = json.loads(line)
+            if request["id"] == 1:
+                await release.wait()  # the first reply comes late
+            reply = {"id": request["id"], "ok": True, "result": request["command"]}
+            await server_end.send_all(json.dumps(reply).encode() + b"\n")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        with trio.move_on_after(0.01):
+            await client.request("slow")
+        release.set()
+        assert await client.request("fast") == "fast"
+        assert await client.request("again") == "again"
+        nursery.cancel_scope.cancel()
+
+
 def test_a_listener_cannot_also_be_the_control_socket(sock_dir: Path) -> None:
     with pytest.raises(ValueError, match="both a listener and the control socket"):
         DaemonConfig(

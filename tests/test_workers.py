@@ -270,3 +270,24 @@ async def test_a_second_signal_stops_the_workers_at_once(spawn: SpawnFn, sock_di
                         await trio.lowlevel.wait_readable(fd)
             assert await read_until_eof(stream) == b""
         await daemon.wait_for_line("received SIGTERM again: stopping now")
+
+
+async def test_a_stopped_worker_is_reported_and_answers_again_once_resumed(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir)
+        pids = await worker_pids(sock_dir)
+        os.kill(pids[1], signal.SIGSTOP)
+        try:
+            one, two = (await ask(sock_dir, "stats"))["workers"]  # after ASK_TIMEOUT
+            assert (one["state"], two["state"]) == ("not answering", "serving")
+        finally:
+            os.kill(pids[1], signal.SIGCONT)
+        # Its late reply is skipped: the next answers are the right ones.
+        for _ in range(3):
+            one, two = (await ask(sock_dir, "stats"))["workers"]
+            assert (one["state"], one["pid"]) == ("serving", pids[1])
+        assert len(await ask(sock_dir, "connections")) == 0
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0

@@ -283,24 +283,37 @@ class ControlClient:
             ClientError: the connection failed, or the reply was not one.
         """
         self._next_id += 1
+        wanted = self._next_id
         try:
-            await self.stream.send_all(encode({"id": self._next_id, "command": command, **args}))
-            while (line := self._decoder.next_frame()) is None:
-                data = await self.stream.receive_some()
-                if not data:
-                    raise ClientError(f"{self.where} closed the connection before replying")
-                self._decoder.feed(data)
+            await self.stream.send_all(encode({"id": wanted, "command": command, **args}))
+            while True:
+                reply = await self._reply()
+                # The reply to an earlier request that was given up on (a timeout
+                # around request()) comes first: skip it.
+                if not (isinstance(reply.get("id"), int) and reply["id"] < wanted):
+                    break
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientError(f"{self.where}: connection lost: {exc}") from None
+        if reply.get("id") != wanted:
+            raise ClientError(f"{self.where} sent a reply that is not the one asked for: {reply}")
+        if not reply.get("ok"):
+            raise ControlError(str(reply.get("error")))
+        return reply.get("result")
+
+    async def _reply(self) -> dict[str, Any]:
+        """The next reply line, parsed."""
+        while (line := self._decoder.next_frame()) is None:
+            data = await self.stream.receive_some()
+            if not data:
+                raise ClientError(f"{self.where} closed the connection before replying")
+            self._decoder.feed(data)
         try:
             reply = json.loads(line)
         except ValueError as exc:
             raise ClientError(f"{self.where} sent something that is not JSON: {exc}") from None
-        if not isinstance(reply, dict) or reply.get("id") != self._next_id:
-            raise ClientError(f"{self.where} sent a reply that is not the one asked for: {line!r}")
-        if not reply.get("ok"):
-            raise ControlError(str(reply.get("error")))
-        return reply.get("result")
+        if not isinstance(reply, dict):
+            raise ClientError(f"{self.where} sent a reply that is not an object: {line!r}")
+        return reply
 
     async def aclose(self) -> None:
         await self.stream.aclose()

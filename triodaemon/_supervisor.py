@@ -490,7 +490,13 @@ class Supervisor:
                 {
                     "worker": worker.number,
                     "pid": worker.pid,
-                    "state": answer["state"] if answer else "starting" if not worker.ready else "?",
+                    "state": (
+                        answer["state"]
+                        if answer
+                        else "not answering"
+                        if worker.ready
+                        else "starting"
+                    ),
                     "uptime": time.monotonic() - worker.started,
                     "restarts": worker.restarts,
                     "connections": answer["connections"]["open"] if answer else 0,
