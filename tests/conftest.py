@@ -186,11 +186,56 @@ class DaemonProcess:
 SpawnFn = Callable[..., Awaitable[DaemonProcess]]
 
 
+class LockstepClient:
+    """One line frame at a time, each sent once the previous one's echo is back,
+    until the server closes: what a drain under load must not lose a frame of.
+
+    ``going`` is released once 50 echoes have come back.
+    """
+
+    def __init__(self, n: int, going: trio.Semaphore) -> None:
+        self.n = n
+        self.going = going
+        self.sent: list[bytes] = []
+        self.echoed: list[bytes] = []
+
+    async def run(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            buffer = b""
+            for i in range(100_000):
+                frame = b"client %d frame %d" % (self.n, i)
+                try:
+                    await stream.send_all(frame + b"\n")
+                except trio.BrokenResourceError:
+                    return
+                self.sent.append(frame)
+                while b"\n" not in buffer:
+                    try:
+                        data = await stream.receive_some()
+                    except trio.BrokenResourceError:
+                        return
+                    if not data:
+                        return
+                    buffer += data
+                line, buffer = buffer.split(b"\n", 1)
+                self.echoed.append(line)
+                if i == 50:
+                    self.going.release()
+
+    def check(self) -> None:
+        """Every frame the server read was echoed, in order; at most the one sent
+        as it closed went unread."""
+        assert len(self.echoed) > 50
+        assert self.echoed == self.sent[: len(self.echoed)]
+        assert len(self.sent) - len(self.echoed) <= 1
+
+
 @asynccontextmanager
 async def daemon_process(
-    command: list[str], env: dict[str, str] | None = None
+    command: list[str], env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()
 ) -> AsyncIterator[DaemonProcess]:
-    """Run ``command`` (a triodaemon, however it is started) with its stderr collected.
+    """Run ``command`` (a triodaemon, however it is started) with its stderr collected,
+    and ``pass_fds`` inherited.
 
     Killed at the end if it is still running.
     """
@@ -200,6 +245,7 @@ async def daemon_process(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        pass_fds=pass_fds,
     )
     daemon = DaemonProcess(process)
     async with trio.open_nursery() as nursery:

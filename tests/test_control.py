@@ -34,7 +34,7 @@ from triodaemon._control import (
     open_control,
 )
 
-from .conftest import LogWaiter, SpawnFn, read_until_eof, run_triodaemon, running
+from .conftest import LockstepClient, LogWaiter, SpawnFn, read_until_eof, run_triodaemon, running
 
 TEST_TIMEOUT = 30
 
@@ -439,49 +439,19 @@ async def test_ctl_drain_under_load_loses_no_echo(spawn: SpawnFn, sock_dir: Path
     with trio.fail_after(TEST_TIMEOUT):
         daemon, control = await start(spawn, sock_dir)
         address = daemon.addresses[0]
-        results: list[tuple[list[bytes], list[bytes]]] = []
-        started = trio.Semaphore(0)
-
-        async def client(n: int) -> None:
-            sent: list[bytes] = []
-            echoed: list[bytes] = []
-            results.append((sent, echoed))
-            stream = await connect(address)
-            async with stream:
-                buffer = b""
-                for i in range(100_000):
-                    frame = b"client %d frame %d" % (n, i)
-                    try:
-                        await stream.send_all(frame + b"\n")
-                    except trio.BrokenResourceError:
-                        return
-                    sent.append(frame)
-                    while b"\n" not in buffer:
-                        try:
-                            data = await stream.receive_some()
-                        except trio.BrokenResourceError:
-                            return
-                        if not data:
-                            return
-                        buffer += data
-                    line, buffer = buffer.split(b"\n", 1)
-                    echoed.append(line)
-                    if i == 50:
-                        started.release()
-
+        going = trio.Semaphore(0)
+        clients = [LockstepClient(n, going) for n in range(8)]
         async with trio.open_nursery() as nursery:
-            for n in range(8):
-                nursery.start_soon(client, n)
-            for _ in range(8):
-                await started.acquire()
+            for client in clients:
+                nursery.start_soon(client.run, await connect(address))
+            for _ in clients:
+                await going.acquire()
             result = await ctl("--control", control, "drain")
             assert result.returncode == 0, result.stderr
             assert result.stdout.decode().strip() == "draining 8 connections"
         assert await daemon.wait() == 0
-    for sent, echoed in results:
-        assert len(echoed) > 50
-        assert echoed == sent[: len(echoed)]
-        assert len(sent) - len(echoed) <= 1
+    for client in clients:
+        client.check()
     assert "shutdown complete: 8 connections drained, 0 aborted" in daemon.stderr
 
 

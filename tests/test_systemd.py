@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -370,36 +370,13 @@ _AS_SYSTEMD_STARTS_IT = (
 )
 
 
-@asynccontextmanager
-async def started_on(held: socket.socket) -> AsyncIterator[DaemonProcess]:
+def started_on(held: socket.socket) -> AbstractAsyncContextManager[DaemonProcess]:
     """triodaemon on a listening socket the test holds, as systemd holds a .socket unit's."""
-    process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-c",
-            _AS_SYSTEMD_STARTS_IT,
-            str(held.fileno()),
-            "--framing",
-            "length",
-            "--log-level",
-            "debug",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    args = ["--framing", "length", "--log-level", "debug"]
+    return daemon_process(
+        [sys.executable, "-c", _AS_SYSTEMD_STARTS_IT, str(held.fileno()), *args],
         pass_fds=(held.fileno(),),
     )
-    daemon = DaemonProcess(process)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(daemon._collect)
-        try:
-            yield daemon
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
 
 
 @pytest.mark.parametrize("family", ["unix", "tcp"])

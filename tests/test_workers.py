@@ -16,7 +16,7 @@ from triodaemon import connect, echo_frames
 from triodaemon._control import open_control
 from triodaemon._supervisor import FIRST_BACKOFF
 
-from .conftest import DaemonProcess, SpawnFn, read_until_eof, run_triodaemon
+from .conftest import DaemonProcess, LockstepClient, SpawnFn, read_until_eof, run_triodaemon
 
 TEST_TIMEOUT = 45
 
@@ -183,7 +183,6 @@ async def test_a_drain_under_load_across_workers_loses_nothing(
     with trio.fail_after(TEST_TIMEOUT):
         daemon = await start(spawn, sock_dir)
         address = daemon.addresses[0]
-        results: list[tuple[list[bytes], list[bytes]]] = []
         going = trio.Semaphore(0)
         # Connections, made one by one, until both workers have some: which
         # worker accepts is the kernel's choice (docs/cli.md, worker processes).
@@ -198,43 +197,16 @@ async def test_a_drain_under_load_across_workers_loses_nothing(
         else:
             raise AssertionError("100 connections, all to one worker")
 
-        async def client(n: int, stream: trio.SocketStream) -> None:
-            sent: list[bytes] = []
-            echoed: list[bytes] = []
-            results.append((sent, echoed))
-            async with stream:
-                buffer = b""
-                for i in range(100_000):
-                    frame = b"client %d frame %d" % (n, i)
-                    try:
-                        await stream.send_all(frame + b"\n")
-                    except trio.BrokenResourceError:
-                        return
-                    sent.append(frame)
-                    while b"\n" not in buffer:
-                        try:
-                            data = await stream.receive_some()
-                        except trio.BrokenResourceError:
-                            return
-                        if not data:
-                            return
-                        buffer += data
-                    line, buffer = buffer.split(b"\n", 1)
-                    echoed.append(line)
-                    if i == 50:
-                        going.release()
-
+        clients = [LockstepClient(n, going) for n in range(len(streams))]
         async with trio.open_nursery() as nursery:
-            for n, stream in enumerate(streams):
-                nursery.start_soon(client, n, stream)
-            for _ in streams:
+            for client, stream in zip(clients, streams, strict=True):
+                nursery.start_soon(client.run, stream)
+            for _ in clients:
                 await going.acquire()
             daemon.signal(signal.SIGTERM)
         assert await daemon.wait() == 0
-    for sent, echoed in results:
-        assert len(echoed) > 50
-        assert echoed == sent[: len(echoed)]
-        assert len(sent) - len(echoed) <= 1
+    for client in clients:
+        client.check()
     assert len(re.findall(r"worker \d \(pid \d+\): shutdown complete", daemon.stderr)) == 2
     assert "shutdown complete: every worker has exited" in daemon.stderr
     assert not (sock_dir / "echo.sock").exists()

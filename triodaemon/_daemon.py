@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Sequence
@@ -25,11 +24,17 @@ from typing import Any
 import attrs
 import trio
 
-from . import __version__
 from ._budget import BufferBudget
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
 from ._connection import ConnectionInfo, FrameHandler
-from ._control import LOG_LEVELS, Commands, ControlError, no_arguments, serve_control
+from ._control import (
+    LOG_LEVELS,
+    Commands,
+    log_level_command,
+    no_arguments,
+    serve_control,
+    stats_report,
+)
 from ._listeners import (
     BROKEN_LISTENER_ERRNOS,
     Address,
@@ -270,8 +275,6 @@ class Daemon:
         all, frames, bytes each way, errors by kind, the limits in force, and the
         drain's progress once one has begun (``drain``, else ``None``).
         """
-        stats = self.stats
-        config = self.config
         drain = None
         if self._draining:
             drain = {
@@ -281,36 +284,18 @@ class Daemon:
                 "deadline_in": self._until(self._drain_deadline),
                 "forced": self._forced,
             }
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "started": self._started_wall,
-            "uptime": time.monotonic() - self._started,
-            "state": "draining" if self._draining else "serving",
-            "readiness": self.readiness,
-            "listeners": [
-                {"address": str(listener.address), "accepting": not self._draining}
-                for listener in self._listeners
-            ],
-            "control": str(self._control.address) if self._control is not None else None,
-            "connections": {"open": self.connections, "total": stats.connections_accepted},
-            "frames": stats.frames,
-            "bytes_in": stats.bytes_received,
-            "bytes_out": stats.bytes_sent,
-            "buffered": self.buffered,
-            "memory_waits": stats.memory_waits,
-            "errors": stats.errors(),
-            "limits": {
-                "framing": config.framing.describe(),
-                "max_frame": config.framing.max_frame,
-                "max_connections": config.max_connections,
-                "idle_timeout": config.idle_timeout,
-                "frame_timeout": config.frame_timeout,
-                "drain_timeout": config.drain_timeout,
-                "max_buffered": config.max_buffered,
-            },
-            "drain": drain,
-        }
+        return stats_report(
+            self.config,
+            self.stats,
+            started=self._started,
+            started_wall=self._started_wall,
+            draining=self._draining,
+            readiness=self.readiness,
+            listeners=self._listeners,
+            control=self._control,
+            buffered=self.buffered,
+            drain=drain,
+        )
 
     def connection_snapshots(self) -> list[dict[str, Any]]:
         """What the control socket's ``connections`` reports: one record per open
@@ -360,23 +345,14 @@ class Daemon:
                 self.drain()
             return {"draining": len(self._connections), "already": already}
 
-        async def log_level(args: dict[str, Any]) -> dict[str, str]:
-            level = args.pop("level", None)
-            no_arguments(args)
-            if level not in LOG_LEVELS:
-                raise ControlError(f"level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-            logger = logging.getLogger("triodaemon")
-            was = logging.getLevelName(logger.getEffectiveLevel()).lower()
-            logger.setLevel(level.upper())
-            if level != was:
-                log.warning("log level changed %s: %s (was %s)", source, level, was)
-            return {"level": level, "was": was}
-
         commands.add("stats", stats, "stats", "counters, listeners, limits, the drain's progress")
         commands.add("connections", connections, "connections", "every open connection")
         commands.add("drain", drain, "drain", "start the graceful shutdown (as SIGTERM does)")
         commands.add(
-            "log-level", log_level, "log-level LEVEL", f"log detail: {', '.join(LOG_LEVELS)}"
+            "log-level",
+            log_level_command(source),
+            "log-level LEVEL",
+            f"log detail: {', '.join(LOG_LEVELS)}",
         )
         return commands
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import re
 import signal
 import socket
@@ -40,15 +39,16 @@ from typing import Any
 import attrs
 import trio
 
-from . import __version__
 from ._config import DaemonConfig
 from ._control import (
     LOG_LEVELS,
     Commands,
     ControlClient,
     ControlError,
+    log_level_command,
     no_arguments,
     serve_control,
+    stats_report,
 )
 from ._daemon import DrainSummary
 from ._errors import ClientError, TriodaemonError
@@ -457,54 +457,33 @@ class Supervisor:
                 "deadline_in": max(0.0, self._drain_deadline - trio.current_time()),
                 "forced": self._forced,
             }
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "started": self._started_wall,
-            "uptime": time.monotonic() - self._started,
-            "state": "draining" if self._draining else "serving",
-            "readiness": answers[0]["readiness"] if answers else "?",
-            "listeners": [
-                {"address": str(listener.address), "accepting": not self._draining}
-                for listener in self._listeners
-            ],
-            "control": str(self._control.address) if self._control is not None else None,
-            "connections": {"open": stats.connections_active, "total": stats.connections_accepted},
-            "frames": stats.frames,
-            "bytes_in": stats.bytes_received,
-            "bytes_out": stats.bytes_sent,
-            "buffered": sum(a["buffered"] for a in answers),
-            "memory_waits": stats.memory_waits,
-            "errors": stats.errors(),
-            "limits": {
-                "framing": config.framing.describe(),
-                "max_frame": config.framing.max_frame,
-                "max_connections": config.max_connections,
-                "idle_timeout": config.idle_timeout,
-                "frame_timeout": config.frame_timeout,
-                "drain_timeout": config.drain_timeout,
-                "max_buffered": config.max_buffered,
-            },
-            "drain": drain,
-            "workers": [
-                {
-                    "worker": worker.number,
-                    "pid": worker.pid,
-                    "state": (
-                        answer["state"]
-                        if answer
-                        else "not answering"
-                        if worker.ready
-                        else "starting"
-                    ),
-                    "uptime": time.monotonic() - worker.started,
-                    "restarts": worker.restarts,
-                    "connections": answer["connections"]["open"] if answer else 0,
-                    "frames": answer["frames"] if answer else 0,
-                }
-                for worker, answer in gathered
-            ],
-        }
+        report = stats_report(
+            config,
+            stats,
+            started=self._started,
+            started_wall=self._started_wall,
+            draining=self._draining,
+            readiness=answers[0]["readiness"] if answers else "?",
+            listeners=self._listeners,
+            control=self._control,
+            buffered=sum(a["buffered"] for a in answers),
+            drain=drain,
+        )
+        report["workers"] = [
+            {
+                "worker": worker.number,
+                "pid": worker.pid,
+                "state": (
+                    answer["state"] if answer else "not answering" if worker.ready else "starting"
+                ),
+                "uptime": time.monotonic() - worker.started,
+                "restarts": worker.restarts,
+                "connections": answer["connections"]["open"] if answer else 0,
+                "frames": answer["frames"] if answer else 0,
+            }
+            for worker, answer in gathered
+        ]
+        return report
 
     async def connection_snapshots(self) -> list[dict[str, Any]]:
         """The ``connections`` reply: every worker's, each with its worker and pid."""
@@ -542,26 +521,19 @@ class Supervisor:
                 self.drain()
             return {"draining": self.stats.connections_active, "already": already}
 
-        async def log_level(args: dict[str, Any]) -> dict[str, str]:
-            level = args.pop("level", None)
-            no_arguments(args)
-            if level not in LOG_LEVELS:
-                raise ControlError(f"level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-            logger = logging.getLogger("triodaemon")
-            was = logging.getLevelName(logger.getEffectiveLevel()).lower()
-            logger.setLevel(level.upper())
+        async def forward(level: str) -> None:
             async with trio.open_nursery() as nursery:
                 for worker in self._workers:
                     nursery.start_soon(self._set_level, worker, level)
-            if level != was:
-                log.warning("log level changed on the control socket: %s (was %s)", level, was)
-            return {"level": level, "was": was}
 
         commands.add("stats", stats, "stats", "every worker's counters, summed, and each worker")
         commands.add("connections", connections, "connections", "every open connection")
         commands.add("drain", drain, "drain", "drain every worker (as SIGTERM does)")
         commands.add(
-            "log-level", log_level, "log-level LEVEL", f"log detail: {', '.join(LOG_LEVELS)}"
+            "log-level",
+            log_level_command("on the control socket", also=forward),
+            "log-level LEVEL",
+            f"log detail: {', '.join(LOG_LEVELS)}",
         )
         return commands
 
