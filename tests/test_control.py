@@ -121,6 +121,9 @@ async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir:
                 b'{"id": "six", "command": "help"}',
                 b"\xff\xfe",
                 b'{"id": 7, "command": "stats"}',
+                '{"id": 8, "command": "stats"}'.encode("utf-16"),
+                b'{"id": NaN, "command": "stats"}',
+                b'{"id": 9, "command": 5}',
             ]
             replies = await raw_exchange(sock_dir / "control.sock", b"\n".join(requests) + b"\n")
             assert [(reply["id"], reply["ok"]) for reply in replies] == [
@@ -134,6 +137,9 @@ async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir:
                 ("six", True),
                 (None, False),
                 (7, True),
+                (None, False),
+                (None, False),
+                (9, False),
             ]
             errors = [str(reply.get("error")) for reply in replies]
             assert errors[0].startswith("not a JSON request: ")
@@ -146,6 +152,10 @@ async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir:
             assert errors[4] == "unexpected argument 'verbose'"
             assert errors[5] == "level must be one of debug, info, warning, error, not None"
             assert errors[6] == "level must be one of debug, info, warning, error, not 'loud'"
+            assert errors[8] == "a request is a line of UTF-8 text"
+            assert errors[10] == "a request is a line of UTF-8 text"
+            assert errors[11] == "not a JSON request: NaN is not JSON"
+            assert errors[12] == '"command" is a name such as "stats", not 5'
             assert set(replies[7]["result"]) == {
                 "help",
                 "stats",
@@ -456,6 +466,52 @@ async def test_ctl_drain_under_load_loses_no_echo(spawn: SpawnFn, sock_dir: Path
 
 
 WATCH = ["stats", "--watch", "0.2"]
+
+
+CTL = [sys.executable, "-m", "triodaemon", "ctl"]
+
+
+async def test_ctl_says_what_is_wrong_in_one_line(spawn: SpawnFn, sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon, control = await start(spawn, sock_dir)
+        # The echo socket, by mistake: it echoes the request back.
+        echo = str(sock_dir / "echo.sock")
+        result = await ctl("--control", echo, "stats")
+        assert result.returncode == 1
+        assert result.stderr.decode().startswith(
+            f"triodaemon: error: the daemon at {echo} is not a triodaemon control socket "
+            "(it answered {"
+        )
+        # A standard output that cannot be written: one line, no traceback.
+        written = await trio.run_process(
+            ["sh", "-c", 'exec "$@" >/dev/full', "sh", *CTL, "--control", control, "help"],
+            stdin=subprocess.DEVNULL,
+            capture_stderr=True,
+            check=False,
+        )
+        assert written.returncode == 1
+        assert written.stderr.decode().splitlines() == [
+            "triodaemon: error: cannot write to standard output: No space left on device"
+        ]
+        result = await ctl("--control", control, "stats", "--watch", "0")
+        assert result.returncode == 2
+        assert "'0' is too short: 0.1 seconds or more" in result.stderr.decode()
+        # Every control connection taken: ctl says so.
+        held = [await open_control(control) for _ in range(MAX_CLIENTS)]
+        try:
+            for client in held:
+                await client.request("help")
+            result = await ctl("--control", control, "stats")
+            assert result.returncode == 1
+            assert result.stderr.decode().splitlines() == [
+                f"triodaemon: error: the daemon at {control}: too many control connections "
+                f"({MAX_CLIENTS})"
+            ]
+        finally:
+            for client in held:
+                await client.aclose()
+        daemon.signal()
+        assert await daemon.wait() == 0
 
 
 async def test_ctl_watch_follows_a_drain_to_the_end(spawn: SpawnFn, sock_dir: Path) -> None:

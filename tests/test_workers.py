@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from triodaemon import connect, echo_frames
+from triodaemon import ClientError, connect, echo_frames
 from triodaemon._control import open_control
 from triodaemon._supervisor import FIRST_BACKOFF
 
@@ -110,7 +112,7 @@ async def test_every_worker_serves_and_the_supervisor_reports_them(
                 "ctl", "--control", str(sock_dir / "control.sock"), "connections"
             )
             header, *lines = result.stdout.decode().splitlines()
-            assert header.split()[:2] == ["worker", "id"]
+            assert header.split()[:3] == ["worker", "pid", "id"]
             assert len(lines) == len(streams)
         finally:
             for stream in streams:
@@ -170,7 +172,7 @@ async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_later(
             assert match is not None
             os.kill(int(match[1]), signal.SIGKILL)
         lines = await wait_for_lines(daemon, r"worker 1 \(pid \d+\) killed by SIGKILL", 4)
-        delays = [float(re.findall(r"restarting it in ([\d.]+)s", line)[0]) for line in lines]
+        delays = [float(re.findall(r"starting it again in ([\d.]+)s", line)[0]) for line in lines]
         assert delays == [FIRST_BACKOFF * 2**n for n in range(4)]
         assert await echo_frames(address, [b"worker 2 serves"]) == [b"worker 2 serves"]
         daemon.signal(signal.SIGTERM)
@@ -263,3 +265,65 @@ async def test_a_stopped_worker_is_reported_and_answers_again_once_resumed(
         assert len(await ask(sock_dir, "connections")) == 0
         daemon.signal(signal.SIGTERM)
         assert await daemon.wait() == 0
+
+
+async def test_a_drain_refuses_new_connections_at_once(spawn: SpawnFn, sock_dir: Path) -> None:
+    """The supervisor's own descriptors of the listening sockets close with the
+    workers': nothing new is accepted into a queue that nobody will serve."""
+    framing_args = ("--framing", "length", "--drain-timeout", "30")
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await spawn(
+            "--sock",
+            str(sock_dir / "echo.sock"),
+            "--tcp",
+            "127.0.0.1:0",
+            "--control",
+            str(sock_dir / "control.sock"),
+            "--workers",
+            "2",
+            *framing_args,
+        )
+        tcp, unix = await daemon.wait_ready(2)
+        wire = b"\x00\x00\x00\x05hello"
+        stream = await connect(unix)
+        async with stream:
+            await stream.send_all(wire[:6])  # a frame in progress holds the drain open
+            await daemon.wait_until_received(6)
+            daemon.signal(signal.SIGTERM)
+            await wait_for_lines(daemon, r"worker \d \(pid \d+\): shutting down", 2)
+            assert not (sock_dir / "echo.sock").exists()
+            for address in (tcp, unix):
+                with pytest.raises(ClientError):
+                    await connect(address)
+            assert (await ask(sock_dir, "stats"))["state"] == "draining"  # it still answers
+            await stream.send_all(wire[6:])
+            assert await read_until_eof(stream) == wire
+        assert await daemon.wait() == 0
+
+
+WITH_40_FILES = ["sh", "-c", 'ulimit -n 40; exec "$@"', "sh"]
+TRIODAEMON = [sys.executable, "-m", "triodaemon"]
+
+
+async def test_a_worker_that_cannot_be_started_ends_the_start_in_one_line(
+    sock_dir: Path,
+) -> None:
+    # Out of descriptors for the 8th worker's socketpair, say.
+    result = await trio.run_process(
+        [*WITH_40_FILES, *TRIODAEMON, "--sock", str(sock_dir / "e.sock"), "--workers", "20"],
+        capture_stderr=True,
+        check=False,
+    )
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 1
+    assert re.fullmatch(r"triodaemon: error: worker \d+ could not be started: .+", lines[-1])
+    assert "Traceback" not in result.stderr.decode()
+    assert not (sock_dir / "e.sock").exists()
+
+
+async def test_too_many_workers_is_a_usage_error() -> None:
+    from triodaemon._cli import MAX_WORKERS
+
+    result = await run_triodaemon("--tcp", ":0", "--workers", str(MAX_WORKERS + 1))
+    assert result.returncode == 2
+    assert f"at most {MAX_WORKERS}" in result.stderr.decode()

@@ -87,6 +87,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _interval(text: str) -> float:
+    value = _seconds(text)
+    if value < 0.1:
+        raise argparse.ArgumentTypeError(f"{text!r} is too short: 0.1 seconds or more")
+    return value
+
+
 _SIZE = re.compile(r"(\d+)\s*(k|kib|m|mib|g|gib)?b?", re.IGNORECASE)
 _SIZE_UNITS = {
     None: 1,
@@ -180,7 +187,7 @@ def _add_framing_flags(parser: argparse.ArgumentParser) -> None:
         "--delimiter",
         type=_delimiter,
         metavar="SEQ",
-        help=r"frame terminator for --framing delimiter; escapes \n \r \t \0 \\ \xHH",
+        help=r"frame terminator for --framing delimiter; escapes \n \r \t \0 \e \\ \xHH",
     )
     group.add_argument(
         "--length-bytes",
@@ -249,12 +256,14 @@ def _serve_parser() -> argparse.ArgumentParser:
             "       triodaemon check  (--tcp HOST:PORT | --sock PATH) [options]"
             "  check any echo server's framing\n"
             "       triodaemon bench  (--tcp HOST:PORT | --sock PATH) [options]"
-            "  load any echo server"
+            "  load any echo server\n"
+            "       triodaemon ctl --control PATH COMMAND [options]"
+            "  ask or tell a running daemon"
         ),
         description=(
             "A framed echo daemon on TCP and Unix sockets. Each subcommand has its own "
             "--help: 'triodaemon client --help', 'triodaemon check --help', "
-            "'triodaemon bench --help'."
+            "'triodaemon bench --help', 'triodaemon ctl --help'."
         ),
     )
     parser.add_argument("--version", action="version", version=f"triodaemon {__version__}")
@@ -701,6 +710,10 @@ async def _serve(
     return EXIT_FAILURE if summary is not None and summary.forced else 0
 
 
+#: The most worker processes --workers starts: a typo of 100000 should not fork a storm.
+MAX_WORKERS = max(64, 4 * (os.cpu_count() or 1))
+
+
 async def _answer_supervisor(
     daemon: Daemon | Supervisor, startup: _Startup, channel: socket.socket
 ) -> None:
@@ -764,6 +777,11 @@ def serve_main(argv: Sequence[str]) -> int:
     _raise_fd_limit(config.max_connections + len(listen) + len(activated) + 64)
     _keep_large_buffers_on_the_heap()
     notifier = Notifier.from_environment()  # and unset: nothing we start inherits it
+    if not worker and args.workers > MAX_WORKERS:
+        parser.error(
+            f"--workers {args.workers} is more than this machine can use: at most "
+            f"{MAX_WORKERS} (4 per core, 64 at least)"
+        )
     server: Callable[[], Daemon | Supervisor]
     if worker or args.workers == 1:
         server = partial(Daemon, config)
@@ -789,6 +807,24 @@ async def _stdin_lines(keep_newline: bool) -> AsyncIterator[bytes]:
         yield pending
 
 
+def _stdout_failed(exc: OSError) -> ClientError:
+    """Standard output failed: like ``| head``, the reader is gone, or the disk is
+    full. Silence the interpreter's own flush at exit; the error is one line."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError):
+        return ClientError("standard output was closed")
+    return ClientError(f"cannot write to standard output: {exc.strerror or exc}")
+
+
+def _print_out(text: str) -> int:
+    """Print ``text`` on stdout: 0, or the exit code after one line saying why not."""
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        return _error(str(_stdout_failed(exc)))
+    return 0
+
+
 async def _client(address: Address, framing: Framing, args: argparse.Namespace) -> int:
     raw = framing.kind == "raw"
     stdout = sys.stdout.buffer
@@ -797,11 +833,8 @@ async def _client(address: Address, framing: Framing, args: argparse.Namespace) 
         try:
             stdout.write(frame if raw else frame + b"\n")
             stdout.flush()
-        except BrokenPipeError:
-            # Like `| head`: the reader is gone. Silence the interpreter's own
-            # flush at exit, then stop with one line.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise ClientError("standard output was closed") from None
+        except OSError as exc:
+            raise _stdout_failed(exc) from None
 
     if args.send:
         messages: AsyncIterator[bytes] = repeat(
@@ -880,8 +913,9 @@ async def _check(address: Address, framing: Framing, args: argparse.Namespace) -
         )
     except ClientError as exc:
         return _error(str(exc))
-    print(report.to_json() if args.json else report.table(), flush=True)
-    return 0 if report.passed else EXIT_FAILURE
+    return _print_out(report.to_json() if args.json else report.table()) or (
+        0 if report.passed else EXIT_FAILURE
+    )
 
 
 async def _bench(address: Address, framing: Framing, args: argparse.Namespace) -> int:
@@ -909,8 +943,9 @@ async def _bench(address: Address, framing: Framing, args: argparse.Namespace) -
         return _error(str(exc))
     if live:
         print(file=sys.stderr)
-    print(result.to_json() if args.json else result.table(), flush=True)
-    return 0 if result.errors == 0 else EXIT_FAILURE
+    return _print_out(result.to_json() if args.json else result.table()) or (
+        0 if result.errors == 0 else EXIT_FAILURE
+    )
 
 
 def bench_main(argv: Sequence[str]) -> int:
@@ -947,9 +982,9 @@ def _ctl_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the raw reply as JSON")
     parser.add_argument(
         "--watch",
-        type=_seconds,
+        type=_interval,
         metavar="S",
-        help="stats or connections: ask again every S seconds, until Ctrl-C",
+        help="stats or connections: ask again every S seconds (0.1 or more), until Ctrl-C",
     )
     return parser
 
@@ -985,7 +1020,8 @@ async def _ctl(args: argparse.Namespace) -> int:
                     text = "\x1b[H\x1b[2J" + text  # in place, like top
                 elif previous is not None and not args.json:
                     text = "\n" + text
-                print(text, flush=True)
+                if code := _print_out(text):
+                    return code
                 if args.watch is None:
                     return 0
                 previous = result if args.command == "stats" else {}

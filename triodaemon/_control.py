@@ -44,7 +44,9 @@ from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
 
-#: The longest request line, newline included.
+#: The longest request line, newline included. (Past it the client gets an error
+#: line, then the connection is closed; one that goes on sending far past it may
+#: find the connection reset before it reads that line.)
 MAX_REQUEST = 65536
 #: Seconds a request line may take from its first byte to its newline.
 REQUEST_TIMEOUT = 10.0
@@ -99,8 +101,10 @@ class Commands:
         request_id: Any = None
         try:
             try:
-                request = json.loads(line)
-            except (UnicodeDecodeError, ValueError) as exc:
+                request = json.loads(line.decode(), parse_constant=_no_constant)
+            except UnicodeDecodeError:
+                raise ControlError("a request is a line of UTF-8 text") from None
+            except ValueError as exc:
                 raise ControlError(f"not a JSON request: {exc}") from None
             if not isinstance(request, dict):
                 raise ControlError(
@@ -108,8 +112,10 @@ class Commands:
                 )
             request_id = request.pop("id", None)
             name = request.pop("command", None)
-            if not isinstance(name, str):
+            if name is None:
                 raise ControlError('no "command" in the request: try {"command": "help"}')
+            if not isinstance(name, str):
+                raise ControlError(f'"command" is a name such as "stats", not {name!r}')
             entry = self._entries.get(name)
             if entry is None:
                 known = ", ".join(self._entries)
@@ -118,6 +124,10 @@ class Commands:
         except ControlError as exc:
             return {"id": request_id, "ok": False, "error": str(exc)}
         return {"id": request_id, "ok": True, "result": result}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def no_arguments(args: dict[str, Any]) -> None:
@@ -369,11 +379,18 @@ class ControlClient:
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientError(f"{self.where}: connection lost: {exc}") from None
+        ok = reply.get("ok")
+        if not isinstance(ok, bool) or (ok and "result" not in reply):
+            raise ClientError(
+                f"{self.where} is not a triodaemon control socket (it answered {reply})"
+            )
+        if reply.get("id") is None and not ok:  # about the connection, not the request
+            raise ClientError(f"{self.where}: {reply.get('error')}")
         if reply.get("id") != wanted:
             raise ClientError(f"{self.where} sent a reply that is not the one asked for: {reply}")
-        if not reply.get("ok"):
+        if not ok:
             raise ControlError(str(reply.get("error")))
-        return reply.get("result")
+        return reply["result"]
 
     async def _reply(self) -> dict[str, Any]:
         """The next reply line, parsed."""

@@ -103,15 +103,15 @@ _COLUMNS = ("id", "peer", "listener", "age", "in", "out", "frames", "state")
 
 
 def render_connections(connections: list[dict[str, Any]]) -> str:
-    """The ``connections`` reply as a table, one row per connection (and a worker
-    column, from a supervisor: ids are per worker)."""
+    """The ``connections`` reply as a table, one row per connection (from a
+    supervisor, with each one's worker and its pid: ids are per worker)."""
     if not connections:
         return "no open connections"
     workers = "worker" in connections[0]
-    columns = ("worker", *_COLUMNS) if workers else _COLUMNS
+    columns = ("worker", "pid", *_COLUMNS) if workers else _COLUMNS
     rows = [
         (
-            *((str(item["worker"]),) if workers else ()),
+            *((str(item["worker"]), str(item["pid"])) if workers else ()),
             str(item["id"]),
             item["peer"],
             item["listener"],
@@ -124,7 +124,8 @@ def render_connections(connections: list[dict[str, Any]]) -> str:
         for item in connections
     ]
     widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
-    numeric = {i + workers for i in (0, 3, 4, 5, 6)} | ({0} if workers else set())
+    shift = 2 if workers else 0
+    numeric = {i + shift for i in (0, 3, 4, 5, 6)} | ({0, 1} if workers else set())
 
     def line(row: tuple[str, ...]) -> str:
         cells = [

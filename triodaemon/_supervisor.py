@@ -106,7 +106,9 @@ class _Worker:
     channel: ControlClient | None = None
     lock: trio.Lock = attrs.field(factory=trio.Lock)
     ready: bool = False
+    state: str = "starting"  # when it does not answer for itself
     started: float = math.nan  # time.monotonic() of the last start
+    served_from: float = math.nan  # time.monotonic() when it last became ready
     restarts: int = 0
     failures: int = 0  # deaths at start in a row
     last_words: list[str] = attrs.field(factory=list)
@@ -151,12 +153,14 @@ class Supervisor:
         self._forced = False
         self._drain_started = trio.Event()
         self._drain_deadline = math.inf
-        self._all_ready = trio.Event()
+        self._all_ready = trio.Event()  # every worker serves, or the first start failed
+        self._started_all = False  # every worker has served: the first start is complete
         self._start_failure: str | None = None
         self._started = math.nan
         self._started_wall = math.nan
         self._open = 0
         self._nursery: trio.Nursery | None = None
+        self._retired: list[dict[str, Any]] = []  # the last stats of workers that ended
 
     # -- the Daemon-like interface ------------------------------------------------
 
@@ -185,6 +189,11 @@ class Supervisor:
         assert self._nursery is not None, "drain() before serve()"
         for worker in self._workers:
             self._nursery.start_soon(self._tell_to_drain, worker)
+        # Our own descriptors of the listening sockets: once the workers have closed
+        # theirs, nobody holds them and new connections are refused (and our Unix
+        # socket files go now).
+        for listener in self._listeners:
+            listener.close()
 
     def abort(self) -> None:
         """Kill every worker at once."""
@@ -247,18 +256,20 @@ class Supervisor:
     async def _keep(self, worker: _Worker) -> None:
         """Run one worker slot: start, watch, restart with backoff, until the drain."""
         while not self._draining:
-            code = await self._run_once(worker)
+            why, served = await self._run_once(worker)
+            self._retire(worker)
             if self._draining:
-                log.info("worker %d (pid %s) %s", worker.number, worker.pid, exit_reason(code))
+                worker.state = "exited"
+                log.info("worker %d (pid %s) %s", worker.number, worker.pid, why)
                 return
-            if not self._all_ready.is_set():
-                words = "; ".join(worker.last_words[-3:]) or "no output"
-                self._start_failure = (
-                    f"worker {worker.number} {exit_reason(code)} before it served: {words}"
-                )
-                self._all_ready.set()
+            if not self._started_all:
+                # The first start is not complete: it fails, with the first reason.
+                if self._start_failure is None:
+                    words = "; ".join(worker.last_words[-3:]) or "no output"
+                    ran = f" before it served: {words}" if served >= 0 else ""
+                    self._start_failure = f"worker {worker.number} {why}{ran}"
+                    self._all_ready.set()
                 return
-            served = time.monotonic() - worker.started if worker.ready else 0.0
             if served >= STABLE_AFTER:
                 worker.failures = 0
                 delay = 0.0
@@ -266,28 +277,34 @@ class Supervisor:
                 worker.failures += 1
                 delay = min(BACKOFF_LIMIT, FIRST_BACKOFF * 2 ** (worker.failures - 1))
             log.error(
-                "worker %d (pid %s) %s after %.1fs; restarting it%s",
+                "worker %d%s %s%s; starting it again%s",
                 worker.number,
-                worker.pid,
-                exit_reason(code),
-                time.monotonic() - worker.started,
+                f" (pid {worker.pid})" if served >= 0 else "",
+                why,
+                f" after serving {served:.1f}s" if served > 0 else "",
                 f" in {delay:g}s" if delay else "",
             )
             if delay >= BACKOFF_LIMIT:
                 log.error(
-                    "worker %d keeps failing at start (%d times in a row); retrying every %gs "
-                    "while the other workers serve",
+                    "worker %d keeps failing at start (%d times in a row); trying again every "
+                    "%gs while the other workers serve",
                     worker.number,
                     worker.failures,
                     BACKOFF_LIMIT,
                 )
+            worker.state = f"waiting {delay:g}s to start again" if delay else "starting"
             with trio.move_on_after(delay):
                 await self._drain_started.wait()
             worker.restarts += 1
 
-    async def _run_once(self, worker: _Worker) -> int:
-        """Start the worker, make it ready, and wait for it to exit; its exit code."""
-        mine, theirs = socket.socketpair()
+    async def _run_once(self, worker: _Worker) -> tuple[str, float]:
+        """Start the worker, make it ready, and wait for it to exit.
+
+        Returns why it ended (``exited with code 1``, ``killed by SIGKILL``, or
+        ``could not be started: ...``) and for how long it had served (0 if it
+        never was ready; -1 if it never ran).
+        """
+        worker.state = "starting"
         fds = [listener.sock.fileno() for listener in self._listeners]
         # The level in force now (ctl log-level may have changed it), after argv's: the last wins.
         level = logging.getLevelName(log.getEffectiveLevel()).lower()
@@ -295,6 +312,10 @@ class Supervisor:
         command += ["--worker", str(worker.number)]
         for fd in fds:
             command += ["--inherit", str(fd)]
+        try:
+            mine, theirs = socket.socketpair()
+        except OSError as exc:  # out of descriptors, say
+            return f"could not be started: {exc.strerror or exc}", -1.0
         command += ["--channel", str(theirs.fileno())]
         try:
             process = await trio.lowlevel.open_process(
@@ -307,14 +328,14 @@ class Supervisor:
             )
         except OSError as exc:
             mine.close()
-            log.error("cannot start worker %d: %s", worker.number, exc)
-            return 127
+            return f"could not be started: {exc.strerror or exc}", -1.0
         finally:
             theirs.close()
         worker.process = process
         worker.ready = False
         worker.started = time.monotonic()
         worker.last_words = []
+        worker.stats = None
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
         worker.channel = ControlClient(stream, f"worker {worker.number}")
         log.debug("started worker %d (pid %d)", worker.number, process.pid)
@@ -325,6 +346,8 @@ class Supervisor:
                 nursery.start_soon(self._relay, worker, process.stderr, relayed)
                 nursery.start_soon(self._handshake, worker)
                 code = await process.wait()
+                served = time.monotonic() - worker.served_from if worker.ready else 0.0
+                worker.ready = False
                 with trio.move_on_after(1):  # its last lines, up to its EOF
                     await relayed.wait()
                 nursery.cancel_scope.cancel()
@@ -332,7 +355,14 @@ class Supervisor:
             worker.ready = False
             worker.channel = None
             await trio.aclose_forcefully(stream)
-        return code
+        return exit_reason(code), served
+
+    def _retire(self, worker: _Worker) -> None:
+        """Keep what a worker that ended had counted (as of its last report), so that
+        the totals never go backwards."""
+        last, worker.stats = worker.stats, None
+        if last is not None:
+            self._retired.append(last)
 
     async def _handshake(self, worker: _Worker) -> None:
         """Wait for the worker's first answer: it serves. Kill it if none comes in time."""
@@ -344,8 +374,11 @@ class Supervisor:
             except (ClientError, ControlError):
                 return  # it is exiting: _run_once sees the exit
             worker.ready = True
+            worker.served_from = time.monotonic()
+            worker.state = "serving"
             log.debug("worker %d (pid %d) serves", worker.number, worker.process.pid)
-            if all(other.ready for other in self._workers):
+            if all(other.ready for other in self._workers) and self._start_failure is None:
+                self._started_all = True
                 self._all_ready.set()
             if self._draining:  # a drain that came while it was starting
                 await self._tell_to_drain(worker)
@@ -419,16 +452,18 @@ class Supervisor:
             for worker in self._workers:
                 nursery.start_soon(ask, worker)
         total = Stats()
-        for answer in answers.values():
-            if answer is None:
-                continue
-            total.connections_active += answer["connections"]["open"]
-            total.connections_accepted += answer["connections"]["total"]
-            total.frames += answer["frames"]
-            total.bytes_received += answer["bytes_in"]
-            total.bytes_sent += answer["bytes_out"]
-            total.memory_waits += answer["memory_waits"]
-            errors = answer["errors"]
+        # Every worker's latest report (the last one it gave, if it does not answer
+        # now), and those of workers that have ended: totals never go backwards.
+        latest = [worker.stats for worker in self._workers if worker.stats is not None]
+        for report in latest:
+            total.connections_active += report["connections"]["open"]
+        for report in [*latest, *self._retired]:
+            total.connections_accepted += report["connections"]["total"]
+            total.frames += report["frames"]
+            total.bytes_received += report["bytes_in"]
+            total.bytes_sent += report["bytes_out"]
+            total.memory_waits += report["memory_waits"]
+            errors = report["errors"]
             total.framing_errors += errors["framing"]
             total.incomplete_frames += errors["incomplete"]
             total.resets += errors["resets"]
@@ -474,14 +509,15 @@ class Supervisor:
                 "worker": worker.number,
                 "pid": worker.pid,
                 "state": (
-                    answer["state"] if answer else "not answering" if worker.ready else "starting"
+                    answer["state"] if answer else "not answering" if worker.ready else worker.state
                 ),
                 "uptime": time.monotonic() - worker.started,
                 "restarts": worker.restarts,
-                "connections": answer["connections"]["open"] if answer else 0,
-                "frames": answer["frames"] if answer else 0,
+                "connections": last["connections"]["open"] if last else 0,
+                "frames": last["frames"] if last else 0,
             }
             for worker, answer in gathered
+            for last in [worker.stats if worker.ready else None]
         ]
         return report
 
