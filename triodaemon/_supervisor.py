@@ -183,6 +183,7 @@ class Supervisor:
         self._draining = True
         self._drain_deadline = trio.current_time() + self.config.drain_timeout
         self._drain_started.set()
+        self._all_ready.set()  # a drain (over the control socket) before every worker served
         log.info(
             "draining %d workers (deadline %gs)", len(self._workers), self.config.drain_timeout
         )
@@ -231,9 +232,10 @@ class Supervisor:
                     await self._all_ready.wait()
                     if self._start_failure is not None:
                         keepers.cancel_scope.cancel()
-                    else:
+                    elif self._started_all:
                         task_status.started(tuple(listener.address for listener in listeners))
                         nursery.start_soon(self._poll)
+                    # (Else a drain came first: the keepers end as the workers exit.)
                 nursery.cancel_scope.cancel()
         finally:
             for listener in listeners:
