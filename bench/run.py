@@ -115,11 +115,15 @@ def server_command(name: str, framing: str, where: list[str], idle: int) -> list
     return [py, str(PEERS / script), *where, "--framing", framing, *extra]
 
 
-#: triodaemon with N worker processes (``--workers N``), measured unpinned, server
-#: and loadgen sharing every core, with the CPU of the supervisor and its workers
-#: together: not in the default set (their figures say what the machine has, not
-#: how triodaemon compares). ``-1w`` is the single process, unpinned, for reference.
-WORKERS = {"triodaemon-1w": 1, "triodaemon-2w": 2}
+#: triodaemon with N worker processes (``--workers N``), with the CPU of the
+#: supervisor and its workers together: not in the default set (their figures say
+#: what the machine has, not how triodaemon compares). ``-1w`` and ``-2w`` run
+#: unpinned, server and loadgen sharing every core (``-1w`` is the single process,
+#: for reference); ``-2w-one-core`` pins the supervisor and both workers to the
+#: server's core, which measures what workers cost per CPU-second, apart from
+#: competing with the load generator for cores.
+WORKERS = {"triodaemon-1w": 1, "triodaemon-2w": 2, "triodaemon-2w-one-core": 2}
+UNPINNED = {"triodaemon-1w", "triodaemon-2w"}
 
 ALL_SERVERS = [
     "triodaemon",
@@ -277,7 +281,7 @@ def measure(
     baseline: Path | None = None,
 ) -> Sample:
     args, _, framing = SCENARIOS[scenario]
-    pin = pinned if server not in WORKERS else unpinned
+    pin = unpinned if server in UNPINNED else pinned
     if scenario == "s5":
         args = [*args, "--idle", str(idle), "--pause"]
     if transport == "tcp":
