@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -327,3 +328,28 @@ async def test_too_many_workers_is_a_usage_error() -> None:
     result = await run_triodaemon("--tcp", ":0", "--workers", str(MAX_WORKERS + 1))
     assert result.returncode == 2
     assert f"at most {MAX_WORKERS}" in result.stderr.decode()
+
+
+def test_worker_lines_keep_their_level_and_tracebacks_follow_theirs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from triodaemon._supervisor import Supervisor, _Worker
+
+    worker = _Worker(2)
+    lines = [
+        "triodaemon: error: something before any log line",
+        "2026-11-26 10:00:00,000 triodaemon DEBUG conn 7: handler traceback",
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "2026-11-26 10:00:00,001 triodaemon INFO conn 7: closed by peer",
+    ]
+    with caplog.at_level(logging.DEBUG, logger="triodaemon"):
+        for line in lines:
+            Supervisor._relay_line(worker, 4242, line)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "worker 2 (pid 4242): triodaemon: error: something before any log line"),
+        (logging.DEBUG, "worker 2 (pid 4242): conn 7: handler traceback"),
+        (logging.DEBUG, "worker 2 (pid 4242): Traceback (most recent call last):"),
+        (logging.DEBUG, 'worker 2 (pid 4242):   File "x.py", line 1, in <module>'),
+        (logging.INFO, "worker 2 (pid 4242): conn 7: closed by peer"),
+    ]

@@ -112,6 +112,7 @@ class _Worker:
     restarts: int = 0
     failures: int = 0  # deaths at start in a row
     last_words: list[str] = attrs.field(factory=list)
+    level: int = logging.WARNING  # of its last log line: the level of the lines after it
     stats: dict[str, Any] | None = None  # the last stats it reported
 
     @property
@@ -337,6 +338,7 @@ class Supervisor:
         worker.ready = False
         worker.started = time.monotonic()
         worker.last_words = []
+        worker.level = logging.WARNING  # (a line before any log line: its own error line)
         worker.stats = None
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
         worker.channel = ControlClient(stream, f"worker {worker.number}")
@@ -412,9 +414,12 @@ class Supervisor:
         if not line:
             return
         found = _LOG_LINE.fullmatch(line)
-        level, message = (_LEVELS[found[1]], found[2]) if found else (logging.WARNING, line)
+        if found:
+            worker.level, message = _LEVELS[found[1]], found[2]
+        else:  # the next line of a record (a traceback, at its level), or not a log line
+            message = line
         worker.last_words = [*worker.last_words[-4:], message]
-        log.log(level, "worker %d (pid %d): %s", worker.number, pid, message)
+        log.log(worker.level, "worker %d (pid %d): %s", worker.number, pid, message)
 
     async def _tell_to_drain(self, worker: _Worker) -> None:
         """Ask one worker to drain; kill it if it has not exited after the deadline."""
