@@ -331,3 +331,20 @@ def test_bad_timeouts_are_refused() -> None:
         Connection(server, INFO, idle_timeout=0)
     with pytest.raises(ValueError, match="timeouts must be positive"):
         Connection(server, INFO, frame_timeout=-1)
+
+
+def test_stats_totals_include_open_connections_and_keep_closed_ones() -> None:
+    class Source:
+        frames = bytes_in = bytes_out = 0
+
+    stats = Stats(frames=1, bytes_received=10, bytes_sent=10)
+    open_one = Source()
+    stats.follow(open_one)
+    open_one.frames, open_one.bytes_in, open_one.bytes_out = 2, 20, 19
+    assert (stats.frames, stats.bytes_received, stats.bytes_sent) == (3, 30, 29)
+    stats.frames += 5  # an assignment adjusts the total, open connections still counted
+    assert stats.frames == 8
+    stats.fold(open_one)
+    stats.fold(open_one)  # once only
+    open_one.frames = 100  # no longer followed
+    assert (stats.frames, stats.bytes_received, stats.bytes_sent) == (8, 30, 29)

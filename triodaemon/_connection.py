@@ -194,7 +194,7 @@ class _Conversation:
         self.stats = stats if stats is not None else Stats()
         self.decoder: Decoder = self.framing.decoder()
         self.completed = False
-        # This connection's share of the daemon-wide counters in ``stats``.
+        # This connection's traffic: ``stats`` adds it up (Stats.follow) while it runs.
         self.frames = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -283,6 +283,7 @@ class _Conversation:
         Raises:
             Exception: whatever the frame handler raised (the connection is closed first).
         """
+        self.stats.follow(self)
         try:
             self.opened = now = trio.current_time()
             self._deadline = now + self.idle_timeout
@@ -290,6 +291,7 @@ class _Conversation:
                 await self._linger()
             self.completed = True
         finally:
+            self.stats.fold(self)
             if self._held:
                 self._budget.hold(self, self._held, 0)
                 self._held = 0
@@ -326,7 +328,6 @@ class _Conversation:
         if self.handler is None:
             replies = self._take_echo(data, size, trio.current_time())
         else:
-            self.stats.bytes_received += size
             self.bytes_in += size
             self.decoder.feed(memoryview(data)[:size])
             replies, count = await self._handle_frames(self.handler)
@@ -342,12 +343,9 @@ class _Conversation:
 
         The one echo body, for a connection's task and a backend's step alike.
         """
-        stats = self.stats
-        stats.bytes_received += size
         self.bytes_in += size
         decoder = self.decoder
         replies, count = decoder.feed_and_take(data, size)
-        stats.frames += count
         self.frames += count
         # _progress(now, count), inline for the common case: this runs for every read
         # of the echo. Nothing was held and the read came back whole, so nothing is held
@@ -369,7 +367,6 @@ class _Conversation:
         try:
             while (frame := self.decoder.next_frame()) is not None:
                 count += 1
-                self.stats.frames += 1
                 self.frames += 1
                 reply = await handler(frame, self.info)
                 if reply is not None:
@@ -564,7 +561,6 @@ class Connection(_Conversation):
             self._writing = False
         if scope.cancelled_caught:
             return self._peer_stopped_reading()
-        self.stats.bytes_sent += len(replies)
         self.bytes_out += len(replies)
         return None
 
@@ -574,7 +570,6 @@ class Connection(_Conversation):
                 await self.stream.send_eof()
                 discarded = 0
                 while data := await self.stream.receive_some(self.receive_size):
-                    self.stats.bytes_received += len(data)
                     self.bytes_in += len(data)
                     discarded += len(data)
                     if discarded > LINGER_DISCARD:

@@ -218,7 +218,6 @@ class SocketConnection(_Conversation):
             sent = 0
         except OSError as exc:
             return exc
-        self.stats.bytes_sent += sent
         self.bytes_out += sent
         if sent == len(replies):
             return None
@@ -257,7 +256,6 @@ class SocketConnection(_Conversation):
                         continue
                     except OSError as exc:
                         return self._lost(exc)
-                    self.stats.bytes_sent += sent
                     self.bytes_out += sent
                     rest = rest[sent:]
                 self._progress(trio.current_time(), 0)
@@ -292,7 +290,6 @@ class SocketConnection(_Conversation):
             if size == 0:
                 return  # the peer's EOF: it has read all it wanted
             if size is not None:
-                self.stats.bytes_received += size
                 self.bytes_in += size
                 discarded += size
                 if discarded > LINGER_DISCARD:

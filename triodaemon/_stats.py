@@ -1,24 +1,44 @@
-"""Counters of what the daemon has done, for logs now and a control socket later."""
+"""Counters of what the daemon has done, for logs and the control socket.
+
+Strategy: a connection counts its own frames and bytes (one place per read, on
+the hottest path); the daemon-wide totals add up the connections still open,
+which :meth:`Stats.follow` registers, and the ones :meth:`Stats.fold` has
+added in when they ended. Reading a total costs one pass over the open
+connections; counting costs nothing twice.
+"""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import attrs
 
 
+class Counting(Protocol):
+    """What counts its own traffic: a connection."""
+
+    frames: int
+    bytes_in: int
+    bytes_out: int
+
+
 @attrs.define
 class Stats:
-    """Running counters for one daemon. Plain integers: trio runs one task at a time."""
+    """Running counters for one daemon. Plain integers: trio runs one task at a time.
+
+    ``frames``, ``bytes_received`` and ``bytes_sent`` include the connections open
+    now (they count their own); assigning to one adjusts it as expected.
+    """
 
     connections_accepted: int = 0
     """Connections accepted since start."""
     connections_active: int = 0
     """Connections open now."""
-    frames: int = 0
-    """Frames decoded (for raw framing: reads)."""
-    bytes_received: int = 0
-    """Bytes read from peers."""
-    bytes_sent: int = 0
-    """Bytes written to peers."""
+    _frames: int = 0
+    _bytes_received: int = 0
+    _bytes_sent: int = 0
+    # Connections counting now: their counts are added in by fold() when they end.
+    _live: set[Counting] = attrs.field(factory=set, init=False, repr=False, eq=False)
     framing_errors: int = 0
     """Connections closed for an oversized or malformed frame."""
     incomplete_frames: int = 0
@@ -36,6 +56,45 @@ class Stats:
     accept_errors: int = 0
     """Failed accepts that were not one dead connection (descriptors or memory
     exhausted, a broken listener, an error not understood)."""
+
+    @property
+    def frames(self) -> int:
+        """Frames decoded (for raw framing: reads)."""
+        return self._frames + sum(source.frames for source in self._live)
+
+    @frames.setter
+    def frames(self, value: int) -> None:
+        self._frames += value - self.frames
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from peers."""
+        return self._bytes_received + sum(source.bytes_in for source in self._live)
+
+    @bytes_received.setter
+    def bytes_received(self, value: int) -> None:
+        self._bytes_received += value - self.bytes_received
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to peers."""
+        return self._bytes_sent + sum(source.bytes_out for source in self._live)
+
+    @bytes_sent.setter
+    def bytes_sent(self, value: int) -> None:
+        self._bytes_sent += value - self.bytes_sent
+
+    def follow(self, source: Counting) -> None:
+        """Count ``source``'s frames and bytes in the totals from now on."""
+        self._live.add(source)
+
+    def fold(self, source: Counting) -> None:
+        """``source`` has ended: keep its counts and stop following it."""
+        if source in self._live:
+            self._live.discard(source)
+            self._frames += source.frames
+            self._bytes_received += source.bytes_in
+            self._bytes_sent += source.bytes_out
 
     def errors(self) -> dict[str, int]:
         """The error counters by kind: ``framing``, ``incomplete``, ``resets``,
