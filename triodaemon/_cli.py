@@ -602,8 +602,8 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
     """
 
     def __init__(self, notifier: Notifier, *, quiet: bool = False) -> None:
-        self.ready = False
-        self.ready_event = trio.Event()
+        self.ready = trio.Event()
+        """Set once the daemon serves (and the readiness lines are out)."""
         self.quiet = quiet
         """A worker's: its supervisor prints the readiness lines."""
         self.failure: str | None = None
@@ -624,8 +624,7 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
         for index, address in enumerate(() if self.quiet else value or ()):
             label = self.labels[index] if index < len(self.labels) else ""
             print(f"triodaemon: listening on {address}{label}", file=sys.stderr, flush=True)
-        self.ready = True
-        self.ready_event.set()
+        self.ready.set()
         self._notifier.send("READY=1", "STATUS=serving")
 
 
@@ -633,15 +632,15 @@ async def _serve(
     config: DaemonConfig,
     notifier: Notifier,
     activated: list[tuple[socket.socket, str]],
-    server: Callable[[], Daemon | Supervisor] | None = None,
-    channel: socket.socket | None = None,
+    server: Callable[[], Daemon | Supervisor],
+    channel: socket.socket | None,
 ) -> int:
-    """Serve until stopped: a daemon (or, with ``server``, a supervisor of workers);
-    a worker (``channel``, its supervisor's end) answers its supervisor on it."""
+    """Serve until stopped what ``server`` makes: a daemon, or a supervisor of
+    workers; a worker (``channel``: its supervisor's end) answers its supervisor."""
     # The receiver is in place before the held signals are let through, so one
     # sent at any moment of startup arrives here.
     with trio.open_signal_receiver(*_signals.HANDLED_SIGNALS) as signals, _signals.released():
-        daemon = server() if server is not None else Daemon(config)
+        daemon = server()
         startup = _Startup(notifier, quiet=channel is not None)
 
         async with trio.open_nursery() as nursery:
@@ -652,7 +651,7 @@ async def _serve(
                         log.info("stats: %s", daemon.stats.summary())
                     elif signum in _signals.IGNORED_SIGNALS:
                         log.warning("%s", _signals.ignored_message(signum))
-                    elif startup.ready:
+                    elif startup.ready.is_set():
                         _on_stop_signal(daemon, signum, config.drain_timeout)
                     elif startup.stopped_by is None:
                         startup.stopped_by = signum
@@ -722,7 +721,7 @@ async def _answer_supervisor(
     from ._control import serve_control_stream
 
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
-    await startup.ready_event.wait()
+    await startup.ready.wait()
     assert isinstance(daemon, Daemon)
     await serve_control_stream(
         stream, daemon.control_commands("by the supervisor"), idle_timeout=math.inf
