@@ -72,7 +72,12 @@ async def test_stats_and_connections_describe_what_is_going_on(sock_dir: Path) -
                 assert stats["state"] == "serving"
                 assert stats["listeners"] == [{"address": str(addresses[0]), "accepting": True}]
                 assert stats["control"] == f"unix:{sock_dir / 'control.sock'}"
-                assert stats["connections"] == {"open": 0, "total": 0}
+                assert stats["connections"] == {
+                    "open": 0,
+                    "total": 0,
+                    "taken_over": 0,
+                    "handed_over": 0,
+                }
                 assert stats["limits"]["max_connections"] == 1024
                 assert stats["drain"] is None
                 assert await control.request("connections") == []
@@ -98,7 +103,12 @@ async def test_stats_and_connections_describe_what_is_going_on(sock_dir: Path) -
                     assert conn["state"] == "mid-frame"
                     assert conn["age"] >= 0
                     stats = await control.request("stats")
-                    assert stats["connections"] == {"open": 1, "total": 2}
+                    assert stats["connections"] == {
+                        "open": 1,
+                        "total": 2,
+                        "taken_over": 0,
+                        "handed_over": 0,
+                    }
                     assert stats["frames"] == 3
                     assert stats["bytes_in"] == 7 + 7 + 9 + 6
                     assert stats["bytes_out"] == 7 + 7 + 9
@@ -147,7 +157,7 @@ async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir:
             assert errors[2] == 'no "command" in the request: try {"command": "help"}'
             assert errors[3] == (
                 "unknown command 'reboot': the commands are "
-                "help, stats, connections, drain, log-level"
+                "help, stats, connections, drain, log-level, takeover"
             )
             assert errors[4] == "unexpected argument 'verbose'"
             assert errors[5] == "level must be one of debug, info, warning, error, not None"
@@ -162,6 +172,7 @@ async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir:
                 "connections",
                 "drain",
                 "log-level LEVEL",
+                "takeover versions=[1]",
             }
 
 

@@ -450,15 +450,16 @@ UNITS = Path("/usr/lib/systemd/system")
 
 def _unit_root(tmp_path: Path, *units: Path) -> Path:
     """A file system root for ``systemd-analyze --root``: systemd's own units, ours, and
-    an executable where ExecStart= looks (its absence would be the only complaint)."""
+    an executable where each Exec*= line looks (its absence would be the only complaint)."""
     root = tmp_path / "root"
     shutil.copytree(UNITS, root / UNITS.relative_to("/"), symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     for unit in units:
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
         for line in unit.read_text().splitlines():
-            if line.startswith("ExecStart="):
-                program = root / line.removeprefix("ExecStart=").split()[0].lstrip("/")
+            key, _, value = line.partition("=")
+            if key in ("ExecStart", "ExecReload"):
+                program = root / value.split()[0].lstrip("/")
                 program.parent.mkdir(parents=True, exist_ok=True)
                 program.write_text("#!/bin/sh\n")
                 program.chmod(0o755)

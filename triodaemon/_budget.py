@@ -19,6 +19,7 @@ The worst case, in bytes held in partial frames: ``limit`` + the oldest frame
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -65,7 +66,12 @@ class BufferBudget:
         """Whether ``holder``, which holds a partial frame, may be read now."""
         return not self.over or next(iter(self._holders), None) is holder
 
-    async def wait_for_room(self, holder: object) -> None:
-        """Wait until ``holder`` (holding a partial frame) may be read."""
-        while not self.may_read(holder):
+    async def wait_for_room(self, holder: object, stop: Callable[[], bool] | None = None) -> None:
+        """Wait until ``holder`` (holding a partial frame) may be read, or ``stop()``
+        is true after :meth:`interrupt`."""
+        while not self.may_read(holder) and not (stop is not None and stop()):
             await self._room.park()
+
+    def interrupt(self) -> None:
+        """Have every wait in :meth:`wait_for_room` look again (at its ``stop``)."""
+        self._room.unpark_all()

@@ -14,6 +14,7 @@ first one drains and a second one aborts. The harness commands (``check``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -26,14 +27,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import attrs
 import trio
 
 from . import __version__, _signals
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
 from ._config import DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_BUFFERED, DaemonConfig
+from ._control import ControlError
 from ._daemon import Daemon
 from ._errors import AddressError, ClientError, TriodaemonError
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
+from ._handover import Channel, HandoverError, Taken, request_takeover, take_connections
 from ._listeners import (
     Address,
     BoundListener,
@@ -46,6 +50,7 @@ from ._listeners import (
 from ._readiness import READINESS_NAMES, open_readiness
 from ._supervisor import Supervisor
 from ._systemd import Notifier, activated_sockets
+from ._upgrade import Upgrader
 
 if TYPE_CHECKING:
     from ._check import ScenarioResult
@@ -84,6 +89,13 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
     return value
 
 
@@ -305,6 +317,32 @@ def _serve_parser() -> argparse.ArgumentParser:
     group.add_argument("--worker", type=_positive_int, help=argparse.SUPPRESS)
     group.add_argument("--inherit", type=int, action="append", default=[], help=argparse.SUPPRESS)
     group.add_argument("--channel", type=int, help=argparse.SUPPRESS)
+    group = parser.add_argument_group("upgrades")
+    group.add_argument(
+        "--takeover",
+        metavar="PATH",
+        help=(
+            "take over from the daemon whose control socket is PATH: its listening sockets "
+            "and open connections move here, and it exits (give the same flags it has)"
+        ),
+    )
+    group.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help=(
+            "on an upgrade (SIGHUP, ctl upgrade, --takeover), let open connections finish "
+            "in the old process, as in a drain, instead of moving them to the new one"
+        ),
+    )
+    group.add_argument(
+        "--upgrade-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="call an upgrade off if the new process is not serving within this (default 30)",
+    )
+    # An upgrade's new process: its end of the channel to the old one. Not for people.
+    group.add_argument("--handover-fd", type=int, help=argparse.SUPPRESS)
     _add_framing_flags(parser)
     group = parser.add_argument_group("limits")
     group.add_argument(
@@ -612,7 +650,10 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
         """A stop signal that came before the daemon was ready."""
         self._notifier = notifier
         self.labels: list[str] = []
-        """What to add to each listener's readiness line, in listener order."""
+        """What to say of each listener in its readiness line, in listener order."""
+        self.taking_over = False
+        """An upgrade's new process: silent to systemd until the old one has told it
+        that this is the main process now (it sends ``MAINPID=`` and ``READY=1``)."""
         self.control: BoundListener | None = None
         """The control socket, announced before the listeners (it answers first)."""
 
@@ -623,25 +664,47 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
             print(f"triodaemon: control on {self.control.address}", file=sys.stderr, flush=True)
         for index, address in enumerate(() if self.quiet else value or ()):
             label = self.labels[index] if index < len(self.labels) else ""
+            label = f" ({label})" if label else ""
             print(f"triodaemon: listening on {address}{label}", file=sys.stderr, flush=True)
         self.ready.set()
-        self._notifier.send("READY=1", "STATUS=serving")
+        if not self.taking_over:
+            self._notifier.send("READY=1", "STATUS=serving")
+
+
+@attrs.frozen
+class _Start:
+    """How this process starts serving, besides its configuration."""
+
+    argv: Sequence[str]
+    """The command line's arguments (for an upgrade's new process)."""
+    activated: list[tuple[socket.socket, str]]
+    """systemd's sockets, and their names."""
+    channel: socket.socket | None = None
+    """A worker's end of its supervisor's channel."""
+    takeover: str | socket.socket | None = None
+    """Take over from a running daemon: its control socket's path, or (an upgrade's
+    new process) the channel the old process made."""
 
 
 async def _serve(
     config: DaemonConfig,
     notifier: Notifier,
-    activated: list[tuple[socket.socket, str]],
+    start: _Start,
     server: Callable[[], Daemon | Supervisor],
-    channel: socket.socket | None,
 ) -> int:
     """Serve until stopped what ``server`` makes: a daemon, or a supervisor of
-    workers; a worker (``channel``: its supervisor's end) answers its supervisor."""
+    workers; a worker (``start.channel``: its supervisor's end) answers its supervisor."""
+    channel = start.channel
     # The receiver is in place before the held signals are let through, so one
     # sent at any moment of startup arrives here.
     with trio.open_signal_receiver(*_signals.HANDLED_SIGNALS) as signals, _signals.released():
         daemon = server()
         startup = _Startup(notifier, quiet=channel is not None)
+        upgrader = None
+        if isinstance(daemon, Daemon) and channel is None:
+            upgrader = Upgrader(daemon, start.argv, notifier)
+            daemon.upgrade = upgrader.upgrade
+            daemon.notify = notifier.send
 
         async with trio.open_nursery() as nursery:
 
@@ -649,6 +712,8 @@ async def _serve(
                 async for signum in signals:
                     if signum in _signals.STATS_SIGNALS:
                         log.info("stats: %s", daemon.stats.summary())
+                    elif signum in _signals.UPGRADE_SIGNALS:
+                        _on_upgrade_signal(signum, upgrader, startup, nursery)
                     elif signum in _signals.IGNORED_SIGNALS:
                         log.warning("%s", _signals.ignored_message(signum))
                     elif startup.ready.is_set():
@@ -668,33 +733,50 @@ async def _serve(
 
             nursery.start_soon(handle_signals)
             # systemd's sockets first: they are what the unit file promised.
-            adopted = [BoundListener.from_socket(sock) for sock, _ in activated]
-            startup.labels = [f" (systemd socket {name})" for _, name in activated]
+            adopted = [BoundListener.from_socket(sock) for sock, _ in start.activated]
+            labels = [f"systemd socket {name}" for _, name in start.activated]
             listeners: list[BoundListener] = []
             control: BoundListener | None = None
+            handover: Channel | None = None
             try:
-                listeners = await open_listeners(
-                    config.listen,
-                    sock_mode=config.sock_mode,
-                    sock_group=config.sock_group,
-                    backlog=config.backlog,
-                )
-                if config.control is not None:
-                    control = await open_unix(
-                        config.control, mode=config.control_mode, group=config.control_group
+                if start.takeover is not None:
+                    handover, taken = await _take_over(start.takeover, config)
+                    adopted, labels, control = taken.listeners, taken.labels, taken.control
+                    startup.labels = [
+                        f"{label}, " * bool(label) + f"taken over from pid {taken.pid}"
+                        for label in labels
+                    ]
+                    startup.taking_over = True
+                else:
+                    startup.labels = labels
+                    listeners = await open_listeners(
+                        config.listen,
+                        sock_mode=config.sock_mode,
+                        sock_group=config.sock_group,
+                        backlog=config.backlog,
                     )
+                    if config.control is not None:
+                        control = await open_unix(
+                            config.control, mode=config.control_mode, group=config.control_group
+                        )
             except TriodaemonError as exc:
                 for listener in [*adopted, *listeners]:
                     listener.close()
                 nursery.cancel_scope.cancel()
                 return _error(str(exc))
             listeners = [*adopted, *listeners]
+            if isinstance(daemon, Daemon):
+                daemon.listener_labels = labels
             startup.control = control
             # serve() owns them from its first step, even if cancelled at once.
             nursery.start_soon(serve_then_stop, listeners, control)
-            nursery.start_soon(notifier.run, daemon, config.drain_timeout)
             if channel is not None:
                 nursery.start_soon(_answer_supervisor, daemon, startup, channel)
+            if handover is not None:
+                assert isinstance(daemon, Daemon)
+                nursery.start_soon(_finish_takeover, handover, daemon, startup, notifier)
+            else:
+                nursery.start_soon(notifier.run, daemon, config.drain_timeout)
     if startup.failure is not None:
         return _error(startup.failure)
     if startup.stopped_by is not None:
@@ -707,6 +789,74 @@ async def _serve(
         return EXIT_SIGNAL_BASE + startup.stopped_by
     summary = daemon.summary
     return EXIT_FAILURE if summary is not None and summary.forced else 0
+
+
+def _on_upgrade_signal(
+    signum: int, upgrader: Upgrader | None, startup: _Startup, nursery: trio.Nursery
+) -> None:
+    """SIGHUP: start an upgrade (its outcome is logged), if this process can."""
+    name = _signals.signal_name(signum)
+    if upgrader is None:
+        log.warning(
+            "received %s: ignored (%s)",
+            name,
+            "a worker does not upgrade alone"
+            if startup.quiet
+            else "worker mode does not upgrade yet; restart to run a new release",
+        )
+    elif not startup.ready.is_set():
+        log.warning("received %s while starting: ignored (an upgrade can start once serving)", name)
+    else:
+
+        async def upgrade() -> None:
+            with contextlib.suppress(ControlError):  # (logged)
+                await upgrader.upgrade(name)
+
+        nursery.start_soon(upgrade)
+
+
+async def _take_over(target: str | socket.socket, config: DaemonConfig) -> tuple[Channel, Taken]:
+    """Connect to the daemon to take over from (its control socket, or the channel
+    it made) and take its listening sockets.
+
+    Raises:
+        HandoverError: it refused, or failed; the message says why.
+    """
+    if isinstance(target, str):
+        try:
+            stream = await connect(UnixAddress(target))
+        except ClientError as exc:
+            raise HandoverError(
+                f"cannot take over: {exc} (is a daemon running with --control {target}?)"
+            ) from None
+        where = f"the daemon at {target}"
+    else:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(target))
+        where = "the old process"
+    try:
+        return await request_takeover(stream, where, framing=config.framing, migrate=config.migrate)
+    except BaseException as exc:
+        await trio.aclose_forcefully(stream)
+        if isinstance(exc, HandoverError):
+            raise HandoverError(f"cannot take over: {exc}") from None
+        raise
+
+
+async def _finish_takeover(
+    channel: Channel, daemon: Daemon, startup: _Startup, notifier: Notifier
+) -> None:
+    """Once serving: tell the old process, and adopt the connections it hands over;
+    then speak to systemd (the old process has made this one the main one)."""
+    await startup.ready.wait()
+    try:
+        count = await take_connections(channel, daemon)
+    except HandoverError as exc:
+        log.warning("took over, but the connections' handover ended early: %s", exc)
+    else:
+        log.info("took over: %d connection%s carried on here", count, "" if count == 1 else "s")
+    finally:
+        await channel.aclose()
+    await notifier.run(daemon, daemon.config.drain_timeout)
 
 
 #: The most worker processes --workers starts: a typo of 100000 should not fork a storm.
@@ -738,16 +888,25 @@ def serve_main(argv: Sequence[str]) -> int:
     worker = args.worker is not None
     listen: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
     control = UnixAddress(args.control) if args.control is not None else None
+    takeover: str | socket.socket | None = args.takeover
+    if args.handover_fd is not None:
+        takeover = socket.socket(fileno=args.handover_fd)
+    if takeover is not None and (worker or args.workers > 1):
+        parser.error("--takeover serves one process: give it without --workers")
     if worker:
         # The supervisor's sockets, inherited: the addresses in argv are its business.
         listen, control = [], None
         activated = [(socket.socket(fileno=fd), "") for fd in args.inherit]
+    elif takeover is not None:
+        # What the old process serves, handed over: the addresses in argv were its business.
+        activated_sockets()  # (unset: nothing we start inherits them)
+        listen, control, activated = [], None, []
     else:
         try:
             activated = activated_sockets()  # and unset: nothing we start inherits them
         except AddressError as exc:
             return _error(str(exc))
-    if not listen and not activated:
+    if not listen and not activated and takeover is None:
         parser.error(
             "nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH "
             "(or start it from a systemd socket unit)"
@@ -767,6 +926,8 @@ def serve_main(argv: Sequence[str]) -> int:
             control=control,
             control_mode=args.control_mode,
             control_group=args.control_group,
+            migrate=not args.no_migrate,
+            upgrade_timeout=args.upgrade_timeout,
         )
         open_readiness(config.readiness)  # one that this system has
     except ValueError as exc:
@@ -787,8 +948,9 @@ def serve_main(argv: Sequence[str]) -> int:
     else:
         server = partial(Supervisor, config, args.workers, argv)
     channel = socket.socket(fileno=args.channel) if args.channel is not None else None
+    start = _Start(argv, activated, channel, takeover)
     try:
-        return trio.run(_serve, config, notifier, activated, server, channel)
+        return trio.run(_serve, config, notifier, start, server)
     finally:
         notifier.close()
 
@@ -961,7 +1123,7 @@ def check_main(argv: Sequence[str]) -> int:
     return trio.run(_interruptible, _check, _one_target(parser, args), framing, args)
 
 
-_CTL_COMMANDS = ("stats", "connections", "drain", "log-level", "help")
+_CTL_COMMANDS = ("stats", "connections", "drain", "log-level", "upgrade", "help")
 
 
 def _ctl_parser() -> argparse.ArgumentParser:
@@ -970,7 +1132,7 @@ def _ctl_parser() -> argparse.ArgumentParser:
         description=(
             "Ask a running daemon (started with --control PATH) what it is doing, or tell "
             "it what to do: stats, connections, drain (a graceful shutdown), log-level "
-            "LEVEL, help."
+            "LEVEL, upgrade (a new process takes over, dropping nothing), help."
         ),
     )
     parser.add_argument(
@@ -991,7 +1153,7 @@ def _ctl_parser() -> argparse.ArgumentParser:
 async def _ctl(args: argparse.Namespace) -> int:
     import json
 
-    from ._control import ControlError, open_control
+    from ._control import open_control
     from ._ctl import rates, render_reply, render_stats
 
     arguments = {"level": args.level} if args.command == "log-level" else {}

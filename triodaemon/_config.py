@@ -101,6 +101,12 @@ class DaemonConfig:
     """Permission bits of the control socket file: only its owner by default."""
     control_group: str | int | None = None
     """Group (name or id) of the control socket file; ``None`` keeps the process's group."""
+    migrate: bool = True
+    """When another process takes over (an upgrade), hand it the open connections
+    too; ``False``: they finish here, as in a drain, while it accepts the new ones."""
+    upgrade_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """Seconds a process taking over may take to be ready (every listener adopted and
+    accepting) before the takeover is called off and this daemon serves on."""
 
     def __attrs_post_init__(self) -> None:
         if self.control is not None and self.control in self.listen:

@@ -133,6 +133,12 @@ class _Close(enum.Enum):
 
     GRACEFUL = "graceful"  # our EOF, then linger while replies can still be lost
     FORCEFUL = "forceful"  # nothing more can be delivered: just close
+    HANDED = "handed"  # another process serves it now: close our descriptor only
+
+
+#: Asked by a connection that is to be handed to another process, once it owes its
+#: client nothing: whether it was handed (it then ends), or not (it carries on).
+HandoverHook = Callable[["_Conversation"], Awaitable[bool]]
 
 
 #: An unlimited budget, which keeps no account: for connections not given one.
@@ -151,6 +157,7 @@ class _Conversation:
         "_deadline",
         "_draining",
         "_frame_deadline",
+        "_handover",
         "_held",
         "_lost_reason",
         "_writing",
@@ -206,6 +213,7 @@ class _Conversation:
         self._frame_deadline = math.inf  # inf while no partial frame is held
         self._held = 0  # bytes of a partial frame, as last told to the budget
         self._lost_reason: BaseException | None = None
+        self._handover: HandoverHook | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.info}>"
@@ -259,6 +267,30 @@ class _Conversation:
         if self._drained():
             self._wake()
 
+    def hand_over(self, hook: HandoverHook | None) -> None:
+        """Ask the connection to call ``hook`` as soon as it owes its client nothing
+        (its replies sent; a partial frame may be held); ``None`` withdraws the request."""
+        self._handover = hook
+        if hook is not None:
+            self._wake()
+            self._budget.interrupt()  # out of a wait for buffer room
+
+    def resume(self, pending: bytes, idle_left: float | None, frame_left: float | None) -> None:
+        """Carry on a conversation begun elsewhere (in another process): ``pending``
+        is what was read of a partial frame; the deadlines are seconds from now
+        (``None``: as if just begun), never later than this connection's own
+        timeouts allow. Call before :meth:`run`."""
+        self.opened = now = trio.current_time()
+        deadline = now + min(self.idle_timeout, math.inf if idle_left is None else idle_left)
+        if pending:
+            self.decoder.feed(pending)
+            left = math.inf if frame_left is None else frame_left
+            self._frame_deadline = now + min(self.frame_timeout, left)
+            deadline = min(deadline, self._frame_deadline)
+            self._budget.hold(self, 0, len(pending))
+            self._held = len(pending)
+        self._deadline = deadline
+
     @property
     def state(self) -> str:
         """``draining`` (a drain has come), ``writing`` (replies wait for the peer to
@@ -285,8 +317,9 @@ class _Conversation:
         """
         self.stats.follow(self)
         try:
-            self.opened = now = trio.current_time()
-            self._deadline = now + self.idle_timeout
+            if math.isnan(self.opened):  # (else resume() began it)
+                self.opened = now = trio.current_time()
+                self._deadline = now + self.idle_timeout
             if await self._serve() is _Close.GRACEFUL:
                 await self._linger()
             self.completed = True
@@ -302,6 +335,10 @@ class _Conversation:
     async def _serve(self) -> _Close:
         decoder = self.decoder
         while True:
+            if self._handover is not None and decoder.error is None:
+                hook, self._handover = self._handover, None
+                if await hook(self):
+                    return _Close.HANDED
             if self._drained():
                 log.debug("%s: drained", self.info)
                 return _Close.GRACEFUL
@@ -403,11 +440,14 @@ class _Conversation:
         self.stats.memory_waits += 1
         log.debug("%s: %d bytes of a frame held; waiting for buffer room", self.info, self._held)
         started = trio.current_time()
-        await self._budget.wait_for_room(self)
+        await self._budget.wait_for_room(self, self._handing_over)
         now = trio.current_time()
         self._frame_deadline += now - started  # our wait is not the peer's delay
         self._deadline = min(now + self.idle_timeout, self._frame_deadline)
         return _Stop.WOKEN
+
+    def _handing_over(self) -> bool:
+        return self._handover is not None
 
     def _waited(self, got: int | _Stop | Wait) -> int | _Stop:
         """The result of one wait: bytes read (0: the EOF), or why none were."""
@@ -527,8 +567,8 @@ class Connection(_Conversation):
     async def _receive_some(self) -> int | _Stop | Wait:
         with trio.CancelScope(deadline=self._deadline) as scope:
             self._scope = scope
-            if self._drained():
-                scope.cancel()  # drain() came before this wait began
+            if self._drained() or self._handover is not None:
+                scope.cancel()  # drain() (or hand_over()) came before this wait began
             try:
                 self._got = data = await self.stream.receive_some(self.receive_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -537,7 +577,7 @@ class Connection(_Conversation):
             finally:
                 self._scope = None
             return len(data)
-        return Wait.WOKEN if self._draining else Wait.DEADLINE
+        return Wait.WOKEN if self._draining or self._handover is not None else Wait.DEADLINE
 
     def _served(self) -> int | _Stop:  # pragma: no cover - never served
         raise AssertionError("a stream connection is never served by a backend")

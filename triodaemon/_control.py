@@ -39,7 +39,7 @@ from ._client import connect
 from ._config import DaemonConfig
 from ._errors import ClientError, FramingError, TriodaemonError
 from ._framing import Framing
-from ._listeners import BoundListener, UnixAddress, stream_for
+from ._listeners import AcceptGate, BoundListener, UnixAddress, stream_for
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
@@ -80,12 +80,43 @@ class _Entry:
     summary: str
 
 
+@attrs.frozen
+class Session:
+    """A command's result that takes the connection over after the reply (a handover).
+
+    ``result`` is replied as any result is; then ``run(stream)`` has the
+    connection (it ends the control conversation). If the reply cannot be sent,
+    ``abandon()`` is called instead.
+    """
+
+    result: Any
+    run: Callable[[trio.SocketStream], Awaitable[None]]
+    abandon: Callable[[], None]
+
+
 class Commands:
     """The commands a control connection can run, by name, with ``help`` built in."""
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self.add("help", self._help, "help", "what each command does and takes")
+        self._busy = 0  # requests read and not yet answered, on every connection
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no request is being answered (at once if none is)."""
+        await self._idle.wait()
+
+    def _begin(self) -> None:
+        if not self._busy:
+            self._idle = trio.Event()
+        self._busy += 1
+
+    def _end(self) -> None:
+        self._busy -= 1
+        if not self._busy:
+            self._idle.set()
 
     def add(self, name: str, run: Command, usage: str, summary: str) -> None:
         """Add (or replace) the command ``name``; ``usage`` shows its arguments."""
@@ -97,7 +128,16 @@ class Commands:
 
     async def reply(self, line: bytes) -> dict[str, Any]:
         """The reply to one request line (without its newline). Never raises for
-        anything a client can send."""
+        anything a client can send. (A command that would take the connection
+        over, a :class:`Session`, is abandoned: there is no connection here.)"""
+        reply, session = await self.answer(line)
+        if session is not None:
+            session.abandon()
+        return reply
+
+    async def answer(self, line: bytes) -> tuple[dict[str, Any], Session | None]:
+        """The reply to one request line, and the :class:`Session` that takes the
+        connection over once it is sent, if the command gave one."""
         request_id: Any = None
         try:
             try:
@@ -122,8 +162,10 @@ class Commands:
                 raise ControlError(f"unknown command {name!r}: the commands are {known}")
             result = await entry.run(request)
         except ControlError as exc:
-            return {"id": request_id, "ok": False, "error": str(exc)}
-        return {"id": request_id, "ok": True, "result": result}
+            return {"id": request_id, "ok": False, "error": str(exc)}, None
+        if isinstance(result, Session):
+            return {"id": request_id, "ok": True, "result": result.result}, result
+        return {"id": request_id, "ok": True, "result": result}, None
 
 
 def _no_constant(name: str) -> Any:
@@ -165,7 +207,12 @@ def stats_report(
             {"address": str(listener.address), "accepting": not draining} for listener in listeners
         ],
         "control": str(control.address) if control is not None else None,
-        "connections": {"open": stats.connections_active, "total": stats.connections_accepted},
+        "connections": {
+            "open": stats.connections_active,
+            "total": stats.connections_accepted,
+            "taken_over": stats.connections_taken,
+            "handed_over": stats.connections_handed,
+        },
         "frames": stats.frames,
         "bytes_in": stats.bytes_received,
         "bytes_out": stats.bytes_sent,
@@ -241,14 +288,43 @@ async def serve_control_stream(
                 line = await _next_request(stream, decoder, idle_timeout)
                 if line is None:
                     return
-                reply = encode(await commands.reply(line))
-                with trio.move_on_after(SEND_TIMEOUT) as scope:
-                    await stream.send_all(reply)
-                if scope.cancelled_caught:
-                    log.info("control client did not read its reply for %gs; closed", SEND_TIMEOUT)
+                session = await _answer(stream, commands, line)
+                if session is not None:
+                    assert isinstance(stream, trio.SocketStream)  # (_answer saw to it)
+                    await session.run(stream)
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+        except _Unread:
+            log.info("control client did not read its reply for %gs; closed", SEND_TIMEOUT)
+
+
+class _Unread(Exception):
+    """A reply the client did not read in time."""
+
+
+async def _answer(stream: trio.abc.Stream, commands: Commands, line: bytes) -> Session | None:
+    """Answer one request (counted busy until its reply is sent); the session that
+    takes the connection over next, if the command gave one."""
+    commands._begin()
+    session = None
+    try:
+        reply, session = await commands.answer(line)
+        if session is not None and not isinstance(stream, trio.SocketStream):
+            session.abandon()
+            reply, session = {**reply, "ok": False, "error": "not on this connection"}, None
+            del reply["result"]
+        with trio.move_on_after(SEND_TIMEOUT) as scope:
+            await stream.send_all(encode(reply))
+        if scope.cancelled_caught:
+            raise _Unread
+    except BaseException:
+        if session is not None:
+            session.abandon()
+        raise
+    finally:
+        commands._end()
+    return session
 
 
 async def _next_request(stream: trio.abc.Stream, decoder: Any, idle_timeout: float) -> bytes | None:
@@ -298,10 +374,14 @@ async def _say(stream: trio.abc.Stream, message: str) -> None:
 async def serve_control(
     listener: BoundListener,
     commands: Commands,
+    gate: AcceptGate | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve control connections on ``listener`` until cancelled; then close it."""
+    """Serve control connections on ``listener`` until cancelled; then close it.
+
+    ``gate``: accept only while it is open (connections already accepted go on).
+    """
     clients = trio.Semaphore(MAX_CLIENTS)
     refusals = trio.Semaphore(MAX_CLIENTS)
     try:
@@ -309,6 +389,11 @@ async def serve_control(
             task_status.started()
             while True:
                 try:
+                    if gate is not None:
+                        await gate.wait_open()
+                        await listener.wait_acceptable()
+                        if gate.shut:
+                            continue
                     sock, _ = await listener.accept()
                 except OSError as exc:
                     log.error("control socket %s: accept failed: %s", listener.address, exc)

@@ -59,7 +59,11 @@ def render_stats(stats: dict[str, Any], rates: dict[str, float] | None = None) -
             f"{stats['state']} ({stats['readiness']})",
         ),
         ("listeners", ", ".join(item["address"] for item in stats["listeners"]) or "none"),
-        ("connections", f"{connections['open']:,} open, {connections['total']:,} in all"),
+        (
+            "connections",
+            f"{connections['open']:,} open, {connections['total']:,} in all"
+            + _handovers(connections),
+        ),
         ("frames", frames),
         ("bytes", traffic),
         (
@@ -76,6 +80,8 @@ def render_stats(stats: dict[str, Any], rates: dict[str, float] | None = None) -
             f"frame {_limit(limits['frame_timeout'])}, drain {_limit(limits['drain_timeout'])}",
         ),
     ]
+    if stats.get("upgrade"):
+        rows.append(("upgrade", f"under way ({stats['upgrade']})"))
     drain = stats.get("drain")
     if drain is not None:
         rows.append(
@@ -97,6 +103,12 @@ def render_stats(stats: dict[str, Any], rates: dict[str, float] | None = None) -
         )
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _handovers(connections: dict[str, Any]) -> str:
+    """``; 3 taken over, 0 handed over``, when an upgrade moved any (else nothing)."""
+    taken, handed = connections.get("taken_over", 0), connections.get("handed_over", 0)
+    return f"; {taken:,} taken over, {handed:,} handed over" if taken or handed else ""
 
 
 _COLUMNS = ("id", "peer", "listener", "age", "in", "out", "frames", "state")
@@ -148,6 +160,12 @@ def render_reply(command: str, result: Any) -> str:
         return f"already draining: {count} left" if result["already"] else f"draining {count}"
     if command == "log-level":
         return f"log level {result['level']} (was {result['was']})"
+    if command == "upgrade":
+        return (
+            f"upgraded: pid {result['pid']} serves now, with {_plural(result['listeners'], 'listener')}"
+            f" and {_plural(result['handed_over'], 'connection')} handed over; pid "
+            f"{result['old_pid']} exits once {_plural(result['finishing'], 'connection')} finish"
+        )
     if command == "help":
         width = max(len(usage) for usage in result)
         return "\n".join(f"{usage:<{width}}  {summary}" for usage, summary in result.items())

@@ -16,13 +16,15 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
 import trio
+import trio.lowlevel
 
 from ._budget import BufferBudget
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
@@ -30,15 +32,31 @@ from ._connection import ConnectionInfo, FrameHandler
 from ._control import (
     LOG_LEVELS,
     Commands,
+    ControlError,
+    Session,
     log_level_command,
     no_arguments,
     serve_control,
     stats_report,
 )
+from ._handover import (
+    BATCH_BYTES,
+    BATCH_CONNECTIONS,
+    Channel,
+    ConnectionRecord,
+    Handing,
+    HandoverError,
+    ListenerRecord,
+    choose_version,
+    give,
+    send_batch,
+)
 from ._listeners import (
     BROKEN_LISTENER_ERRNOS,
+    AcceptGate,
     Address,
     BoundListener,
+    UnixAddress,
     open_listeners,
     open_unix,
 )
@@ -51,6 +69,9 @@ log = logging.getLogger("triodaemon")
 #: Pause between accepts while they fail (out of descriptors or memory, or an
 #: error not understood), as trio's serve_listeners does for EMFILE.
 ACCEPT_BACKOFF = 0.1
+#: At the end, how long control requests under way (a ``ctl upgrade`` waiting for
+#: its answer, say) may still take to be answered before the control socket goes.
+CONTROL_GRACE = 2.0
 
 
 def _describe(exc: Exception) -> str:
@@ -119,6 +140,27 @@ class Daemon:
     _started: float = attrs.field(default=math.nan, init=False)  # time.monotonic()
     _started_wall: float = attrs.field(default=math.nan, init=False)  # time.time()
     _drain_deadline: float = attrs.field(default=math.inf, init=False)  # trio's clock
+    _drain_by: float = attrs.field(default=math.inf, init=False)  # a deadline set beforehand
+    _gate: AcceptGate = attrs.field(factory=AcceptGate, init=False)
+    _handlers: trio.Nursery | None = attrs.field(default=None, init=False)
+    _limiter: trio.Semaphore | None = attrs.field(default=None, init=False)
+    _handing: Handing | None = attrs.field(default=None, init=False)
+    _migration: _Migration | None = attrs.field(default=None, init=False)
+    _given_up: list[tuple[BoundListener, tuple[int, int]]] = attrs.field(factory=list, init=False)
+    listener_labels: list[str] = attrs.field(factory=list, init=False)
+    """What to say of each listener besides its address (``systemd socket NAME``),
+    in listener order: kept with it when it is handed to another process."""
+    notify: Callable[..., None] = attrs.field(default=lambda *fields: None, init=False)
+    """Where to tell a service manager about handovers: ``notify("READY=1", ...)``
+    (the command line sends them to systemd). A handover says ``RELOADING=1`` when it
+    begins, ``MAINPID=`` (the new process) and ``READY=1`` once the new process serves,
+    ``READY=1`` again if it fails."""
+    upgrade: Callable[[str], Awaitable[dict[str, Any]]] | None = attrs.field(
+        default=None, init=False
+    )
+    """How to upgrade this daemon (start a new copy that takes over), if it can:
+    given what asked for it, returns the outcome. The command line sets it; with
+    it, the control socket answers ``upgrade``."""
 
     def __attrs_post_init__(self) -> None:
         self._readiness = open_readiness(self.config.readiness)  # its epoll opens in serve()
@@ -202,7 +244,7 @@ class Daemon:
                 sock_group=config.sock_group,
                 backlog=config.backlog,
             )
-        limiter = trio.Semaphore(config.max_connections)
+        limiter = self._limiter = trio.Semaphore(config.max_connections)
         self._listeners = listeners
         self._started, self._started_wall = time.monotonic(), time.time()
         try:
@@ -211,13 +253,16 @@ class Daemon:
                     config.control, mode=config.control_mode, group=config.control_group
                 )
             self._control = control
+            commands = self.control_commands()
             async with trio.open_nursery() as watching:
                 # Outlive every connection (they wait through the backend; the control
                 # socket reports the drain), then are cancelled.
                 await watching.start(self._readiness.run)
                 if control is not None:
-                    await watching.start(serve_control, control, self.control_commands())
+                    await watching.start(serve_control, control, commands, self._gate)
                 await self._serve_connections(listeners, limiter, task_status)
+                with trio.move_on_after(CONTROL_GRACE):
+                    await commands.wait_idle()
                 watching.cancel_scope.cancel()
         finally:
             for listener in listeners:
@@ -243,6 +288,7 @@ class Daemon:
         """Accept until drained, then drain: the accept and handler nurseries."""
         config = self.config
         async with trio.open_nursery() as handlers:
+            self._handlers = handlers
             self._handlers_scope = handlers.cancel_scope
             if self._forced:
                 handlers.cancel_scope.cancel()
@@ -263,8 +309,196 @@ class Daemon:
             )
             for connection in list(self._connections):
                 connection.drain()
-            self._drain_deadline = trio.current_time() + config.drain_timeout
+            self._drain_deadline = min(trio.current_time() + config.drain_timeout, self._drain_by)
             handlers.cancel_scope.deadline = self._drain_deadline
+
+    # -- handing over to another process (an upgrade; see _handover) ---------------
+
+    def begin_handover(self, who: str) -> Handing:
+        """Reserve this daemon for one handover, asked for by ``who``.
+
+        Raises:
+            HandoverError: a drain or another handover is under way.
+        """
+        if self._draining:
+            raise HandoverError("the daemon is draining; an upgrade cannot start now")
+        if self._handing is not None:
+            raise HandoverError(f"an upgrade is already under way ({self._handing.who})")
+        ready_by = trio.current_time() + self.config.upgrade_timeout
+        handing = self._handing = Handing(who, ready_by)
+        self.notify(
+            "RELOADING=1",
+            f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+            f"STATUS=upgrading ({who})",
+        )
+        return handing
+
+    def end_handover(self, handing: Handing, why: str) -> None:
+        """Call off ``handing`` (before it began, or after it failed): serve on."""
+        if self._handing is handing:
+            self._handing = None
+            if not handing.finished.is_set():
+                self.notify("READY=1", "STATUS=serving (the upgrade failed)")
+        handing.fail(why)
+
+    def takeover_command(self, expected: Handing | None = None) -> Callable[..., Awaitable[Any]]:
+        """The ``takeover`` command: a new process asks for this daemon's sockets.
+
+        ``expected``: the handover it belongs to (an upgrade that started the new
+        process); ``None``: a process that came by itself (``--takeover``).
+        """
+
+        async def takeover(args: dict[str, Any]) -> Session:
+            versions = args.pop("versions", None)
+            no_arguments(args)
+            try:
+                version = choose_version(versions)
+                if expected is None:
+                    handing = self.begin_handover("a takeover on the control socket")
+                elif expected is self._handing and not expected.finished.is_set():
+                    handing = expected
+                else:
+                    raise HandoverError("this upgrade is over; start another")
+            except HandoverError as exc:
+                raise ControlError(str(exc)) from None
+
+            async def run(stream: trio.SocketStream) -> None:
+                await self._give(handing, Channel(stream.socket, "the new process"))
+
+            return Session(
+                {"version": version, "pid": os.getpid()},
+                run,
+                lambda: self.end_handover(handing, "the takeover request was not answered"),
+            )
+
+        return takeover
+
+    async def _give(self, handing: Handing, channel: Channel) -> None:
+        """Run one handover over ``channel``; serve on if it fails, retire if not."""
+        try:
+            given = await give(self, channel, ready_by=handing.ready_by)
+        except HandoverError as exc:
+            log.error("upgrade (%s) called off: %s; serving on", handing.who, exc)
+            self.end_handover(handing, str(exc))
+            return
+        finally:
+            await channel.aclose()
+        handing.succeed(given)
+        log.info(
+            "handed over to pid %d (%s): %d listener%s, %d connection%s; "
+            "%d connection%s finish%s here",
+            given.pid,
+            handing.who,
+            given.listeners,
+            "" if given.listeners == 1 else "s",
+            given.handed,
+            "" if given.handed == 1 else "s",
+            given.left,
+            "" if given.left == 1 else "s",
+            "es" if given.left == 1 else "",
+        )
+        self.drain()
+
+    def _handover_listeners(self) -> list[tuple[ListenerRecord, int]]:
+        """Every listening socket (the control socket last), described, with its descriptor."""
+        labels = [*self.listener_labels, *[""] * len(self._listeners)]
+        found = [
+            (listener, False, label)
+            for listener, label in zip(self._listeners, labels[: len(self._listeners)], strict=True)
+        ]
+        if self._control is not None:
+            found.append((self._control, True, ""))
+        return [
+            (
+                ListenerRecord(
+                    str(listener.address),
+                    listener.address.path if isinstance(listener.address, UnixAddress) else None,
+                    control,
+                    listener.unix_identity,
+                    label,
+                ),
+                listener.sock.fileno(),
+            )
+            for listener, control, label in found
+            if listener.sock.fileno() >= 0
+        ]
+
+    def _stop_accepting(self, taker: int) -> None:
+        """The taker (pid) accepts now: stop, and leave it the socket files."""
+        self.notify(f"MAINPID={taker}", "READY=1", f"STATUS=handing over to pid {taker}")
+        self._gate.close()
+        everything = [*self._listeners, *([self._control] if self._control else [])]
+        for listener in everything:
+            identity = listener.disown()
+            if identity is not None:
+                self._given_up.append((listener, identity))
+
+    def _accept_again(self) -> None:
+        """The taker failed after all: accept again, and own the socket files again."""
+        for listener, identity in self._given_up:
+            listener.unix_identity = identity
+        self._given_up.clear()
+        self._gate.open()
+        self.notify(f"MAINPID={os.getpid()}", "READY=1", "STATUS=serving (the upgrade failed)")
+
+    async def _migrate(self, channel: Channel) -> tuple[int, int]:
+        """Hand every connection over as it reaches a frame boundary with its
+        replies sent, in batches, until none is left or the drain deadline;
+        return how many were handed, and how many carry on here.
+
+        Raises:
+            HandoverError: the taker failed (every connection not handed carries on).
+        """
+        migration = self._migration = _Migration()
+        deadline = trio.current_time() + self.config.drain_timeout
+        self._drain_by = deadline
+        for connection in list(self._connections):
+            migration.expect(connection)
+        handed: set[SocketConnection] = set()
+        try:
+            while migration.waiting:
+                with trio.move_on_at(deadline):
+                    batch = await migration.next_batch()
+                if trio.current_time() >= deadline:
+                    break
+                if not batch:
+                    continue
+                states = [connection.handover_state() for connection in batch]
+                try:
+                    await send_batch(channel, states)
+                except BaseException:
+                    migration.settle(batch, handed=False)
+                    raise
+                migration.settle(batch, handed=True)
+                handed.update(batch)
+                self.stats.connections_handed += len(batch)
+        finally:
+            self._migration = None
+            migration.withdraw()
+        # (The handed ones end at their next step: still counted open now.)
+        return len(handed), len(self._connections - handed)
+
+    def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None:
+        """Serve a connection another process handed over: ``pending`` is what it had
+        read of a partial frame. Call while serving. Over ``max_connections`` it is
+        served all the same (refusing it would drop a conversation under way)."""
+        assert self._handlers is not None, "adopt() before serve()"
+        assert self._limiter is not None
+        self._next_id += 1
+        info = ConnectionInfo(self._next_id, record.listener, record.peer)
+        limiter: trio.Semaphore | None = self._limiter
+        try:
+            self._limiter.acquire_nowait()
+        except trio.WouldBlock:
+            limiter = None
+        self._handlers.start_soon(
+            self._run_connection,
+            sock,
+            info,
+            limiter,
+            (pending, record),
+            name="triodaemon.connection",
+        )
 
     # -- what a control socket (or an embedding program) can ask ------------------
 
@@ -284,7 +518,7 @@ class Daemon:
                 "deadline_in": self._until(self._drain_deadline),
                 "forced": self._forced,
             }
-        return stats_report(
+        report = stats_report(
             self.config,
             self.stats,
             started=self._started,
@@ -296,6 +530,8 @@ class Daemon:
             buffered=self.buffered,
             drain=drain,
         )
+        report["upgrade"] = self._handing.who if self._handing is not None else None
+        return report
 
     def connection_snapshots(self) -> list[dict[str, Any]]:
         """What the control socket's ``connections`` reports: one record per open
@@ -321,8 +557,9 @@ class Daemon:
 
     def control_commands(self, source: str = "on the control socket") -> Commands:
         """The control protocol's commands for this daemon: ``stats``,
-        ``connections``, ``drain``, ``log-level`` (and ``help``). ``source`` says
-        where requests come from, in the log lines of ``drain`` and ``log-level``."""
+        ``connections``, ``drain``, ``log-level``, ``takeover`` (for a new process:
+        ``triodaemon --takeover``), ``upgrade`` (if :attr:`upgrade` is set), and
+        ``help``. ``source`` says where requests come from, in the log lines."""
         commands = Commands()
 
         async def stats(args: dict[str, Any]) -> dict[str, Any]:
@@ -354,6 +591,25 @@ class Daemon:
             "log-level LEVEL",
             f"log detail: {', '.join(LOG_LEVELS)}",
         )
+        commands.add(
+            "takeover",
+            self.takeover_command(),
+            "takeover versions=[1]",
+            "a new process takes the sockets over (triodaemon --takeover)",
+        )
+        upgrade = self.upgrade
+        if upgrade is not None:
+
+            async def run_upgrade(args: dict[str, Any]) -> dict[str, Any]:
+                no_arguments(args)
+                return await upgrade(f"ctl upgrade {source}")
+
+            commands.add(
+                "upgrade",
+                run_upgrade,
+                "upgrade",
+                "start a new copy that takes over every socket and connection (as SIGHUP does)",
+            )
         return commands
 
     @staticmethod
@@ -376,6 +632,7 @@ class Daemon:
             # Wait for a connection before taking a slot: a loop holding a slot
             # while its own listener is quiet would starve the other listeners.
             try:
+                await self._gate.wait_open()
                 await listener.wait_acceptable()
             except (OSError, ValueError, trio.ClosedResourceError) as exc:  # closed under us
                 self._listener_broken(listener, exc)
@@ -390,6 +647,10 @@ class Daemon:
                         self.config.max_connections,
                     )
                 await limiter.acquire()
+            if self._gate.shut:  # another process takes over: it accepts now
+                limiter.release()
+                await self._gate.wait_open()
+                continue
             try:
                 sock, peer = listener.accept_nowait()
             except trio.WouldBlock:
@@ -441,7 +702,8 @@ class Daemon:
         self,
         sock: socket.socket,
         info: ConnectionInfo,
-        limiter: trio.Semaphore,
+        limiter: trio.Semaphore | None,
+        resumed: tuple[bytes, ConnectionRecord] | None = None,
     ) -> None:
         config = self.config
         connection = SocketConnection(
@@ -457,12 +719,20 @@ class Daemon:
             stats=self.stats,
             budget=self._budget,
         )
+        if resumed is not None:
+            pending, record = resumed
+            connection.resume(pending, record.idle_left, record.frame_left)
+            self.stats.connections_taken += 1
+            log.debug("%s: taken over, %d bytes of a frame held", info, len(pending))
+        else:
+            self.stats.connections_accepted += 1
+            log.debug("%s: accepted", info)
         self._connections.add(connection)
-        self.stats.connections_accepted += 1
         self.stats.connections_active += 1
-        log.debug("%s: accepted", info)
         if self._draining:
             connection.drain()
+        elif self._migration is not None:
+            self._migration.expect(connection)
         failed = False
         try:
             await connection.run()
@@ -474,7 +744,10 @@ class Daemon:
         finally:
             self._connections.discard(connection)
             self.stats.connections_active -= 1
-            limiter.release()
+            if limiter is not None:
+                limiter.release()
+            if self._migration is not None:
+                self._migration.ended(connection)
             if self._at_limit and not self._draining:
                 self._at_limit = False
                 log.info("below the connection limit again; accepting")
@@ -483,3 +756,74 @@ class Daemon:
                     self._drained += 1
                 elif not failed:
                     self._aborted += 1
+
+
+class _Migration:
+    """The connections of one handover: who is still to go, who is ready to, and
+    the verdict each one waits for (handed, or carry on here)."""
+
+    def __init__(self) -> None:
+        self.waiting: set[SocketConnection] = set()
+        """Connections not yet handed that are still open."""
+        self._ready: list[SocketConnection] = []  # at a frame boundary, replies sent
+        self._verdicts: dict[SocketConnection, tuple[trio.Event, list[bool]]] = {}
+        self._changed = trio.Event()
+
+    def expect(self, connection: SocketConnection) -> None:
+        self.waiting.add(connection)
+        connection.hand_over(self._hook)
+
+    def ended(self, connection: SocketConnection) -> None:
+        self.waiting.discard(connection)
+        self._changed.set()
+
+    async def _hook(self, connection: Any) -> bool:
+        """Called by a connection that can go now: wait for the verdict on its batch."""
+        verdict: list[bool] = []
+        done = trio.Event()
+        self._verdicts[connection] = (done, verdict)
+        self._ready.append(connection)
+        self._changed.set()
+        try:
+            await done.wait()
+        finally:
+            self._verdicts.pop(connection, None)
+            if connection in self._ready:
+                self._ready.remove(connection)
+        return bool(verdict and verdict[0])
+
+    async def next_batch(self) -> list[SocketConnection]:
+        """The connections ready to go, up to one batch; empty if one ended instead."""
+        if not self._ready:
+            self._changed = trio.Event()
+            await self._changed.wait()
+        await (
+            trio.lowlevel.checkpoint()
+        )  # one pass more: connections woken with these get ready too
+        batch: list[SocketConnection] = []
+        size = 0
+        for connection in self._ready:
+            if len(batch) == BATCH_CONNECTIONS or (batch and size > BATCH_BYTES):
+                break
+            batch.append(connection)
+            size += connection.decoder.buffered
+        del self._ready[: len(batch)]
+        return batch
+
+    def settle(self, batch: list[SocketConnection], *, handed: bool) -> None:
+        for connection in batch:
+            self.waiting.discard(connection)
+            entry = self._verdicts.get(connection)
+            if entry is not None:
+                entry[1].append(handed)
+                entry[0].set()
+
+    def withdraw(self) -> None:
+        """The handover is over: every connection not handed carries on here."""
+        for connection in self.waiting:
+            connection.hand_over(None)
+        for done, verdict in self._verdicts.values():
+            verdict.append(False)
+            done.set()
+        self.waiting.clear()
+        self._ready.clear()

@@ -11,7 +11,9 @@ close the file is removed only if it is still the one we bound (same device
 and inode).
 
 A :class:`BoundListener` can also wrap a socket that is already listening (from
-systemd or a previous process), which is how listeners will be handed over.
+systemd or a previous process: see :mod:`._handover`). An :class:`AcceptGate`
+pauses every accept loop of a daemon at once (while a new process takes over)
+without closing anything.
 """
 
 from __future__ import annotations
@@ -140,25 +142,43 @@ class BoundListener:
     _closed: bool = attrs.field(default=False, init=False)
 
     @classmethod
-    def from_socket(cls, sock: stdlib_socket.socket, *, owns_path: bool = False) -> BoundListener:
+    def from_socket(
+        cls,
+        sock: stdlib_socket.socket,
+        *,
+        owns_path: bool = False,
+        path: str | None = None,
+        identity: tuple[int, int] | None = None,
+    ) -> BoundListener:
         """Wrap a socket that is already bound and listening (systemd, a handover).
 
         Args:
             sock: a listening ``SOCK_STREAM`` socket; ownership passes to the listener.
             owns_path: for a Unix socket, remove its file on close (if unchanged).
+            path: for a Unix socket, its path, if not the name it was bound to
+                (:mod:`._socketfile` binds in a private directory, then links).
+            identity: for a Unix socket, the ``(st_dev, st_ino)`` of the file that
+                was made for it (by the process that handed it over): remove the
+                file on close if it is still that one.
         """
         address: Address
-        identity = None
         if sock.family == stdlib_socket.AF_UNIX:
-            path = sock.getsockname()
-            path = path.decode() if isinstance(path, bytes) else path
+            if path is None:
+                name = sock.getsockname()
+                path = name.decode() if isinstance(name, bytes) else name
             address = UnixAddress(path)
-            if owns_path:
-                st = os.stat(path)
-                identity = (st.st_dev, st.st_ino)
+            if owns_path or identity is not None:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    identity = None  # gone: nothing to remove
+                else:
+                    found = (st.st_dev, st.st_ino)
+                    identity = found if owns_path or found == identity else None
         else:
             host, port = sock.getsockname()[:2]
             address = TcpAddress(host, port)
+            identity = None
         sock.setblocking(False)
         return cls(sock, address, identity)
 
@@ -200,6 +220,12 @@ class BoundListener:
             except trio.WouldBlock:
                 continue
 
+    def disown(self) -> tuple[int, int] | None:
+        """Leave the socket file in place on :meth:`close` (another process owns it
+        now); return the identity that was ours, to hand on (``None``: not ours)."""
+        identity, self.unix_identity = self.unix_identity, None
+        return identity
+
     def close(self) -> None:
         """Remove our socket file (only if it is still ours), then close the socket. Idempotent."""
         if self._closed:
@@ -210,6 +236,33 @@ class BoundListener:
         with contextlib.suppress(RuntimeError):  # outside trio.run nobody can be waiting
             trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
+
+
+class AcceptGate:
+    """Open (accept) or shut (wait, accepting nothing): one switch for a daemon's accept loops."""
+
+    def __init__(self) -> None:
+        self._opened: trio.Event | None = None  # set when shut; set() opens it again
+
+    @property
+    def shut(self) -> bool:
+        return self._opened is not None
+
+    def close(self) -> None:
+        """Stop accepting (listeners stay open: connections wait in their backlogs)."""
+        if self._opened is None:
+            self._opened = trio.Event()
+
+    def open(self) -> None:
+        """Accept again."""
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            opened.set()
+
+    async def wait_open(self) -> None:
+        """Return at once while open; else when :meth:`open` is called."""
+        while self._opened is not None:
+            await self._opened.wait()
 
 
 def stream_for(sock: stdlib_socket.socket) -> trio.SocketStream:

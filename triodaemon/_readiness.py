@@ -418,10 +418,12 @@ async def _portable_wait(
                     backend._waiting -= 1
                 if portable is not None:
                     portable._scope = None
+        # Woken, even if the socket became readable in the same instant (the wake
+        # then came too late to cancel anything): the wake must not be lost.
+        if portable is not None and portable._woken:
+            portable._woken = False
+            return Wait.WOKEN
         if scope.cancelled_caught:
-            if portable is not None and portable._woken:
-                portable._woken = False
-                return Wait.WOKEN
             return Wait.DEADLINE
         if step is None:
             return Wait.READY

@@ -9,6 +9,10 @@ ends the daemon without a drain:
   SIGXCPU (the soft CPU-time limit, which the kernel repeats every second until
   the hard limit kills) drains too, but never escalates to an abort;
 - :data:`STATS_SIGNALS` log a one-line stats summary;
+- :data:`UPGRADE_SIGNALS` start an upgrade: a new copy of the daemon takes over
+  its sockets and connections (see :mod:`triodaemon._upgrade`); so a
+  ``kill -HUP`` from logrotate, or the terminal of ``triodaemon &`` closing,
+  costs a handover that no client notices, never a stop;
 - :data:`IGNORED_SIGNALS` are logged and ignored.
 
 Left at their defaults: the signals that report a fault of the process itself
@@ -43,16 +47,18 @@ def _existing(*names: str) -> tuple[int, ...]:
 STOP_SIGNALS = _existing("SIGTERM", "SIGINT", "SIGQUIT", "SIGXCPU")
 #: Log a one-line summary of the daemon's counters (a cheap, conventional "how are you").
 STATS_SIGNALS = _existing("SIGUSR1")
-#: Logged and ignored. SIGHUP will start a restart that drops nothing, in a later release.
+#: Start an upgrade: a new process takes over every socket and connection.
+UPGRADE_SIGNALS = _existing("SIGHUP")
+#: Logged and ignored.
 IGNORED_SIGNALS = _existing(
-    "SIGHUP", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT"
+    "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT"
 ) + (
     tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
     if hasattr(signal, "SIGRTMIN") and hasattr(signal, "SIGRTMAX")
     else ()
 )
 #: Every signal the serving daemon receives, and so every signal held during startup.
-HANDLED_SIGNALS = STOP_SIGNALS + STATS_SIGNALS + IGNORED_SIGNALS
+HANDLED_SIGNALS = STOP_SIGNALS + STATS_SIGNALS + UPGRADE_SIGNALS + IGNORED_SIGNALS
 
 
 #: Handled signals this process inherited as ignored (see :func:`hold`).
@@ -115,9 +121,4 @@ def signal_name(signum: int) -> str:
 def ignored_message(signum: int) -> str:
     """The log line for a signal in :data:`IGNORED_SIGNALS`."""
     name = signal_name(signum)
-    if signum == getattr(signal, "SIGHUP", None):
-        return (
-            f"received {name}: ignored (a later release will restart without dropping "
-            "connections on SIGHUP; to stop, send SIGTERM)"
-        )
     return f"received {name}: ignored (it has no meaning to triodaemon; to stop, send SIGTERM)"

@@ -23,6 +23,7 @@ import contextlib
 import enum
 import fcntl
 import logging
+import math
 import socket
 import struct
 import sys
@@ -41,6 +42,7 @@ from ._connection import (
     _Stop,
 )
 from ._framing import Framing
+from ._handover import ConnectionRecord, finite_or_none
 from ._readiness import Readiness, Wait
 from ._stats import Stats
 
@@ -137,7 +139,7 @@ class SocketConnection(_Conversation):
                 return _Stop.LOST
             if size is not None:
                 return size
-            if self._drained():
+            if self._drained() or self._handover is not None:
                 return _Stop.WOKEN  # drain() came during the yield: nothing to wake
             got = await self._waiter.wait(self._deadline)
             if got is not Wait.READY:
@@ -202,6 +204,25 @@ class SocketConnection(_Conversation):
 
     def _wake(self) -> None:
         self._waiter.wake()
+
+    # -- handing over ----------------------------------------------------------------
+
+    def handover_state(self) -> tuple[ConnectionRecord, bytes, int]:
+        """What a new process needs to carry this conversation on: its record, the
+        bytes of its partial frame, and its socket's descriptor (still ours until
+        the connection ends). Only where :meth:`hand_over`'s hook is called: no
+        replies owed."""
+        now = trio.current_time()
+        pending = self.decoder.pending()
+        frame = self._frame_deadline if pending else math.inf
+        record = ConnectionRecord(
+            peer=self.info.peer,
+            listener=self.info.listener,
+            pending=len(pending),
+            idle_left=finite_or_none(self._deadline - now),
+            frame_left=finite_or_none(frame - now),
+        )
+        return record, pending, self._sock.fileno()
 
     # -- sending --------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ class Stats:
     accept_errors: int = 0
     """Failed accepts that were not one dead connection (descriptors or memory
     exhausted, a broken listener, an error not understood)."""
+    connections_taken: int = 0
+    """Connections another process handed to this one (an upgrade)."""
+    connections_handed: int = 0
+    """Connections this process handed to another one (an upgrade)."""
 
     @property
     def frames(self) -> int:
@@ -118,4 +122,10 @@ class Stats:
             f" {self.bytes_received} bytes in, {self.bytes_sent} out; errors: "
             + ", ".join(f"{count} {kind}" for kind, count in errors.items())
             + f"; {self.memory_waits} waits for buffer room"
+            + (
+                f"; {self.connections_taken} connections taken over, "
+                f"{self.connections_handed} handed over"
+                if self.connections_taken or self.connections_handed
+                else ""
+            )
         )

@@ -1,0 +1,595 @@
+"""Upgrades: SIGHUP, ``ctl upgrade`` and ``--takeover`` hand every socket and open
+connection to a new process, under load, as a user starts them; and every way one
+can fail leaves the old process serving."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from triodaemon import Framing, TcpAddress, UnixAddress, connect, echo_frames
+from triodaemon._control import ControlClient, ControlError, open_control
+from triodaemon._framing import FramingKind
+from triodaemon._handover import HANDOVER_VERSIONS, Channel, HandoverError, framing_record
+
+from .conftest import DaemonProcess, SpawnFn
+
+TEST_TIMEOUT = 90
+
+#: Frames each load client sends at most; frames in flight on each at most.
+MAX_FRAMES = 20_000
+DEPTH = 8
+_LETTERS = b"abcdefghijklmnopqrstuvwxyz"
+
+
+class Conversation:
+    """One client under load: pipelined frames of mixed sizes (empty to 100 KiB),
+    some written in two parts with a pause between (so that a handover finds frames
+    half read); every echo checked byte for byte, in order, until our EOF."""
+
+    def __init__(self, address: TcpAddress | UnixAddress, framing: Framing, seed: int) -> None:
+        self.address = address
+        self.framing = framing
+        self.seed = seed
+        self.sent: list[bytes] = []
+        self.echoed = 0
+        self.failure: str | None = None
+        self.going = trio.Event()  # 20 echoes are back
+        self._want = 20
+        self._reached = self.going
+
+    async def wait_echoed(self, count: int) -> None:
+        """Wait until ``count`` echoes are back in all (or the client failed)."""
+        self._want, self._reached = count, trio.Event()
+        if self.echoed >= count or self.failure is not None:
+            return
+        await self._reached.wait()
+
+    def _payload(self, rng: random.Random) -> bytes:
+        size = rng.choice([0, 1, 8, 40, 64, 200, 1000, 4096, 30_000, 100_000])
+        if self.framing.kind == "line":
+            start = rng.randrange(26)
+            return (_LETTERS * (size // 26 + 2))[start : start + size]
+        return rng.randbytes(size)
+
+    async def run(self, stop: trio.Event) -> None:
+        try:
+            stream = await connect(self.address)
+        except Exception as exc:
+            self.failure = f"connect: {exc}"
+            self.going.set()
+            return
+        in_flight = trio.Semaphore(DEPTH)
+        decoder = self.framing.decoder()
+        try:
+            async with stream, trio.open_nursery() as nursery:
+
+                async def send() -> None:
+                    rng = random.Random(self.seed)
+                    for _ in range(MAX_FRAMES):
+                        if stop.is_set():
+                            break
+                        await in_flight.acquire()
+                        wire = self.framing.encode(self._payload(rng))
+                        self.sent.append(wire)
+                        if len(wire) > 1 and rng.random() < 0.25:
+                            cut = rng.randrange(1, len(wire))
+                            await stream.send_all(wire[:cut])
+                            await trio.sleep(0.002)  # shapes the load: a frame half sent
+                            await stream.send_all(wire[cut:])
+                        else:
+                            await stream.send_all(wire)
+                    await stream.send_eof()
+
+                nursery.start_soon(send)
+                while data := await stream.receive_some():
+                    decoder.feed(data)
+                    while (frame := decoder.next_frame()) is not None:
+                        if self.framing.encode(frame) != self.sent[self.echoed]:
+                            raise AssertionError(f"echo {self.echoed} differs from its frame")
+                        self.echoed += 1
+                        in_flight.release()
+                        if self.echoed >= self._want:
+                            self._reached.set()
+                if not stop.is_set() or self.echoed != len(self.sent):
+                    raise AssertionError(
+                        f"EOF after {self.echoed} of {len(self.sent)} echoes"
+                        + ("" if stop.is_set() else ", before the end")
+                    )
+        except Exception as exc:  # (a group, from the nursery, too)
+            self.failure = f"{self.address} client {self.seed}: {exc!r}"
+        finally:
+            self._reached.set()
+            self.going.set()
+
+
+class Connector:
+    """New connections all along: connect, one frame, our EOF, its echo, the daemon's EOF."""
+
+    def __init__(self, addresses: list[TcpAddress | UnixAddress], framing: Framing) -> None:
+        self.addresses = addresses
+        self.framing = framing
+        self.done = 0
+        self.failures: list[str] = []
+
+    async def run(self, stop: trio.Event) -> None:
+        for i in range(20_000):
+            if stop.is_set():
+                return
+            address = self.addresses[i % len(self.addresses)]
+            wire = self.framing.encode(b"connector %d" % i)
+            try:
+                stream = await connect(address)
+                async with stream:
+                    await stream.send_all(wire)
+                    await stream.send_eof()
+                    got = b""
+                    while data := await stream.receive_some():
+                        got += data
+                if got != wire:
+                    raise AssertionError(f"echo {got!r}")
+                self.done += 1
+            except Exception as exc:
+                self.failures.append(f"{address} connect {i}: {type(exc).__name__}: {exc}")
+
+
+async def ask(control: Path, command: str, **args: Any) -> Any:
+    client = await open_control(str(control))
+    async with client.stream:
+        return await client.request(command, **args)
+
+
+async def open_fds(client: ControlClient) -> tuple[int, int]:
+    """How many descriptors the daemon behind ``client`` has open, and how many
+    connections; its control connections: the one of ``client`` alone."""
+    stats = await client.request("stats")
+    return len(os.listdir(f"/proc/{stats['pid']}/fd")), stats["connections"]["open"]
+
+
+async def wait_exited(pid: int) -> None:
+    """Wait until ``pid`` (not necessarily our child) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with trio.fail_after(30):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+async def wait_for_count(daemon: DaemonProcess, text: str, count: int) -> str:
+    """Wait until ``count`` stderr lines contain ``text``; return the last of them."""
+    with trio.fail_after(30):
+        while True:
+            found = [line for line in daemon.lines if text in line]
+            if len(found) >= count:
+                return found[count - 1]
+            await daemon._changed.wait()
+
+
+@asynccontextmanager
+async def generations(
+    spawn: SpawnFn, sock_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[DaemonProcess, list[int]]]:
+    """A daemon on TCP and Unix with a control socket; ``pids`` gathers every process
+    that takes over (the test appends them); whichever still runs at the end is killed."""
+    daemon = await spawn(
+        "--tcp",
+        "127.0.0.1:0",
+        "--sock",
+        str(sock_dir / "echo.sock"),
+        "--control",
+        str(sock_dir / "control.sock"),
+        *args,
+        env=env,
+    )
+    await daemon.wait_ready(2)
+    pids = [daemon.process.pid]
+    try:
+        yield daemon, pids
+    finally:
+        for pid in pids[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def upgrade_by_sighup(daemon: DaemonProcess, pids: list[int], nth: int) -> int:
+    """SIGHUP the current process; wait until it has handed over and exited; the new pid."""
+    os.kill(pids[-1], signal.SIGHUP)
+    line = await wait_for_count(daemon, "handed over to pid ", nth)
+    new = int(line.split("handed over to pid ")[1].split()[0])
+    pids.append(new)
+    await wait_exited(pids[-2])
+    return new
+
+
+@pytest.mark.parametrize("kind", ["line", "length"])
+async def test_sighup_under_load_is_invisible_to_clients(
+    spawn: SpawnFn, sock_dir: Path, kind: FramingKind
+) -> None:
+    framing = Framing(kind)
+    async with generations(spawn, sock_dir, "--framing", kind) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        async with (await open_control(str(control))).stream as first:
+            baseline = await open_fds(ControlClient(first, "first"))
+        addresses = daemon.addresses
+        conversations = [Conversation(addresses[i % 2], framing, seed=i) for i in range(12)]
+        connector = Connector(addresses, framing)
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for conversation in conversations:
+                nursery.start_soon(conversation.run, stop)
+            nursery.start_soon(connector.run, stop)
+            for conversation in conversations:
+                await conversation.going.wait()
+            taken = 0
+            last: ControlClient | None = None
+            for nth in range(1, 4):
+                new = await upgrade_by_sighup(daemon, pids, nth)
+                if last is not None:
+                    await last.aclose()
+                # (The last one stays open: the count of descriptors below counts it.)
+                last = await open_control(str(control))
+                stats = await last.request("stats")
+                assert stats["pid"] == new
+                taken += stats["connections"]["taken_over"]
+            before = [c.echoed for c in conversations]
+            # The last process serves them all on: each makes progress there too.
+            with trio.fail_after(20):
+                for conversation, echoed in zip(conversations, before, strict=True):
+                    await conversation.wait_echoed(echoed + 10)
+            stop.set()
+        problems = [c.failure for c in conversations if c.failure] + connector.failures
+        assert not problems, "\n".join([*problems, daemon.stderr])
+        assert connector.done > 0
+        assert taken > 0  # connections moved (not just drained in the old processes)
+        assert sum(c.echoed for c in conversations) > 12 * 20
+        # Every upgrade moved the connections open at that moment.
+        handed = [line for line in daemon.lines if "handed over to pid" in line]
+        assert len(handed) == 3
+        assert all(" 0 connections finish here" in line for line in handed), handed
+        # The command line does not grow with each upgrade.
+        cmdline = Path(f"/proc/{pids[-1]}/cmdline").read_text().split("\0")
+        assert cmdline.count("--handover-fd") == 1
+        # No descriptor left behind: idle again, the last process has what the first had.
+        # (Every client saw the daemon's EOF, which it sends as it closes: once this
+        # request is answered, every connection is closed.)
+        assert last is not None
+        async with last.stream:
+            assert await open_fds(last) == baseline == (baseline[0], 0)
+        os.kill(pids[-1], signal.SIGTERM)
+        await wait_exited(pids[-1])
+        assert not (sock_dir / "echo.sock").exists()  # removed by whoever owned it last
+        assert not control.exists()
+    assert await daemon.wait() == 0
+
+
+async def test_ctl_upgrade_then_a_takeover_by_hand(spawn: SpawnFn, sock_dir: Path) -> None:
+    async with generations(spawn, sock_dir) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        stream = await connect(daemon.addresses[1])
+        async with stream:
+            await stream.send_all(b"half a fra")  # a partial frame moves with it
+            await daemon.wait_until_received(10)
+            reply = await ask(control, "upgrade")
+            assert reply["old_pid"] == pids[0]
+            assert reply["handed_over"] == 1
+            assert reply["finishing"] == 0
+            pids.append(reply["pid"])
+            await wait_exited(pids[0])
+            await stream.send_all(b"me\n")
+            assert await stream.receive_some() == b"half a frame\n"
+            # By hand, from a shell: a new process with the same flags takes over.
+            taker = await spawn(
+                "--takeover",
+                str(control),
+                "--sock",
+                str(sock_dir / "echo.sock"),
+                "--control",
+                str(control),
+            )
+            await taker.wait_ready(2)
+            await taker.wait_for_line("took over: 1 connection carried on here")
+            await taker.wait_for_line(f"(taken over from pid {pids[1]})")
+            await wait_exited(pids[1])
+            await stream.send_all(b"still here\n")
+            assert await stream.receive_some() == b"still here\n"
+            stats = await ask(control, "stats")
+            assert stats["pid"] == taker.process.pid
+            assert stats["connections"]["taken_over"] == 1
+        taker.signal(signal.SIGTERM)
+        assert await taker.wait() == 0
+        assert not control.exists()
+
+
+async def test_no_migrate_lets_connections_finish_in_the_old_process(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    async with generations(spawn, sock_dir, "--no-migrate") as (daemon, pids):
+        control = sock_dir / "control.sock"
+        stream = await connect(daemon.addresses[0])
+        async with stream:
+            await stream.send_all(b"one\ntw")
+            assert await stream.receive_some() == b"one\n"
+            reply = await ask(control, "upgrade")
+            assert (reply["handed_over"], reply["finishing"]) == (0, 1)
+            pids.append(reply["pid"])
+            # New connections go to the new process; the old one drains this one: it
+            # finishes the frame in progress, then closes, as a drain does.
+            assert (await ask(control, "stats"))["pid"] == reply["pid"]
+            await stream.send_all(b"o\n")
+            assert await stream.receive_some() == b"two\n"
+            assert await stream.receive_some() == b""
+        assert await daemon.wait() == 0
+
+
+def broken_release(tmp_path: Path, how: str) -> dict[str, str]:
+    """The environment of a daemon whose later starts find a broken program: once the
+    marker file exists, a new interpreter exits at once (``crash``) or never gets
+    anywhere (``hang``)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    marker = tmp_path / "broken"
+    (site / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, select
+            if os.path.exists({str(marker)!r}):
+                if {how!r} == "crash":
+                    os.write(2, b"broken release: cannot start\\n")
+                    os._exit(3)
+                select.select([], [], [])  # hangs until killed
+            """
+        )
+    )
+    return {
+        "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "MARKER": str(marker),
+    }
+
+
+async def test_a_new_process_that_crashes_leaves_the_old_one_serving(
+    spawn: SpawnFn, sock_dir: Path, tmp_path: Path
+) -> None:
+    env = broken_release(tmp_path, "crash")
+    async with generations(spawn, sock_dir, env=env) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        stream = await connect(daemon.addresses[1])
+        async with stream:
+            await stream.send_all(b"before\n")
+            assert await stream.receive_some() == b"before\n"
+            Path(env["MARKER"]).touch()
+            with pytest.raises(
+                ControlError, match=r"upgrade failed: .*exited with code 3.*serves on"
+            ):
+                await ask(control, "upgrade")
+            daemon.signal(signal.SIGHUP)  # the same by signal: logged
+            await daemon.wait_for_line("upgrade (SIGHUP) called off")
+            await stream.send_all(b"after\n")
+            assert await stream.receive_some() == b"after\n"
+            assert (await ask(control, "stats"))["pid"] == pids[0]
+        Path(env["MARKER"]).unlink()
+        assert (await ask(control, "upgrade"))["handed_over"] == 0  # and it can still upgrade
+        pids.append((await ask(control, "stats"))["pid"])
+
+
+async def test_a_new_process_never_ready_is_killed_in_time(
+    spawn: SpawnFn, sock_dir: Path, tmp_path: Path
+) -> None:
+    env = broken_release(tmp_path, "hang")
+    async with generations(spawn, sock_dir, "--upgrade-timeout", "1", env=env) as (daemon, _pids):
+        control = sock_dir / "control.sock"
+        Path(env["MARKER"]).touch()
+        daemon.signal(signal.SIGHUP)
+        line = await daemon.wait_for_line("upgrade (SIGHUP): pid ")
+        hung = int(line.split("pid ")[1].split()[0])
+        # A second upgrade while one is under way is refused, and says why.
+        with pytest.raises(ControlError, match=r"already under way \(SIGHUP\)"):
+            await ask(control, "upgrade")
+        await daemon.wait_for_line("did not ask for the sockets within 1s")
+        await wait_exited(hung)
+        stream = await connect(daemon.addresses[0])
+        async with stream:
+            await stream.send_all(b"still serving\n")
+            assert await stream.receive_some() == b"still serving\n"
+        assert (await ask(control, "stats"))["upgrade"] is None
+
+
+async def test_an_upgrade_during_a_drain_is_refused(spawn: SpawnFn, sock_dir: Path) -> None:
+    async with generations(spawn, sock_dir, "--drain-timeout", "30") as (daemon, _pids):
+        control = sock_dir / "control.sock"
+        stream = await connect(daemon.addresses[0])
+        async with stream:
+            await stream.send_all(b"part of a frame")  # holds the drain open
+            await daemon.wait_until_received(15)
+            await ask(control, "drain")
+            with pytest.raises(ControlError, match="draining; an upgrade cannot start now"):
+                await ask(control, "upgrade")
+            daemon.signal(signal.SIGHUP)
+            await daemon.wait_for_line("upgrade (SIGHUP) refused: the daemon is draining")
+            await stream.send_all(b"\n")
+            assert await stream.receive_some() == b"part of a frame\n"
+        assert await daemon.wait() == 0
+
+
+async def test_a_taker_of_another_protocol_version_is_refused_cleanly(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    async with generations(spawn, sock_dir) as (_daemon, _pids):
+        control = sock_dir / "control.sock"
+        wanted = max(HANDOVER_VERSIONS) + 1
+        with pytest.raises(
+            ControlError,
+            match=rf"no handover version in common: .* speaks version 1, the new process version {wanted}",
+        ):
+            await ask(control, "takeover", versions=[wanted])
+        # And a real process of this release that cannot get there says so in one line.
+        nothing = sock_dir / "nothing.sock"
+        taker = await spawn("--takeover", str(nothing))
+        assert await taker.wait() == 1
+        [line] = taker.lines
+        assert line.startswith("triodaemon: error: cannot take over: ")
+        assert line.endswith(f"(is a daemon running with --control {nothing}?)")
+        assert (await ask(control, "stats"))["upgrade"] is None
+
+
+async def test_systemd_hears_reloading_then_the_new_main_pid(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """With NotifyAccess=main only the main process is heard: the old one says
+    RELOADING=1, then MAINPID= (the new one) and READY=1; the new one says nothing
+    before that, and pings the watchdog after."""
+    path = str(sock_dir / "notify")
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(path)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+        async def message() -> tuple[int, list[str]]:
+            data, ancillary, _, _ = await sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            pid = next(
+                int.from_bytes(cdata[:4], sys.byteorder)
+                for level, kind, cdata in ancillary
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+            )
+            return pid, data.decode().split("\n")
+
+        env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+        async with generations(spawn, sock_dir, env=env) as (daemon, pids):
+            old = pids[0]
+            with trio.fail_after(20):
+                while (await message())[1] != ["READY=1", "STATUS=serving"]:
+                    pass
+                daemon.signal(signal.SIGHUP)
+                heard: list[tuple[int, list[str]]] = []
+                while not any(fields[0].startswith("MAINPID=") for _, fields in heard):
+                    heard.append(await message())
+                while True:
+                    sender, fields = await message()
+                    if sender != old and fields == ["WATCHDOG=1"]:
+                        break
+            new = sender
+            reloading = [fields for pid, fields in heard if "RELOADING=1" in fields]
+            assert len(reloading) == 1
+            assert reloading[0][1].startswith("MONOTONIC_USEC=")
+            assert heard[-1] == (
+                old,
+                [f"MAINPID={new}", "READY=1", f"STATUS=handing over to pid {new}"],
+            )
+            assert {pid for pid, _ in heard} == {old}  # the new one was silent till then
+            pids.append(new)
+            await wait_exited(old)
+
+
+async def fake_taker(control: Path) -> tuple[Channel, list[socket.socket]]:
+    """A process of our own that asks the daemon at ``control`` for its sockets,
+    speaking the protocol by hand: its channel, after the listeners came."""
+    stream = await connect(UnixAddress(str(control)))
+    client = ControlClient(stream, "daemon")
+    assert (await client.request("takeover", versions=[1]))["version"] == 1
+    channel = Channel(stream.socket, "daemon")
+    await channel.send(
+        {"type": "hello", "pid": os.getpid(), "framing": framing_record(Framing()), "migrate": True}
+    )
+    _, _, listeners = await channel.receive("listeners")
+    return channel, listeners
+
+
+async def test_a_taker_that_never_says_ready_is_given_up_in_time(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    async with generations(spawn, sock_dir, "--upgrade-timeout", "1") as (daemon, _pids):
+        control = sock_dir / "control.sock"
+        channel, listeners = await fake_taker(control)
+        assert len(listeners) == 3  # TCP, Unix, and the control socket
+        for sock in listeners:
+            sock.close()
+        line = await daemon.wait_for_line("called off")
+        assert line.endswith(
+            f"upgrade (a takeover on the control socket) called off: the new process "
+            f"(pid {os.getpid()}) was not ready within 1s; serving on"
+        )
+        await channel.aclose()
+        for address in daemon.addresses:
+            assert await echo_frames(address, [b"on"]) == [b"on"]
+        assert (await ask(control, "stats"))["upgrade"] is None
+        assert (sock_dir / "echo.sock").exists()
+
+
+async def test_a_taker_that_dies_with_connections_in_hand_leaves_them_with_the_old_one(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    async with generations(spawn, sock_dir) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        stream = await connect(daemon.addresses[1])
+        async with stream:
+            await stream.send_all(b"first half, ")
+            await daemon.wait_until_received(12)
+            channel, listeners = await fake_taker(control)
+            await channel.send({"type": "ready"})
+            header, blob, socks = await channel.receive("connections")
+            assert blob == b"first half, "
+            assert len(header["connections"]) == len(socks) == 1
+            for sock in [*listeners, *socks]:
+                sock.close()
+            await channel.aclose()  # dies before it says "adopted"
+            await daemon.wait_for_line(
+                f"called off: the new process (pid {os.getpid()}) closed the connection"
+            )
+            # The old process carries the conversation on, and accepts again.
+            await stream.send_all(b"second half\n")
+            assert await stream.receive_some() == b"first half, second half\n"
+            for address in daemon.addresses:
+                assert await echo_frames(address, [b"on"]) == [b"on"]
+            stats = await ask(control, "stats")
+            assert (stats["pid"], stats["upgrade"]) == (pids[0], None)
+            assert stats["connections"]["handed_over"] == 0
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+        assert not (sock_dir / "echo.sock").exists()  # its own again, so removed
+
+
+async def test_the_channel_carries_descriptors_with_their_message(sock_dir: Path) -> None:
+    a, b = socket.socketpair()
+    left = Channel(trio.socket.from_stdlib_socket(a), "left")
+    right = Channel(trio.socket.from_stdlib_socket(b), "right")
+    x, y = socket.socketpair()
+    with x, y:
+        await left.send({"type": "connections", "n": 1}, b"pending bytes", [x.fileno()])
+        header, blob, socks = await right.receive("connections")
+        assert (header["n"], blob, len(socks)) == (1, b"pending bytes", 1)
+        with socks[0] as got:
+            got.sendall(b"through the copy")
+            assert y.recv(100) == b"through the copy"
+            assert not got.get_inheritable()
+        # Something else where a message was due: an error, and its descriptors closed.
+        await left.send({"type": "hello"}, fds=[x.fileno()])
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(HandoverError, match="sent 'hello' where adopted was due"):
+            await right.receive("adopted")
+        assert len(os.listdir("/proc/self/fd")) == before
+        await left.send({"type": "error", "error": "nope"})
+        with pytest.raises(HandoverError, match="left: nope|right: nope"):
+            await right.receive("done")
+        # A header over the limit is refused before it is read.
+        await left.sock.send((1 << 30).to_bytes(4, "big"))
+        with pytest.raises(HandoverError, match="header"):
+            await right.receive("done")
+    await left.aclose()
+    with pytest.raises(HandoverError, match="closed the connection"):
+        await right.receive("done")
+    await right.aclose()

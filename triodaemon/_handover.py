@@ -1,0 +1,554 @@
+"""Handing a daemon's listening sockets and live connections to a new process.
+
+A new process (the *taker*) takes over from a running one (the *giver*): the
+listening sockets move over a Unix stream socket as ``SCM_RIGHTS`` descriptors
+(the same sockets, so their accept queues and Unix socket files never go
+away), then every connection that owes its client nothing moves too, with the
+bytes it had read but not yet framed, so its conversation carries on in the
+new process. The giver exits once it has nothing left.
+
+The channel is a control connection (``triodaemon --takeover PATH`` connects to
+the giver's control socket) or a socketpair the giver made when it started its
+successor itself (SIGHUP, ``ctl upgrade``). It begins as the control protocol:
+the taker asks ``{"command": "takeover", "versions": [1]}`` and the giver
+answers with the version both speak, or an error (no common version, a drain
+or another upgrade under way). From there on it carries messages of this
+module, strictly in turn (each side waits for the other's answer), which is
+what ties the descriptors to their message: each message is a 4-byte length,
+a JSON header, and ``header["blob"]`` raw bytes, its descriptors riding on its
+first byte. Version 1::
+
+    taker                                   giver
+      | hello {pid, framing, migrate}  -->    |
+      |  <-- listeners {pid, listeners} + fds | the taker adopts them and accepts
+      | ready {}                       -->    | the giver stops accepting; the
+      |                                       | socket files are the taker's now
+      |  <-- connections {[...]} + fds + blob | (repeated: batches of connections
+      | adopted {count}                -->    |  at a frame boundary)
+      |  <-- done {handed, left}              | the giver drains what is left, exits
+
+Before ``ready`` the upgrade can fail without a trace: the giver never stopped
+accepting. A batch belongs to the giver until the taker answers ``adopted``: if
+the taker dies first, those connections carry on in the giver (nothing was
+read from them in between), which accepts again.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import logging
+import math
+import os
+import socket
+import struct
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._control import ControlClient, ControlError
+from ._errors import ClientError, TriodaemonError
+from ._framing import Framing
+from ._listeners import BoundListener
+
+if TYPE_CHECKING:
+    from ._daemon import Daemon
+
+log = logging.getLogger("triodaemon")
+
+#: The versions of the handover protocol this release speaks, oldest first. A
+#: version is added (never changed) when the messages change; a giver picks the
+#: newest one both sides speak, and refuses a taker it shares none with.
+HANDOVER_VERSIONS = (1,)
+#: The largest message header, in bytes (a batch of connection records).
+MAX_HEADER = 1 << 20
+#: The largest blob of one message: the unframed bytes of a batch of connections.
+MAX_BLOB = 256 << 20
+#: Descriptors per message at most (Linux takes 253 per ``SCM_RIGHTS``).
+MAX_FDS = 200
+#: A batch of connections ends at this many connections or this many unframed bytes.
+BATCH_CONNECTIONS = 64
+BATCH_BYTES = 4 << 20
+
+_LENGTH = struct.Struct(">I")
+_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+class HandoverError(TriodaemonError):
+    """A handover that cannot go on: the other side refused, broke the protocol, or left."""
+
+
+class Channel:
+    """The handover's messages over a connected ``AF_UNIX`` stream socket.
+
+    Args:
+        sock: the connected socket (a trio socket); closed by :meth:`aclose`.
+        where: who is on the other end, for error messages.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType, where: str) -> None:
+        self.sock = sock
+        self.where = where
+
+    async def send(
+        self, header: dict[str, Any], blob: bytes | bytearray = b"", fds: Sequence[int] = ()
+    ) -> None:
+        """Send one message: ``header`` (JSON), ``blob``, and ``fds`` (``SCM_RIGHTS``).
+
+        Raises:
+            HandoverError: the other side is gone.
+        """
+        encoded = json.dumps({**header, "blob": len(blob)}, separators=(",", ":")).encode()
+        data = memoryview(_LENGTH.pack(len(encoded)) + encoded + blob)
+        ancillary = []
+        if fds:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        try:
+            sent = await self.sock.sendmsg([data], ancillary)
+            while sent < len(data):
+                sent += await self.sock.send(data[sent:])
+        except OSError as exc:
+            raise HandoverError(f"{self.where}: connection lost: {exc.strerror or exc}") from None
+
+    async def receive(self, *kinds: str) -> tuple[dict[str, Any], bytes, list[socket.socket]]:
+        """The next message, which must be one of ``kinds``: its header, blob and sockets.
+
+        The sockets are the caller's to close (every descriptor received is
+        closed here if the message is refused).
+
+        Raises:
+            HandoverError: the other side left, sent something else, or an error message.
+        """
+        received: list[socket.socket] = []
+        try:
+            size = _LENGTH.unpack(await self._exactly(_LENGTH.size, received))[0]
+            if size > MAX_HEADER:
+                raise HandoverError(
+                    f"{self.where} sent a {size}-byte header (at most {MAX_HEADER})"
+                )
+            try:
+                header = json.loads(await self._exactly(size, received))
+            except ValueError as exc:
+                raise HandoverError(f"{self.where} sent a header that is not JSON: {exc}") from None
+            if not isinstance(header, dict):
+                raise HandoverError(f"{self.where} sent a header that is not an object")
+            blob_size = header.get("blob", 0)
+            if not isinstance(blob_size, int) or not 0 <= blob_size <= MAX_BLOB:
+                raise HandoverError(f"{self.where} sent a blob of {blob_size!r} bytes")
+            blob = await self._exactly(blob_size, received) if blob_size else b""
+            kind = header.get("type")
+            if kind == "error" and "error" not in kinds:
+                raise HandoverError(f"{self.where}: {header.get('error')}")
+            if kind not in kinds:
+                raise HandoverError(
+                    f"{self.where} sent {kind!r} where {' or '.join(kinds)} was due"
+                )
+        except BaseException:
+            for sock in received:
+                sock.close()
+            raise
+        return header, blob, received
+
+    async def _exactly(self, size: int, received: list[socket.socket]) -> bytes:
+        """Read exactly ``size`` bytes (never more: the next message is not ours yet),
+        collecting any descriptors that came with them."""
+        parts: list[bytes] = []
+        left = size
+        while left:
+            try:
+                data, ancillary, flags, _ = await self.sock.recvmsg(
+                    min(left, 1 << 20), socket.CMSG_SPACE(MAX_FDS * 4), _RECV_FLAGS
+                )
+            except OSError as exc:
+                raise HandoverError(
+                    f"{self.where}: connection lost: {exc.strerror or exc}"
+                ) from None
+            received.extend(_sockets(ancillary))
+            if flags & getattr(socket, "MSG_CTRUNC", 0):
+                raise HandoverError(f"{self.where} sent more descriptors than fit one message")
+            if not data:
+                raise HandoverError(f"{self.where} closed the connection")
+            parts.append(data)
+            left -= len(data)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        self.sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+def _sockets(ancillary: list[tuple[int, int, bytes]]) -> list[socket.socket]:
+    """The sockets of the ``SCM_RIGHTS`` descriptors in ``ancillary`` (others closed)."""
+    found: list[socket.socket] = []
+    for level, kind, data in ancillary:
+        if level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS:
+            continue
+        fds = array.array("i")
+        fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        for fd in fds:
+            try:
+                found.append(socket.socket(fileno=fd))
+            except OSError:
+                os.close(fd)  # not a socket: nothing we asked for
+    return found
+
+
+def framing_record(framing: Framing) -> dict[str, Any]:
+    """``framing`` as JSON can carry it: the giver hands connections over only to a
+    taker whose framing is the same, field for field."""
+    record = attrs.asdict(framing)
+    record["delimiter"] = framing.delimiter.hex()
+    return record
+
+
+@attrs.frozen
+class ListenerRecord:
+    """One listening socket as the handover describes it."""
+
+    address: str
+    """As the giver reported it (``tcp://127.0.0.1:8000``), for logs."""
+    path: str | None
+    """A Unix socket's path (what it was bound to may be another name: see
+    :mod:`._socketfile`); ``None`` for TCP."""
+    control: bool
+    """Whether it is the control socket."""
+    identity: tuple[int, int] | None
+    """For a Unix socket file the giver made, its ``(st_dev, st_ino)``: the taker
+    removes the file at its final shutdown if it is still that one."""
+    label: str
+    """Where it came from, for the readiness line (``systemd socket NAME``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "path": self.path,
+            "control": self.control,
+            "identity": list(self.identity) if self.identity is not None else None,
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_json(cls, record: Any) -> ListenerRecord:
+        if not isinstance(record, dict):
+            raise HandoverError(f"a listener record is an object, not {record!r}")
+        identity = record.get("identity")
+        if identity is not None:
+            if not (
+                isinstance(identity, list)
+                and len(identity) == 2
+                and all(isinstance(part, int) for part in identity)
+            ):
+                raise HandoverError(f"bad socket file identity {identity!r}")
+            identity = (identity[0], identity[1])
+        path = record.get("path")
+        if path is not None and not isinstance(path, str):
+            raise HandoverError(f"bad socket path {path!r}")
+        return cls(
+            str(record.get("address", "?")),
+            path,
+            bool(record.get("control", False)),
+            identity,
+            str(record.get("label", "")),
+        )
+
+
+@attrs.frozen
+class ConnectionRecord:
+    """One connection as the handover describes it; its socket travels beside it."""
+
+    peer: str
+    listener: str
+    pending: int
+    """Bytes read but not yet framed (a partial frame), in the message's blob."""
+    idle_left: float | None
+    """Seconds until the connection's next deadline (idle, or its frame's); ``None``: none."""
+    frame_left: float | None
+    """Seconds until its partial frame must be complete; ``None``: no such deadline."""
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, record: Any) -> ConnectionRecord:
+        if not isinstance(record, dict):
+            raise HandoverError(f"a connection record is an object, not {record!r}")
+        pending, idle_left, frame_left = (
+            record.get("pending"),
+            record.get("idle_left"),
+            record.get("frame_left"),
+        )
+        if not isinstance(pending, int) or pending < 0:
+            raise HandoverError(f"bad pending byte count {pending!r}")
+        return cls(
+            str(record.get("peer", "?")),
+            str(record.get("listener", "?")),
+            pending,
+            _seconds_or_none(idle_left),
+            _seconds_or_none(frame_left),
+        )
+
+
+def _seconds_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise HandoverError(f"bad deadline in a connection record: {value!r}")
+    return max(0.0, float(value))
+
+
+def choose_version(offered: Any) -> int:
+    """The newest version both sides speak.
+
+    Raises:
+        HandoverError: none in common (the message says what each side speaks).
+    """
+    ours = set(HANDOVER_VERSIONS)
+    theirs = {v for v in offered if isinstance(v, int)} if isinstance(offered, list) else set()
+    common = ours & theirs
+    if not common:
+        raise HandoverError(
+            f"no handover version in common: this daemon (pid {os.getpid()}) speaks "
+            f"{_versions(sorted(ours))}, the new process {_versions(sorted(theirs))}; "
+            "restart it instead (stop, then start)"
+        )
+    return max(common)
+
+
+def _pid(message: dict[str, Any]) -> int:
+    """The ``pid`` a message names (0 if it names none)."""
+    pid = message.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else 0
+
+
+def _versions(versions: Sequence[int]) -> str:
+    return "version " + ", ".join(map(str, versions)) if versions else "none"
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or ``None`` for an infinite one (JSON has no infinity)."""
+    return value if math.isfinite(value) else None
+
+
+def python_program() -> list[str]:
+    """How to start triodaemon again: this interpreter, ``-m triodaemon``."""
+    return [sys.executable, "-m", "triodaemon"]
+
+
+# -- the two sides -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Given:
+    """What a handover did, as the giver saw it."""
+
+    pid: int
+    """The process that took over."""
+    listeners: int
+    """Listening sockets it took (the control socket among them)."""
+    handed: int
+    """Connections it took."""
+    left: int
+    """Connections that finish in the giver (owed replies, a different framing, or
+    ``migrate`` off)."""
+
+
+@attrs.define(eq=False)
+class Handing:
+    """One handover from this daemon, from the request until it is given or called off."""
+
+    who: str
+    """What asked for it, for logs: ``SIGHUP``, ``ctl upgrade``, ``--takeover from pid 42``."""
+    ready_by: float
+    """When (trio's clock) the new process must be ready, or the handover is called off."""
+    given: Given | None = None
+    failure: str | None = None
+    finished: trio.Event = attrs.field(factory=trio.Event)
+
+    def fail(self, why: str) -> None:
+        if not self.finished.is_set():
+            self.failure = why
+            self.finished.set()
+
+    def succeed(self, given: Given) -> None:
+        self.given = given
+        self.finished.set()
+
+
+async def give(daemon: Daemon, channel: Channel, *, ready_by: float) -> Given:
+    """The giver's side, once the ``takeover`` request is answered.
+
+    Until the taker is ready (by ``ready_by``, trio's clock) nothing changes
+    here; then this daemon stops accepting and its socket files become the
+    taker's; then its connections move in batches. If the taker fails before
+    it is ready, or while connections move, the daemon accepts again and
+    serves whatever it still holds.
+
+    Raises:
+        HandoverError: why the handover was called off.
+    """
+    config = daemon.config
+    pid = 0
+    with trio.move_on_at(ready_by) as scope:
+        hello, _, stray = await channel.receive("hello")
+        for sock in stray:
+            sock.close()
+        pid = _pid(hello)
+        channel.where = f"the new process (pid {pid})"
+        listeners = daemon._handover_listeners()
+        await channel.send(
+            {
+                "type": "listeners",
+                "pid": os.getpid(),
+                "listeners": [record.to_json() for record, _ in listeners],
+            },
+            fds=[fd for _, fd in listeners],
+        )
+        await channel.receive("ready")
+    if scope.cancelled_caught:
+        raise HandoverError(
+            f"the new process{f' (pid {pid})' if pid else ''} was not ready within "
+            f"{config.upgrade_timeout:g}s"
+        )
+    daemon._stop_accepting(pid)
+    migrate = config.migrate and hello.get("migrate") is True
+    if migrate and hello.get("framing") != framing_record(config.framing):
+        log.warning(
+            "the new process (pid %d) frames differently; connections finish here instead "
+            "of moving",
+            pid,
+        )
+        migrate = False
+    handed, left = 0, daemon.connections
+    if migrate:
+        try:
+            handed, left = await daemon._migrate(channel)
+        except BaseException:  # the taker failed (or we are cancelled): serve on
+            daemon._accept_again()
+            raise
+    # (If it is gone now, it has everything it adopted; the rest finishes here either way.)
+    with contextlib.suppress(HandoverError):
+        await channel.send({"type": "done", "handed": handed, "left": left})
+    return Given(pid, len(listeners), handed, left)
+
+
+async def send_batch(
+    channel: Channel, batch: Sequence[tuple[ConnectionRecord, bytes, int]]
+) -> None:
+    """Hand one batch of connections over; return once the taker has adopted them.
+
+    Raises:
+        HandoverError: the taker did not adopt them (they are still ours).
+    """
+    await channel.send(
+        {"type": "connections", "connections": [record.to_json() for record, _, _ in batch]},
+        b"".join(pending for _, pending, _ in batch),
+        [fd for _, _, fd in batch],
+    )
+    answer, _, stray = await channel.receive("adopted")
+    for sock in stray:
+        sock.close()
+    if answer.get("count") != len(batch):
+        raise HandoverError(
+            f"{channel.where} adopted {answer.get('count')!r} of {len(batch)} connections"
+        )
+
+
+@attrs.frozen
+class Taken:
+    """What a taker got before serving: the listeners (and their labels), the control
+    socket, and who gave them."""
+
+    listeners: list[BoundListener]
+    labels: list[str]
+    control: BoundListener | None
+    pid: int
+
+
+async def request_takeover(
+    stream: trio.SocketStream, where: str, *, framing: Framing, migrate: bool
+) -> tuple[Channel, Taken]:
+    """The taker's first half: ask, say hello, adopt the listening sockets.
+
+    Raises:
+        HandoverError: refused (no common version, a drain or another upgrade
+            under way), or the giver left or broke the protocol.
+    """
+    client = ControlClient(stream, where)
+    try:
+        answer = await client.request("takeover", versions=list(HANDOVER_VERSIONS))
+    except (ClientError, ControlError) as exc:
+        raise HandoverError(str(exc)) from None
+    if not isinstance(answer, dict) or answer.get("version") not in HANDOVER_VERSIONS:
+        raise HandoverError(f"{where} chose handover version {answer!r}, which this one lacks")
+    giver = _pid(answer)
+    channel = Channel(stream.socket, f"the old process (pid {giver})")
+    await channel.send(
+        {
+            "type": "hello",
+            "pid": os.getpid(),
+            "framing": framing_record(framing),
+            "migrate": migrate,
+        }
+    )
+    header, _, socks = await channel.receive("listeners")
+    records = header.get("listeners")
+    try:
+        if not isinstance(records, list) or len(records) != len(socks):
+            raise HandoverError(
+                f"{channel.where} sent {len(socks)} sockets for "
+                f"{len(records) if isinstance(records, list) else '?'} listeners"
+            )
+        parsed = [ListenerRecord.from_json(record) for record in records]
+        adopted = [
+            (BoundListener.from_socket(sock, path=record.path, identity=record.identity), record)
+            for sock, record in zip(socks, parsed, strict=True)
+        ]
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    controls = [listener for listener, record in adopted if record.control]
+    serving = [(listener, record) for listener, record in adopted if not record.control]
+    for extra in controls[1:]:
+        extra.close()
+    return channel, Taken(
+        [listener for listener, _ in serving],
+        [record.label for _, record in serving],
+        controls[0] if controls else None,
+        giver,
+    )
+
+
+async def take_connections(channel: Channel, daemon: Daemon) -> int:
+    """The taker's second half, once it serves: say so, adopt every connection the
+    giver sends, until it is done. Returns how many were adopted."""
+    await channel.send({"type": "ready"})
+    adopted = 0
+    while True:
+        header, blob, socks = await channel.receive("connections", "done")
+        if header["type"] == "done":
+            for sock in socks:
+                sock.close()
+            return adopted
+        records = header.get("connections")
+        try:
+            if not isinstance(records, list) or len(records) != len(socks):
+                raise HandoverError(f"{channel.where} sent connections without their sockets")
+            parsed = [ConnectionRecord.from_json(record) for record in records]
+            if sum(record.pending for record in parsed) != len(blob):
+                raise HandoverError(f"{channel.where} sent unframed bytes that do not add up")
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        offset = 0
+        for sock, record in zip(socks, parsed, strict=True):
+            pending = blob[offset : offset + record.pending]
+            offset += record.pending
+            daemon.adopt(sock, record, pending)
+        adopted += len(socks)
+        await channel.send({"type": "adopted", "count": len(socks)})

@@ -1,0 +1,162 @@
+"""Upgrades: the daemon starts a new copy of itself, which takes everything over.
+
+Strategy: on SIGHUP or ``ctl upgrade`` the running daemon makes a socketpair
+and starts ``python -m triodaemon`` with its own arguments (the program on disk
+may be newer) and a hidden ``--handover-fd``: the new process's end of the
+pair. Over it the new process asks for the sockets as ``--takeover`` would
+over the control socket, and :mod:`._handover` does the rest. The new process
+inherits stdout and stderr (its log lines go where ours went) and, under
+systemd, the notify socket and watchdog, which it uses once it is the
+service's main process (we tell systemd so: see ``Daemon.notify``).
+
+Failure is safe. Until the new process is ready nothing here changes; if it
+exits, is not ready within ``upgrade_timeout``, or breaks the protocol, it is
+killed (it is ours), the reason is logged and returned (the control reply
+says it), and the daemon serves on as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ._control import Commands, ControlError, serve_control_stream
+from ._daemon import Daemon
+from ._handover import Handing, HandoverError, python_program
+from ._supervisor import exit_reason
+from ._systemd import Notifier
+
+log = logging.getLogger("triodaemon")
+
+#: After a failed upgrade, how long the new process may take to exit once killed.
+_REAP_TIMEOUT = 5.0
+
+
+class Upgrader:
+    """Starts a new copy of the daemon (with ``argv``, the command line's
+    arguments) and hands everything over to it.
+
+    Set :attr:`Daemon.upgrade <triodaemon.Daemon.upgrade>` to :meth:`upgrade`.
+    """
+
+    def __init__(self, daemon: Daemon, argv: Sequence[str], notifier: Notifier) -> None:
+        self.daemon = daemon
+        self.argv = _own_arguments(argv)
+        self.notifier = notifier
+
+    async def upgrade(self, who: str) -> dict[str, Any]:
+        """Upgrade, for ``who`` (``SIGHUP``, ``ctl upgrade``); return the outcome.
+
+        Raises:
+            ControlError: refused (a drain or another upgrade under way) or failed:
+                the message says why, and that this daemon serves on.
+        """
+        try:
+            handing = self.daemon.begin_handover(who)
+        except HandoverError as exc:
+            log.warning("upgrade (%s) refused: %s", who, exc)
+            raise ControlError(str(exc)) from None
+        log.info("upgrade (%s): starting a new process to take over", who)
+        try:
+            await self._run(handing)
+        finally:
+            if handing.given is None:
+                self.daemon.end_handover(handing, "cancelled")
+        given = handing.given
+        if given is None:
+            raise ControlError(f"upgrade failed: {handing.failure}; pid {os.getpid()} serves on")
+        return {
+            "pid": given.pid,
+            "old_pid": os.getpid(),
+            "listeners": given.listeners,
+            "handed_over": given.handed,
+            "finishing": given.left,
+        }
+
+    async def _run(self, handing: Handing) -> None:
+        """Start the new process and serve its takeover; kill it if that fails."""
+        daemon = self.daemon
+        try:
+            mine, theirs = socket.socketpair()
+        except OSError as exc:
+            daemon.end_handover(handing, f"cannot make a channel: {exc.strerror or exc}")
+            log.error("upgrade (%s) failed: %s", handing.who, handing.failure)
+            return
+        command = [*python_program(), *self.argv, "--handover-fd", str(theirs.fileno())]
+        try:
+            process = await trio.lowlevel.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=self._environment(),
+            )
+        except OSError as exc:
+            mine.close()
+            daemon.end_handover(handing, f"cannot start {command[0]}: {exc.strerror or exc}")
+            log.error("upgrade (%s) failed: %s", handing.who, handing.failure)
+            return
+        finally:
+            theirs.close()
+        log.info("upgrade (%s): pid %d started", handing.who, process.pid)
+        commands = Commands()
+        commands.add("takeover", daemon.takeover_command(handing), "takeover", "take over")
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
+        # The whole takeover (asking, readiness, the connections) is served here;
+        # it returns early only if the new process never asked for the sockets.
+        wait = max(0.0, handing.ready_by - trio.current_time())  # for the request to come
+        await serve_control_stream(stream, commands, idle_timeout=wait)
+        if not handing.finished.is_set():
+            with trio.move_on_after(0.5):  # it has closed its end: say how it ended
+                await process.wait()
+            if process.returncode is not None:
+                why = f"the new process (pid {process.pid}) {exit_reason(process.returncode)}"
+            else:
+                why = (
+                    f"the new process (pid {process.pid}) did not ask for the sockets within "
+                    f"{daemon.config.upgrade_timeout:g}s"
+                )
+            daemon.end_handover(handing, why)
+            log.error("upgrade (%s) called off: %s; serving on", handing.who, why)
+        if handing.given is None:
+            if process.returncode is None:
+                with trio.move_on_after(0.5):  # (a failure of its own: it is exiting)
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                with trio.move_on_after(_REAP_TIMEOUT):
+                    await process.wait()
+            elif handing.failure is not None and "exited" not in handing.failure:
+                handing.failure += f" (it {exit_reason(process.returncode)})"
+
+    def _environment(self) -> dict[str, str]:
+        """Ours, with what systemd gave us that we took out of it (the new process
+        takes systemd's notify socket and watchdog over too)."""
+        env = dict(os.environ)
+        if self.notifier.address:
+            env["NOTIFY_SOCKET"] = self.notifier.address
+        if self.notifier.watchdog is not None and math.isfinite(self.notifier.watchdog):
+            env["WATCHDOG_USEC"] = str(int(self.notifier.watchdog * 1e6))
+        return env
+
+
+def _own_arguments(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the ``--handover-fd N`` an upgrade gave this process (the next
+    one gets its own), so the command line does not grow with each upgrade. (A
+    ``--takeover PATH`` given by hand may stay: ``--handover-fd`` wins over it.)"""
+    kept: list[str] = []
+    skip = False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--handover-fd":
+            skip = True
+        elif not argument.startswith("--handover-fd="):
+            kept.append(argument)
+    return kept
