@@ -9,6 +9,7 @@ too. No figure is asserted.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -89,3 +90,24 @@ def test_accept_balance_smoke() -> None:
     }
     assert set(rows) == {"shared", "reuseport"}
     assert "lost" not in rows["shared"]
+
+
+def test_upgrade_latency_smoke() -> None:
+    """bench/upgrade.py runs: conversations across upgrades, every echo checked, and
+    the last process carries every conversation on."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "upgrade.py"),
+            *("--upgrades", "2", "--interval", "0.3", "--conns", "2", "--json"),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+    report = json.loads(result.stdout)
+    assert report["errors"] == []
+    assert report["taken_over_last"] == 2
+    assert report["during_upgrades"]["frames"] > 0
+    assert report["baseline"]["frames"] > 0

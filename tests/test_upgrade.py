@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -19,12 +20,27 @@ from typing import Any
 import pytest
 import trio
 
-from triodaemon import Framing, TcpAddress, UnixAddress, connect, echo_frames
+from triodaemon import (
+    ConnectionInfo,
+    Daemon,
+    DaemonConfig,
+    Framing,
+    TcpAddress,
+    UnixAddress,
+    connect,
+    echo_frames,
+)
 from triodaemon._control import ControlClient, ControlError, open_control
 from triodaemon._framing import FramingKind
-from triodaemon._handover import HANDOVER_VERSIONS, Channel, HandoverError, framing_record
+from triodaemon._handover import (
+    HANDOVER_VERSIONS,
+    CalledOff,
+    Channel,
+    HandoverError,
+    framing_record,
+)
 
-from .conftest import DaemonProcess, SpawnFn
+from .conftest import DaemonProcess, LogWaiter, SpawnFn, read_until_eof
 
 TEST_TIMEOUT = 90
 
@@ -210,7 +226,7 @@ async def generations(
 async def upgrade_by_sighup(daemon: DaemonProcess, pids: list[int], nth: int) -> int:
     """SIGHUP the current process; wait until it has handed over and exited; the new pid."""
     os.kill(pids[-1], signal.SIGHUP)
-    line = await wait_for_count(daemon, "handed over to pid ", nth)
+    line = await wait_for_count(daemon, " INFO handed over to pid ", nth)  # (not a worker's)
     new = int(line.split("handed over to pid ")[1].split()[0])
     pids.append(new)
     await wait_exited(pids[-2])
@@ -259,7 +275,7 @@ async def test_sighup_under_load_is_invisible_to_clients(
         assert taken > 0  # connections moved (not just drained in the old processes)
         assert sum(c.echoed for c in conversations) > 12 * 20
         # Every upgrade moved the connections open at that moment.
-        handed = [line for line in daemon.lines if "handed over to pid" in line]
+        handed = [line for line in daemon.lines if " INFO handed over to pid" in line]
         assert len(handed) == 3
         assert all(" 0 connections finish here" in line for line in handed), handed
         # The command line does not grow with each upgrade.
@@ -278,6 +294,60 @@ async def test_sighup_under_load_is_invisible_to_clients(
     assert await daemon.wait() == 0
 
 
+async def worker_pids(control: Path) -> list[int]:
+    return [worker["pid"] for worker in (await ask(control, "stats"))["workers"]]
+
+
+async def test_a_supervisor_and_its_workers_upgrade_under_load(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """--workers 2: a new supervisor takes the sockets over, and each new worker the
+    connections of the old worker of its number; every old process exits."""
+    framing = Framing("line")
+    async with generations(spawn, sock_dir, "--workers", "2") as (daemon, pids):
+        control = sock_dir / "control.sock"
+        first_workers = await worker_pids(control)
+        conversations = [Conversation(daemon.addresses[i % 2], framing, seed=i) for i in range(8)]
+        connector = Connector(daemon.addresses, framing)
+        stop = trio.Event()
+        old_workers: list[int] = []
+        async with trio.open_nursery() as nursery:
+            for conversation in conversations:
+                nursery.start_soon(conversation.run, stop)
+            nursery.start_soon(connector.run, stop)
+            for conversation in conversations:
+                await conversation.going.wait()
+            for nth in range(1, 3):
+                old_workers += await worker_pids(control)
+                new = await upgrade_by_sighup(daemon, pids, nth)
+                for pid in old_workers:
+                    await wait_exited(pid)
+                stats = await ask(control, "stats")
+                assert stats["pid"] == new
+                assert [w["state"] for w in stats["workers"]] == ["serving", "serving"]
+            before = [c.echoed for c in conversations]
+            with trio.fail_after(20):
+                for conversation, echoed in zip(conversations, before, strict=True):
+                    await conversation.wait_echoed(echoed + 10)
+            stop.set()
+        problems = [c.failure for c in conversations if c.failure] + connector.failures
+        assert not problems, "\n".join([*problems, daemon.stderr])
+        assert connector.done > 0
+        # Each old worker handed its open connections to its successor: none finished
+        # in an old process (each would say "N connections finish here").
+        workers_handed = [line for line in daemon.lines if "): handed over to pid" in line]
+        assert len(workers_handed) == 4
+        assert all(" 0 connections finish here" in line for line in workers_handed)
+        moved = [re.search(r"listeners?, (\d+) connections?;", line) for line in workers_handed]
+        assert sum(int(found[1]) for found in moved if found) > 0
+        assert not set(await worker_pids(control)) & {*first_workers, *old_workers}
+        assert (await ask(control, "stats"))["connections"]["taken_over"] > 0
+        os.kill(pids[-1], signal.SIGTERM)
+        await wait_exited(pids[-1])
+        assert not (sock_dir / "echo.sock").exists()
+    assert await daemon.wait() == 0
+
+
 async def test_ctl_upgrade_then_a_takeover_by_hand(spawn: SpawnFn, sock_dir: Path) -> None:
     async with generations(spawn, sock_dir) as (daemon, pids):
         control = sock_dir / "control.sock"
@@ -286,10 +356,10 @@ async def test_ctl_upgrade_then_a_takeover_by_hand(spawn: SpawnFn, sock_dir: Pat
             await stream.send_all(b"half a fra")  # a partial frame moves with it
             await daemon.wait_until_received(10)
             reply = await ask(control, "upgrade")
+            pids.append(reply["pid"])
             assert reply["old_pid"] == pids[0]
             assert reply["handed_over"] == 1
             assert reply["finishing"] == 0
-            pids.append(reply["pid"])
             await wait_exited(pids[0])
             await stream.send_all(b"me\n")
             assert await stream.receive_some() == b"half a frame\n"
@@ -316,6 +386,87 @@ async def test_ctl_upgrade_then_a_takeover_by_hand(spawn: SpawnFn, sock_dir: Pat
         assert not control.exists()
 
 
+async def test_a_connection_owed_replies_moves_once_its_client_reads_them(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """Replies the client has not read yet keep the connection in the old process
+    until they are sent; then it moves, and nothing is lost or repeated."""
+    args = ("--drain-timeout", "30", "--log-level", "debug")
+    async with generations(spawn, sock_dir, *args) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        stream = await connect(daemon.addresses[1])
+        async with stream:
+            frame = b"y" * 999 + b"\n"
+            sent = 0
+
+            async def flood() -> None:  # until the daemon's replies wait for us to read
+                nonlocal sent
+                while True:  # (a trio socket's send is all or nothing when cancelled)
+                    sent += await stream.socket.send(frame[sent % len(frame) :])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood)
+                await daemon.wait_for_line("bytes of replies wait for the peer to read")
+                nursery.cancel_scope.cancel()
+            await stream.send_all(frame[sent % len(frame) :] if sent % len(frame) else b"")
+            sent += -sent % len(frame)
+            assert (await ask(control, "connections"))[0]["state"] == "writing"
+            reply: dict[str, Any] = {}
+            upgraded = trio.Event()
+
+            async def upgrade() -> None:
+                reply.update(await ask(control, "upgrade"))
+                upgraded.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upgrade)
+                await daemon.wait_for_line("(taken over from pid")  # the new one serves
+                got = b""
+                while len(got) < sent:
+                    got += await stream.receive_some()
+                assert got == frame * (sent // len(frame))
+                await upgraded.wait()
+            pids.append(reply["pid"])
+            assert (reply["handed_over"], reply["finishing"]) == (1, 0)
+            await stream.send_all(b"ping\n")  # in the new process now
+            assert await stream.receive_some() == b"ping\n"
+            assert (await ask(control, "stats"))["connections"]["taken_over"] == 1
+
+
+async def shout(frame: bytes, conn: ConnectionInfo) -> bytes:
+    return frame.upper()
+
+
+async def test_connections_move_only_to_a_taker_with_the_same_handler(
+    spawn: SpawnFn, sock_dir: Path, daemon_log: LogWaiter
+) -> None:
+    """An embedded daemon with a handler of its own, taken over by the command line's
+    echo: its listeners move, its conversations finish where they began."""
+    control = sock_dir / "control.sock"
+    config = DaemonConfig(
+        [UnixAddress(str(sock_dir / "shout.sock"))], control=UnixAddress(str(control))
+    )
+    daemon = Daemon(config, handler=shout)
+    async with trio.open_nursery() as nursery:
+        [address] = await nursery.start(daemon.serve)
+        stream = await connect(address)
+        async with stream:
+            await stream.send_all(b"hi\nhalf")
+            assert await stream.receive_some() == b"HI\n"
+            taker = await spawn("--takeover", str(control))
+            await taker.wait_ready(1)
+            await daemon.wait_draining()  # handed over: what is left finishes here
+            await daemon_log.wait_for(
+                "runs another frame handler (echo, not tests.test_upgrade.shout)"
+            )
+            await stream.send_all(b" a frame\n")
+            assert await read_until_eof(stream) == b"HALF A FRAME\n"
+        assert await echo_frames(address, [b"hi"]) == [b"hi"]  # the taker's echo
+        assert daemon.stats.connections_handed == 0
+    taker.signal(signal.SIGTERM)
+    assert await taker.wait() == 0
+
+
 async def test_no_migrate_lets_connections_finish_in_the_old_process(
     spawn: SpawnFn, sock_dir: Path
 ) -> None:
@@ -326,8 +477,8 @@ async def test_no_migrate_lets_connections_finish_in_the_old_process(
             await stream.send_all(b"one\ntw")
             assert await stream.receive_some() == b"one\n"
             reply = await ask(control, "upgrade")
-            assert (reply["handed_over"], reply["finishing"]) == (0, 1)
             pids.append(reply["pid"])
+            assert (reply["handed_over"], reply["finishing"]) == (0, 1)
             # New connections go to the new process; the old one drains this one: it
             # finishes the frame in progress, then closes, as a drain does.
             assert (await ask(control, "stats"))["pid"] == reply["pid"]
@@ -339,20 +490,21 @@ async def test_no_migrate_lets_connections_finish_in_the_old_process(
 
 def broken_release(tmp_path: Path, how: str) -> dict[str, str]:
     """The environment of a daemon whose later starts find a broken program: once the
-    marker file exists, a new interpreter exits at once (``crash``) or never gets
-    anywhere (``hang``)."""
+    marker file exists, a new interpreter exits at once (``crash``; ``crash-workers``:
+    only worker processes) or never gets anywhere (``hang``)."""
     site = tmp_path / "site"
     site.mkdir()
     marker = tmp_path / "broken"
     (site / "sitecustomize.py").write_text(
         textwrap.dedent(
             f"""
-            import os, select
+            import os, select, sys
             if os.path.exists({str(marker)!r}):
-                if {how!r} == "crash":
+                if {how!r} == "hang":
+                    select.select([], [], [])  # hangs until killed
+                elif {how!r} == "crash" or "--worker" in sys.argv:
                     os.write(2, b"broken release: cannot start\\n")
                     os._exit(3)
-                select.select([], [], [])  # hangs until killed
             """
         )
     )
@@ -383,8 +535,33 @@ async def test_a_new_process_that_crashes_leaves_the_old_one_serving(
             assert await stream.receive_some() == b"after\n"
             assert (await ask(control, "stats"))["pid"] == pids[0]
         Path(env["MARKER"]).unlink()
-        assert (await ask(control, "upgrade"))["handed_over"] == 0  # and it can still upgrade
-        pids.append((await ask(control, "stats"))["pid"])
+        reply = await ask(control, "upgrade")  # and it can still upgrade
+        pids.append(reply["pid"])
+        assert reply["handed_over"] == 0
+
+
+async def test_new_workers_that_crash_leave_the_old_supervisor_serving(
+    spawn: SpawnFn, sock_dir: Path, tmp_path: Path
+) -> None:
+    env = broken_release(tmp_path, "crash-workers")
+    async with generations(spawn, sock_dir, "--workers", "2", env=env) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        workers = await worker_pids(control)
+        stream = await connect(daemon.addresses[1])
+        async with stream:
+            await stream.send_all(b"before\n")
+            assert await stream.receive_some() == b"before\n"
+            Path(env["MARKER"]).touch()
+            with pytest.raises(ControlError, match=r"upgrade failed: .*exited with code 1"):
+                await ask(control, "upgrade")
+            await stream.send_all(b"after\n")
+            assert await stream.receive_some() == b"after\n"
+            for address in daemon.addresses:
+                assert await echo_frames(address, [b"new"]) == [b"new"]
+            stats = await ask(control, "stats")
+            assert stats["pid"] == pids[0]
+            assert [w["pid"] for w in stats["workers"]] == workers
+            assert stats["upgrade"] is None
 
 
 async def test_a_new_process_never_ready_is_killed_in_time(
@@ -483,6 +660,7 @@ async def test_systemd_hears_reloading_then_the_new_main_pid(
                     if sender != old and fields == ["WATCHDOG=1"]:
                         break
             new = sender
+            pids.append(new)  # (killed at the end, whatever happens below)
             reloading = [fields for pid, fields in heard if "RELOADING=1" in fields]
             assert len(reloading) == 1
             assert reloading[0][1].startswith("MONOTONIC_USEC=")
@@ -491,7 +669,6 @@ async def test_systemd_hears_reloading_then_the_new_main_pid(
                 [f"MAINPID={new}", "READY=1", f"STATUS=handing over to pid {new}"],
             )
             assert {pid for pid, _ in heard} == {old}  # the new one was silent till then
-            pids.append(new)
             await wait_exited(old)
 
 
@@ -583,7 +760,7 @@ async def test_the_channel_carries_descriptors_with_their_message(sock_dir: Path
             await right.receive("adopted")
         assert len(os.listdir("/proc/self/fd")) == before
         await left.send({"type": "error", "error": "nope"})
-        with pytest.raises(HandoverError, match="left: nope|right: nope"):
+        with pytest.raises(CalledOff, match="^right called it off: nope$"):
             await right.receive("done")
         # A header over the limit is refused before it is read.
         await left.sock.send((1 << 30).to_bytes(4, "big"))

@@ -37,7 +37,14 @@ from ._control import ControlError
 from ._daemon import Daemon
 from ._errors import AddressError, ClientError, TriodaemonError
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
-from ._handover import Channel, HandoverError, Taken, request_takeover, take_connections
+from ._handover import (
+    CalledOff,
+    Channel,
+    HandoverError,
+    Taken,
+    request_takeover,
+    take_connections,
+)
 from ._listeners import (
     Address,
     BoundListener,
@@ -343,6 +350,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     # An upgrade's new process: its end of the channel to the old one. Not for people.
     group.add_argument("--handover-fd", type=int, help=argparse.SUPPRESS)
+    # A worker's listening socket where its successor asks for its connections.
+    group.add_argument("--handover-socket", type=int, help=argparse.SUPPRESS)
     _add_framing_flags(parser)
     group = parser.add_argument_group("limits")
     group.add_argument(
@@ -654,6 +663,9 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
         self.taking_over = False
         """An upgrade's new process: silent to systemd until the old one has told it
         that this is the main process now (it sends ``MAINPID=`` and ``READY=1``)."""
+        self.go = trio.Event()
+        """A worker taking over: set when its supervisor says to take the old
+        worker's connections (its own takeover is complete)."""
         self.control: BoundListener | None = None
         """The control socket, announced before the listeners (it answers first)."""
 
@@ -683,7 +695,10 @@ class _Start:
     """A worker's end of its supervisor's channel."""
     takeover: str | socket.socket | None = None
     """Take over from a running daemon: its control socket's path, or (an upgrade's
-    new process) the channel the old process made."""
+    new process) the channel the old process made; a worker: the handover socket of
+    the old worker it succeeds."""
+    handover_socket: socket.socket | None = None
+    """A worker's: where its successor will ask for its connections."""
 
 
 async def _serve(
@@ -701,7 +716,7 @@ async def _serve(
         daemon = server()
         startup = _Startup(notifier, quiet=channel is not None)
         upgrader = None
-        if isinstance(daemon, Daemon) and channel is None:
+        if channel is None:  # (a worker upgrades with its supervisor)
             upgrader = Upgrader(daemon, start.argv, notifier)
             daemon.upgrade = upgrader.upgrade
             daemon.notify = notifier.send
@@ -737,11 +752,14 @@ async def _serve(
             labels = [f"systemd socket {name}" for _, name in start.activated]
             listeners: list[BoundListener] = []
             control: BoundListener | None = None
-            handover: Channel | None = None
+            handover: tuple[Channel, Taken] | None = None
             try:
                 if start.takeover is not None:
-                    handover, taken = await _take_over(start.takeover, config)
+                    handover = await _take_over(start.takeover, config)
+                    taken = handover[1]
                     adopted, labels, control = taken.listeners, taken.labels, taken.control
+                    if isinstance(daemon, Supervisor):
+                        daemon.predecessors = taken.workers
                     startup.labels = [
                         f"{label}, " * bool(label) + f"taken over from pid {taken.pid}"
                         for label in labels
@@ -765,16 +783,17 @@ async def _serve(
                 nursery.cancel_scope.cancel()
                 return _error(str(exc))
             listeners = [*adopted, *listeners]
-            if isinstance(daemon, Daemon):
-                daemon.listener_labels = labels
+            daemon.listener_labels = labels
             startup.control = control
             # serve() owns them from its first step, even if cancelled at once.
             nursery.start_soon(serve_then_stop, listeners, control)
             if channel is not None:
                 nursery.start_soon(_answer_supervisor, daemon, startup, channel)
-            if handover is not None:
+            if start.handover_socket is not None:
                 assert isinstance(daemon, Daemon)
-                nursery.start_soon(_finish_takeover, handover, daemon, startup, notifier)
+                nursery.start_soon(_serve_successor, daemon, startup, start.handover_socket)
+            if handover is not None:
+                nursery.start_soon(_finish_takeover, *handover, daemon, startup, notifier)
             else:
                 nursery.start_soon(notifier.run, daemon, config.drain_timeout)
     if startup.failure is not None:
@@ -843,20 +862,58 @@ async def _take_over(target: str | socket.socket, config: DaemonConfig) -> tuple
 
 
 async def _finish_takeover(
-    channel: Channel, daemon: Daemon, startup: _Startup, notifier: Notifier
+    channel: Channel,
+    taken: Taken,
+    daemon: Daemon | Supervisor,
+    startup: _Startup,
+    notifier: Notifier,
 ) -> None:
     """Once serving: tell the old process, and adopt the connections it hands over;
-    then speak to systemd (the old process has made this one the main one)."""
-    await startup.ready.wait()
+    then speak to systemd (the old process has made this one the main one).
+
+    A worker waits for its supervisor's word first (the whole new supervisor is
+    ready); a supervisor, once it has taken over, gives its workers that word.
+    """
     try:
-        count = await take_connections(channel, daemon)
+        await startup.ready.wait()
+        if startup.quiet:
+            await startup.go.wait()
+        count = await take_connections(channel, daemon, taken)
+    except CalledOff as exc:
+        startup.failure = f"cannot take over: {exc}"
+        daemon.drain()  # (the sockets are the old process's again: it serves on)
+        await channel.aclose()
+        return
     except HandoverError as exc:
         log.warning("took over, but the connections' handover ended early: %s", exc)
     else:
-        log.info("took over: %d connection%s carried on here", count, "" if count == 1 else "s")
+        if isinstance(daemon, Daemon):
+            log.info("took over: %d connection%s carried on here", count, "" if count == 1 else "s")
     finally:
         await channel.aclose()
+    if isinstance(daemon, Supervisor):
+        await daemon.release_takeovers()
     await notifier.run(daemon, daemon.config.drain_timeout)
+
+
+async def _serve_successor(daemon: Daemon, startup: _Startup, sock: socket.socket) -> None:
+    """A worker's handover socket: where the worker that succeeds it, at an upgrade
+    of the supervisor, asks for its connections (``--takeover``)."""
+    from ._control import Commands, serve_control
+
+    listener = BoundListener.from_socket(sock, owns_path=True)
+    try:
+        await startup.ready.wait()
+        commands = Commands()
+        commands.add(
+            "takeover",
+            daemon.takeover_command(who="an upgrade of the supervisor"),
+            "takeover versions=[1]",
+            "the worker that succeeds this one takes its connections over",
+        )
+        await serve_control(listener, commands)
+    finally:
+        listener.close()
 
 
 #: The most worker processes --workers starts: a typo of 100000 should not fork a storm.
@@ -873,9 +930,19 @@ async def _answer_supervisor(
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
     await startup.ready.wait()
     assert isinstance(daemon, Daemon)
-    await serve_control_stream(
-        stream, daemon.control_commands("by the supervisor"), idle_timeout=math.inf
+    commands = daemon.control_commands("by the supervisor")
+
+    async def take_connections(args: dict[str, Any]) -> dict[str, Any]:
+        startup.go.set()  # (the takeover under way, if any, goes on)
+        return {}
+
+    commands.add(
+        "take-connections",
+        take_connections,
+        "take-connections",
+        "a worker taking over: the new supervisor is ready, take the old worker's connections",
     )
+    await serve_control_stream(stream, commands, idle_timeout=math.inf)
     if not daemon.draining:
         log.warning("the supervisor is gone: draining")
         daemon.drain()
@@ -891,12 +958,16 @@ def serve_main(argv: Sequence[str]) -> int:
     takeover: str | socket.socket | None = args.takeover
     if args.handover_fd is not None:
         takeover = socket.socket(fileno=args.handover_fd)
-    if takeover is not None and (worker or args.workers > 1):
-        parser.error("--takeover serves one process: give it without --workers")
     if worker:
         # The supervisor's sockets, inherited: the addresses in argv are its business.
+        # (A worker taking over from an old one gets the same sockets from it.)
         listen, control = [], None
-        activated = [(socket.socket(fileno=fd), "") for fd in args.inherit]
+        inherited = [socket.socket(fileno=fd) for fd in args.inherit]
+        if takeover is not None:
+            for sock in inherited:
+                sock.close()
+            inherited = []
+        activated = [(sock, "") for sock in inherited]
     elif takeover is not None:
         # What the old process serves, handed over: the addresses in argv were its business.
         activated_sockets()  # (unset: nothing we start inherits them)
@@ -948,7 +1019,10 @@ def serve_main(argv: Sequence[str]) -> int:
     else:
         server = partial(Supervisor, config, args.workers, argv)
     channel = socket.socket(fileno=args.channel) if args.channel is not None else None
-    start = _Start(argv, activated, channel, takeover)
+    handover_socket = None
+    if args.handover_socket is not None:
+        handover_socket = socket.socket(fileno=args.handover_socket)
+    start = _Start(argv, activated, channel, takeover, handover_socket)
     try:
         return trio.run(_serve, config, notifier, start, server)
     finally:

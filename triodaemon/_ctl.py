@@ -160,6 +160,12 @@ def render_reply(command: str, result: Any) -> str:
         return f"already draining: {count} left" if result["already"] else f"draining {count}"
     if command == "log-level":
         return f"log level {result['level']} (was {result['was']})"
+    if command == "upgrade" and result.get("workers"):
+        return (
+            f"upgraded: pid {result['pid']} serves now, with {_plural(result['listeners'], 'listener')};"
+            f" the {_plural(result['workers'], 'worker')} of pid {result['old_pid']} hand their "
+            "connections over to the new ones, then exit"
+        )
     if command == "upgrade":
         return (
             f"upgraded: pid {result['pid']} serves now, with {_plural(result['listeners'], 'listener')}"

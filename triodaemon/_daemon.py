@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,8 +31,6 @@ from ._connection import ConnectionInfo, FrameHandler
 from ._control import (
     LOG_LEVELS,
     Commands,
-    ControlError,
-    Session,
     log_level_command,
     no_arguments,
     serve_control,
@@ -44,11 +41,10 @@ from ._handover import (
     BATCH_CONNECTIONS,
     Channel,
     ConnectionRecord,
+    Given,
+    Giver,
     Handing,
-    HandoverError,
-    ListenerRecord,
-    choose_version,
-    give,
+    handler_name,
     send_batch,
 )
 from ._listeners import (
@@ -56,7 +52,6 @@ from ._listeners import (
     AcceptGate,
     Address,
     BoundListener,
-    UnixAddress,
     open_listeners,
     open_unix,
 )
@@ -95,7 +90,7 @@ class DrainSummary:
 
 
 @attrs.define(eq=False)
-class Daemon:
+class Daemon(Giver):
     """A frame-serving daemon: every listener's accept loop and every connection in one nursery.
 
     Run it with ``await nursery.start(daemon.serve)``, which returns the bound
@@ -147,6 +142,8 @@ class Daemon:
     _handing: Handing | None = attrs.field(default=None, init=False)
     _migration: _Migration | None = attrs.field(default=None, init=False)
     _given_up: list[tuple[BoundListener, tuple[int, int]]] = attrs.field(factory=list, init=False)
+    handler_name: str = attrs.field(default="echo", init=False)
+    """Who answers frames here, as a taker must name it to be handed connections."""
     listener_labels: list[str] = attrs.field(factory=list, init=False)
     """What to say of each listener besides its address (``systemd socket NAME``),
     in listener order: kept with it when it is handed to another process."""
@@ -164,6 +161,7 @@ class Daemon:
 
     def __attrs_post_init__(self) -> None:
         self._readiness = open_readiness(self.config.readiness)  # its epoll opens in serve()
+        self.handler_name = handler_name(self.handler)
         self._budget = BufferBudget(self.config.max_buffered or math.inf)
 
     @property
@@ -314,132 +312,8 @@ class Daemon:
 
     # -- handing over to another process (an upgrade; see _handover) ---------------
 
-    def begin_handover(self, who: str) -> Handing:
-        """Reserve this daemon for one handover, asked for by ``who``.
-
-        Raises:
-            HandoverError: a drain or another handover is under way.
-        """
-        if self._draining:
-            raise HandoverError("the daemon is draining; an upgrade cannot start now")
-        if self._handing is not None:
-            raise HandoverError(f"an upgrade is already under way ({self._handing.who})")
-        ready_by = trio.current_time() + self.config.upgrade_timeout
-        handing = self._handing = Handing(who, ready_by)
-        self.notify(
-            "RELOADING=1",
-            f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
-            f"STATUS=upgrading ({who})",
-        )
-        return handing
-
-    def end_handover(self, handing: Handing, why: str) -> None:
-        """Call off ``handing`` (before it began, or after it failed): serve on."""
-        if self._handing is handing:
-            self._handing = None
-            if not handing.finished.is_set():
-                self.notify("READY=1", "STATUS=serving (the upgrade failed)")
-        handing.fail(why)
-
-    def takeover_command(self, expected: Handing | None = None) -> Callable[..., Awaitable[Any]]:
-        """The ``takeover`` command: a new process asks for this daemon's sockets.
-
-        ``expected``: the handover it belongs to (an upgrade that started the new
-        process); ``None``: a process that came by itself (``--takeover``).
-        """
-
-        async def takeover(args: dict[str, Any]) -> Session:
-            versions = args.pop("versions", None)
-            no_arguments(args)
-            try:
-                version = choose_version(versions)
-                if expected is None:
-                    handing = self.begin_handover("a takeover on the control socket")
-                elif expected is self._handing and not expected.finished.is_set():
-                    handing = expected
-                else:
-                    raise HandoverError("this upgrade is over; start another")
-            except HandoverError as exc:
-                raise ControlError(str(exc)) from None
-
-            async def run(stream: trio.SocketStream) -> None:
-                await self._give(handing, Channel(stream.socket, "the new process"))
-
-            return Session(
-                {"version": version, "pid": os.getpid()},
-                run,
-                lambda: self.end_handover(handing, "the takeover request was not answered"),
-            )
-
-        return takeover
-
-    async def _give(self, handing: Handing, channel: Channel) -> None:
-        """Run one handover over ``channel``; serve on if it fails, retire if not."""
-        try:
-            given = await give(self, channel, ready_by=handing.ready_by)
-        except HandoverError as exc:
-            log.error("upgrade (%s) called off: %s; serving on", handing.who, exc)
-            self.end_handover(handing, str(exc))
-            return
-        finally:
-            await channel.aclose()
-        handing.succeed(given)
-        log.info(
-            "handed over to pid %d (%s): %d listener%s, %d connection%s; "
-            "%d connection%s finish%s here",
-            given.pid,
-            handing.who,
-            given.listeners,
-            "" if given.listeners == 1 else "s",
-            given.handed,
-            "" if given.handed == 1 else "s",
-            given.left,
-            "" if given.left == 1 else "s",
-            "es" if given.left == 1 else "",
-        )
+    def _handed_over(self, given: Given) -> None:
         self.drain()
-
-    def _handover_listeners(self) -> list[tuple[ListenerRecord, int]]:
-        """Every listening socket (the control socket last), described, with its descriptor."""
-        labels = [*self.listener_labels, *[""] * len(self._listeners)]
-        found = [
-            (listener, False, label)
-            for listener, label in zip(self._listeners, labels[: len(self._listeners)], strict=True)
-        ]
-        if self._control is not None:
-            found.append((self._control, True, ""))
-        return [
-            (
-                ListenerRecord(
-                    str(listener.address),
-                    listener.address.path if isinstance(listener.address, UnixAddress) else None,
-                    control,
-                    listener.unix_identity,
-                    label,
-                ),
-                listener.sock.fileno(),
-            )
-            for listener, control, label in found
-            if listener.sock.fileno() >= 0
-        ]
-
-    def _stop_accepting(self, taker: int) -> None:
-        """The taker (pid) accepts now: stop, and leave it the socket files."""
-        self.notify(f"MAINPID={taker}", "READY=1", f"STATUS=handing over to pid {taker}")
-        self._gate.close()
-        everything = [*self._listeners, *([self._control] if self._control else [])]
-        for listener in everything:
-            identity = listener.disown()
-            if identity is not None:
-                self._given_up.append((listener, identity))
-
-    def _accept_again(self) -> None:
-        """The taker failed after all: accept again, and own the socket files again."""
-        for listener, identity in self._given_up:
-            listener.unix_identity = identity
-        self._given_up.clear()
-        self._gate.open()
-        self.notify(f"MAINPID={os.getpid()}", "READY=1", "STATUS=serving (the upgrade failed)")
 
     async def _migrate(self, channel: Channel) -> tuple[int, int]:
         """Hand every connection over as it reaches a frame boundary with its

@@ -44,19 +44,21 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
-from ._control import ControlClient, ControlError
+from ._config import DaemonConfig
+from ._control import Command, ControlClient, ControlError, Session, no_arguments
 from ._errors import ClientError, TriodaemonError
 from ._framing import Framing
-from ._listeners import BoundListener
+from ._listeners import AcceptGate, BoundListener, UnixAddress
 
 if TYPE_CHECKING:
-    from ._daemon import Daemon
+    pass
 
 log = logging.getLogger("triodaemon")
 
@@ -80,6 +82,10 @@ _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 class HandoverError(TriodaemonError):
     """A handover that cannot go on: the other side refused, broke the protocol, or left."""
+
+
+class CalledOff(HandoverError):
+    """The other side called the handover off (an ``error`` message), and serves on."""
 
 
 class Channel:
@@ -142,7 +148,7 @@ class Channel:
             blob = await self._exactly(blob_size, received) if blob_size else b""
             kind = header.get("type")
             if kind == "error" and "error" not in kinds:
-                raise HandoverError(f"{self.where}: {header.get('error')}")
+                raise CalledOff(f"{self.where} called it off: {header.get('error')}")
             if kind not in kinds:
                 raise HandoverError(
                     f"{self.where} sent {kind!r} where {' or '.join(kinds)} was due"
@@ -195,6 +201,16 @@ def _sockets(ancillary: list[tuple[int, int, bytes]]) -> list[socket.socket]:
             except OSError:
                 os.close(fd)  # not a socket: nothing we asked for
     return found
+
+
+def handler_name(handler: object) -> str:
+    """What the ``hello`` says of a frame handler: ``echo`` for the built-in echo
+    (``None``), else the handler's module and qualified name. A giver hands its
+    connections only to a taker whose handler is the same."""
+    if handler is None:
+        return "echo"
+    module = getattr(handler, "__module__", "?")
+    return f"{module}.{getattr(handler, '__qualname__', type(handler).__qualname__)}"
 
 
 def framing_record(framing: Framing) -> dict[str, Any]:
@@ -354,6 +370,9 @@ class Given:
     left: int
     """Connections that finish in the giver (owed replies, a different framing, or
     ``migrate`` off)."""
+    workers: int = 0
+    """A supervisor's: its workers, which hand their connections over each to its
+    successor, after this."""
 
 
 @attrs.define(eq=False)
@@ -378,7 +397,176 @@ class Handing:
         self.finished.set()
 
 
-async def give(daemon: Daemon, channel: Channel, *, ready_by: float) -> Given:
+class Giver:
+    """What can hand its sockets to a new process: a :class:`~triodaemon.Daemon`, or a
+    supervisor of workers (whose workers then hand their connections over each to
+    its successor). The handover's bookkeeping is here; the subclass says what it
+    hands over and how it stops, starts again, and retires."""
+
+    config: DaemonConfig
+    notify: Callable[..., None]
+    listener_labels: list[str]
+    handler_name: str
+    """Who answers frames here (:func:`handler_name`): connections move only to a
+    taker that says the same."""
+    _draining: bool
+    _handing: Handing | None
+    _listeners: Sequence[BoundListener]
+    _control: BoundListener | None
+    _gate: AcceptGate
+    _given_up: list[tuple[BoundListener, tuple[int, int]]]
+
+    @property
+    def connections(self) -> int:
+        raise NotImplementedError
+
+    def _handover_listeners(self) -> list[tuple[ListenerRecord, int]]:
+        """Every listening socket (the control socket last), described, with its descriptor."""
+        labels = [*self.listener_labels, *[""] * len(self._listeners)]
+        found = [
+            (listener, False, label)
+            for listener, label in zip(self._listeners, labels[: len(self._listeners)], strict=True)
+        ]
+        if self._control is not None:
+            found.append((self._control, True, ""))
+        return [
+            (
+                ListenerRecord(
+                    str(listener.address),
+                    listener.address.path if isinstance(listener.address, UnixAddress) else None,
+                    control,
+                    listener.unix_identity,
+                    label,
+                ),
+                listener.sock.fileno(),
+            )
+            for listener, control, label in found
+            if listener.sock.fileno() >= 0
+        ]
+
+    def _stop_accepting(self, taker: int) -> None:
+        """The taker (pid) accepts now: stop, and leave it the socket files."""
+        self.notify(f"MAINPID={taker}", "READY=1", f"STATUS=handing over to pid {taker}")
+        self._gate.close()
+        everything = [*self._listeners, *([self._control] if self._control else [])]
+        for listener in everything:
+            identity = listener.disown()
+            if identity is not None:
+                self._given_up.append((listener, identity))
+
+    def _accept_again(self) -> None:
+        """The taker failed after all: accept again, and own the socket files again."""
+        for listener, identity in self._given_up:
+            listener.unix_identity = identity
+        self._given_up.clear()
+        self._gate.open()
+        self.notify(f"MAINPID={os.getpid()}", "READY=1", "STATUS=serving (the upgrade failed)")
+
+    def _handover_extras(self) -> dict[str, Any]:
+        """More for the ``listeners`` message (a supervisor: its workers)."""
+        return {}
+
+    async def _migrate(self, channel: Channel) -> tuple[int, int]:
+        """Hand the connections over: how many were, and how many stay."""
+        raise NotImplementedError
+
+    def _handed_over(self, given: Given) -> None:
+        """The handover is done: finish what is left, and exit."""
+        raise NotImplementedError
+
+    def begin_handover(self, who: str) -> Handing:
+        """Reserve this daemon for one handover, asked for by ``who``.
+
+        Raises:
+            HandoverError: a drain or another handover is under way.
+        """
+        if self._draining:
+            raise HandoverError("the daemon is draining; an upgrade cannot start now")
+        if self._handing is not None:
+            raise HandoverError(f"an upgrade is already under way ({self._handing.who})")
+        ready_by = trio.current_time() + self.config.upgrade_timeout
+        handing = self._handing = Handing(who, ready_by)
+        self.notify(
+            "RELOADING=1",
+            f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+            f"STATUS=upgrading ({who})",
+        )
+        return handing
+
+    def end_handover(self, handing: Handing, why: str) -> None:
+        """Call off ``handing`` (before it began, or after it failed): serve on."""
+        if self._handing is handing:
+            self._handing = None
+            if not handing.finished.is_set():
+                self.notify("READY=1", "STATUS=serving (the upgrade failed)")
+        handing.fail(why)
+
+    def takeover_command(
+        self, expected: Handing | None = None, who: str = "a takeover on the control socket"
+    ) -> Command:
+        """The ``takeover`` command: a new process asks for this daemon's sockets.
+
+        ``expected``: the handover it belongs to (an upgrade that started the new
+        process); ``None``: a process that came by itself (``--takeover``), which
+        the log calls ``who``.
+        """
+
+        async def takeover(args: dict[str, Any]) -> Session:
+            versions = args.pop("versions", None)
+            no_arguments(args)
+            try:
+                version = choose_version(versions)
+                if expected is None:
+                    handing = self.begin_handover(who)
+                elif expected is self._handing and not expected.finished.is_set():
+                    handing = expected
+                else:
+                    raise HandoverError("this upgrade is over; start another")
+            except HandoverError as exc:
+                raise ControlError(str(exc)) from None
+
+            async def run(stream: trio.SocketStream) -> None:
+                await self._give(handing, Channel(stream.socket, "the new process"))
+
+            return Session(
+                {"version": version, "pid": os.getpid()},
+                run,
+                lambda: self.end_handover(handing, "the takeover request was not answered"),
+            )
+
+        return takeover
+
+    async def _give(self, handing: Handing, channel: Channel) -> None:
+        """Run one handover over ``channel``; serve on if it fails, retire if not."""
+        try:
+            given = await give(self, channel, ready_by=handing.ready_by)
+        except HandoverError as exc:
+            log.error("upgrade (%s) called off: %s; serving on", handing.who, exc)
+            self.end_handover(handing, str(exc))
+            # Tell it, if it listens: a taker that serves already then stops.
+            with trio.move_on_after(1), contextlib.suppress(HandoverError):
+                await channel.send({"type": "error", "error": str(exc)})
+            return
+        finally:
+            await channel.aclose()
+        handing.succeed(given)
+        log.info(
+            "handed over to pid %d (%s): %d listener%s, %d connection%s; "
+            "%d connection%s finish%s here",
+            given.pid,
+            handing.who,
+            given.listeners,
+            "" if given.listeners == 1 else "s",
+            given.handed,
+            "" if given.handed == 1 else "s",
+            given.left,
+            "" if given.left == 1 else "s",
+            "es" if given.left == 1 else "",
+        )
+        self._handed_over(given)
+
+
+async def give(daemon: Giver, channel: Channel, *, ready_by: float) -> Given:
     """The giver's side, once the ``takeover`` request is answered.
 
     Until the taker is ready (by ``ready_by``, trio's clock) nothing changes
@@ -399,11 +587,13 @@ async def give(daemon: Daemon, channel: Channel, *, ready_by: float) -> Given:
         pid = _pid(hello)
         channel.where = f"the new process (pid {pid})"
         listeners = daemon._handover_listeners()
+        extras = daemon._handover_extras()
         await channel.send(
             {
                 "type": "listeners",
                 "pid": os.getpid(),
                 "listeners": [record.to_json() for record, _ in listeners],
+                **extras,
             },
             fds=[fd for _, fd in listeners],
         )
@@ -422,6 +612,15 @@ async def give(daemon: Daemon, channel: Channel, *, ready_by: float) -> Given:
             pid,
         )
         migrate = False
+    if migrate and hello.get("handler", "echo") != daemon.handler_name:
+        log.warning(
+            "the new process (pid %d) runs another frame handler (%s, not %s); connections "
+            "finish here instead of moving",
+            pid,
+            hello.get("handler"),
+            daemon.handler_name,
+        )
+        migrate = False
     handed, left = 0, daemon.connections
     if migrate:
         try:
@@ -432,7 +631,7 @@ async def give(daemon: Daemon, channel: Channel, *, ready_by: float) -> Given:
     # (If it is gone now, it has everything it adopted; the rest finishes here either way.)
     with contextlib.suppress(HandoverError):
         await channel.send({"type": "done", "handed": handed, "left": left})
-    return Given(pid, len(listeners), handed, left)
+    return Given(pid, len(listeners), handed, left, len(extras.get("workers", ())))
 
 
 async def send_batch(
@@ -466,10 +665,20 @@ class Taken:
     labels: list[str]
     control: BoundListener | None
     pid: int
+    workers: dict[int, str]
+    """A supervisor's: each of its workers' handover socket, by worker number."""
+    owned: list[tuple[BoundListener, tuple[int, int]]]
+    """The socket files the giver made, which become ours (to remove at our final
+    shutdown) once it has stopped accepting."""
 
 
 async def request_takeover(
-    stream: trio.SocketStream, where: str, *, framing: Framing, migrate: bool
+    stream: trio.SocketStream,
+    where: str,
+    *,
+    framing: Framing,
+    migrate: bool,
+    handler: str = "echo",
 ) -> tuple[Channel, Taken]:
     """The taker's first half: ask, say hello, adopt the listening sockets.
 
@@ -491,6 +700,7 @@ async def request_takeover(
             "type": "hello",
             "pid": os.getpid(),
             "framing": framing_record(framing),
+            "handler": handler,
             "migrate": migrate,
         }
     )
@@ -503,14 +713,21 @@ async def request_takeover(
                 f"{len(records) if isinstance(records, list) else '?'} listeners"
             )
         parsed = [ListenerRecord.from_json(record) for record in records]
+        # Not ours to remove until the giver has stopped (take_connections): if we
+        # fail before, the files are still the giver's, and serve on.
         adopted = [
-            (BoundListener.from_socket(sock, path=record.path, identity=record.identity), record)
+            (BoundListener.from_socket(sock, path=record.path), record)
             for sock, record in zip(socks, parsed, strict=True)
         ]
     except BaseException:
         for sock in socks:
             sock.close()
         raise
+    owned = [
+        (listener, identity)
+        for listener, record in adopted
+        if (identity := _still(listener, record.identity)) is not None
+    ]
     controls = [listener for listener, record in adopted if record.control]
     serving = [(listener, record) for listener, record in adopted if not record.control]
     for extra in controls[1:]:
@@ -520,16 +737,72 @@ async def request_takeover(
         [record.label for _, record in serving],
         controls[0] if controls else None,
         giver,
+        _workers(header.get("workers")),
+        owned,
     )
 
 
-async def take_connections(channel: Channel, daemon: Daemon) -> int:
+def _still(listener: BoundListener, identity: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``identity``, if the listener's socket file is still that file (else ``None``)."""
+    if identity is None or not isinstance(listener.address, UnixAddress):
+        return None
+    try:
+        st = os.stat(listener.address.path)
+    except OSError:
+        return None
+    return identity if (st.st_dev, st.st_ino) == identity else None
+
+
+def _workers(records: Any) -> dict[int, str]:
+    """The ``workers`` of a ``listeners`` message: number to handover socket path."""
+    found: dict[int, str] = {}
+    for record in records if isinstance(records, list) else []:
+        if isinstance(record, dict):
+            number, path = record.get("number"), record.get("path")
+            if isinstance(number, int) and isinstance(path, str):
+                found[number] = path
+    return found
+
+
+def _own(taken: Taken) -> None:
+    for listener, identity in taken.owned:
+        listener.unix_identity = identity
+
+
+class Adopter(Protocol):
+    """What takes connections over: a daemon (or a supervisor, which has none to take)."""
+
+    def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None: ...
+
+
+async def take_connections(channel: Channel, daemon: Adopter, taken: Taken) -> int:
     """The taker's second half, once it serves: say so, adopt every connection the
-    giver sends, until it is done. Returns how many were adopted."""
+    giver sends, until it is done. Returns how many were adopted.
+
+    The socket files become ours once the giver has stopped accepting (its first
+    message after ``ready``), or if it is gone; not if it called the takeover off.
+
+    Raises:
+        CalledOff: the giver called it off and serves on (this process should stop).
+        HandoverError: the giver left or broke the protocol (this process serves on).
+    """
     await channel.send({"type": "ready"})
     adopted = 0
+    first = True
     while True:
-        header, blob, socks = await channel.receive("connections", "done")
+        try:
+            header, blob, socks = await channel.receive("connections", "done")
+        except CalledOff:
+            for listener, _ in taken.owned:
+                listener.disown()  # the giver's again: it serves on
+            raise
+        except HandoverError:
+            if first:
+                _own(taken)
+            raise
+        if first:
+            first = False
+            _own(taken)
         if header["type"] == "done":
             for sock in socks:
                 sock.close()
@@ -552,3 +825,29 @@ async def take_connections(channel: Channel, daemon: Daemon) -> int:
             daemon.adopt(sock, record, pending)
         adopted += len(socks)
         await channel.send({"type": "adopted", "count": len(socks)})
+
+
+#: The options that say where this process takes over from, and the shortest
+#: abbreviation argparse takes for each: never passed on to another process.
+_TAKEOVER_OPTIONS = {"--takeover": "--ta", "--handover-fd": "--handover-f"}
+
+
+def without_options(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--takeover`` and ``--handover-fd`` (spelled out, abbreviated,
+    or ``=VALUE``): what a process passes on to its successor or its workers, which
+    take over from somewhere else (or nowhere)."""
+    kept: list[str] = []
+    skip = False
+    for argument in argv:
+        if skip:
+            skip = False
+            continue
+        name, equals, _ = argument.partition("=")
+        if any(
+            len(name) >= len(shortest) and option.startswith(name)
+            for option, shortest in _TAKEOVER_OPTIONS.items()
+        ):
+            skip = not equals
+            continue
+        kept.append(argument)
+    return kept

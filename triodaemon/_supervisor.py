@@ -27,13 +27,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -50,9 +53,11 @@ from ._control import (
     serve_control,
     stats_report,
 )
-from ._daemon import DrainSummary
+from ._daemon import CONTROL_GRACE, DrainSummary
 from ._errors import ClientError, TriodaemonError
-from ._listeners import Address, BoundListener
+from ._handover import Channel, ConnectionRecord, Given, Giver, Handing, without_options
+from ._listeners import AcceptGate, Address, BoundListener
+from ._socketfile import UNIX_PATH_MAX
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
@@ -88,6 +93,15 @@ _LEVELS = {
 }
 
 
+def _handover_directory() -> str | None:
+    """A new private directory (mode 0700) for the workers' handover sockets."""
+    try:
+        return tempfile.mkdtemp(prefix="triodaemon-")
+    except OSError as exc:
+        log.warning("no directory for the workers' handover sockets: %s", exc)
+        return None
+
+
 def exit_reason(code: int) -> str:
     """``exited with code 1``, ``killed by SIGKILL``."""
     if code < 0:
@@ -114,6 +128,7 @@ class _Worker:
     last_words: list[str] = attrs.field(factory=list)
     level: int = logging.WARNING  # of its last log line: the level of the lines after it
     stats: dict[str, Any] | None = None  # the last stats it reported
+    handover_path: str | None = None  # where its successor asks it for its connections
 
     @property
     def pid(self) -> int | None:
@@ -130,7 +145,7 @@ class _Worker:
         raise ClientError(f"worker {self.number} did not answer within {ASK_TIMEOUT:g}s")
 
 
-class Supervisor:
+class Supervisor(Giver):
     """Serve the daemon's sockets with ``count`` worker processes.
 
     Args:
@@ -143,7 +158,7 @@ class Supervisor:
 
     def __init__(self, config: DaemonConfig, count: int, argv: Sequence[str]) -> None:
         self.config = config
-        self.argv = list(argv)
+        self.argv = without_options(argv)  # a worker takes over from its own predecessor
         self.stats = Stats()
         """The workers' counters, summed: refreshed every ``POLL_INTERVAL``."""
         self.summary: DrainSummary | None = None
@@ -162,6 +177,22 @@ class Supervisor:
         self._open = 0
         self._nursery: trio.Nursery | None = None
         self._retired: list[dict[str, Any]] = []  # the last stats of workers that ended
+        self.notify: Callable[..., None] = lambda *fields: None
+        """Where to tell systemd about an upgrade (see ``Daemon.notify``)."""
+        self.upgrade: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+        """How to upgrade (see ``Daemon.upgrade``): with it, ``ctl upgrade`` works."""
+        self.handler_name = "echo"  # (the workers')
+        self.listener_labels: list[str] = []
+        """What to say of each listener besides its address (``systemd socket NAME``)."""
+        self.predecessors: dict[int, str] = {}
+        """Taking over from another supervisor: the handover socket of each of its
+        workers, by number, for the first start of ours of that number."""
+        self._handing: Handing | None = None
+        self._gate = AcceptGate()  # the control socket's
+        self._given_up: list[tuple[BoundListener, tuple[int, int]]] = []
+        self._retiring = False  # handed over: the workers hand theirs over, then exit
+        self._handover_dir: str | None = None  # the workers' handover sockets
+        self._takeovers: list[_Worker] = []  # taking over from predecessors, not yet told to
 
     # -- the Daemon-like interface ------------------------------------------------
 
@@ -222,11 +253,13 @@ class Supervisor:
         self._listeners = listeners
         self._control = control
         self._started, self._started_wall = time.monotonic(), time.time()
+        self._handover_dir = _handover_directory()
+        commands = self.control_commands()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if control is not None:
-                    await nursery.start(serve_control, control, self.control_commands())
+                    await nursery.start(serve_control, control, commands, self._gate)
                 async with trio.open_nursery() as keepers:
                     for worker in self._workers:
                         keepers.start_soon(self._keep, worker)
@@ -237,6 +270,8 @@ class Supervisor:
                         task_status.started(tuple(listener.address for listener in listeners))
                         nursery.start_soon(self._poll)
                     # (Else a drain came first: the keepers end as the workers exit.)
+                with trio.move_on_after(CONTROL_GRACE):  # a ctl upgrade's answer, say
+                    await commands.wait_idle()
                 nursery.cancel_scope.cancel()
         finally:
             for listener in listeners:
@@ -246,6 +281,8 @@ class Supervisor:
             for worker in self._workers:  # a failed start, or a cancellation: no orphans
                 if worker.process is not None and worker.process.returncode is None:
                     worker.process.kill()
+            if self._handover_dir is not None:
+                shutil.rmtree(self._handover_dir, ignore_errors=True)
         if self._start_failure is not None:
             raise TriodaemonError(self._start_failure)
         self.summary = DrainSummary(0, 0, self._forced)
@@ -254,14 +291,58 @@ class Supervisor:
         )
         return self.summary
 
+    # -- handing over to a new supervisor (an upgrade; see _handover) ---------------
+
+    def _handover_extras(self) -> dict[str, Any]:
+        """Where each serving worker hands its connections over (its handover socket)."""
+        return {
+            "workers": [
+                {"number": worker.number, "path": worker.handover_path}
+                for worker in self._workers
+                if worker.ready and worker.handover_path is not None
+            ]
+        }
+
+    async def _migrate(self, channel: Channel) -> tuple[int, int]:
+        # None here: the workers hand theirs over, each to its successor.
+        return 0, 0
+
+    def _handed_over(self, given: Given) -> None:
+        """Our workers hand their connections over to the new ones and exit; we exit
+        when they all have (those that cannot are drained after a while)."""
+        self._retiring = True
+        log.info("every worker hands its connections over to its successor, then exits")
+        assert self._nursery is not None
+        self._nursery.start_soon(self._retire_stragglers)
+
+    async def _retire_stragglers(self) -> None:
+        config = self.config
+        await trio.sleep(config.upgrade_timeout + config.drain_timeout)
+        if any(w.process is not None and w.process.returncode is None for w in self._workers):
+            log.warning("workers still serving after the upgrade: draining them")
+            self.drain()
+
+    def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None:
+        """A supervisor serves no connection itself: one handed to it is closed."""
+        log.error("%s handed to the supervisor: closed", record.peer)
+        sock.close()
+
+    async def release_takeovers(self) -> None:
+        """Our takeover from the old supervisor is done: tell each worker taking over
+        from an old one to go ahead (the old one then hands its connections over)."""
+        workers, self._takeovers = self._takeovers, []
+        for worker in workers:
+            with contextlib.suppress(ClientError, ControlError):
+                await worker.ask("take-connections")
+
     # -- the workers ----------------------------------------------------------------
 
     async def _keep(self, worker: _Worker) -> None:
         """Run one worker slot: start, watch, restart with backoff, until the drain."""
-        while not self._draining:
+        while not self._draining and not self._retiring:
             why, served = await self._run_once(worker)
             self._retire(worker)
-            if self._draining:
+            if self._draining or self._retiring:
                 worker.state = "exited"
                 log.info("worker %d (pid %s) %s", worker.number, worker.pid, why)
                 return
@@ -315,18 +396,26 @@ class Supervisor:
         command += ["--worker", str(worker.number)]
         for fd in fds:
             command += ["--inherit", str(fd)]
+        predecessor = self.predecessors.pop(worker.number, None)
+        if predecessor is not None:
+            command += ["--takeover", predecessor]  # its connections, once we say so
         try:
             mine, theirs = socket.socketpair()
         except OSError as exc:  # out of descriptors, say
             return f"could not be started: {exc.strerror or exc}", -1.0
         command += ["--channel", str(theirs.fileno())]
+        passed = [*fds, theirs.fileno()]
+        handover, worker.handover_path = self._handover_socket(worker)
+        if handover is not None:
+            command += ["--handover-socket", str(handover.fileno())]
+            passed.append(handover.fileno())
         try:
             process = await trio.lowlevel.open_process(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                pass_fds=(*fds, theirs.fileno()),
+                pass_fds=passed,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
             )
         except OSError as exc:
@@ -334,6 +423,10 @@ class Supervisor:
             return f"could not be started: {exc.strerror or exc}", -1.0
         finally:
             theirs.close()
+            if handover is not None:
+                handover.close()  # the worker's now
+        if predecessor is not None:
+            self._takeovers.append(worker)
         worker.process = process
         worker.ready = False
         worker.started = time.monotonic()
@@ -360,6 +453,26 @@ class Supervisor:
             worker.channel = None
             await trio.aclose_forcefully(stream)
         return exit_reason(code), served
+
+    def _handover_socket(self, worker: _Worker) -> tuple[socket.socket | None, str | None]:
+        """A listening socket of the worker's own, in our private directory: where,
+        when we are upgraded, its successor asks it for its connections (and where
+        nobody else can reach it). ``(None, None)`` if there cannot be one: the
+        worker's connections then drain at an upgrade instead of moving."""
+        if self._handover_dir is None:
+            return None, None
+        path = os.path.join(self._handover_dir, f"w{worker.number}.{worker.restarts}")
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            return None, None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            log.warning("no handover socket for worker %d: %s", worker.number, exc)
+            return None, None
+        return sock, path
 
     def _retire(self, worker: _Worker) -> None:
         """Keep what a worker that ended had counted (as of its last report), so that
@@ -470,6 +583,8 @@ class Supervisor:
             total.bytes_received += report["bytes_in"]
             total.bytes_sent += report["bytes_out"]
             total.memory_waits += report["memory_waits"]
+            total.connections_taken += report["connections"].get("taken_over", 0)
+            total.connections_handed += report["connections"].get("handed_over", 0)
             errors = report["errors"]
             total.framing_errors += errors["framing"]
             total.incomplete_frames += errors["incomplete"]
@@ -511,6 +626,7 @@ class Supervisor:
             buffered=sum(a["buffered"] for a in answers),
             drain=drain,
         )
+        report["upgrade"] = self._handing.who if self._handing is not None else None
         report["workers"] = [
             {
                 "worker": worker.number,
@@ -578,6 +694,25 @@ class Supervisor:
             "log-level LEVEL",
             f"log detail: {', '.join(LOG_LEVELS)}",
         )
+        commands.add(
+            "takeover",
+            self.takeover_command(),
+            "takeover versions=[1]",
+            "a new process takes the sockets over (triodaemon --takeover)",
+        )
+        upgrade = self.upgrade
+        if upgrade is not None:
+
+            async def run_upgrade(args: dict[str, Any]) -> dict[str, Any]:
+                no_arguments(args)
+                return await upgrade("ctl upgrade on the control socket")
+
+            commands.add(
+                "upgrade",
+                run_upgrade,
+                "upgrade",
+                "a new supervisor and new workers take over every socket and connection",
+            )
         return commands
 
     @staticmethod

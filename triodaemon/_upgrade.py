@@ -28,8 +28,7 @@ from typing import Any
 import trio
 
 from ._control import Commands, ControlError, serve_control_stream
-from ._daemon import Daemon
-from ._handover import Handing, HandoverError, python_program
+from ._handover import Giver, Handing, HandoverError, python_program, without_options
 from ._supervisor import exit_reason
 from ._systemd import Notifier
 
@@ -46,9 +45,10 @@ class Upgrader:
     Set :attr:`Daemon.upgrade <triodaemon.Daemon.upgrade>` to :meth:`upgrade`.
     """
 
-    def __init__(self, daemon: Daemon, argv: Sequence[str], notifier: Notifier) -> None:
+    def __init__(self, daemon: Giver, argv: Sequence[str], notifier: Notifier) -> None:
         self.daemon = daemon
-        self.argv = _own_arguments(argv)
+        # (Not the handover of this process's own start: the next one gets its own.)
+        self.argv = without_options(argv)
         self.notifier = notifier
 
     async def upgrade(self, who: str) -> dict[str, Any]:
@@ -78,6 +78,7 @@ class Upgrader:
             "listeners": given.listeners,
             "handed_over": given.handed,
             "finishing": given.left,
+            "workers": given.workers,
         }
 
     async def _run(self, handing: Handing) -> None:
@@ -144,19 +145,3 @@ class Upgrader:
         if self.notifier.watchdog is not None and math.isfinite(self.notifier.watchdog):
             env["WATCHDOG_USEC"] = str(int(self.notifier.watchdog * 1e6))
         return env
-
-
-def _own_arguments(argv: Sequence[str]) -> list[str]:
-    """``argv`` without the ``--handover-fd N`` an upgrade gave this process (the next
-    one gets its own), so the command line does not grow with each upgrade. (A
-    ``--takeover PATH`` given by hand may stay: ``--handover-fd`` wins over it.)"""
-    kept: list[str] = []
-    skip = False
-    for argument in argv:
-        if skip:
-            skip = False
-        elif argument == "--handover-fd":
-            skip = True
-        elif not argument.startswith("--handover-fd="):
-            kept.append(argument)
-    return kept
