@@ -40,7 +40,7 @@ from triodaemon._handover import (
     framing_record,
 )
 
-from .conftest import DaemonProcess, LogWaiter, SpawnFn, read_until_eof
+from .conftest import DaemonProcess, LogWaiter, SpawnFn, read_until_eof, running
 
 TEST_TIMEOUT = 90
 
@@ -738,6 +738,44 @@ async def test_a_taker_that_dies_with_connections_in_hand_leaves_them_with_the_o
         daemon.signal(signal.SIGTERM)
         assert await daemon.wait() == 0
         assert not (sock_dir / "echo.sock").exists()  # its own again, so removed
+
+
+async def test_only_the_daemons_own_user_may_take_it_over(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A control socket a group may use (to watch stats) lets no one else take the
+    daemon's clients over. (As root the taker is another user's process; otherwise
+    the daemon is told it runs as another user than its peer.)"""
+    control = sock_dir / "control.sock"
+    config = DaemonConfig(
+        [UnixAddress(str(sock_dir / "e.sock"))],
+        control=UnixAddress(str(control)),
+        control_mode=0o666,
+    )
+    if os.geteuid() != 0:
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
+    async with running(config) as (daemon, _):
+        if os.getuid() == 0:
+            sock_dir.chmod(0o755)
+            raw = socket.socket(socket.AF_UNIX)
+            os.seteuid(65534)  # (the peer's credentials are taken at connect)
+            try:
+                raw.connect(str(control))
+            finally:
+                os.seteuid(0)
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+            async with stream:
+                client = ControlClient(stream, "daemon")
+                with pytest.raises(
+                    ControlError,
+                    match=r"^uid 65534 may not take this daemon over: only uid 0 \(its own\) or root$",
+                ):
+                    await client.request("takeover", versions=[1])
+        else:
+            with pytest.raises(ControlError, match=r"may not take this daemon over"):
+                await ask(control, "takeover", versions=[1])
+        assert daemon.snapshot()["upgrade"] is None  # nothing under way
+        assert not daemon.draining
 
 
 async def test_the_channel_carries_descriptors_with_their_message(sock_dir: Path) -> None:

@@ -85,13 +85,15 @@ class Session:
     """A command's result that takes the connection over after the reply (a handover).
 
     ``result`` is replied as any result is; then ``run(stream)`` has the
-    connection (it ends the control conversation). If the reply cannot be sent,
-    ``abandon()`` is called instead.
+    connection (it ends the control conversation). ``refuse(stream)``, asked
+    first, may say why this connection cannot have it (an error reply instead).
+    If the reply is an error or cannot be sent, ``abandon()`` is called instead.
     """
 
     result: Any
     run: Callable[[trio.SocketStream], Awaitable[None]]
     abandon: Callable[[], None]
+    refuse: Callable[[trio.SocketStream], str | None] = lambda stream: None
 
 
 class Commands:
@@ -310,10 +312,15 @@ async def _answer(stream: trio.abc.Stream, commands: Commands, line: bytes) -> S
     session = None
     try:
         reply, session = await commands.answer(line)
-        if session is not None and not isinstance(stream, trio.SocketStream):
-            session.abandon()
-            reply, session = {**reply, "ok": False, "error": "not on this connection"}, None
-            del reply["result"]
+        if session is not None:
+            why = (
+                session.refuse(stream)
+                if isinstance(stream, trio.SocketStream)
+                else "not on this connection"
+            )
+            if why is not None:
+                session.abandon()
+                reply, session = {"id": reply["id"], "ok": False, "error": why}, None
         with trio.move_on_after(SEND_TIMEOUT) as scope:
             await stream.send_all(encode(reply))
         if scope.cancelled_caught:

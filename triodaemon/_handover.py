@@ -334,6 +334,24 @@ def choose_version(offered: Any) -> int:
     return max(common)
 
 
+def _not_our_user(stream: trio.SocketStream) -> str | None:
+    """Why the process at the other end of ``stream`` may not take this daemon over:
+    only its own user (or root) may, whoever else may connect to the control socket
+    (``--control-mode 0660`` to let a group watch ``stats`` lets it take no client's
+    connection). ``None``: it may (or the system cannot tell who it is)."""
+    creds = getattr(socket, "SO_PEERCRED", None)
+    if creds is None:
+        return None
+    try:
+        data = stream.socket.getsockopt(socket.SOL_SOCKET, creds, struct.calcsize("3i"))
+    except OSError:
+        return None
+    uid = struct.unpack("3i", data)[1]
+    if uid in (0, os.geteuid()):
+        return None
+    return f"uid {uid} may not take this daemon over: only uid {os.geteuid()} (its own) or root"
+
+
 def _pid(message: dict[str, Any]) -> int:
     """The ``pid`` a message names (0 if it names none)."""
     pid = message.get("pid")
@@ -531,7 +549,8 @@ class Giver:
             return Session(
                 {"version": version, "pid": os.getpid()},
                 run,
-                lambda: self.end_handover(handing, "the takeover request was not answered"),
+                lambda: self.end_handover(handing, "refused, or not answered"),
+                _not_our_user,
             )
 
         return takeover
