@@ -19,18 +19,23 @@ a JSON header, and ``header["blob"]`` raw bytes, its descriptors riding on its
 first byte. Version 1::
 
     taker                                   giver
-      | hello {pid, framing, migrate}  -->    |
-      |  <-- listeners {pid, listeners} + fds | the taker adopts them and accepts
+      | hello {pid, framing, handler,  -->    |
+      |        migrate}                       |
+      |  <-- listeners {pid, listeners,       | the taker adopts them and accepts
+      |            workers} + fds             |
       | ready {}                       -->    | the giver stops accepting; the
       |                                       | socket files are the taker's now
       |  <-- connections {[...]} + fds + blob | (repeated: batches of connections
       | adopted {count}                -->    |  at a frame boundary)
       |  <-- done {handed, left}              | the giver drains what is left, exits
 
-Before ``ready`` the upgrade can fail without a trace: the giver never stopped
-accepting. A batch belongs to the giver until the taker answers ``adopted``: if
-the taker dies first, those connections carry on in the giver (nothing was
-read from them in between), which accepts again.
+Either side may send ``error {error}`` instead of its next message: the handover
+is called off. Before ``ready`` it can fail without a trace: the giver never
+stopped accepting, and the socket files stay its own. A batch belongs to the
+giver until the taker answers ``adopted``: if the taker dies first, those
+connections carry on in the giver (nothing was read from them in between),
+which accepts again. A supervisor (``--workers``) hands over no connection
+itself: its ``workers`` say where each of its workers hands its own over.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -57,9 +62,6 @@ from ._errors import ClientError, TriodaemonError
 from ._framing import Framing
 from ._listeners import AcceptGate, BoundListener, UnixAddress
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger("triodaemon")
 
 #: The versions of the handover protocol this release speaks, oldest first. A
@@ -68,8 +70,10 @@ log = logging.getLogger("triodaemon")
 HANDOVER_VERSIONS = (1,)
 #: The largest message header, in bytes (a batch of connection records).
 MAX_HEADER = 1 << 20
-#: The largest blob of one message: the unframed bytes of a batch of connections.
-MAX_BLOB = 256 << 20
+#: The largest blob of one message (the unframed bytes of a batch of connections),
+#: a sanity bound only: a batch holds at most ``BATCH_BYTES`` and one partial frame
+#: more, which the framing both sides share bounds.
+MAX_BLOB = 1 << 32
 #: Descriptors per message at most (Linux takes 253 per ``SCM_RIGHTS``).
 MAX_FDS = 200
 #: A batch of connections ends at this many connections or this many unframed bytes.
