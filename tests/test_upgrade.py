@@ -5,6 +5,7 @@ can fail leaves the old process serving."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
@@ -12,7 +13,7 @@ import signal
 import socket
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ TEST_TIMEOUT = 90
 MAX_FRAMES = 20_000
 DEPTH = 8
 _LETTERS = b"abcdefghijklmnopqrstuvwxyz"
+
+
+def bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """The test, within ``TEST_TIMEOUT`` (tests that use ``generations`` have it there)."""
+
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        with trio.fail_after(TEST_TIMEOUT):
+            await test(*args, **kwargs)
+
+    return run
 
 
 class Conversation:
@@ -202,7 +214,17 @@ async def generations(
     spawn: SpawnFn, sock_dir: Path, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[DaemonProcess, list[int]]]:
     """A daemon on TCP and Unix with a control socket; ``pids`` gathers every process
-    that takes over (the test appends them); whichever still runs at the end is killed."""
+    that takes over (the test appends them); whichever still runs at the end is killed.
+    The whole test has ``TEST_TIMEOUT``."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with _generations(spawn, sock_dir, *args, env=env) as found:
+            yield found
+
+
+@asynccontextmanager
+async def _generations(
+    spawn: SpawnFn, sock_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[DaemonProcess, list[int]]]:
     daemon = await spawn(
         "--tcp",
         "127.0.0.1:0",
@@ -394,22 +416,8 @@ async def test_a_connection_owed_replies_moves_once_its_client_reads_them(
     args = ("--drain-timeout", "30", "--log-level", "debug")
     async with generations(spawn, sock_dir, *args) as (daemon, pids):
         control = sock_dir / "control.sock"
-        stream = await connect(daemon.addresses[1])
+        stream, owed = await owing(daemon, daemon.addresses[1])
         async with stream:
-            frame = b"y" * 999 + b"\n"
-            sent = 0
-
-            async def flood() -> None:  # until the daemon's replies wait for us to read
-                nonlocal sent
-                while True:  # (a trio socket's send is all or nothing when cancelled)
-                    sent += await stream.socket.send(frame[sent % len(frame) :])
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(flood)
-                await daemon.wait_for_line("bytes of replies wait for the peer to read")
-                nursery.cancel_scope.cancel()
-            await stream.send_all(frame[sent % len(frame) :] if sent % len(frame) else b"")
-            sent += -sent % len(frame)
             assert (await ask(control, "connections"))[0]["state"] == "writing"
             reply: dict[str, Any] = {}
             upgraded = trio.Event()
@@ -421,10 +429,7 @@ async def test_a_connection_owed_replies_moves_once_its_client_reads_them(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(upgrade)
                 await daemon.wait_for_line("(taken over from pid")  # the new one serves
-                got = b""
-                while len(got) < sent:
-                    got += await stream.receive_some()
-                assert got == frame * (sent // len(frame))
+                assert await read_exactly(stream, len(owed)) == owed
                 await upgraded.wait()
             pids.append(reply["pid"])
             assert (reply["handed_over"], reply["finishing"]) == (1, 0)
@@ -433,10 +438,120 @@ async def test_a_connection_owed_replies_moves_once_its_client_reads_them(
             assert (await ask(control, "stats"))["connections"]["taken_over"] == 1
 
 
+async def owing(
+    daemon: DaemonProcess, address: TcpAddress | UnixAddress
+) -> tuple[trio.SocketStream, bytes]:
+    """A connection whose replies wait for it to read them (the daemon, at
+    ``--log-level debug``, says so), and the replies it is owed."""
+    stream = await connect(address)
+    frame = b"y" * 999 + b"\n"
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        while True:  # (a trio socket's send is all or nothing when cancelled)
+            sent += await stream.socket.send(frame[sent % len(frame) :])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flood)
+        await daemon.wait_for_line("bytes of replies wait for the peer to read")
+        nursery.cancel_scope.cancel()
+    rest = -sent % len(frame)
+    await stream.send_all(frame[len(frame) - rest :])
+    return stream, frame * ((sent + rest) // len(frame))
+
+
+async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
+    got = b""
+    while len(got) < size:
+        data = await stream.receive_some(size - len(got))
+        assert data, f"EOF after {len(got)} of {size} bytes"
+        got += data
+    return got
+
+
+async def test_a_new_process_stopped_during_the_handover_leaves_everything_to_the_old(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """SIGTERM to the new process while connections move: it refuses the rest, which
+    stay in the old process; that one accepts again, and the socket files stay."""
+    args = ("--drain-timeout", "30", "--log-level", "debug")
+    async with generations(spawn, sock_dir, *args) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        stream, owed = await owing(daemon, daemon.addresses[1])
+        async with stream:
+            async with trio.open_nursery() as nursery:
+
+                async def upgrade() -> None:
+                    with pytest.raises(ControlError, match=rf"; pid {pids[0]} serves on$"):
+                        await ask(control, "upgrade")
+
+                nursery.start_soon(upgrade)
+                line = await daemon.wait_for_line(
+                    "upgrade (ctl upgrade on the control socket): pid "
+                )
+                new = int(line.split(": pid ")[1].split()[0])
+                pids.append(new)
+                await daemon.wait_for_line("(taken over from pid")  # it serves; the old waits
+                os.kill(new, signal.SIGTERM)
+                await daemon.wait_for_line("received SIGTERM")
+                # The owed replies, then the connection could move: the new process refuses
+                # it, or has exited already.
+                assert await read_exactly(stream, len(owed)) == owed
+                await wait_exited(new)
+            await daemon.wait_for_line("upgrade (ctl upgrade on the control socket) called off: ")
+            await stream.send_all(b"still the old one\n")
+            assert await stream.receive_some() == b"still the old one\n"
+        assert (sock_dir / "echo.sock").exists()
+        assert control.exists()
+        for address in daemon.addresses:
+            assert await echo_frames(address, [b"old"]) == [b"old"]
+        stats = await ask(control, "stats")
+        assert (stats["pid"], stats["upgrade"]) == (pids[0], None)
+
+
+async def test_a_new_process_that_stalls_with_connections_in_hand_is_killed(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """A new process wedged after it said ready (SIGSTOP here) holds nothing up for
+    long: the old one kills it (its own child), keeps the batch, and accepts again."""
+    args = ("--drain-timeout", "30", "--log-level", "debug", "--upgrade-timeout", "1")
+    async with generations(spawn, sock_dir, *args) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        stream, owed = await owing(daemon, daemon.addresses[1])
+        async with stream:
+            replies: list[str] = []
+
+            async def upgrade() -> None:
+                with pytest.raises(ControlError) as failed:
+                    await ask(control, "upgrade")
+                replies.append(str(failed.value))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upgrade)
+                line = await daemon.wait_for_line(
+                    "upgrade (ctl upgrade on the control socket): pid "
+                )
+                new = int(line.split(": pid ")[1].split()[0])
+                await daemon.wait_for_line("(taken over from pid")
+                os.kill(new, signal.SIGSTOP)
+                # Now the connection can move; its batch meets a process that cannot answer.
+                assert await read_exactly(stream, len(owed)) == owed
+            assert "did not adopt connections within 1s" in replies[0]
+            await daemon.wait_for_line(f"pid {new} stalled; killing it")
+            await wait_exited(new)
+            await stream.send_all(b"still the old one\n")
+            assert await stream.receive_some() == b"still the old one\n"
+        for address in daemon.addresses:
+            assert await echo_frames(address, [b"old"]) == [b"old"]
+        assert (await ask(control, "stats"))["pid"] == pids[0]
+
+
 async def shout(frame: bytes, conn: ConnectionInfo) -> bytes:
     return frame.upper()
 
 
+@bounded
 async def test_connections_move_only_to_a_taker_with_the_same_handler(
     spawn: SpawnFn, sock_dir: Path, daemon_log: LogWaiter
 ) -> None:
@@ -586,6 +701,24 @@ async def test_a_new_process_never_ready_is_killed_in_time(
         assert (await ask(control, "stats"))["upgrade"] is None
 
 
+async def test_a_drain_calls_off_an_upgrade_not_yet_ready(
+    spawn: SpawnFn, sock_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM while a new process is still starting: the upgrade is called off (the
+    new process killed) and the old one drains and exits, as SIGTERM says."""
+    env = broken_release(tmp_path, "hang")
+    async with generations(spawn, sock_dir, env=env) as (daemon, _pids):
+        Path(env["MARKER"]).touch()
+        daemon.signal(signal.SIGHUP)
+        line = await daemon.wait_for_line("upgrade (SIGHUP): pid ")
+        hung = int(line.split("pid ")[1].split()[0])
+        daemon.signal(signal.SIGTERM)
+        await daemon.wait_for_line("upgrade (SIGHUP) called off: a drain began; draining")
+        await wait_exited(hung)
+        assert await daemon.wait() == 0
+        assert not (sock_dir / "echo.sock").exists()
+
+
 async def test_an_upgrade_during_a_drain_is_refused(spawn: SpawnFn, sock_dir: Path) -> None:
     async with generations(spawn, sock_dir, "--drain-timeout", "30") as (daemon, _pids):
         control = sock_dir / "control.sock"
@@ -622,6 +755,37 @@ async def test_a_taker_of_another_protocol_version_is_refused_cleanly(
         assert line.startswith("triodaemon: error: cannot take over: ")
         assert line.endswith(f"(is a daemon running with --control {nothing}?)")
         assert (await ask(control, "stats"))["upgrade"] is None
+
+
+async def test_a_taker_with_other_framing_flags_is_refused(spawn: SpawnFn, sock_dir: Path) -> None:
+    """The clients of the sockets would meet another protocol: refused before anything
+    moved, in one line each side."""
+    async with generations(spawn, sock_dir) as (daemon, _pids):
+        control = sock_dir / "control.sock"
+        taker = await spawn("--takeover", str(control), "--framing", "length")
+        assert await taker.wait() == 1
+        [line] = taker.lines
+        assert line.startswith("triodaemon: error: cannot take over: ")
+        assert "frames differently from this daemon (line, max frame 1048576 bytes)" in line
+        await daemon.wait_for_line("called off: the new process")
+        assert await echo_frames(daemon.addresses[1], [b"line"]) == [b"line"]
+        assert (sock_dir / "echo.sock").exists()
+
+
+@bounded
+async def test_a_takeover_of_something_that_never_answers_gives_up_in_time(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    silent = trio.socket.socket(socket.AF_UNIX)
+    with silent:
+        await silent.bind(str(sock_dir / "silent.sock"))
+        silent.listen()
+        taker = await spawn("--takeover", str(sock_dir / "silent.sock"), "--upgrade-timeout", "1")
+        assert await taker.wait() == 1
+    assert taker.lines == [
+        f"triodaemon: error: cannot take over: the daemon at {sock_dir / 'silent.sock'} did "
+        "not hand its sockets over within 1s (--upgrade-timeout)"
+    ]
 
 
 async def test_systemd_hears_reloading_then_the_new_main_pid(
@@ -740,6 +904,7 @@ async def test_a_taker_that_dies_with_connections_in_hand_leaves_them_with_the_o
         assert not (sock_dir / "echo.sock").exists()  # its own again, so removed
 
 
+@bounded
 async def test_only_the_daemons_own_user_may_take_it_over(
     sock_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -778,6 +943,7 @@ async def test_only_the_daemons_own_user_may_take_it_over(
         assert not daemon.draining
 
 
+@bounded
 async def test_the_channel_carries_descriptors_with_their_message(sock_dir: Path) -> None:
     a, b = socket.socketpair()
     left = Channel(trio.socket.from_stdlib_socket(a), "left")

@@ -100,9 +100,12 @@ def _seconds(text: str) -> float:
 
 
 def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds, above 0")
     return value
 
 
@@ -853,7 +856,14 @@ async def _take_over(target: str | socket.socket, config: DaemonConfig) -> tuple
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(target))
         where = "the old process"
     try:
-        return await request_takeover(stream, where, framing=config.framing, migrate=config.migrate)
+        with trio.move_on_after(config.upgrade_timeout):
+            return await request_takeover(
+                stream, where, framing=config.framing, migrate=config.migrate
+            )
+        raise HandoverError(
+            f"{where} did not hand its sockets over within {config.upgrade_timeout:g}s "
+            "(--upgrade-timeout)"
+        )
     except BaseException as exc:
         await trio.aclose_forcefully(stream)
         if isinstance(exc, HandoverError):
@@ -880,8 +890,11 @@ async def _finish_takeover(
             await startup.go.wait()
         count = await take_connections(channel, daemon, taken)
     except CalledOff as exc:
-        startup.failure = f"cannot take over: {exc}"
-        daemon.drain()  # (the sockets are the old process's again: it serves on)
+        if not daemon.draining:  # the old process called it off: it serves on, we stop
+            startup.failure = f"cannot take over: {exc}"
+            daemon.drain()
+        else:
+            log.warning("took over, but %s", exc)
         await channel.aclose()
         return
     except HandoverError as exc:

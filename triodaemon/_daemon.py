@@ -37,6 +37,7 @@ from ._control import (
     stats_report,
 )
 from ._handover import (
+    ADOPT_TIMEOUT,
     BATCH_BYTES,
     BATCH_CONNECTIONS,
     Channel,
@@ -44,6 +45,8 @@ from ._handover import (
     Given,
     Giver,
     Handing,
+    HandoverError,
+    Stalled,
     handler_name,
     send_batch,
 )
@@ -141,6 +144,7 @@ class Daemon(Giver):
     _limiter: trio.Semaphore | None = attrs.field(default=None, init=False)
     _handing: Handing | None = attrs.field(default=None, init=False)
     _migration: _Migration | None = attrs.field(default=None, init=False)
+    _handed_off: set[SocketConnection] = attrs.field(factory=set, init=False)
     _given_up: list[tuple[BoundListener, tuple[int, int]]] = attrs.field(factory=list, init=False)
     handler_name: str = attrs.field(default="echo", init=False)
     """Who answers frames here, as a taker must name it to be handed connections."""
@@ -176,6 +180,7 @@ class Daemon(Giver):
         self._draining = True
         self._drain_started.set()
         self._accept_scope.cancel()
+        self._call_off_for_a_drain()
 
     def abort(self) -> None:
         """Stop at once: cancel every connection handler."""
@@ -315,10 +320,16 @@ class Daemon(Giver):
     def _handed_over(self, given: Given) -> None:
         self.drain()
 
-    async def _migrate(self, channel: Channel) -> tuple[int, int]:
+    async def _migrate(
+        self, channel: Channel, kill: Callable[[], Awaitable[bool]] | None
+    ) -> tuple[int, int]:
         """Hand every connection over as it reaches a frame boundary with its
         replies sent, in batches, until none is left or the drain deadline;
         return how many were handed, and how many carry on here.
+
+        A taker that does not adopt a batch in time is ended with ``kill``, if it
+        is ours: the batch then carries on here. If it is not, the batch is its
+        (it may be slow, not dead): we let our descriptors go.
 
         Raises:
             HandoverError: the taker failed (every connection not handed carries on).
@@ -339,18 +350,43 @@ class Daemon(Giver):
                     continue
                 states = [connection.handover_state() for connection in batch]
                 try:
-                    await send_batch(channel, states)
+                    await send_batch(
+                        channel, states, min(ADOPT_TIMEOUT, self.config.upgrade_timeout)
+                    )
+                except Stalled as exc:
+                    gone = kill is not None and await kill()
+                    migration.settle(batch, handed=not gone)
+                    if not gone:
+                        self._count_handed(handed, batch)
+                    raise self._with_the_lost(exc, handed) from None
+                except HandoverError as exc:
+                    migration.settle(batch, handed=False)
+                    raise self._with_the_lost(exc, handed) from None
                 except BaseException:
                     migration.settle(batch, handed=False)
                     raise
                 migration.settle(batch, handed=True)
-                handed.update(batch)
-                self.stats.connections_handed += len(batch)
+                self._count_handed(handed, batch)
         finally:
             self._migration = None
             migration.withdraw()
         # (The handed ones end at their next step: still counted open now.)
         return len(handed), len(self._connections - handed)
+
+    def _count_handed(self, handed: set[SocketConnection], batch: list[SocketConnection]) -> None:
+        handed.update(batch)
+        self._handed_off.update(batch)
+        self.stats.connections_handed += len(batch)
+
+    @staticmethod
+    def _with_the_lost(exc: HandoverError, handed: set[SocketConnection]) -> HandoverError:
+        """``exc``, saying how many connections had moved (they went with the taker)."""
+        if not handed:
+            return exc
+        return HandoverError(
+            f"{exc}; the {len(handed)} connection{'' if len(handed) == 1 else 's'} "
+            "it had adopted went with it"
+        )
 
     def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None:
         """Serve a connection another process handed over: ``pending`` is what it had
@@ -625,7 +661,9 @@ class Daemon(Giver):
             if self._at_limit and not self._draining:
                 self._at_limit = False
                 log.info("below the connection limit again; accepting")
-            if self._draining:
+            if connection in self._handed_off:
+                self._handed_off.discard(connection)  # (neither drained nor aborted here)
+            elif self._draining:
                 if connection.completed:
                     self._drained += 1
                 elif not failed:

@@ -50,7 +50,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -79,6 +79,10 @@ MAX_FDS = 200
 #: A batch of connections ends at this many connections or this many unframed bytes.
 BATCH_CONNECTIONS = 64
 BATCH_BYTES = 4 << 20
+#: Seconds a taker that said ``ready`` may take to adopt a batch (it takes
+#: milliseconds) before it counts as stalled (at most the upgrade timeout): the
+#: giver then accepts again, so a wedged taker cannot keep the service down.
+ADOPT_TIMEOUT = 5.0
 
 _LENGTH = struct.Struct(">I")
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
@@ -90,6 +94,10 @@ class HandoverError(TriodaemonError):
 
 class CalledOff(HandoverError):
     """The other side called the handover off (an ``error`` message), and serves on."""
+
+
+class Stalled(HandoverError):
+    """The taker did not adopt a batch in time: it may have them, or not."""
 
 
 class Channel:
@@ -179,7 +187,10 @@ class Channel:
                 ) from None
             received.extend(_sockets(ancillary))
             if flags & getattr(socket, "MSG_CTRUNC", 0):
-                raise HandoverError(f"{self.where} sent more descriptors than fit one message")
+                raise HandoverError(
+                    f"could not take every descriptor {self.where} sent: this process's "
+                    "open-file limit (ulimit -n), or more than one message carries"
+                )
             if not data:
                 raise HandoverError(f"{self.where} closed the connection")
             parts.append(data)
@@ -356,6 +367,19 @@ def _not_our_user(stream: trio.SocketStream) -> str | None:
     return f"uid {uid} may not take this daemon over: only uid {os.geteuid()} (its own) or root"
 
 
+def _peer_pid(sock: trio.socket.SocketType) -> int:
+    """The pid of the process at the other end of a Unix socket (0 if unknown)."""
+    creds = getattr(socket, "SO_PEERCRED", None)
+    if creds is None:
+        return 0
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, creds, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    pid = int(struct.unpack("3i", data)[0])
+    return 0 if pid == os.getpid() else pid  # (a socketpair of ours: the kernel cannot say)
+
+
 def _pid(message: dict[str, Any]) -> int:
     """The ``pid`` a message names (0 if it names none)."""
     pid = message.get("pid")
@@ -371,9 +395,23 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+#: How a new process (an upgrade's, a worker) starts: triodaemon's entry point as
+#: installed, not ``-m triodaemon``, which would look for it first in the working
+#: directory (a ``triodaemon.py`` there would run as the daemon's user).
+_BOOTSTRAP = (
+    "import sys\n"
+    "if sys.path and sys.path[0] == '':\n"
+    "    del sys.path[0]\n"
+    "from triodaemon.__main__ import main_entry\n"
+    "main_entry()\n"
+)
+
+
 def python_program() -> list[str]:
-    """How to start triodaemon again: this interpreter, ``-m triodaemon``."""
-    return [sys.executable, "-m", "triodaemon"]
+    """How to start triodaemon again: this interpreter, triodaemon's entry point (the
+    program on disk now, so an upgrade runs a newer one), never code that happens to
+    be in the working directory."""
+    return [sys.executable, "-c", _BOOTSTRAP]
 
 
 # -- the two sides -------------------------------------------------------------------
@@ -405,6 +443,17 @@ class Handing:
     """What asked for it, for logs: ``SIGHUP``, ``ctl upgrade``, ``--takeover from pid 42``."""
     ready_by: float
     """When (trio's clock) the new process must be ready, or the handover is called off."""
+    kill: Callable[[], Awaitable[bool]] | None = None
+    """How to end the taker, if it is ours (an upgrade's child): whether it is gone.
+    A stalled taker that is gone had no connection it did not adopt."""
+    taker: int = 0
+    """The taker's pid, where we know it better than the kernel can say (a socketpair
+    we made reports our own pid as its peer's)."""
+    committed: bool = False
+    """The taker is ready and this daemon has stopped accepting: no way back but
+    the taker's failure."""
+    scope: trio.CancelScope | None = None
+    """Around the handover until it is committed: a drain that begins cancels it."""
     given: Given | None = None
     failure: str | None = None
     finished: trio.Event = attrs.field(factory=trio.Event)
@@ -440,6 +489,10 @@ class Giver:
 
     @property
     def connections(self) -> int:
+        raise NotImplementedError
+
+    async def wait_draining(self) -> None:
+        """Wait until a shutdown begins."""
         raise NotImplementedError
 
     def _handover_listeners(self) -> list[tuple[ListenerRecord, int]]:
@@ -488,8 +541,11 @@ class Giver:
         """More for the ``listeners`` message (a supervisor: its workers)."""
         return {}
 
-    async def _migrate(self, channel: Channel) -> tuple[int, int]:
-        """Hand the connections over: how many were, and how many stay."""
+    async def _migrate(
+        self, channel: Channel, kill: Callable[[], Awaitable[bool]] | None
+    ) -> tuple[int, int]:
+        """Hand the connections over: how many were, and how many stay. ``kill``
+        ends a stalled taker, if it is ours (see :attr:`Handing.kill`)."""
         raise NotImplementedError
 
     def _handed_over(self, given: Given) -> None:
@@ -545,6 +601,7 @@ class Giver:
                 else:
                     raise HandoverError("this upgrade is over; start another")
             except HandoverError as exc:
+                log.warning("takeover refused: %s", exc)
                 raise ControlError(str(exc)) from None
 
             async def run(stream: trio.SocketStream) -> None:
@@ -559,18 +616,34 @@ class Giver:
 
         return takeover
 
+    def _call_off_for_a_drain(self) -> None:
+        """A drain begins: a handover not yet committed is called off (a committed
+        one finishes: the new process serves already)."""
+        handing = self._handing
+        if handing is not None and not handing.committed and handing.scope is not None:
+            handing.scope.cancel()
+
     async def _give(self, handing: Handing, channel: Channel) -> None:
         """Run one handover over ``channel``; serve on if it fails, retire if not."""
         try:
-            given = await give(self, channel, ready_by=handing.ready_by)
+            with trio.CancelScope() as handing.scope:
+                given = await give(self, channel, handing)
+            if handing.scope.cancelled_caught:
+                raise HandoverError("a drain began")
         except HandoverError as exc:
-            log.error("upgrade (%s) called off: %s; serving on", handing.who, exc)
+            log.error(
+                "upgrade (%s) called off: %s; %s",
+                handing.who,
+                exc,
+                "draining" if self._draining else "serving on",
+            )
             self.end_handover(handing, str(exc))
             # Tell it, if it listens: a taker that serves already then stops.
             with trio.move_on_after(1), contextlib.suppress(HandoverError):
                 await channel.send({"type": "error", "error": str(exc)})
             return
         finally:
+            handing.scope = None
             await channel.aclose()
         handing.succeed(given)
         log.info(
@@ -589,12 +662,12 @@ class Giver:
         self._handed_over(given)
 
 
-async def give(daemon: Giver, channel: Channel, *, ready_by: float) -> Given:
+async def give(daemon: Giver, channel: Channel, handing: Handing) -> Given:
     """The giver's side, once the ``takeover`` request is answered.
 
-    Until the taker is ready (by ``ready_by``, trio's clock) nothing changes
-    here; then this daemon stops accepting and its socket files become the
-    taker's; then its connections move in batches. If the taker fails before
+    Until the taker is ready (by ``handing.ready_by``, trio's clock) nothing
+    changes here; then this daemon stops accepting and its socket files become
+    the taker's; then its connections move in batches. If the taker fails before
     it is ready, or while connections move, the daemon accepts again and
     serves whatever it still holds.
 
@@ -602,13 +675,19 @@ async def give(daemon: Giver, channel: Channel, *, ready_by: float) -> Given:
         HandoverError: why the handover was called off.
     """
     config = daemon.config
-    pid = 0
-    with trio.move_on_at(ready_by) as scope:
+    pid = handing.taker or _peer_pid(channel.sock)  # (not the taker's own word)
+    with trio.move_on_at(handing.ready_by) as scope:
         hello, _, stray = await channel.receive("hello")
         for sock in stray:
             sock.close()
-        pid = _pid(hello)
+        pid = pid or _pid(hello)
         channel.where = f"the new process (pid {pid})"
+        if hello.get("framing") != framing_record(config.framing):
+            raise HandoverError(
+                f"the new process (pid {pid}) frames differently from this daemon "
+                f"({config.framing.describe()}): the clients of these sockets would meet "
+                "another protocol; give it the same framing flags, or restart instead"
+            )
         listeners = daemon._handover_listeners()
         extras = daemon._handover_extras()
         await channel.send(
@@ -626,15 +705,9 @@ async def give(daemon: Giver, channel: Channel, *, ready_by: float) -> Given:
             f"the new process{f' (pid {pid})' if pid else ''} was not ready within "
             f"{config.upgrade_timeout:g}s"
         )
+    handing.committed = True
     daemon._stop_accepting(pid)
     migrate = config.migrate and hello.get("migrate") is True
-    if migrate and hello.get("framing") != framing_record(config.framing):
-        log.warning(
-            "the new process (pid %d) frames differently; connections finish here instead "
-            "of moving",
-            pid,
-        )
-        migrate = False
     if migrate and hello.get("handler", "echo") != daemon.handler_name:
         log.warning(
             "the new process (pid %d) runs another frame handler (%s, not %s); connections "
@@ -647,7 +720,7 @@ async def give(daemon: Giver, channel: Channel, *, ready_by: float) -> Given:
     handed, left = 0, daemon.connections
     if migrate:
         try:
-            handed, left = await daemon._migrate(channel)
+            handed, left = await daemon._migrate(channel, handing.kill)
         except BaseException:  # the taker failed (or we are cancelled): serve on
             daemon._accept_again()
             raise
@@ -658,7 +731,9 @@ async def give(daemon: Giver, channel: Channel, *, ready_by: float) -> Given:
 
 
 async def send_batch(
-    channel: Channel, batch: Sequence[tuple[ConnectionRecord, bytes, int]]
+    channel: Channel,
+    batch: Sequence[tuple[ConnectionRecord, bytes, int]],
+    timeout: float = ADOPT_TIMEOUT,
 ) -> None:
     """Hand one batch of connections over; return once the taker has adopted them.
 
@@ -670,13 +745,16 @@ async def send_batch(
         b"".join(pending for _, pending, _ in batch),
         [fd for _, _, fd in batch],
     )
-    answer, _, stray = await channel.receive("adopted")
-    for sock in stray:
-        sock.close()
-    if answer.get("count") != len(batch):
+    with trio.move_on_after(timeout):
+        answer, _, stray = await channel.receive("adopted")
+        for sock in stray:
+            sock.close()
+        if answer.get("count") == len(batch):
+            return
         raise HandoverError(
             f"{channel.where} adopted {answer.get('count')!r} of {len(batch)} connections"
         )
+    raise Stalled(f"{channel.where} did not adopt connections within {timeout:g}s")
 
 
 @attrs.frozen
@@ -795,6 +873,9 @@ def _own(taken: Taken) -> None:
 class Adopter(Protocol):
     """What takes connections over: a daemon (or a supervisor, which has none to take)."""
 
+    @property
+    def draining(self) -> bool: ...
+
     def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None: ...
 
 
@@ -802,36 +883,38 @@ async def take_connections(channel: Channel, daemon: Adopter, taken: Taken) -> i
     """The taker's second half, once it serves: say so, adopt every connection the
     giver sends, until it is done. Returns how many were adopted.
 
-    The socket files become ours once the giver has stopped accepting (its first
-    message after ``ready``), or if it is gone; not if it called the takeover off.
+    The socket files become ours once the handover is done, or if the giver is
+    gone; not if it called the takeover off (it serves on), nor while a batch
+    could still be refused. A taker that begins to stop (a drain) refuses the
+    next batch: those connections stay with the giver, which accepts again.
 
     Raises:
-        CalledOff: the giver called it off and serves on (this process should stop).
+        CalledOff: the giver called it off and serves on (this process should
+            stop), or this process is stopping and called it off itself.
         HandoverError: the giver left or broke the protocol (this process serves on).
     """
     await channel.send({"type": "ready"})
     adopted = 0
-    first = True
     while True:
         try:
             header, blob, socks = await channel.receive("connections", "done")
         except CalledOff:
-            for listener, _ in taken.owned:
-                listener.disown()  # the giver's again: it serves on
             raise
         except HandoverError:
-            if first:
-                _own(taken)
+            _own(taken)  # the giver is gone: nobody else will remove them
             raise
-        if first:
-            first = False
-            _own(taken)
         if header["type"] == "done":
             for sock in socks:
                 sock.close()
+            _own(taken)
             return adopted
         records = header.get("connections")
         try:
+            if daemon.draining:
+                why = "the new process is stopping"
+                with contextlib.suppress(HandoverError):
+                    await channel.send({"type": "error", "error": why})
+                raise CalledOff(f"{why} (a drain began): the rest stays with {channel.where}")
             if not isinstance(records, list) or len(records) != len(socks):
                 raise HandoverError(f"{channel.where} sent connections without their sockets")
             parsed = [ConnectionRecord.from_json(record) for record in records]

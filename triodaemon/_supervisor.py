@@ -33,7 +33,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,7 +54,15 @@ from ._control import (
 )
 from ._daemon import CONTROL_GRACE, DrainSummary
 from ._errors import ClientError, TriodaemonError
-from ._handover import Channel, ConnectionRecord, Given, Giver, Handing, without_options
+from ._handover import (
+    Channel,
+    ConnectionRecord,
+    Given,
+    Giver,
+    Handing,
+    python_program,
+    without_options,
+)
 from ._listeners import AcceptGate, Address, BoundListener
 from ._socketfile import UNIX_PATH_MAX
 from ._stats import Stats
@@ -213,6 +220,7 @@ class Supervisor(Giver):
         if self._draining:
             return
         self._draining = True
+        self._call_off_for_a_drain()
         self._drain_deadline = trio.current_time() + self.config.drain_timeout
         self._drain_started.set()
         self._all_ready.set()  # a drain (over the control socket) before every worker served
@@ -303,7 +311,9 @@ class Supervisor(Giver):
             ]
         }
 
-    async def _migrate(self, channel: Channel) -> tuple[int, int]:
+    async def _migrate(
+        self, channel: Channel, kill: Callable[[], Awaitable[bool]] | None
+    ) -> tuple[int, int]:
         # None here: the workers hand theirs over, each to its successor.
         return 0, 0
 
@@ -392,7 +402,7 @@ class Supervisor(Giver):
         fds = [listener.sock.fileno() for listener in self._listeners]
         # The level in force now (ctl log-level may have changed it), after argv's: the last wins.
         level = logging.getLevelName(log.getEffectiveLevel()).lower()
-        command = [sys.executable, "-m", "triodaemon", *self.argv, "--log-level", level]
+        command = [*python_program(), *self.argv, "--log-level", level]
         command += ["--worker", str(worker.number)]
         for fd in fds:
             command += ["--inherit", str(fd)]

@@ -106,35 +106,74 @@ class Upgrader:
         finally:
             theirs.close()
         log.info("upgrade (%s): pid %d started", handing.who, process.pid)
+
+        async def kill() -> bool:
+            """End the new process (stalled): whether it is gone."""
+            log.error("upgrade (%s): pid %d stalled; killing it", handing.who, process.pid)
+            process.kill()
+            with trio.move_on_after(_REAP_TIMEOUT):
+                await process.wait()
+            return process.returncode is not None
+
+        handing.kill = kill
+        handing.taker = process.pid
         commands = Commands()
         commands.add("takeover", daemon.takeover_command(handing), "takeover", "take over")
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
-        # The whole takeover (asking, readiness, the connections) is served here;
-        # it returns early only if the new process never asked for the sockets.
-        wait = max(0.0, handing.ready_by - trio.current_time())  # for the request to come
-        await serve_control_stream(stream, commands, idle_timeout=wait)
-        if not handing.finished.is_set():
-            with trio.move_on_after(0.5):  # it has closed its end: say how it ended
-                await process.wait()
-            if process.returncode is not None:
-                why = f"the new process (pid {process.pid}) {exit_reason(process.returncode)}"
-            else:
-                why = (
-                    f"the new process (pid {process.pid}) did not ask for the sockets within "
-                    f"{daemon.config.upgrade_timeout:g}s"
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def call_off_for_a_drain() -> None:
+                    await daemon.wait_draining()
+                    if not handing.committed:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(call_off_for_a_drain)
+                # The whole takeover (asking, readiness, the connections) is served
+                # here; it returns early only if the new process never asked.
+                wait = max(0.0, handing.ready_by - trio.current_time())
+                await serve_control_stream(stream, commands, idle_timeout=wait)
+                nursery.cancel_scope.cancel()
+            if not handing.finished.is_set():
+                why = await self._why_not(process, handing)
+                daemon.end_handover(handing, why)
+                log.error(
+                    "upgrade (%s) called off: %s; %s",
+                    handing.who,
+                    why,
+                    "draining" if daemon._draining else "serving on",
                 )
-            daemon.end_handover(handing, why)
-            log.error("upgrade (%s) called off: %s; serving on", handing.who, why)
-        if handing.given is None:
-            if process.returncode is None:
-                with trio.move_on_after(0.5):  # (a failure of its own: it is exiting)
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                with trio.move_on_after(_REAP_TIMEOUT):
-                    await process.wait()
-            elif handing.failure is not None and "exited" not in handing.failure:
-                handing.failure += f" (it {exit_reason(process.returncode)})"
+        finally:
+            if handing.given is None:
+                with trio.CancelScope(shield=True):
+                    await self._end(process, handing)
+
+    async def _why_not(self, process: trio.Process, handing: Handing) -> str:
+        """Why the new process never took over, when it did not even ask."""
+        if self.daemon._draining:
+            return "a drain began"
+        if trio.current_time() >= handing.ready_by:
+            return (
+                f"the new process (pid {process.pid}) did not ask for the sockets within "
+                f"{self.daemon.config.upgrade_timeout:g}s"
+            )
+        with trio.move_on_after(0.5):  # it has closed its end: say how it ended
+            await process.wait()
+        how = exit_reason(process.returncode) if process.returncode is not None else None
+        return f"the new process (pid {process.pid}) {how or 'closed its channel'}"
+
+    @staticmethod
+    async def _end(process: trio.Process, handing: Handing) -> None:
+        """The upgrade failed: the new process exits (it is told to, or killed)."""
+        if process.returncode is None:
+            with trio.move_on_after(0.5):  # (a failure of its own: it is exiting)
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            with trio.move_on_after(_REAP_TIMEOUT):
+                await process.wait()
+        elif handing.failure is not None and "exited" not in handing.failure:
+            handing.failure += f" (it {exit_reason(process.returncode)})"
 
     def _environment(self) -> dict[str, str]:
         """Ours, with what systemd gave us that we took out of it (the new process
