@@ -89,24 +89,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, *, above_zero: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds, 0 or more")
+    if not (value > 0 if above_zero else value >= 0) or value == float("inf"):
+        least = "above 0" if above_zero else "0 or more"
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds, {least}")
     return value
 
 
 def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds, above 0")
-    return value
+    return _seconds(text, above_zero=True)
 
 
 def _interval(text: str) -> float:

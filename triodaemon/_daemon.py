@@ -23,7 +23,6 @@ from typing import Any
 
 import attrs
 import trio
-import trio.lowlevel
 
 from ._budget import BufferBudget
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
@@ -367,6 +366,9 @@ class Daemon(Giver):
                     raise
                 migration.settle(batch, handed=True)
                 self._count_handed(handed, batch)
+        except BaseException:
+            self._drain_by = math.inf  # serving on: a later drain has its full time
+            raise
         finally:
             self._migration = None
             migration.withdraw()
@@ -709,9 +711,8 @@ class _Migration:
         if not self._ready:
             self._changed = trio.Event()
             await self._changed.wait()
-        await (
-            trio.lowlevel.checkpoint()
-        )  # one pass more: connections woken with these get ready too
+        # A pass more: connections woken with these (most often) get ready too.
+        await trio.lowlevel.checkpoint()
         batch: list[SocketConnection] = []
         size = 0
         for connection in self._ready:
