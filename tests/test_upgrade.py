@@ -173,6 +173,42 @@ class Connector:
                 self.failures.append(f"{address} connect {i}: {type(exc).__name__}: {exc}")
 
 
+async def start_load(
+    nursery: trio.Nursery, daemon: DaemonProcess, framing: Framing, count: int
+) -> tuple[list[Conversation], Connector, trio.Event]:
+    """``count`` conversations (over the daemon's addresses in turn) and a connector,
+    once every conversation is under way; and the event that stops them."""
+    addresses = daemon.addresses
+    conversations = [Conversation(addresses[i % 2], framing, seed=i) for i in range(count)]
+    connector = Connector(addresses, framing)
+    stop = trio.Event()
+    for conversation in conversations:
+        nursery.start_soon(conversation.run, stop)
+    nursery.start_soon(connector.run, stop)
+    for conversation in conversations:
+        await conversation.going.wait()
+    return conversations, connector, stop
+
+
+async def carry_on_then_stop(conversations: list[Conversation], stop: trio.Event) -> None:
+    """Once each conversation has 10 more echoes (the last process serves them all on),
+    stop the load."""
+    before = [c.echoed for c in conversations]
+    with trio.fail_after(20):
+        for conversation, echoed in zip(conversations, before, strict=True):
+            await conversation.wait_echoed(echoed + 10)
+    stop.set()
+
+
+def assert_no_problems(
+    daemon: DaemonProcess, conversations: list[Conversation], connector: Connector
+) -> None:
+    """No conversation nor new connection saw anything go wrong (the log if one did)."""
+    problems = [c.failure for c in conversations if c.failure] + connector.failures
+    assert not problems, "\n".join([*problems, daemon.stderr])
+    assert connector.done > 0
+
+
 async def ask(control: Path, command: str, **args: Any) -> Any:
     client = await open_control(str(control))
     async with client.stream:
@@ -264,16 +300,8 @@ async def test_sighup_under_load_is_invisible_to_clients(
         control = sock_dir / "control.sock"
         async with (await open_control(str(control))).stream as first:
             baseline = await open_fds(ControlClient(first, "first"))
-        addresses = daemon.addresses
-        conversations = [Conversation(addresses[i % 2], framing, seed=i) for i in range(12)]
-        connector = Connector(addresses, framing)
-        stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            for conversation in conversations:
-                nursery.start_soon(conversation.run, stop)
-            nursery.start_soon(connector.run, stop)
-            for conversation in conversations:
-                await conversation.going.wait()
+            conversations, connector, stop = await start_load(nursery, daemon, framing, 12)
             taken = 0
             last: ControlClient | None = None
             for nth in range(1, 4):
@@ -285,15 +313,8 @@ async def test_sighup_under_load_is_invisible_to_clients(
                 stats = await last.request("stats")
                 assert stats["pid"] == new
                 taken += stats["connections"]["taken_over"]
-            before = [c.echoed for c in conversations]
-            # The last process serves them all on: each makes progress there too.
-            with trio.fail_after(20):
-                for conversation, echoed in zip(conversations, before, strict=True):
-                    await conversation.wait_echoed(echoed + 10)
-            stop.set()
-        problems = [c.failure for c in conversations if c.failure] + connector.failures
-        assert not problems, "\n".join([*problems, daemon.stderr])
-        assert connector.done > 0
+            await carry_on_then_stop(conversations, stop)
+        assert_no_problems(daemon, conversations, connector)
         assert taken > 0  # connections moved (not just drained in the old processes)
         assert sum(c.echoed for c in conversations) > 12 * 20
         # Every upgrade moved the connections open at that moment.
@@ -329,16 +350,9 @@ async def test_a_supervisor_and_its_workers_upgrade_under_load(
     async with generations(spawn, sock_dir, "--workers", "2") as (daemon, pids):
         control = sock_dir / "control.sock"
         first_workers = await worker_pids(control)
-        conversations = [Conversation(daemon.addresses[i % 2], framing, seed=i) for i in range(8)]
-        connector = Connector(daemon.addresses, framing)
-        stop = trio.Event()
         old_workers: list[int] = []
         async with trio.open_nursery() as nursery:
-            for conversation in conversations:
-                nursery.start_soon(conversation.run, stop)
-            nursery.start_soon(connector.run, stop)
-            for conversation in conversations:
-                await conversation.going.wait()
+            conversations, connector, stop = await start_load(nursery, daemon, framing, 8)
             for nth in range(1, 3):
                 old_workers += await worker_pids(control)
                 new = await upgrade_by_sighup(daemon, pids, nth)
@@ -347,14 +361,8 @@ async def test_a_supervisor_and_its_workers_upgrade_under_load(
                 stats = await ask(control, "stats")
                 assert stats["pid"] == new
                 assert [w["state"] for w in stats["workers"]] == ["serving", "serving"]
-            before = [c.echoed for c in conversations]
-            with trio.fail_after(20):
-                for conversation, echoed in zip(conversations, before, strict=True):
-                    await conversation.wait_echoed(echoed + 10)
-            stop.set()
-        problems = [c.failure for c in conversations if c.failure] + connector.failures
-        assert not problems, "\n".join([*problems, daemon.stderr])
-        assert connector.done > 0
+            await carry_on_then_stop(conversations, stop)
+        assert_no_problems(daemon, conversations, connector)
         # Each old worker handed its open connections to its successor: none finished
         # in an old process (each would say "N connections finish here").
         workers_handed = [line for line in daemon.lines if "): handed over to pid" in line]

@@ -503,25 +503,7 @@ class Daemon(Giver):
             "log-level LEVEL",
             f"log detail: {', '.join(LOG_LEVELS)}",
         )
-        commands.add(
-            "takeover",
-            self.takeover_command(),
-            "takeover versions=[1]",
-            "a new process takes the sockets over (triodaemon --takeover)",
-        )
-        upgrade = self.upgrade
-        if upgrade is not None:
-
-            async def run_upgrade(args: dict[str, Any]) -> dict[str, Any]:
-                no_arguments(args)
-                return await upgrade(f"ctl upgrade {source}")
-
-            commands.add(
-                "upgrade",
-                run_upgrade,
-                "upgrade",
-                "start a new copy that takes over every socket and connection (as SIGHUP does)",
-            )
+        self._add_handover_commands(commands, source)
         return commands
 
     @staticmethod

@@ -57,7 +57,7 @@ import attrs
 import trio
 
 from ._config import DaemonConfig
-from ._control import Command, ControlClient, ControlError, Session, no_arguments
+from ._control import Command, Commands, ControlClient, ControlError, Session, no_arguments
 from ._errors import ClientError, TriodaemonError
 from ._framing import Framing
 from ._listeners import AcceptGate, BoundListener, UnixAddress
@@ -476,6 +476,7 @@ class Giver:
 
     config: DaemonConfig
     notify: Callable[..., None]
+    upgrade: Callable[[str], Awaitable[dict[str, Any]]] | None
     listener_labels: list[str]
     handler_name: str
     """Who answers frames here (:func:`handler_name`): connections move only to a
@@ -615,6 +616,28 @@ class Giver:
             )
 
         return takeover
+
+    def _add_handover_commands(self, commands: Commands, source: str) -> None:
+        """``takeover`` (for a new process), and ``upgrade`` if :attr:`upgrade` is set."""
+        commands.add(
+            "takeover",
+            self.takeover_command(),
+            "takeover versions=[1]",
+            "a new process takes the sockets over (triodaemon --takeover)",
+        )
+        upgrade = self.upgrade
+        if upgrade is not None:
+
+            async def run_upgrade(args: dict[str, Any]) -> dict[str, Any]:
+                no_arguments(args)
+                return await upgrade(f"ctl upgrade {source}")
+
+            commands.add(
+                "upgrade",
+                run_upgrade,
+                "upgrade",
+                "start a new copy that takes over every socket and connection (as SIGHUP does)",
+            )
 
     def _call_off_for_a_drain(self) -> None:
         """A drain begins: a handover not yet committed is called off (a committed

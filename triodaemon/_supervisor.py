@@ -704,25 +704,7 @@ class Supervisor(Giver):
             "log-level LEVEL",
             f"log detail: {', '.join(LOG_LEVELS)}",
         )
-        commands.add(
-            "takeover",
-            self.takeover_command(),
-            "takeover versions=[1]",
-            "a new process takes the sockets over (triodaemon --takeover)",
-        )
-        upgrade = self.upgrade
-        if upgrade is not None:
-
-            async def run_upgrade(args: dict[str, Any]) -> dict[str, Any]:
-                no_arguments(args)
-                return await upgrade("ctl upgrade on the control socket")
-
-            commands.add(
-                "upgrade",
-                run_upgrade,
-                "upgrade",
-                "a new supervisor and new workers take over every socket and connection",
-            )
+        self._add_handover_commands(commands, "on the control socket")
         return commands
 
     @staticmethod
