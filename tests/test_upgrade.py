@@ -378,6 +378,88 @@ async def test_a_supervisor_and_its_workers_upgrade_under_load(
     assert await daemon.wait() == 0
 
 
+async def test_a_new_worker_killed_during_the_upgrade_is_started_again_and_takes_over(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """Its old worker keeps its connections meanwhile; the new one started in its
+    place takes them over, as the first would have: the client notices nothing."""
+    args = ("--workers", "2", "--drain-timeout", "30", "--log-level", "debug")
+    async with generations(spawn, sock_dir, *args) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        old_workers = await worker_pids(control)
+        # A connection that cannot move before its client reads: the upgrade waits on it.
+        stream, owed = await owing(daemon, daemon.addresses[1])
+        async with stream:
+            [held] = await ask(control, "connections")
+            daemon.signal(signal.SIGHUP)
+            line = await daemon.wait_for_line("upgrade (SIGHUP): pid ")
+            pids.append(int(line.split(": pid ")[1].split()[0]))
+            await daemon.wait_for_line(" INFO handed over to pid")  # the control socket too
+            successor = (await worker_pids(control))[held["worker"] - 1]
+            assert successor not in old_workers
+            os.kill(successor, signal.SIGKILL)
+            await daemon.wait_for_line(f"worker {held['worker']} (pid {successor}) killed")
+            assert await read_exactly(stream, len(owed)) == owed  # now it can move
+            for pid in old_workers:
+                await wait_exited(pid)  # each handed its connections over in the end
+            await stream.send_all(b"ping\n")
+            assert await stream.receive_some() == b"ping\n"
+        stats = await ask(control, "stats")
+        assert stats["pid"] == pids[-1]
+        assert stats["connections"]["taken_over"] == 1
+        assert "workers still serving after the upgrade" not in daemon.stderr
+
+
+async def test_a_new_supervisor_that_dies_during_the_upgrade_leaves_the_old_serving(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    async with generations(spawn, sock_dir, "--workers", "2") as (daemon, pids):
+        control = sock_dir / "control.sock"
+        daemon.signal(signal.SIGHUP)
+        line = await daemon.wait_for_line("upgrade (SIGHUP): pid ")
+        new = int(line.split(": pid ")[1].split()[0])
+        await daemon.wait_for_line("(taken over from pid")  # the new supervisor serves
+        os.kill(new, signal.SIGKILL)
+        await wait_exited(new)
+        await daemon.wait_for_line("serving on")  # called off, or taken back
+        for address in daemon.addresses:
+            assert await echo_frames(address, [b"still"]) == [b"still"]
+        stats = await ask(control, "stats")
+        assert (stats["pid"], stats["upgrade"]) == (pids[0], None)
+        assert [w["state"] for w in stats["workers"]] == ["serving", "serving"]
+        assert (sock_dir / "echo.sock").exists()
+
+
+async def test_ctl_gives_up_on_a_daemon_that_does_not_answer(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    async with generations(spawn, sock_dir) as (daemon, _):
+        control = sock_dir / "control.sock"
+        daemon.signal(signal.SIGSTOP)
+        try:
+            result = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "triodaemon",
+                    "ctl",
+                    "--control",
+                    str(control),
+                    "stats",
+                    "--timeout",
+                    "0.5",
+                ],
+                capture_stderr=True,
+                check=False,
+            )
+        finally:
+            daemon.signal(signal.SIGCONT)
+        assert result.returncode == 1
+        assert result.stderr.decode() == (
+            f"triodaemon: error: the daemon at {control} did not answer within 0.5s (--timeout)\n"
+        )
+
+
 async def test_ctl_upgrade_then_a_takeover_by_hand(spawn: SpawnFn, sock_dir: Path) -> None:
     async with generations(spawn, sock_dir) as (daemon, pids):
         control = sock_dir / "control.sock"

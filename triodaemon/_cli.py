@@ -33,7 +33,7 @@ import trio
 from . import __version__, _signals
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
 from ._config import DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_BUFFERED, DaemonConfig
-from ._control import ControlError
+from ._control import ControlClient, ControlError
 from ._daemon import Daemon
 from ._errors import AddressError, ClientError, TriodaemonError
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
@@ -1205,6 +1205,10 @@ def check_main(argv: Sequence[str]) -> int:
     return trio.run(_interruptible, _check, _one_target(parser, args), framing, args)
 
 
+#: How long ``ctl`` waits for an answer, by default (an upgrade's takes longer).
+CTL_TIMEOUT = 10.0
+CTL_UPGRADE_TIMEOUT = 300.0
+
 _CTL_COMMANDS = ("stats", "connections", "drain", "log-level", "upgrade", "help")
 
 
@@ -1224,12 +1228,34 @@ def _ctl_parser() -> argparse.ArgumentParser:
     parser.add_argument("level", nargs="?", help="for log-level: debug, info, warning, error")
     parser.add_argument("--json", action="store_true", help="print the raw reply as JSON")
     parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help=(
+            f"give up when the daemon has not answered within this (default "
+            f"{CTL_TIMEOUT:g}; {CTL_UPGRADE_TIMEOUT:g} for upgrade, which waits for the new process)"
+        ),
+    )
+    parser.add_argument(
         "--watch",
         type=_interval,
         metavar="S",
         help="stats or connections: ask again every S seconds (0.1 or more), until Ctrl-C",
     )
     return parser
+
+
+async def _ask_in_time(
+    control: ControlClient, args: argparse.Namespace, arguments: dict[str, Any], timeout: float
+) -> Any:
+    """The reply's result; ``ClientError`` if none comes within ``timeout``."""
+    try:
+        with trio.fail_after(timeout):
+            return await control.request(args.command, **arguments)
+    except trio.TooSlowError:
+        raise ClientError(
+            f"the daemon at {args.control} did not answer within {timeout:g}s (--timeout)"
+        ) from None
 
 
 async def _ctl(args: argparse.Namespace) -> int:
@@ -1239,6 +1265,7 @@ async def _ctl(args: argparse.Namespace) -> int:
     from ._ctl import rates, render_reply, render_stats
 
     arguments = {"level": args.level} if args.command == "log-level" else {}
+    timeout = args.timeout or (CTL_UPGRADE_TIMEOUT if args.command == "upgrade" else CTL_TIMEOUT)
     live = args.watch is not None and sys.stdout.isatty()
     previous: Any = None
     try:
@@ -1246,7 +1273,7 @@ async def _ctl(args: argparse.Namespace) -> int:
         async with control.stream:
             while True:
                 try:
-                    result = await control.request(args.command, **arguments)
+                    result = await _ask_in_time(control, args, arguments, timeout)
                 except ClientError:
                     if previous is not None and previous.get("state") == "draining":
                         # It drained and exited: the end of what was being watched.

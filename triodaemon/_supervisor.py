@@ -136,6 +136,7 @@ class _Worker:
     level: int = logging.WARNING  # of its last log line: the level of the lines after it
     stats: dict[str, Any] | None = None  # the last stats it reported
     handover_path: str | None = None  # where its successor asks it for its connections
+    predecessor: str | None = None  # the old worker's handover socket, while it serves
 
     @property
     def pid(self) -> int | None:
@@ -200,6 +201,8 @@ class Supervisor(Giver):
         self._retiring = False  # handed over: the workers hand theirs over, then exit
         self._handover_dir: str | None = None  # the workers' handover sockets
         self._takeovers: list[_Worker] = []  # taking over from predecessors, not yet told to
+        self._released = False  # our own takeover is done: workers take connections at once
+        self._keepers: trio.Nursery | None = None
 
     # -- the Daemon-like interface ------------------------------------------------
 
@@ -221,8 +224,16 @@ class Supervisor(Giver):
             return
         self._draining = True
         self._call_off_for_a_drain()
-        self._drain_deadline = trio.current_time() + self.config.drain_timeout
         self._drain_started.set()
+        if self._retiring:
+            # Handed over: the new supervisor serves; our workers finish handing
+            # their connections to its workers (or are drained after a while).
+            log.info("draining: the workers finish handing their connections over first")
+            return
+        self._drain_workers()
+
+    def _drain_workers(self) -> None:
+        self._drain_deadline = trio.current_time() + self.config.drain_timeout
         self._all_ready.set()  # a drain (over the control socket) before every worker served
         log.info(
             "draining %d workers (deadline %gs)", len(self._workers), self.config.drain_timeout
@@ -269,6 +280,7 @@ class Supervisor(Giver):
                 if control is not None:
                     await nursery.start(serve_control, control, commands, self._gate)
                 async with trio.open_nursery() as keepers:
+                    self._keepers = keepers
                     for worker in self._workers:
                         keepers.start_soon(self._keep, worker)
                     await self._all_ready.wait()
@@ -324,13 +336,42 @@ class Supervisor(Giver):
         log.info("every worker hands its connections over to its successor, then exits")
         assert self._nursery is not None
         self._nursery.start_soon(self._retire_stragglers)
+        self._nursery.start_soon(self._watch_successor, given.pid)
+
+    async def _watch_successor(self, pid: int) -> None:
+        """If the new supervisor exits while our workers are still handing over, the
+        upgrade has failed after all: take the sockets back and serve on."""
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # gone already, or no pidfds (not Linux)
+            return
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+        alive = any(w.process is not None and w.process.returncode is None for w in self._workers)
+        if not self._retiring or self._keepers is None or not alive:
+            return  # (nothing of ours serves any more: we are exiting)
+        log.error(
+            "the new supervisor (pid %d) exited while the workers were handing over; "
+            "taking the sockets back and serving on",
+            pid,
+        )
+        self._retiring = False
+        self._handing = None
+        self._accept_again()
+        for worker in self._workers:
+            if worker.process is None or worker.process.returncode is not None:
+                self._keepers.start_soon(self._keep, worker)
 
     async def _retire_stragglers(self) -> None:
         config = self.config
         await trio.sleep(config.upgrade_timeout + config.drain_timeout)
         if any(w.process is not None and w.process.returncode is None for w in self._workers):
             log.warning("workers still serving after the upgrade: draining them")
-            self.drain()
+            self._draining = True
+            self._drain_started.set()
+            self._drain_workers()
 
     def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None:
         """A supervisor serves no connection itself: one handed to it is closed."""
@@ -340,6 +381,7 @@ class Supervisor(Giver):
     async def release_takeovers(self) -> None:
         """Our takeover from the old supervisor is done: tell each worker taking over
         from an old one to go ahead (the old one then hands its connections over)."""
+        self._released = True
         workers, self._takeovers = self._takeovers, []
         for worker in workers:
             with contextlib.suppress(ClientError, ControlError):
@@ -406,7 +448,11 @@ class Supervisor(Giver):
         command += ["--worker", str(worker.number)]
         for fd in fds:
             command += ["--inherit", str(fd)]
-        predecessor = self.predecessors.pop(worker.number, None)
+        if worker.number in self.predecessors:
+            worker.predecessor = self.predecessors.pop(worker.number)
+        predecessor = worker.predecessor
+        if predecessor is not None and not await trio.Path(predecessor).exists():
+            predecessor = worker.predecessor = None  # it has handed over (or is gone)
         if predecessor is not None:
             command += ["--takeover", predecessor]  # its connections, once we say so
         try:
@@ -435,7 +481,7 @@ class Supervisor(Giver):
             theirs.close()
             if handover is not None:
                 handover.close()  # the worker's now
-        if predecessor is not None:
+        if predecessor is not None and not self._released:
             self._takeovers.append(worker)
         worker.process = process
         worker.ready = False
@@ -509,6 +555,11 @@ class Supervisor(Giver):
                 self._all_ready.set()
             if self._draining:  # a drain that came while it was starting
                 await self._tell_to_drain(worker)
+            elif self._released and worker.predecessor is not None:
+                # Started again while its predecessor still serves (the last try
+                # failed): it takes the old worker's connections at once.
+                with contextlib.suppress(ClientError, ControlError):
+                    await worker.ask("take-connections")
             return
         log.error("worker %d did not start within %gs; killing it", worker.number, START_TIMEOUT)
         worker.last_words.append(f"not ready within {START_TIMEOUT:g}s")

@@ -34,7 +34,8 @@ from ._systemd import Notifier
 
 log = logging.getLogger("triodaemon")
 
-#: After a failed upgrade, how long the new process may take to exit once killed.
+#: After a failed upgrade, how long the new process may take to exit once told to
+#: (SIGTERM), and then once killed.
 _REAP_TIMEOUT = 5.0
 
 
@@ -168,12 +169,19 @@ class Upgrader:
         if process.returncode is None:
             with trio.move_on_after(0.5):  # (a failure of its own: it is exiting)
                 await process.wait()
+        if process.returncode is not None:
+            if handing.failure is not None and "exited" not in handing.failure:
+                handing.failure += f" (it {exit_reason(process.returncode)})"
+            return
+        # Asked first: a new supervisor stops its workers as it exits (a kill would
+        # leave them behind); killed if it does not.
+        process.terminate()
+        with trio.move_on_after(_REAP_TIMEOUT):
+            await process.wait()
         if process.returncode is None:
             process.kill()
             with trio.move_on_after(_REAP_TIMEOUT):
                 await process.wait()
-        elif handing.failure is not None and "exited" not in handing.failure:
-            handing.failure += f" (it {exit_reason(process.returncode)})"
 
     def _environment(self) -> dict[str, str]:
         """Ours, with what systemd gave us that we took out of it (the new process
