@@ -9,9 +9,11 @@ import functools
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -250,7 +252,7 @@ async def generations(
     spawn: SpawnFn, sock_dir: Path, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[DaemonProcess, list[int]]]:
     """A daemon on TCP and Unix with a control socket; ``pids`` gathers every process
-    that takes over (the test appends them); whichever still runs at the end is killed.
+    that takes over (the test appends them); whichever still runs at the end is stopped.
     The whole test has ``TEST_TIMEOUT``."""
     with trio.fail_after(TEST_TIMEOUT):
         async with _generations(spawn, sock_dir, *args, env=env) as found:
@@ -276,9 +278,28 @@ async def _generations(
     try:
         yield daemon, pids
     finally:
-        for pid in pids[1:]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        with trio.CancelScope(shield=True):
+            for pid in pids if daemon.process.returncode is None else pids[1:]:
+                await stop(pid)
+
+
+async def stop(pid: int) -> None:
+    """SIGTERM (a supervisor then stops its workers, and removes its files); SIGKILL
+    if it is still there after a while."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+        with trio.move_on_after(15):
+            await trio.lowlevel.wait_readable(fd)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
 
 
 async def upgrade_by_sighup(daemon: DaemonProcess, pids: list[int], nth: int) -> int:
@@ -413,6 +434,7 @@ async def test_a_new_worker_killed_during_the_upgrade_is_started_again_and_takes
 async def test_a_new_supervisor_that_dies_during_the_upgrade_leaves_the_old_serving(
     spawn: SpawnFn, sock_dir: Path
 ) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("triodaemon-*"))
     async with generations(spawn, sock_dir, "--workers", "2") as (daemon, pids):
         control = sock_dir / "control.sock"
         daemon.signal(signal.SIGHUP)
@@ -428,6 +450,9 @@ async def test_a_new_supervisor_that_dies_during_the_upgrade_leaves_the_old_serv
         assert (stats["pid"], stats["upgrade"]) == (pids[0], None)
         assert [w["state"] for w in stats["workers"]] == ["serving", "serving"]
         assert (sock_dir / "echo.sock").exists()
+    # The killed supervisor could not remove its workers' handover directory.
+    for left in set(Path(tempfile.gettempdir()).glob("triodaemon-*")) - before:
+        shutil.rmtree(left, ignore_errors=True)
 
 
 async def test_ctl_gives_up_on_a_daemon_that_does_not_answer(
