@@ -358,6 +358,20 @@ async def test_sighup_under_load_is_invisible_to_clients(
     assert await daemon.wait() == 0
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` now."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 async def worker_pids(control: Path) -> list[int]:
     return [worker["pid"] for worker in (await ask(control, "stats"))["workers"]]
 
@@ -441,14 +455,17 @@ async def test_a_new_supervisor_that_dies_during_the_upgrade_leaves_the_old_serv
         line = await daemon.wait_for_line("upgrade (SIGHUP): pid ")
         new = int(line.split(": pid ")[1].split()[0])
         await daemon.wait_for_line("(taken over from pid")  # the new supervisor serves
+        its_workers = children(new)
         os.kill(new, signal.SIGKILL)
         await wait_exited(new)
         await daemon.wait_for_line("serving on")  # called off, or taken back
+        for pid in its_workers:  # they drain (accepting nothing more) and exit
+            await wait_exited(pid)
         for address in daemon.addresses:
             assert await echo_frames(address, [b"still"]) == [b"still"]
         stats = await ask(control, "stats")
         assert (stats["pid"], stats["upgrade"]) == (pids[0], None)
-        assert [w["state"] for w in stats["workers"]] == ["serving", "serving"]
+        assert len(stats["workers"]) == 2  # (one may be starting again: it had handed over)
         assert (sock_dir / "echo.sock").exists()
     # The killed supervisor could not remove its workers' handover directory.
     for left in set(Path(tempfile.gettempdir()).glob("triodaemon-*")) - before:
@@ -630,7 +647,8 @@ async def test_a_new_process_that_stalls_with_connections_in_hand_is_killed(
 ) -> None:
     """A new process wedged after it said ready (SIGSTOP here) holds nothing up for
     long: the old one kills it (its own child), keeps the batch, and accepts again."""
-    args = ("--drain-timeout", "30", "--log-level", "debug", "--upgrade-timeout", "1")
+    # (Time enough to be ready even on a busy machine; then a stall is 3 s.)
+    args = ("--drain-timeout", "30", "--log-level", "debug", "--upgrade-timeout", "3")
     async with generations(spawn, sock_dir, *args) as (daemon, pids):
         control = sock_dir / "control.sock"
         stream, owed = await owing(daemon, daemon.addresses[1])
@@ -648,11 +666,11 @@ async def test_a_new_process_that_stalls_with_connections_in_hand_is_killed(
                     "upgrade (ctl upgrade on the control socket): pid "
                 )
                 new = int(line.split(": pid ")[1].split()[0])
-                await daemon.wait_for_line("(taken over from pid")
+                await daemon.wait_for_line(f"pid {new} serves; this process accepts no more")
                 os.kill(new, signal.SIGSTOP)
                 # Now the connection can move; its batch meets a process that cannot answer.
                 assert await read_exactly(stream, len(owed)) == owed
-            assert "did not adopt connections within 1s" in replies[0]
+            assert "did not adopt connections within 3s" in replies[0]
             await daemon.wait_for_line(f"pid {new} stalled; killing it")
             await wait_exited(new)
             await stream.send_all(b"still the old one\n")

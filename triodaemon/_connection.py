@@ -335,10 +335,8 @@ class _Conversation:
     async def _serve(self) -> _Close:
         decoder = self.decoder
         while True:
-            if self._handover is not None and decoder.error is None:
-                hook, self._handover = self._handover, None
-                if await hook(self):
-                    return _Close.HANDED
+            if self._handover is not None and decoder.error is None and await self._offer():
+                return _Close.HANDED
             if self._drained():
                 log.debug("%s: drained", self.info)
                 return _Close.GRACEFUL
@@ -445,6 +443,14 @@ class _Conversation:
         self._frame_deadline += now - started  # our wait is not the peer's delay
         self._deadline = min(now + self.idle_timeout, self._frame_deadline)
         return _Stop.WOKEN
+
+    async def _offer(self) -> bool:
+        """Offer this connection to the handover that asked for it: whether it went.
+        (A method of its own: the loop's frame, part of every idle connection's
+        memory, keeps no local for it.)"""
+        hook, self._handover = self._handover, None
+        assert hook is not None
+        return await hook(self)
 
     def _handing_over(self) -> bool:
         return self._handover is not None

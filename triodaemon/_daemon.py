@@ -403,13 +403,12 @@ class Daemon(Giver):
             self._limiter.acquire_nowait()
         except trio.WouldBlock:
             limiter = None
+        connection = self._connection_for(sock, info)
+        connection.resume(pending, record.idle_left, record.frame_left)
+        self.stats.connections_taken += 1
+        log.debug("%s: taken over, %d bytes of a frame held", info, len(pending))
         self._handlers.start_soon(
-            self._run_connection,
-            sock,
-            info,
-            limiter,
-            (pending, record),
-            name="triodaemon.connection",
+            self._run_connection, connection, limiter, name="triodaemon.connection"
         )
 
     # -- what a control socket (or an embedding program) can ask ------------------
@@ -573,9 +572,12 @@ class Daemon(Giver):
                 failing = False
             self._next_id += 1
             info = ConnectionInfo.for_socket(self._next_id, listener_name, sock, peer)
+            connection = self._connection_for(sock, info)
+            self.stats.connections_accepted += 1
+            log.debug("%s: accepted", info)
             # A constant name: trio would otherwise build one string per task.
             handlers.start_soon(
-                self._run_connection, sock, info, limiter, name="triodaemon.connection"
+                self._run_connection, connection, limiter, name="triodaemon.connection"
             )
 
     def _listener_broken(self, listener: BoundListener, exc: Exception) -> None:
@@ -592,15 +594,9 @@ class Daemon(Giver):
         if not left:
             self.drain()
 
-    async def _run_connection(
-        self,
-        sock: socket.socket,
-        info: ConnectionInfo,
-        limiter: trio.Semaphore | None,
-        resumed: tuple[bytes, ConnectionRecord] | None = None,
-    ) -> None:
+    def _connection_for(self, sock: socket.socket, info: ConnectionInfo) -> SocketConnection:
         config = self.config
-        connection = SocketConnection(
+        return SocketConnection(
             sock,
             info,
             config.framing,
@@ -613,14 +609,12 @@ class Daemon(Giver):
             stats=self.stats,
             budget=self._budget,
         )
-        if resumed is not None:
-            pending, record = resumed
-            connection.resume(pending, record.idle_left, record.frame_left)
-            self.stats.connections_taken += 1
-            log.debug("%s: taken over, %d bytes of a frame held", info, len(pending))
-        else:
-            self.stats.connections_accepted += 1
-            log.debug("%s: accepted", info)
+
+    async def _run_connection(
+        self, connection: SocketConnection, limiter: trio.Semaphore | None
+    ) -> None:
+        # (Made by the caller: this coroutine's frame is part of every idle
+        # connection's memory, so it keeps no more than it needs.)
         self._connections.add(connection)
         self.stats.connections_active += 1
         if self._draining:
@@ -633,8 +627,8 @@ class Daemon(Giver):
         except Exception as exc:
             failed = True
             self.stats.handler_errors += 1
-            log.error("%s: frame handler failed: %s: %s", info, type(exc).__name__, exc)
-            log.debug("%s: handler traceback", info, exc_info=True)
+            log.error("%s: frame handler failed: %s: %s", connection.info, type(exc).__name__, exc)
+            log.debug("%s: handler traceback", connection.info, exc_info=True)
         finally:
             self._connections.discard(connection)
             self.stats.connections_active -= 1

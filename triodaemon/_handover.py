@@ -730,6 +730,11 @@ async def give(daemon: Giver, channel: Channel, handing: Handing) -> Given:
         )
     handing.committed = True
     daemon._stop_accepting(pid)
+    log.info(
+        "upgrade (%s): pid %d serves; this process accepts no more and hands over what it has",
+        handing.who,
+        pid,
+    )
     migrate = config.migrate and hello.get("migrate") is True
     if migrate and hello.get("handler", "echo") != daemon.handler_name:
         log.warning(
