@@ -4,10 +4,11 @@ Strategy: the supervisor is what the command line serves when ``--workers N``
 is above 1, with the interface of a :class:`~triodaemon.Daemon` (``serve``,
 ``drain``, ``abort``, ``stats``), so signals, systemd and the control socket
 treat both alike. It binds the listeners and starts each worker as a new
-program, ``python -m triodaemon`` with the same arguments and three hidden
-ones: its number, the listening sockets' descriptors (inherited, shared: the
-kernel's one accept queue per socket feeds every worker), and one end of a
-socketpair. Over that socketpair the supervisor speaks the control protocol
+program (this interpreter, triodaemon's entry point) with the same arguments
+and hidden ones: its number, the listening sockets' descriptors (inherited,
+shared: the kernel's one accept queue per socket feeds every worker), one end
+of a socketpair, and a listening socket of its own in a private directory,
+where its successor asks for its connections at an upgrade (see _handover). Over that socketpair the supervisor speaks the control protocol
 (:mod:`._control`) as a client: the worker answers once it serves (that is its
 readiness), reports ``stats`` and ``connections`` (which the supervisor's own
 control socket aggregates), and drains when told. A worker whose socketpair

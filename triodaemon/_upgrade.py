@@ -1,9 +1,9 @@
 """Upgrades: the daemon starts a new copy of itself, which takes everything over.
 
 Strategy: on SIGHUP or ``ctl upgrade`` the running daemon makes a socketpair
-and starts ``python -m triodaemon`` with its own arguments (the program on disk
-may be newer) and a hidden ``--handover-fd``: the new process's end of the
-pair. Over it the new process asks for the sockets as ``--takeover`` would
+and starts triodaemon's installed entry point with this interpreter, its own
+arguments (the program on disk may be newer) and a hidden ``--handover-fd``:
+the new process's end of the pair. Over it the new process asks for the sockets as ``--takeover`` would
 over the control socket, and :mod:`._handover` does the rest. The new process
 inherits stdout and stderr (its log lines go where ours went) and, under
 systemd, the notify socket and watchdog, which it uses once it is the
@@ -11,8 +11,9 @@ service's main process (we tell systemd so: see ``Daemon.notify``).
 
 Failure is safe. Until the new process is ready nothing here changes; if it
 exits, is not ready within ``upgrade_timeout``, or breaks the protocol, it is
-killed (it is ours), the reason is logged and returned (the control reply
-says it), and the daemon serves on as if nothing happened.
+told to stop and then killed (it is ours), the reason is logged and returned
+(the control reply says it), and the daemon serves on as if nothing happened.
+A drain that begins before the new process is ready calls the upgrade off.
 """
 
 from __future__ import annotations
