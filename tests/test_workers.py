@@ -7,15 +7,15 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from triodaemon import ClientError, connect, echo_frames
+from triodaemon import ClientError, TcpAddress, UnixAddress, connect, echo_frames
 from triodaemon._control import open_control
 from triodaemon._supervisor import FIRST_BACKOFF
 
@@ -47,6 +47,39 @@ async def ask(sock_dir: Path, command: str, **args: Any) -> Any:
 async def worker_pids(sock_dir: Path) -> dict[int, int]:
     stats = await ask(sock_dir, "stats")
     return {worker["worker"]: worker["pid"] for worker in stats["workers"]}
+
+
+@asynccontextmanager
+async def on_each_worker(
+    address: TcpAddress | UnixAddress, pids: dict[int, int], per_worker: int
+) -> AsyncIterator[list[trio.SocketStream]]:
+    """Open ``per_worker`` answered connections on each worker, in worker order.
+
+    Which worker accepts from the shared socket is the kernel's choice (docs/cli.md,
+    worker processes), so one run may give every connection to one worker. Here all
+    workers but one are stopped while that one's connections are made and answered:
+    only it can accept them. The connections are closed on the way out.
+    """
+    streams: list[trio.SocketStream] = []
+    try:
+        for worker, pid in sorted(pids.items()):
+            others = [other for other in pids.values() if other != pid]
+            for other in others:
+                os.kill(other, signal.SIGSTOP)
+            try:
+                for n in range(per_worker):
+                    stream = await connect(address)
+                    streams.append(stream)
+                    hello = b"hello %d.%d\n" % (worker, n)
+                    await stream.send_all(hello)
+                    assert await stream.receive_some() == hello
+            finally:
+                for other in others:
+                    os.kill(other, signal.SIGCONT)
+        yield streams
+    finally:
+        for stream in streams:
+            await stream.aclose()
 
 
 @contextmanager
@@ -82,27 +115,14 @@ async def test_every_worker_serves_and_the_supervisor_reports_them(
         pids = await worker_pids(sock_dir)
         assert sorted(pids) == [1, 2]
         assert len({*pids.values(), daemon.process.pid}) == 3
-        streams: list[trio.SocketStream] = []
-        try:
-            # The kernel hands each connection to one worker or the other: keep
-            # connections open until both have some (it takes a few).
-            for i in range(200):
-                stream = await connect(address)
-                streams.append(stream)
-                await stream.send_all(b"hello %d\n" % i)
-                assert await stream.receive_some() == b"hello %d\n" % i
-                rows = await ask(sock_dir, "connections")
-                if {row["pid"] for row in rows} == set(pids.values()):
-                    break
-            else:
-                raise AssertionError("200 connections, all to one worker")
-            assert len(rows) == len(streams)
+        async with on_each_worker(address, pids, 3) as streams:
+            rows = await ask(sock_dir, "connections")
+            assert [row["worker"] for row in rows] == [1, 1, 1, 2, 2, 2]
+            assert {row["pid"] for row in rows} == set(pids.values())
             stats = await ask(sock_dir, "stats")
             assert stats["connections"]["open"] == len(streams)
             assert stats["frames"] == len(streams)
-            assert [w["connections"] for w in stats["workers"]] == [
-                sum(row["worker"] == n for row in rows) for n in (1, 2)
-            ]
+            assert [w["connections"] for w in stats["workers"]] == [3, 3]
             result = await run_triodaemon(
                 "ctl", "--control", str(sock_dir / "control.sock"), "stats"
             )
@@ -115,9 +135,6 @@ async def test_every_worker_serves_and_the_supervisor_reports_them(
             header, *lines = result.stdout.decode().splitlines()
             assert header.split()[:3] == ["worker", "pid", "id"]
             assert len(lines) == len(streams)
-        finally:
-            for stream in streams:
-                await stream.aclose()
         # Their log lines come through the supervisor, whole, with their names.
         await wait_for_lines(daemon, rf"DEBUG worker [12] \(pid {pids[1]}\): conn 1 from ", 1)
         daemon.signal(signal.SIGTERM)
@@ -187,27 +204,17 @@ async def test_a_drain_under_load_across_workers_loses_nothing(
         daemon = await start(spawn, sock_dir)
         address = daemon.addresses[0]
         going = trio.Semaphore(0)
-        # Connections, made one by one, until both workers have some: which
-        # worker accepts is the kernel's choice (docs/cli.md, worker processes).
-        streams: list[trio.SocketStream] = []
-        for _ in range(100):
-            streams.append(await connect(address))
-            await streams[-1].send_all(b"hello\n")
-            assert await streams[-1].receive_some() == b"hello\n"
+        async with on_each_worker(address, await worker_pids(sock_dir), 6) as streams:
             rows = await ask(sock_dir, "connections")
-            if len(streams) >= 8 and {row["worker"] for row in rows} == {1, 2}:
-                break
-        else:
-            raise AssertionError("100 connections, all to one worker")
-
-        clients = [LockstepClient(n, going) for n in range(len(streams))]
-        async with trio.open_nursery() as nursery:
-            for client, stream in zip(clients, streams, strict=True):
-                nursery.start_soon(client.run, stream)
-            for _ in clients:
-                await going.acquire()
-            daemon.signal(signal.SIGTERM)
-        assert await daemon.wait() == 0
+            assert sorted(row["worker"] for row in rows) == [1] * 6 + [2] * 6
+            clients = [LockstepClient(n, going) for n in range(len(streams))]
+            async with trio.open_nursery() as nursery:
+                for client, stream in zip(clients, streams, strict=True):
+                    nursery.start_soon(client.run, stream)
+                for _ in clients:
+                    await going.acquire()
+                daemon.signal(signal.SIGTERM)
+            assert await daemon.wait() == 0
     for client in clients:
         client.check()
     assert len(re.findall(r"worker \d \(pid \d+\): shutdown complete", daemon.stderr)) == 2
