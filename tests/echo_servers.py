@@ -1,5 +1,5 @@
 """Echo servers written with nothing but the standard library (asyncio), one correct
-and several with the classic framing bugs, for testing ``triodaemon check``.
+and many with the classic framing bugs, for testing ``triodaemon check``.
 
     python tests/echo_servers.py MODE [--framing line|length]
 
@@ -7,15 +7,42 @@ prints ``listening on PORT`` once it listens on 127.0.0.1 (an ephemeral port).
 
 Modes:
   good                   echoes bytes as they arrive (a correct echo server in any framing)
+  slow                   correct, but answers one frame every 200 ms, in order
   drop-tail              echoes the complete frames of each read, throws the rest away
   one-read-one-message   takes each read for one message: answers its first frame only
   lose-last-at-eof       echoes the last frame of a read late, and aborts at EOF
+  reorder                answers the frames of each read in reverse order (a worker pool)
+  truncate               cuts every frame longer than 4096 bytes at 4096, drops the rest
+  skip-empty             never answers an empty frame
+  corrupt-rarely         flips a byte of every 1000th non-empty frame on a connection
+  blocking-writes        one lock around every connection's write-and-drain: a client
+                         that never reads stops everyone
+  crash-on-reset         exits when a client resets its connection
+  mute                   reads everything, answers nothing
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+
+MODES = [
+    "good",
+    "slow",
+    "drop-tail",
+    "one-read-one-message",
+    "lose-last-at-eof",
+    "reorder",
+    "truncate",
+    "skip-empty",
+    "corrupt-rarely",
+    "blocking-writes",
+    "crash-on-reset",
+    "mute",
+]
+TRUNCATE_AT = 4096
+SLOW_DELAY = 0.2
 
 
 def split_frames(framing: str, data: bytes) -> tuple[list[bytes], bytes]:
@@ -31,23 +58,44 @@ def split_frames(framing: str, data: bytes) -> tuple[list[bytes], bytes]:
     return frames, data
 
 
+def payload_of(framing: str, frame: bytes) -> bytes:
+    return frame[:-1] if framing == "line" else frame[4:]
+
+
+def frame_of(framing: str, payload: bytes) -> bytes:
+    return payload + b"\n" if framing == "line" else len(payload).to_bytes(4, "big") + payload
+
+
 class Echo(asyncio.Protocol):
     def __init__(self, mode: str, framing: str) -> None:
         self.mode = mode
         self.framing = framing
         self.buffer = b""
         self.late = b""
+        self.count = 0
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.slow: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.mode == "slow":
+            self.slow = asyncio.get_running_loop().create_task(self.answer_slowly())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.slow is not None:
+            self.slow.cancel()
+        if self.mode == "crash-on-reset" and isinstance(exc, ConnectionResetError):
+            os._exit(1)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
-        if self.mode == "good":
+        if self.mode in ("good", "crash-on-reset"):
             self.transport.write(data)
+        elif self.mode == "mute":
+            pass
         elif self.mode == "drop-tail":
             frames, _dropped = split_frames(self.framing, data)
             self.transport.write(b"".join(frames))
@@ -61,6 +109,37 @@ class Echo(asyncio.Protocol):
                 self.transport.write(b"".join(frames[:-1]))
                 self.late = frames[-1]
                 self.timer = asyncio.get_running_loop().call_later(0.05, self.write_late)
+        else:
+            frames, self.buffer = split_frames(self.framing, self.buffer + data)
+            self.transport.write(b"".join(self.transform(frames)))
+
+    def transform(self, frames: list[bytes]) -> list[bytes]:
+        payloads = [payload_of(self.framing, frame) for frame in frames]
+        if self.mode == "slow":
+            for frame in frames:
+                self.queue.put_nowait(frame)
+            return []
+        if self.mode == "reorder":
+            payloads.reverse()
+        elif self.mode == "truncate":
+            payloads = [payload[:TRUNCATE_AT] for payload in payloads]
+        elif self.mode == "skip-empty":
+            payloads = [payload for payload in payloads if payload]
+        elif self.mode == "corrupt-rarely":
+            for index, payload in enumerate(payloads):
+                if payload:
+                    self.count += 1
+                    if self.count % 1000 == 0:
+                        payloads[index] = payload[:-1] + bytes([payload[-1] ^ 0x01])
+        return [frame_of(self.framing, payload) for payload in payloads]
+
+    async def answer_slowly(self) -> None:
+        while (frame := await self.queue.get()) is not None:
+            await asyncio.sleep(SLOW_DELAY)
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(frame)
+        if self.transport is not None:
+            self.transport.close()  # at EOF, once every echo is written
 
     def write_late(self) -> None:
         if self.timer is not None:
@@ -73,18 +152,35 @@ class Echo(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.mode == "lose-last-at-eof" and self.transport is not None:
             self.transport.abort()
+        if self.mode == "slow":
+            self.queue.put_nowait(None)
+            return True  # answer_slowly closes
         return False  # close once everything written has been sent
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "mode", choices=["good", "drop-tail", "one-read-one-message", "lose-last-at-eof"]
-    )
+    parser.add_argument("mode", choices=MODES)
     parser.add_argument("--framing", choices=["line", "length"], default="line")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Echo(args.mode, args.framing), "127.0.0.1", 0)
+    if args.mode == "blocking-writes":
+        lock = asyncio.Lock()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    async with lock:  # the bug: one slow reader holds everyone's writes
+                        writer.write(data)
+                        await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    else:
+        server = await loop.create_server(lambda: Echo(args.mode, args.framing), "127.0.0.1", 0)
     print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import trio
@@ -75,10 +79,20 @@ async def stdlib_server(mode: str, framing: str = "line") -> AsyncIterator[TcpAd
         await process.wait()
 
 
-async def check_cli(address: TcpAddress, *args: str) -> tuple[int, dict[str, dict[str, object]]]:
+async def check_cli(
+    address: TcpAddress, *args: str, timeout: float = 1, shrink: float = 3
+) -> tuple[int, dict[str, dict[str, Any]]]:
     with trio.fail_after(120):
         result = await run_triodaemon(
-            "check", "--tcp", f"127.0.0.1:{address.port}", "--timeout", "1", "--json", *args
+            "check",
+            "--tcp",
+            f"127.0.0.1:{address.port}",
+            "--timeout",
+            str(timeout),
+            "--shrink-time",
+            str(shrink),
+            "--json",
+            *args,
         )
     report = json.loads(result.stdout)
     return result.returncode, {s["name"]: s for s in report["scenarios"]}
@@ -118,8 +132,9 @@ async def test_one_read_one_message_is_caught(framing: str) -> None:
 
 
 async def test_losing_the_last_frame_at_eof_is_caught() -> None:
+    # Its late writes make it slow, too: the default time limit is enough for it.
     async with stdlib_server("lose-last-at-eof") as address:
-        code, scenarios = await check_cli(address)
+        code, scenarios = await check_cli(address, timeout=5)
     assert code == 1
     failed = [name for name, s in scenarios.items() if not s["passed"]]
     assert failed == ["half-close"]
@@ -138,10 +153,14 @@ async def test_check_cli_table_against_the_daemon(spawn: SpawnFn, sock_dir: Path
         assert await daemon.wait() == 0
     assert result.returncode == 0, result.stdout.decode()
     table = result.stdout.decode().splitlines()
-    assert (
-        table[0] == f"triodaemon check unix:{sock_dir / 'e.sock'} (varint, max frame 1048576 bytes)"
+    assert table[0].startswith(
+        f"triodaemon check unix:{sock_dir / 'e.sock'} (varint, max frame 1048576 bytes), seed "
     )
-    assert table[-1] == "10 scenarios: 10 passed, 0 failed"
+    assert table[-1] == "12 scenarios: 12 passed, 0 failed"
+    # The whole battery, against a healthy server, in a few seconds (one of them is
+    # slow-reader's pause): the scenario times, not Python's start.
+    times = [float(line.split()[-1].rstrip("s")) for line in table[2:-1]]
+    assert sum(times) < 8
     assert any(line.startswith("split ") and " pass " in line for line in table)
 
 
@@ -152,3 +171,237 @@ async def test_check_cli_unreachable_is_one_line(sock_dir: Path) -> None:
     assert result.stderr.decode().splitlines() == [
         f"triodaemon: error: cannot connect to unix:{sock_dir / 'none.sock'}: no such file or directory"
     ]
+
+
+# --- every bug named right ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["line", "length"])
+async def test_reordering_is_named_with_the_order(framing: str) -> None:
+    async with stdlib_server("reorder", framing) as address:
+        code, scenarios = await check_cli(
+            address, "--framing", framing, "--scenario", "coalesced", "--scenario", "pipelining"
+        )
+    assert code == 1
+    coalesced = scenarios["coalesced"]
+    assert coalesced["kind"] == "reordered"
+    assert "64 of them came back out of order" in coalesced["detail"]
+    assert "frame 64 came back in place 1" in coalesced["detail"]
+    assert "different from its byte" not in coalesced["detail"]
+    minimal = coalesced["minimal"]
+    assert len(minimal["case"]["frames"]) == 2  # the fewest frames that can be reordered
+    assert "out of order" in minimal["detail"]
+
+
+@pytest.mark.parametrize("framing", ["line", "length"])
+async def test_truncation_is_named_with_its_size(framing: str) -> None:
+    async with stdlib_server("truncate", framing) as address:
+        code, scenarios = await check_cli(address, "--framing", framing)
+    assert code == 1
+    failed = {name: s for name, s in scenarios.items() if not s["passed"]}
+    assert list(failed) == ["max-frame"]
+    detail = failed["max-frame"]["detail"]
+    assert failed["max-frame"]["kind"] == "truncated"
+    assert "frames longer than 4096 bytes came back cut at 4096 bytes" in detail
+    assert "nothing more for" in detail  # and how the exchange ended
+    assert "each read for one message" not in detail
+    [payload] = failed["max-frame"]["minimal"]["case"]["frames"]
+    assert len(payload) // 2 > 4096  # (hex) still over the size that cuts
+
+
+@pytest.mark.parametrize("framing", ["line", "length"])
+async def test_skipped_empty_frames_are_named(framing: str) -> None:
+    async with stdlib_server("skip-empty", framing) as address:
+        code, scenarios = await check_cli(
+            address, "--framing", framing, "--scenario", "edge-frames", "--scenario", "one-frame"
+        )
+    assert code == 1
+    assert scenarios["one-frame"]["passed"]
+    edge = scenarios["edge-frames"]
+    assert edge["kind"] == "skipped-empty"
+    what = "empty lines" if framing == "line" else "empty frames"
+    assert f"exactly what was sent minus the 3 {what}" in edge["detail"]
+    minimal = edge["minimal"]["case"]["frames"]
+    assert minimal == ["", minimal[1]]  # an empty frame, then one that comes back
+
+
+async def test_a_slow_server_is_slow_not_lossy() -> None:
+    async with stdlib_server("slow") as address:
+        code, scenarios = await check_cli(address, "--scenario", "pipelining", shrink=1)
+    assert code == 1
+    pipelining = scenarios["pipelining"]
+    assert pipelining["kind"] == "slow"
+    assert (
+        "in order, and they were still arriving when the time limit ran out"
+        in (pipelining["detail"])
+    )
+    assert re.search(r": [45]\.\d+ frames/s", pipelining["detail"])
+    assert "--timeout" in pipelining["detail"]
+    assert "never came back" not in pipelining["detail"]
+    assert pipelining["minimal"] is None
+
+
+async def test_rare_corruption_is_caught_by_the_sustained_scenario() -> None:
+    async with stdlib_server("corrupt-rarely") as address:
+        code, scenarios = await check_cli(address, shrink=1)
+    assert code == 1
+    failed = [name for name, s in scenarios.items() if not s["passed"]]
+    assert failed == ["sustained"]  # no other scenario sends a thousand frames on one
+    detail = scenarios["sustained"]["detail"]
+    assert scenarios["sustained"]["kind"] == "corrupted"
+    assert re.search(r"frame \d+ came back different from its byte \d+ on", detail)
+    assert re.search(r"the other 1\d{3} came back intact", detail)
+
+
+async def test_a_server_that_one_client_can_block_fails_resilience() -> None:
+    async with stdlib_server("blocking-writes") as address:
+        code, scenarios = await check_cli(address)
+    assert code == 1
+    failed = [name for name, s in scenarios.items() if not s["passed"]]
+    assert failed == ["resilience"]
+    detail = scenarios["resilience"]["detail"]
+    assert detail.startswith("while a client that never reads its echoes keeps sending: ")
+    assert "one client that does not read holds up the others" in detail
+    assert scenarios["resilience"]["shrink_note"] == "it takes several clients at once"
+
+
+async def test_a_server_that_dies_of_a_reset_fails_resilience() -> None:
+    async with stdlib_server("crash-on-reset") as address:
+        code, scenarios = await check_cli(address, "--scenario", "resilience")
+    assert code == 1
+    detail = scenarios["resilience"]["detail"]
+    assert detail.startswith("after 5 clients reset their connections in the middle of a frame: ")
+    assert "a client that resets its connection mid-frame harms the server" in detail
+
+
+# --- the smallest case, seeds, CI output, bounds --------------------------------------
+
+
+async def test_the_smallest_case_replays_with_check_and_with_python(tmp_path: Path) -> None:
+    async with stdlib_server("reorder") as address:
+        code, scenarios = await check_cli(address, "--scenario", "coalesced")
+        assert code == 1
+        report = tmp_path / "report.json"
+        report.write_text(json.dumps({"scenarios": list(scenarios.values())}))
+        result = await run_triodaemon(
+            "check", "--tcp", f"127.0.0.1:{address.port}", "--replay", str(report)
+        )
+        assert result.returncode == 1
+        table = result.stdout.decode()
+        assert re.search(r"coalesced +FAIL", table)
+        assert "came back out of order" in table
+        assert table.splitlines()[-1] == "1 scenario: 0 passed, 1 failed"
+        snippet = tmp_path / "replay.py"
+        snippet.write_text(scenarios["coalesced"]["minimal"]["python"])
+        python = await trio.run_process(
+            [sys.executable, str(snippet)], capture_stdout=True, check=False
+        )
+        assert python.stdout.decode().splitlines()[-1] == "DIFFERENT"
+    first_port = address.port
+    async with stdlib_server("good") as address:
+        result = await run_triodaemon(
+            "check", "--tcp", f"127.0.0.1:{address.port}", "--replay", str(report)
+        )
+        assert result.returncode == 0, result.stdout.decode()
+        text = snippet.read_text()
+        snippet.write_text(text.replace(f", {first_port})", f", {address.port})"))
+        python = await trio.run_process(
+            [sys.executable, str(snippet)], capture_stdout=True, check=False
+        )
+        assert python.stdout.decode().splitlines()[-1] == "same"
+    result = await run_triodaemon("check", "--sock", "/nowhere", "--replay", str(tmp_path / "x"))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [
+        f"triodaemon: error: cannot replay {tmp_path / 'x'}: no such file or directory"
+    ]
+
+
+async def test_a_seed_repeats_a_run() -> None:
+    async with stdlib_server("corrupt-rarely") as address:
+        runs = [
+            await check_cli(address, "--scenario", "sustained", "--seed", "7", shrink=0)
+            for _ in range(2)
+        ]
+    (code1, first), (code2, second) = runs
+    assert code1 == code2 == 1
+    assert first["sustained"]["detail"] == second["sustained"]["detail"]
+    assert first["sustained"]["sent"] == second["sustained"]["sent"]
+    assert first["sustained"]["shrink_note"].startswith("the run's time for shrinking")
+
+
+async def test_junit_xml_has_a_test_case_per_scenario(tmp_path: Path) -> None:
+    path = tmp_path / "check.xml"
+    async with stdlib_server("skip-empty") as address:
+        code, scenarios = await check_cli(
+            address,
+            "--scenario",
+            "one-frame",
+            "--scenario",
+            "edge-frames",
+            "--junit-xml",
+            str(path),
+        )
+    assert code == 1
+    suite = ElementTree.parse(path).getroot()
+    assert (suite.tag, suite.get("tests"), suite.get("failures")) == ("testsuite", "2", "1")
+    one, edge = suite.findall("testcase")
+    assert (one.get("name"), one.find("failure")) == ("one-frame", None)
+    failure = edge.find("failure")
+    assert failure is not None
+    assert edge.get("name") == "edge-frames"
+    assert failure.get("message") == scenarios["edge-frames"]["detail"]
+    assert failure.get("type") == "skipped-empty"
+    assert failure.text is not None
+    assert "smallest failing case" in failure.text
+
+
+async def test_a_whole_run_is_bounded_by_the_timeouts() -> None:
+    """A server that never answers: every scenario waits its whole time limit, and the
+    run ends within scenarios x --timeout + --shrink-time (plus Python's start)."""
+    async with stdlib_server("mute") as address:
+        start = trio.current_time()
+        code, scenarios = await check_cli(address, timeout=0.5, shrink=1)
+        took = trio.current_time() - start
+    assert code == 1
+    assert not any(s["passed"] for s in scenarios.values())
+    assert took < len(scenarios) * 0.5 + 1 + 5
+
+
+async def test_progress_goes_to_stderr_only_when_stdout_is_not_a_terminal(
+    echo_server_factory: EchoServerFactory,
+) -> None:
+    server = await echo_server_factory(Framing())
+    assert isinstance(server.unix, UnixAddress)
+    args = ("check", "--sock", server.unix.path, "--scenario", "one-frame")
+    piped = await run_triodaemon(*args)
+    assert piped.returncode == 0
+    assert piped.stderr.decode() == "  one-frame: pass\n"
+    assert piped.stdout.decode().splitlines()[-1] == "1 scenario: 1 passed, 0 failed"
+    # On a terminal: the table once, and no progress line left behind.
+    main, sub = os.openpty()
+    try:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "triodaemon", *args], stdout=sub, stderr=sub
+        )
+        os.close(sub)
+        sub = -1
+        output = b""
+        with trio.fail_after(60):
+            while True:
+                await trio.lowlevel.wait_readable(main)
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: the terminal's other side is closed
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            assert await process.wait() == 0
+    finally:
+        os.close(main)
+        if sub >= 0:
+            os.close(sub)
+    text = output.decode()
+    assert "one-frame: pass" not in text
+    assert len(re.findall(r"one-frame +pass", text)) == 1
+    assert "running one-frame" in text  # shown while it ran, then erased

@@ -451,25 +451,45 @@ def _client_parser() -> argparse.ArgumentParser:
 
 
 def _check_parser() -> argparse.ArgumentParser:
+    from ._check import DEFAULT_SHRINK_TIME, SCENARIOS
     from ._check import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
-    from ._check import SCENARIOS
 
     parser = _Parser(
         prog="triodaemon check",
         description=(
             "Run a battery of framing scenarios against any echo server and report, per "
-            "scenario, whether every frame came back whole and in order. Exit 0 only if "
-            "all pass."
+            "scenario, whether every frame came back whole and in order; for each failure, "
+            "what kind of bug it is and the smallest case that still fails. Exit 0 only if "
+            "all pass. A run takes at most (scenarios x --timeout) + --shrink-time seconds."
         ),
     )
     _add_address_flags(parser, server=False)
     _add_framing_flags(parser)
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=_positive_seconds,
         default=DEFAULT_CHECK_TIMEOUT,
         metavar="SECONDS",
-        help=f"time limit of each scenario (default {DEFAULT_CHECK_TIMEOUT:g})",
+        help=(
+            "time limit of each scenario, every exchange and connection in it included "
+            f"(default {DEFAULT_CHECK_TIMEOUT:g})"
+        ),
+    )
+    parser.add_argument(
+        "--shrink-time",
+        type=_seconds,
+        default=DEFAULT_SHRINK_TIME,
+        metavar="SECONDS",
+        help=(
+            "time the whole run may spend shrinking failing cases to the smallest "
+            f"(default {DEFAULT_SHRINK_TIME:g}; 0: do not shrink)"
+        ),
+    )
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        metavar="N",
+        help="seed of every random choice; the report prints it, and --seed N repeats a run",
     )
     parser.add_argument(
         "--scenario",
@@ -478,8 +498,31 @@ def _check_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"run only this scenario; repeatable ({', '.join(SCENARIOS)})",
     )
+    parser.add_argument(
+        "--replay",
+        metavar="FILE",
+        help=(
+            "instead of the scenarios, replay the smallest failing cases in FILE (a report "
+            "saved with --json) against the server, in the framing they were found with"
+        ),
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--junit-xml",
+        metavar="PATH",
+        help="also write the report as JUnit XML to PATH (one test case per scenario), for CI",
+    )
     return parser
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to 2**64-1")
+    return value
 
 
 def _bench_parser() -> argparse.ArgumentParser:
@@ -1143,22 +1186,63 @@ def client_main(argv: Sequence[str]) -> int:
 
 
 async def _check(address: Address, framing: Framing, args: argparse.Namespace) -> int:
-    from ._check import run_check
+    from ._check import CheckReport, cases_from_file, replay, run_check
+
+    # Progress goes to stderr: on a terminal only the scenario still running (the
+    # table on stdout says the rest), elsewhere a line per scenario as it ends.
+    live = sys.stderr.isatty() and not args.json
+
+    def started(name: str) -> None:
+        if live:
+            print(f"\r\x1b[K  running {name} ...", end="", file=sys.stderr, flush=True)
 
     def progress(result: ScenarioResult) -> None:
-        if not args.json:
+        if live:
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+        elif not args.json and not sys.stdout.isatty():
             status = "pass" if result.passed else "FAIL"
             print(f"  {result.name}: {status}", file=sys.stderr, flush=True)
 
-    try:
-        report = await run_check(
-            address, framing, timeout=args.timeout, scenarios=args.scenario, on_result=progress
-        )
-    except ClientError as exc:
-        return _error(str(exc))
+    if args.replay is not None:
+        try:
+            cases = cases_from_file(await trio.Path(args.replay).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return _error(f"cannot replay {args.replay}: {_reason_of(exc)}")
+        results = []
+        for name, case_framing, case in cases:
+            started(name)
+            result = await replay(address, case_framing, case, timeout=args.timeout, name=name)
+            progress(result)
+            results.append(result)
+        report = CheckReport(str(address), f"replay of {args.replay}", tuple(results))
+    else:
+        try:
+            report = await run_check(
+                address,
+                framing,
+                timeout=args.timeout,
+                scenarios=args.scenario,
+                on_result=progress,
+                on_start=started,
+                seed=args.seed,
+                shrink_time=args.shrink_time,
+            )
+        except ClientError as exc:
+            return _error(str(exc))
+    if args.junit_xml is not None:
+        try:
+            await trio.Path(args.junit_xml).write_text(report.junit_xml(), encoding="utf-8")
+        except OSError as exc:
+            return _error(f"cannot write {args.junit_xml}: {_reason_of(exc)}")
     return _print_out(report.to_json() if args.json else report.table()) or (
         0 if report.passed else EXIT_FAILURE
     )
+
+
+def _reason_of(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc)
 
 
 async def _bench(address: Address, framing: Framing, args: argparse.Namespace) -> int:

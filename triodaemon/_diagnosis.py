@@ -1,0 +1,497 @@
+"""What an echo that differs from what was sent says about the server: sans-I/O.
+
+``check`` sends frames and records what came back (a :class:`Transcript`);
+:func:`diagnose` compares the two *as a whole* and names the bug: frames lost, late,
+reordered, truncated at a size, skipped when empty, cut where the reads were cut,
+corrupted now and then. Each explanation has a kind (a short name, stable, what the
+shrinker keeps while it makes a failing case smaller) and a sentence for people that
+also says how the exchange ended.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from collections.abc import Sequence
+
+import attrs
+
+from ._errors import FramingError
+from ._framing import Framing
+
+#: The kinds of failure, most specific first within each family.
+KINDS = (
+    "nothing",  # not a byte came back
+    "slow",  # a prefix came back, and echoes were still arriving at the time limit
+    "one-per-write",  # one frame back for each write, the rest never
+    "last-frame",  # all but the last frame
+    "lost",  # a prefix, then nothing more
+    "extra",  # everything, then bytes that were never sent
+    "ending",  # everything, but the connection did not end as it should
+    "reordered",  # whole frames, in another order
+    "skipped-empty",  # every frame but the empty ones
+    "read-cut",  # frames cut where the client's writes were cut
+    "truncated",  # frames longer than N came back cut at N, the rest lost
+    "chopped",  # frames longer than N came back in pieces of N
+    "fragmented",  # the payload bytes in order, cut into other frames
+    "dropped",  # some frames never came back, the others whole and in order
+    "corrupted",  # as many frames, a few of them different
+    "partial-tail",  # a frame came back as a piece of itself
+    "pieces",  # pieces of what was sent, in order, with gaps
+    "differs",  # anything else
+)
+
+
+@attrs.frozen
+class Transcript:
+    """What came back on one connection, and when."""
+
+    received: bytes
+    """Every byte read, in order."""
+    ended: str = ""
+    """How the exchange ended, as a phrase: ``""`` (as expected), or
+    ``", then the server closed the connection"`` and the like."""
+    timed_out: bool = False
+    """Whether the time limit ended it."""
+    arrivals: tuple[tuple[float, int], ...] = ()
+    """(seconds since the first write, bytes read so far) after each read."""
+    elapsed: float = 0.0
+    """Seconds from the first write to the end of the exchange."""
+
+
+@attrs.frozen
+class Diagnosis:
+    """The kind of failure (one of :data:`KINDS`) and its explanation."""
+
+    kind: str
+    text: str
+
+
+def wire(framing: Framing, frames: Sequence[bytes]) -> bytes:
+    """The bytes of ``frames`` on the wire, one after another."""
+    return b"".join(framing.encode(frame) for frame in frames)
+
+
+def show(data: bytes, limit: int = 48) -> str:
+    """``data`` as a Python literal, cut after ``limit`` bytes."""
+    if len(data) <= limit:
+        return repr(data)
+    return f"{data[:limit]!r}..."
+
+
+def numbers(items: Sequence[int], limit: int = 8) -> str:
+    """``1, 2, 5`` (1-based already), with ``...`` past ``limit`` of them."""
+    text = ", ".join(map(str, items[:limit]))
+    return text + (f" ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def count(number: int, noun: str) -> str:
+    """``1 frame``, ``2 frames``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def which(items: Sequence[int]) -> str:
+    """``frame 3`` or ``frames 1, 4, 9`` (1-based already)."""
+    return f"frame {items[0]}" if len(items) == 1 else f"frames {numbers(items)}"
+
+
+def decode_loosely(framing: Framing, data: bytes) -> tuple[list[bytes], bytes]:
+    """The frames in ``data`` as far as they parse, ignoring size limits; and the rest."""
+    loose = attrs.evolve(framing, max_frame=max(len(data), 1))
+    decoder = loose.decoder()
+    decoder.feed(data)
+    frames = []
+    used = 0
+    try:
+        while (frame := decoder.next_frame()) is not None:
+            frames.append(frame)
+            used += len(loose.encode(frame))
+    except (FramingError, ValueError):
+        pass
+    return frames, data[used:]
+
+
+def complete_frames(framing: Framing, frames: Sequence[bytes], size: int) -> int:
+    """How many of ``frames`` lie wholly within the first ``size`` bytes of their stream."""
+    position = 0
+    for count, frame in enumerate(frames):
+        position += len(framing.encode(frame))
+        if position > size:
+            return count
+    return len(frames)
+
+
+def _is_subsequence(part: Sequence[bytes], whole: Sequence[bytes]) -> bool:
+    items = iter(whole)
+    return all(any(item == wanted for item in items) for wanted in part)
+
+
+def _chunks(payload: bytes, size: int) -> list[bytes]:
+    return [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+
+
+def _payload_offsets(framing: Framing, frames: Sequence[bytes], wire_offsets: set[int]) -> set[int]:
+    """Where in the payloads (all of them joined) each of ``wire_offsets`` falls."""
+    found = set()
+    position = payload = 0
+    for frame in frames:
+        size = len(framing.encode(frame))
+        header = size - len(frame) if framing.kind in ("length", "varint") else 0
+        for offset in wire_offsets:
+            if position <= offset < position + size:
+                found.add(payload + min(max(offset - position - header, 0), len(frame)))
+        position += size
+        payload += len(frame)
+    return found
+
+
+class _Judge:
+    """One comparison: the facts it states once, the explanations it chooses from."""
+
+    def __init__(
+        self,
+        framing: Framing,
+        frames: Sequence[bytes],
+        transcript: Transcript,
+        write_ends: set[int],
+    ) -> None:
+        self.framing = framing
+        self.sent = list(frames)
+        self.transcript = transcript
+        self.expected = wire(framing, frames)
+        self.received = transcript.received
+        self.ended = transcript.ended
+        self.write_ends = write_ends
+
+    def diagnose(self) -> Diagnosis:
+        if self.received == self.expected:
+            return Diagnosis("ending", f"every echo came back{self.ended}")
+        if self.expected.startswith(self.received):
+            return self.prefix()
+        if self.received.startswith(self.expected):
+            extra = self.received[len(self.expected) :]
+            return Diagnosis(
+                "extra",
+                f"every echo came back, then {len(extra)} bytes more than was sent: "
+                f"{show(extra)}{self.ended}",
+            )
+        if self.framing.kind != "raw":
+            got, rest = decode_loosely(self.framing, self.received)
+            if got:
+                found = self.frames(got, rest)
+                if found is not None:
+                    return found
+        return self.bytewise()
+
+    def prefix(self) -> Diagnosis:
+        sent, received = self.sent, self.received
+        complete = complete_frames(self.framing, sent, len(received))
+        facts = (
+            f"got {len(received)} of {len(self.expected)} bytes "
+            f"({complete} of {count(len(sent), 'frame')}){self.ended}"
+        )
+        if not received:
+            return Diagnosis("nothing", f"{facts}: nothing came back")
+        slow = self.still_arriving(complete)
+        if slow is not None:
+            return slow
+        writes = len(self.write_ends) + 1
+        if 0 < complete == writes < len(sent):
+            return Diagnosis(
+                "one-per-write",
+                f"{facts}: one frame came back per write ({len(sent)} frames in {writes}): "
+                "the server seems to answer each read with one message and drop the rest",
+            )
+        if complete == len(sent) - 1 and len(sent) > 1:
+            return Diagnosis("last-frame", f"{facts}: the last frame never came back")
+        return Diagnosis(
+            "lost", f"{facts}: the echoes of {len(sent) - complete} frames never came back"
+        )
+
+    def still_arriving(self, complete: int) -> Diagnosis | None:
+        """A prefix, cut by the time limit while echoes were still coming in order."""
+        transcript = self.transcript
+        if not transcript.timed_out or len(transcript.arrivals) < 2:
+            return None
+        first, _ = transcript.arrivals[0]
+        last, _ = transcript.arrivals[-1]
+        quiet = transcript.elapsed - last
+        raw = self.framing.kind == "raw"
+        done = len(self.received) if raw else complete
+        unit = "bytes" if raw else "frames"
+        if done < 2 or last <= 0:
+            return None
+        rate = done / last
+        # Still arriving: the last echo came less than two average gaps (or a tenth
+        # of the time) before the limit, not long before it.
+        if quiet > max(2 * last / done, 0.1 * transcript.elapsed):
+            return None
+        left = (len(self.expected) - len(self.received)) if raw else len(self.sent) - complete
+        return Diagnosis(
+            "slow",
+            f"got {done} of {len(self.expected) if raw else len(self.sent)} {unit} in "
+            f"{transcript.elapsed:.3g}s, in order, and they were still arriving when the time "
+            f"limit ran out: {rate:.3g} {unit}/s, the last {quiet:.2g}s before the limit "
+            f"(the first after {first:.2g}s): the server is slow, not lossy; the "
+            f"other {left} need about {left / rate:.3g}s more at that rate: give it "
+            "that much with --timeout",
+        )
+
+    def frames(self, got: list[bytes], rest: bytes) -> Diagnosis | None:
+        sent = self.sent
+        tail = f" and {len(rest)} bytes of a frame not finished" if rest else ""
+        facts = f"sent {count(len(sent), 'frame')}, got {len(got)}{tail}{self.ended}"
+        for check in (
+            self.reordered,
+            self.skipped_empty,
+            self.read_cut,
+            self.truncated,
+            self.fragmented,
+            self.dropped,
+            self.partial_tail,
+            self.corrupted,
+            self.pieces,
+            self.differs,
+        ):
+            found = check(got, facts)
+            if found is not None:
+                return found
+        return None
+
+    def reordered(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        if Counter(got) - Counter(self.sent) or _is_subsequence(got, self.sent):
+            return None  # something that was never sent, or only missing frames
+        where: dict[bytes, deque[int]] = defaultdict(deque)
+        for index, frame in enumerate(self.sent):
+            where[frame].append(index)
+        order = [where[frame].popleft() for frame in got]
+        moved = [n for n, index in enumerate(order) if index != n]
+        first = moved[0]
+        missing = len(self.sent) - len(got)
+        lost = f", and {missing} never came back" if missing else ""
+        return Diagnosis(
+            "reordered",
+            f"{facts}: every frame that came back is whole, but {len(moved)} of them came "
+            f"back out of order{lost}: frame {order[first] + 1} came back in place "
+            f"{first + 1}, where frame {first + 1} belonged (the order they came back in"
+            f"{f', from place {first + 1}' if first else ''}: "
+            f"{numbers([index + 1 for index in order[first:]], 12)}): the server seems to answer "
+            "pipelined frames concurrently (a worker pool, a task per frame) without "
+            "putting the answers back in order",
+        )
+
+    def skipped_empty(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        empty = [n + 1 for n, frame in enumerate(self.sent) if not frame]
+        rest = [frame for frame in self.sent if frame]
+        if not empty or got != rest[: len(got)] or not got:
+            return None
+        what = "empty lines" if self.framing.kind == "line" else "empty frames"
+        missing = len(rest) - len(got)
+        also = f"; {missing} more were still owed" if missing else ""
+        return Diagnosis(
+            "skipped-empty",
+            f"{facts}: what came back is exactly what was sent minus the "
+            f"{count(len(empty), what[:-1])} ({which(empty)}){also}: the server skips "
+            f"{what} instead of echoing them",
+        )
+
+    def _first_difference(self, got: list[bytes]) -> int:
+        return next(
+            (n for n, (want, have) in enumerate(zip(self.sent, got, strict=False)) if want != have),
+            min(len(self.sent), len(got)),
+        )
+
+    def read_cut(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        """The payload came back in order, cut into frames where the writes were cut."""
+        if not self.write_ends or not b"".join(self.sent).startswith(b"".join(got)):
+            return None
+        sent_ends, got_ends = set(), set()
+        position = 0
+        for frame in self.sent:
+            position += len(frame)
+            sent_ends.add(position)
+        position = 0
+        for frame in got:
+            position += len(frame)
+            got_ends.add(position)
+        extra = got_ends - sent_ends
+        writes = _payload_offsets(self.framing, self.sent, self.write_ends)
+        if not extra or not extra <= writes:
+            return None
+        index = self._first_difference(got)
+        if index >= min(len(got), len(self.sent)):
+            return None
+        return Diagnosis(
+            "read-cut",
+            f"{facts}: the bytes came back in order, but cut into frames where the writes "
+            f"were cut (frame {index + 1}, {show(self.sent[index])}, came back as "
+            f"{show(got[index])} and what followed): the server seems to take each read "
+            "for one message",
+        )
+
+    def truncated(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        index = self._first_difference(got)
+        if index >= min(len(got), len(self.sent)):
+            return None
+        want, have = self.sent[index], got[index]
+        size = len(have)
+        if not size or size >= len(want) or not want.startswith(have):
+            return None
+        longer = [n + 1 for n, frame in enumerate(self.sent) if len(frame) > size]
+        others = "; the others came back whole" if len(longer) < len(self.sent) else ""
+        if got == [frame[:size] for frame in self.sent][: len(got)]:
+            return Diagnosis(
+                "truncated",
+                f"{facts}: frames longer than {size} bytes came back cut at {size} bytes, "
+                f"the rest of them lost ({which(longer)}{others}): the server seems to "
+                f"read frames into a {size}-byte buffer",
+            )
+        pieces = [piece for frame in self.sent for piece in _chunks(frame, size)]
+        if got == pieces[: len(got)]:
+            return Diagnosis(
+                "chopped",
+                f"{facts}: frames longer than {size} bytes came back cut at every {size} "
+                f"bytes, each piece as a frame of its own ({which(longer)}{others}): the "
+                f"server seems to read frames into a {size}-byte buffer and answer each fill",
+            )
+        return None
+
+    def fragmented(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        joined = b"".join(got)
+        if not joined or not b"".join(self.sent).startswith(joined):
+            return None
+        index = self._first_difference(got)
+        if index >= min(len(got), len(self.sent)):
+            return None
+        return Diagnosis(
+            "fragmented",
+            f"{facts}: the bytes came back in order, but cut into other frames (frame "
+            f"{index + 1} was {show(self.sent[index])}, came back as {show(got[index])}): "
+            "the server does not keep frame boundaries",
+        )
+
+    def dropped(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        if len(got) >= len(self.sent) or not _is_subsequence(got, self.sent):
+            return None
+        kept = iter(got)
+        pending = next(kept, None)
+        missing = []
+        for n, frame in enumerate(self.sent):
+            if frame == pending:
+                pending = next(kept, None)
+            else:
+                missing.append(n + 1)
+        return Diagnosis(
+            "dropped",
+            f"{facts}: {which(missing)} never came back, the others came back whole "
+            "and in order: the server seems to answer each read with one message and "
+            "drop the rest",
+        )
+
+    def partial_tail(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        """Frames that came back, each in its place, as a piece of itself."""
+        pairs = list(zip(self.sent, got, strict=False))
+        different = [n for n, (want, have) in enumerate(pairs) if want != have]
+        if not different or not all(
+            len(pairs[n][1]) < len(pairs[n][0])
+            and (pairs[n][0].startswith(pairs[n][1]) or pairs[n][0].endswith(pairs[n][1]))
+            for n in different
+        ):
+            return None
+        index = different[0]
+        want, have = pairs[index]
+        also = f" ({which([n + 1 for n in different])} alike)" if len(different) > 1 else ""
+        return Diagnosis(
+            "partial-tail",
+            f"{facts}: frame {index + 1} came back as {show(have)}, a piece of the "
+            f"{show(want)} sent{also}: the server seems to drop the partial tail of a read, "
+            "or answer a partial read as a whole message",
+        )
+
+    def corrupted(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        """As many frames, in place, of the right sizes, and a few of them different."""
+        pairs = list(zip(self.sent, got, strict=False))
+        different = [n for n, (want, have) in enumerate(pairs) if want != have]
+        intact = len(pairs) - len(different)
+        if (
+            not different
+            or not intact
+            or len(different) > max(1, len(pairs) // 10)
+            or any(len(pairs[n][0]) != len(pairs[n][1]) for n in different)
+            or (len(got) < len(self.sent) and not self.transcript.timed_out)
+        ):
+            return None
+        others = f"; {which([n + 1 for n in different])} differ" if len(different) > 1 else ""
+        return Diagnosis(
+            "corrupted",
+            f"{facts}: {self._difference(got, different[0])}{others}; the other "
+            f"{intact} came back intact: the server corrupts a frame now and then (a buffer "
+            "reused before it was sent, state shared between connections)",
+        )
+
+    def pieces(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        """Every frame that came back is a piece of the payloads, in order, with gaps."""
+        joined = b"".join(self.sent)
+        position = skipped = 0
+        for frame in got:
+            at = joined.find(frame, position)
+            if at < 0:
+                return None
+            skipped += at - position
+            position = at + len(frame)
+        if not skipped:
+            return None
+        return Diagnosis(
+            "pieces",
+            f"{facts}: each frame that came back is a piece of what was sent, in order, but "
+            f"cut at other places, and {skipped} bytes in between never came back: the "
+            "server seems to take each read for one message and answer only its first frame",
+        )
+
+    def _difference(self, got: list[bytes], index: int) -> str:
+        want, have = self.sent[index], got[index]
+        at = next(
+            (i for i, (a, b) in enumerate(zip(want, have, strict=False)) if a != b),
+            min(len(want), len(have)),
+        )
+        return (
+            f"frame {index + 1} came back different from its byte {at} on (sent {len(want)} "
+            f"bytes, got {len(have)}): expected {show(want[at:], 24)}, got {show(have[at:], 24)}"
+        )
+
+    def differs(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        index = self._first_difference(got)
+        if index >= min(len(got), len(self.sent)):
+            return None
+        return Diagnosis("differs", f"{facts}: {self._difference(got, index)}")
+
+    def bytewise(self) -> Diagnosis:
+        for offset, (want, have) in enumerate(zip(self.expected, self.received, strict=False)):
+            if want != have:
+                whole = complete_frames(self.framing, self.sent, offset)
+                first = f"the first {count(whole, 'frame')} came back whole, then " if whole else ""
+                return Diagnosis(
+                    "differs",
+                    f"{first}the echo differs from byte {offset} on: expected "
+                    f"{show(self.expected[offset:])}, got {show(self.received[offset:])}"
+                    f"{self.ended}",
+                )
+        return Diagnosis(
+            "differs", f"got {len(self.received)} bytes instead of {len(self.expected)}{self.ended}"
+        )
+
+
+def diagnose(
+    framing: Framing,
+    frames: Sequence[bytes],
+    transcript: Transcript,
+    write_ends: Sequence[int] = (),
+) -> Diagnosis | None:
+    """Compare what came back with what was sent; ``None`` if it is exactly right.
+
+    ``write_ends`` are the offsets in the sent stream where one write ended and the
+    next began, when they are known: a server that takes each read for a message
+    cuts frames there.
+    """
+    if transcript.received == wire(framing, frames) and not transcript.ended:
+        return None
+    return _Judge(framing, frames, transcript, set(write_ends)).diagnose()
