@@ -19,6 +19,8 @@ Modes:
                          that never reads stops everyone
   crash-on-reset         exits when a client resets its connection
   mute                   reads everything, answers nothing
+  deaf                   accepts connections, never reads from them
+  close-after            closes each connection after echoing 50 frames
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ MODES = [
     "blocking-writes",
     "crash-on-reset",
     "mute",
+    "deaf",
+    "close-after",
 ]
+CLOSE_AFTER = 50
 TRUNCATE_AT = 4096
 SLOW_DELAY = 0.2
 
@@ -83,6 +88,8 @@ class Echo(asyncio.Protocol):
         self.transport = transport
         if self.mode == "slow":
             self.slow = asyncio.get_running_loop().create_task(self.answer_slowly())
+        elif self.mode == "deaf":
+            transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.slow is not None:
@@ -125,6 +132,14 @@ class Echo(asyncio.Protocol):
             payloads = [payload[:TRUNCATE_AT] for payload in payloads]
         elif self.mode == "skip-empty":
             payloads = [payload for payload in payloads if payload]
+        elif self.mode == "close-after":
+            assert self.transport is not None
+            if self.count + len(payloads) >= CLOSE_AFTER:
+                payloads = payloads[: CLOSE_AFTER - self.count]
+                self.transport.write(b"".join(frame_of(self.framing, p) for p in payloads))
+                self.transport.close()
+                return []
+            self.count += len(payloads)
         elif self.mode == "corrupt-rarely":
             for index, payload in enumerate(payloads):
                 if payload:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triodaemon import Framing
-from triodaemon._case import Case, cut_at, framing_from_json, framing_to_json, shrink
+from triodaemon import Framing, UnixAddress
+from triodaemon._case import (
+    Case,
+    cut_at,
+    framing_from_json,
+    framing_to_json,
+    python_snippet,
+    shrink,
+)
 from triodaemon._diagnosis import KINDS, Transcript, diagnose, wire
 
 LINE = Framing()
@@ -234,3 +243,61 @@ def test_any_echo_gets_a_diagnosis_and_never_an_error(
             assert found is not None
             assert found.kind in KINDS
             assert found.text
+
+
+def test_frames_never_sent_among_the_echoes_are_extra_not_fragments() -> None:
+    sent = frames_of(3)
+    back = [sent[0], b"", sent[1], b"", sent[2], b""]
+    found = diagnose(LINE, sent, Transcript(echo_of(LINE, back)[: len(echo_of(LINE, sent))]))
+    assert found is not None
+    assert found.kind == "extra"
+
+
+def test_a_greeting_before_the_echo_is_extra() -> None:
+    sent = frames_of(2)
+    expected = echo_of(LINE, sent)
+    back = (b"HELLO\n" + expected)[: len(expected)]  # the client reads as much as it sent
+    found = diagnose(LINE, sent, Transcript(back))
+    assert found is not None
+    assert found.kind == "extra"
+    assert "6 bytes that were never sent came first, b'HELLO\\n'" in found.text
+    assert "not finished" not in found.text
+
+
+def test_a_few_dropped_frames_are_not_blamed_on_reads() -> None:
+    sent = frames_of(500)
+    back = sent[:299] + sent[300:]
+    found = diagnose(LINE, sent, Transcript(echo_of(LINE, back)))
+    assert found is not None
+    assert found.kind == "dropped"
+    assert "frame 300 never came back" in found.text
+    assert "the server loses a frame now and then" in found.text
+
+
+@pytest.mark.parametrize(("blocked", "kind"), [(True, "stalled"), (False, "slow")])
+def test_writes_the_time_limit_cut_short_are_named(blocked: bool, kind: str) -> None:
+    sent = frames_of(1, 20)
+    transcript = Transcript(b"", ", then nothing more for 1s", True, (), 1.0, 15, blocked)
+    found = diagnose(LINE, sent, transcript)
+    assert found is not None
+    assert found.kind == kind
+    assert "the client could write only 6 of 21 bytes before the time limit" in found.text
+
+
+def test_a_close_after_frames_on_the_connection_says_after_how_many() -> None:
+    sent = frames_of(4)
+    back = echo_of(LINE, sent[:2])
+    ended = ", then the server closed the connection"
+    found = diagnose(LINE, sent, Transcript(back, ended, history=48))
+    assert found is not None
+    assert found.kind == "closed"
+    assert "closed the connection after 50 frames on it" in found.text
+
+
+def test_the_snippet_of_a_half_close_case_wants_the_servers_eof() -> None:
+    case = Case((b"ab",), half_close=True)
+    script = python_snippet(UnixAddress("relative.sock"), LINE, case, 1.0)
+    assert "right = got == expected and eof" in script
+    assert "s.shutdown(socket.SHUT_WR)" in script
+    assert f"s.connect({str(Path('relative.sock').absolute())!r})" in script
+    compile(script, "snippet", "exec")

@@ -13,6 +13,7 @@ case is the caller's (``check``'s); this module never touches a socket.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -143,7 +144,10 @@ def python_snippet(address: Address, framing: Framing, case: Case, limit: float)
     if isinstance(address, TcpAddress):
         opening = [f"s = socket.create_connection({(address.host or 'localhost', address.port)!r})"]
     else:
-        opening = ["s = socket.socket(socket.AF_UNIX)", f"s.connect({address.path!r})"]
+        path = address.path
+        if not path.startswith(("\0", "@")):
+            path = os.path.abspath(path)  # the script may run elsewhere
+        opening = ["s = socket.socket(socket.AF_UNIX)", f"s.connect({path!r})"]
     lines = [
         "import socket, time",
         *opening,
@@ -162,17 +166,21 @@ def python_snippet(address: Address, framing: Framing, case: Case, limit: float)
         f"expected = {expected!r}",
         f"s.settimeout({limit!r})",
         'got = b""',
+        "eof = False",
         "try:",
         "    while True:" if case.half_close else "    while len(got) < len(expected):",
         "        chunk = s.recv(65536)",
         "        if not chunk:",
+        "            eof = True",
         "            break",
         "        got += chunk",
         "except (TimeoutError, ConnectionError) as exc:",
         '    print("ended by", type(exc).__name__)',
         'print("expected", expected)',
         'print("got     ", got)',
-        'print("same" if got == expected else "DIFFERENT")',
+        # After a half-close the echo must end with the server's EOF too.
+        f"right = got == expected{' and eof' if case.half_close else ''}",
+        'print("same" if right else "DIFFERENT")',
     ]
     return "\n".join(lines) + "\n"
 

@@ -40,7 +40,7 @@ from ._case import (
     shrink_into,
 )
 from ._client import connect
-from ._diagnosis import Diagnosis, Transcript, diagnose, show, wire
+from ._diagnosis import Diagnosis, Transcript, count, diagnose, show, wire
 from ._errors import ClientError
 from ._framing import Framing
 from ._listeners import Address
@@ -342,6 +342,10 @@ class _Checker:
     """When the running scenario's time is up (trio time)."""
     slowest: float = 0.0
     """The longest exchange that passed in the running scenario, in seconds."""
+    planned: int = 0
+    """How many exchanges the running scenario makes one after another, if several."""
+    good_frames: int = 0
+    """Frames echoed on the resilience scenario's well-behaved connection."""
 
     async def open(self) -> trio.SocketStream:
         try:
@@ -352,11 +356,17 @@ class _Checker:
         raise _Failed("could not even connect within the time limit", kind="timeout")
 
     async def talk(
-        self, stream: trio.SocketStream, case: Case, *, written: int = 0, idle: float = math.inf
+        self,
+        stream: trio.SocketStream,
+        case: Case,
+        *,
+        written: int = 0,
+        idle: float = math.inf,
+        history: int = 0,
     ) -> Transcript:
         """Write the case (each write after its pause) while reading; return what
         came back, when, and how it ended. The first ``written`` bytes of the case
-        were sent already.
+        were sent already; ``history`` frames were echoed on ``stream`` before.
 
         Reading stops once the echo's size has come back (with a half-close: at EOF),
         at the deadline, or once nothing has come for ``idle`` seconds after the
@@ -365,15 +375,16 @@ class _Checker:
         expected_size = case.size(self.framing)
         received = bytearray()
         arrivals: list[tuple[float, int]] = []
-        ended = ""
         start = trio.current_time()
         sent = trio.Event()
-        quiet = False
+        unsent = expected_size - written
+        sending = False  # in a write (else pausing between writes)
+        reset = broke = closed = quiet = False
         with trio.move_on_at(self.deadline) as scope:
             async with trio.open_nursery() as nursery:
 
                 async def write() -> None:
-                    nonlocal ended
+                    nonlocal unsent, sending, reset, broke
                     skip = written
                     try:
                         for pause, data in case.writes(self.framing):
@@ -382,12 +393,17 @@ class _Checker:
                                 continue
                             if pause:
                                 await trio.sleep(pause)
+                            sending = True
                             await stream.send_all(data[skip:])
+                            sending = False
+                            unsent -= len(data) - skip
                             skip = 0
                         if case.half_close:
                             await stream.send_eof()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        ended = ended or ", then the connection broke while sending"
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        sending = False
+                        reset = isinstance(exc.__cause__, ConnectionResetError)
+                        broke = not reset
                     sent.set()
 
                 nursery.start_soon(write)
@@ -398,7 +414,7 @@ class _Checker:
                         try:
                             data = await stream.receive_some()
                         except trio.BrokenResourceError:
-                            ended = ", then the server reset the connection"
+                            reset = True
                             break
                     if waiting.cancelled_caught:
                         if sent.is_set():
@@ -406,23 +422,39 @@ class _Checker:
                             break
                         continue
                     if not data:
-                        if not case.half_close or len(received) < expected_size:
-                            ended = ", then the server closed the connection"
+                        closed = not case.half_close or len(received) < expected_size
                         break
                     received += data
                     arrivals.append((trio.current_time() - start, len(received)))
                 nursery.cancel_scope.cancel()
         elapsed = trio.current_time() - start
-        if scope.cancelled_caught or quiet:
+        timed_out = scope.cancelled_caught or quiet
+        ended = ""
+        if reset:
+            ended = ", then the server reset the connection"
+        elif closed:
+            ended = ", then the server closed the connection"
+        elif broke:
+            ended = ", then the connection broke while sending"
+        elif timed_out:
             last = arrivals[-1][0] if arrivals else 0.0
             until = ", until the time limit" if scope.cancelled_caught else ""
             ended = f", then nothing more for {elapsed - last:.3g}s{until}"
+            if arrivals and elapsed - last < 0.05 * elapsed:
+                ended = ", and more was still coming when the time limit ran out"
             if case.half_close and len(received) >= expected_size:
                 ended = (
-                    ", but the connection was not closed within the time limit of the half-close"
+                    ", but the connection was not closed within the time limit after the half-close"
                 )
         return Transcript(
-            bytes(received), ended, scope.cancelled_caught or quiet, tuple(arrivals), elapsed
+            bytes(received),
+            ended,
+            timed_out,
+            tuple(arrivals),
+            elapsed,
+            unsent=unsent if timed_out else 0,
+            blocked=sending,
+            history=history,
         )
 
     def judge(
@@ -451,12 +483,17 @@ class _Checker:
         waited = transcript.elapsed - last
         if waited > 3 * self.slowest:
             return found  # it waited far longer than any exchange that passed took
+        need = (
+            f"; its {self.planned} exchanges need about {self.planned * self.slowest:.2g}s: "
+            f"try --timeout {math.ceil(self.planned * self.slowest * 1.5)}"
+            if self.planned
+            else ": give it more time with --timeout"
+        )
         return Diagnosis(
             "slow",
             f"{found.text.split(': ')[0]}: the scenario's time limit ran out "
             f"{transcript.elapsed:.2g}s into this exchange, and the ones before it took up "
-            f"to {self.slowest:.2g}s each: the server seems slow, not lossy; give it more "
-            "time with --timeout",
+            f"to {self.slowest:.2g}s each: the server seems slow, not lossy{need}",
         )
 
     async def exchange(
@@ -466,11 +503,12 @@ class _Checker:
         how: str = "",
         stream: trio.SocketStream | None = None,
         context: str = "",
+        history: int = 0,
     ) -> None:
         own = stream is None
         stream = stream or await self.open()
         try:
-            transcript = await self.talk(stream, case)
+            transcript = await self.talk(stream, case, history=history)
             self.judge(case, transcript, how=how, context=context)
         finally:
             if own:
@@ -502,13 +540,15 @@ class _Checker:
             stride = math.ceil(len(offsets) / _MAX_SPLITS)
             offsets = sorted({*interesting[: _MAX_SPLITS // 2], *offsets[::stride]})
         stream = await self.open()
+        self.planned = len(offsets)
         try:
-            for offset in offsets:
+            for number, offset in enumerate(offsets):
                 await self.exchange(
                     cut_at(self.framing, frames, [offset], _GAP),
                     how=f" in two writes split at byte {offset}",
                     stream=stream,
                     context=f"split at byte {offset}{self._where(frames, offset)}: ",
+                    history=number * len(frames),
                 )
         finally:
             await _close(stream)
@@ -720,7 +760,7 @@ class _Checker:
             await self._good_client(good)
         async with self._phase(
             f"after {_ABUSERS} clients reset their connections in the middle of a frame: ",
-            "a client that resets its connection mid-frame harms the server",
+            "a server that such clients harm fails this way",
         ):
             for n in range(_ABUSERS):
                 stream = await self.open()
@@ -731,7 +771,7 @@ class _Checker:
             await self._good_client(good)
         async with self._phase(
             f"while {_ABUSERS} clients that sent 4 KiB of random bytes stay connected: ",
-            "garbage from one client harms the server",
+            "a server that garbage from one client harms fails this way",
         ):
             for _ in range(_ABUSERS):
                 stream = await self.open()
@@ -741,8 +781,8 @@ class _Checker:
             await self._good_client(good)
         async with self._phase(
             "while a client that never reads its echoes keeps sending: ",
-            "one client that does not read holds up the others (a write that blocks the "
-            "whole server, or a lock held across a write)",
+            "a server where one client that does not read holds up the others fails this "
+            "way: a write that blocks the whole server, or a lock held across a write",
         ):
             never = await self.open()
             abusers.append(never)
@@ -757,7 +797,7 @@ class _Checker:
         try:
             yield
         except _Failed as failure:
-            failure.detail = context + failure.detail + (f"; so {harm}" if harm else "")
+            failure.detail = context + failure.detail + (f" ({harm})" if harm else "")
             failure.case = None  # what fails here takes several clients at once
             failure.note = "it takes several clients at once"
             raise
@@ -781,7 +821,13 @@ class _Checker:
         """Frames one at a time on the good connection, and one on a new connection."""
         for n in range(_GOOD_ROUNDS):
             frames = (_tagged(self.framing, f"good{n}", 40),)
-            await self.exchange(Case(frames), stream=stream, how=", on the well-behaved client")
+            await self.exchange(
+                Case(frames),
+                stream=stream,
+                how=", on the well-behaved client",
+                history=self.good_frames,
+            )
+            self.good_frames += 1
         await self.exchange(
             Case((_tagged(self.framing, "newcomer", 40),)),
             context="a new connection: ",
@@ -847,9 +893,13 @@ class _Shrinking:
     checker: _Checker
     left: float
     """Seconds of shrinking the run has left."""
+    off: bool = attrs.field(init=False)
     best: tuple[Case, Transcript] | None = None
     shrunk: dict[str, str] = attrs.field(factory=dict)
     """Kinds of failure shrunk already, and the scenario each was shrunk for."""
+
+    def __attrs_post_init__(self) -> None:
+        self.off = self.left <= 0
 
     async def minimal(self, name: str, failure: _Failed) -> tuple[MinimalCase | None, str]:
         case = failure.case
@@ -857,6 +907,8 @@ class _Shrinking:
             return None, failure.note or _NOT_SHRUNK.get(failure.kind, "no exchange to shrink")
         if failure.kind in self.shrunk:
             return None, f"the same kind of failure as {self.shrunk[failure.kind]}: see its case"
+        if self.off:
+            return None, "shrinking is off (--shrink-time 0)"
         if self.left <= 0:
             return None, "the run's time for shrinking (--shrink-time) is used up"
         checker = self.checker
@@ -975,7 +1027,7 @@ async def run_check(
         ValueError: an unknown scenario name.
     """
     framing = framing or Framing()
-    names = list(scenarios) if scenarios else list(SCENARIOS)
+    names = list(dict.fromkeys(scenarios)) if scenarios else list(SCENARIOS)
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
@@ -991,6 +1043,7 @@ async def run_check(
             on_start(name)
         checker.rng = random.Random(f"{seed}/{name}")
         checker.slowest = 0.0
+        checker.planned = checker.good_frames = 0
         start = trio.current_time()
         # Exchanges end a little before the scenario, so that they are judged
         # (the outermost cancelled scope is the one that catches).
@@ -1029,7 +1082,8 @@ async def replay(
     checker.deadline = start + timeout - min(_MARGIN, timeout / 10)
     try:
         with trio.move_on_after(timeout):
-            await checker.exchange(case, how=f" as {case.describe(framing)}")
+            writes = len(case.writes(framing))
+            await checker.exchange(case, how=f" in {count(writes, 'write')}")
     except _Failed as failure:
         return ScenarioResult(
             name,

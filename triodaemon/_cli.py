@@ -25,6 +25,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
@@ -1186,10 +1187,10 @@ def client_main(argv: Sequence[str]) -> int:
 
 
 async def _check(address: Address, framing: Framing, args: argparse.Namespace) -> int:
-    from ._check import CheckReport, cases_from_file, replay, run_check
+    from ._check import CheckReport, replay, run_check
 
-    # Progress goes to stderr: on a terminal only the scenario still running (the
-    # table on stdout says the rest), elsewhere a line per scenario as it ends.
+    # Progress only on a terminal, and only for the scenario still running (the
+    # table says the rest); elsewhere (a CI log) the table alone, once.
     live = sys.stderr.isatty() and not args.json
 
     def started(name: str) -> None:
@@ -1199,22 +1200,18 @@ async def _check(address: Address, framing: Framing, args: argparse.Namespace) -
     def progress(result: ScenarioResult) -> None:
         if live:
             print("\r\x1b[K", end="", file=sys.stderr, flush=True)
-        elif not args.json and not sys.stdout.isatty():
-            status = "pass" if result.passed else "FAIL"
-            print(f"  {result.name}: {status}", file=sys.stderr, flush=True)
 
-    if args.replay is not None:
-        try:
-            cases = cases_from_file(await trio.Path(args.replay).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            return _error(f"cannot replay {args.replay}: {_reason_of(exc)}")
+    if args.replay_cases is not None:
         results = []
-        for name, case_framing, case in cases:
+        for name, case_framing, case in args.replay_cases:
             started(name)
             result = await replay(address, case_framing, case, timeout=args.timeout, name=name)
             progress(result)
             results.append(result)
-        report = CheckReport(str(address), f"replay of {args.replay}", tuple(results))
+        framings = {case_framing.describe() for _, case_framing, _ in args.replay_cases}
+        report = CheckReport(
+            str(address), f"{'; '.join(sorted(framings))}; replay of {args.replay}", tuple(results)
+        )
     else:
         try:
             report = await run_check(
@@ -1229,14 +1226,15 @@ async def _check(address: Address, framing: Framing, args: argparse.Namespace) -
             )
         except ClientError as exc:
             return _error(str(exc))
+    code = _print_out(report.to_json() if args.json else report.table()) or (
+        0 if report.passed else EXIT_FAILURE
+    )
     if args.junit_xml is not None:
         try:
             await trio.Path(args.junit_xml).write_text(report.junit_xml(), encoding="utf-8")
         except OSError as exc:
             return _error(f"cannot write {args.junit_xml}: {_reason_of(exc)}")
-    return _print_out(report.to_json() if args.json else report.table()) or (
-        0 if report.passed else EXIT_FAILURE
-    )
+    return code
 
 
 def _reason_of(exc: BaseException) -> str:
@@ -1286,7 +1284,64 @@ def check_main(argv: Sequence[str]) -> int:
     parser = _check_parser()
     args = parser.parse_args(argv)
     framing = _framing_from_args(parser, args)
-    return trio.run(_interruptible, _check, _one_target(parser, args), framing, args)
+    target = _one_target(parser, args)
+    args.replay_cases = _replay_cases(parser, args) if args.replay is not None else None
+    if args.junit_xml is not None:
+        problem = _unwritable(args.junit_xml)
+        if problem:
+            parser.exit(
+                EXIT_USAGE, f"{parser.prog}: error: cannot write {args.junit_xml}: {problem}\n"
+            )
+    return trio.run(_interruptible, _check, target, framing, args)
+
+
+def _replay_cases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Any]:
+    """The cases ``--replay FILE`` names, or exit 2 with one line saying why not."""
+    from ._check import cases_from_file
+
+    chosen = [
+        flag
+        for flag, given in (
+            ("--scenario", args.scenario),
+            ("--seed", args.seed is not None),
+            ("--shrink-time", args.shrink_time != parser.get_default("shrink_time")),
+            ("--framing", args.framing is not None),
+            ("--delimiter", args.delimiter is not None),
+            ("--length-bytes", args.length_bytes is not None),
+            ("--byte-order", args.byte_order is not None),
+            ("--length-includes-header", args.length_includes_header),
+            ("--frame-size", args.frame_size is not None),
+            ("--max-frame", args.max_frame != parser.get_default("max_frame")),
+        )
+        if given
+    ]
+    if chosen:
+        parser.error(
+            f"--replay runs the cases in FILE in the framing they were found with: "
+            f"{', '.join(chosen)} cannot go with it"
+        )
+    try:
+        with open(args.replay, encoding="utf-8") as file:
+            return cases_from_file(file.read())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        parser.exit(
+            EXIT_USAGE, f"{parser.prog}: error: cannot replay {args.replay}: {_reason_of(exc)}\n"
+        )
+
+
+def _unwritable(path: str) -> str:
+    """Why a report could not be written to ``path`` ("" if it could, as far as we can tell)."""
+    target = Path(path)
+    if target.is_dir():
+        return "it is a directory"
+    parent = target.parent
+    if not parent.is_dir():
+        return f"no such directory: {parent}"
+    if target.exists() and not os.access(target, os.W_OK):
+        return "permission denied"
+    if not target.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"permission denied (directory {parent})"
+    return ""
 
 
 #: How long ``ctl`` waits for an answer, by default (an upgrade's takes longer).

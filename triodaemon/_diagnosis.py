@@ -20,12 +20,14 @@ from ._framing import Framing
 
 #: The kinds of failure, most specific first within each family.
 KINDS = (
+    "stalled",  # the server stopped reading: the client could not finish writing
     "nothing",  # not a byte came back
     "slow",  # a prefix came back, and echoes were still arriving at the time limit
     "one-per-write",  # one frame back for each write, the rest never
     "last-frame",  # all but the last frame
     "lost",  # a prefix, then nothing more
-    "extra",  # everything, then bytes that were never sent
+    "closed",  # a prefix, then the server closed or reset a connection that had carried frames
+    "extra",  # bytes that were never sent, before, between or after the echoes
     "ending",  # everything, but the connection did not end as it should
     "reordered",  # whole frames, in another order
     "skipped-empty",  # every frame but the empty ones
@@ -56,6 +58,13 @@ class Transcript:
     """(seconds since the first write, bytes read so far) after each read."""
     elapsed: float = 0.0
     """Seconds from the first write to the end of the exchange."""
+    unsent: int = 0
+    """Bytes the client had not written yet when the exchange ended."""
+    blocked: bool = False
+    """Whether the client was stuck in a write then (the server not reading), rather
+    than pausing between writes."""
+    history: int = 0
+    """Frames echoed on this connection before this exchange."""
 
 
 @attrs.frozen
@@ -163,17 +172,23 @@ class _Judge:
         self.write_ends = write_ends
 
     def diagnose(self) -> Diagnosis:
+        if self.transcript.unsent and self.transcript.timed_out:
+            return self.unfinished()
         if self.received == self.expected:
             return Diagnosis("ending", f"every echo came back{self.ended}")
         if self.expected.startswith(self.received):
             return self.prefix()
         if self.received.startswith(self.expected):
             extra = self.received[len(self.expected) :]
+            ended = self.ended or " (the client read no further)"
             return Diagnosis(
                 "extra",
-                f"every echo came back, then {len(extra)} bytes more than was sent: "
-                f"{show(extra)}{self.ended}",
+                f"every echo came back, then {count(len(extra), 'byte')} more than was "
+                f"sent: {show(extra)}{ended}",
             )
+        greeting = self.greeting()
+        if greeting is not None:
+            return greeting
         if self.framing.kind != "raw":
             got, rest = decode_loosely(self.framing, self.received)
             if got:
@@ -181,6 +196,44 @@ class _Judge:
                 if found is not None:
                     return found
         return self.bytewise()
+
+    def unfinished(self) -> Diagnosis:
+        """The time limit came before the client had written everything."""
+        transcript = self.transcript
+        written = len(self.expected) - transcript.unsent
+        facts = (
+            f"the client could write only {written} of {count(len(self.expected), 'byte')} "
+            f"before the time limit, and got {count(len(self.received), 'byte')} back"
+        )
+        if transcript.blocked:
+            return Diagnosis(
+                "stalled",
+                f"{facts}: the server stopped reading (its writes stuck too, or it never "
+                "reads while it owes echoes, or not at all)",
+            )
+        return Diagnosis(
+            "slow",
+            f"{facts}, pausing between writes as the scenario does: the time limit is too "
+            "short for the scenario itself; raise --timeout",
+        )
+
+    def greeting(self) -> Diagnosis | None:
+        """Bytes never sent, then the echo as far as it was read."""
+        probe = self.expected[: min(16, len(self.expected))]
+        at = self.received.find(probe) if probe else -1
+        if at <= 0 or not self.expected.startswith(self.received[at:]):
+            return None
+        first = self.received[:at]
+        if self.framing.kind == "raw":
+            if first in self.expected:
+                return None
+        elif set(decode_loosely(self.framing, first)[0]) & set(self.sent):
+            return None  # echoes of frames sent, out of place: not a greeting
+        return Diagnosis(
+            "extra",
+            f"{count(at, 'byte')} that were never sent came first, {show(self.received[:at])}, "
+            f"then the echo, intact as far as it was read{self.ended}",
+        )
 
     def prefix(self) -> Diagnosis:
         sent, received = self.sent, self.received
@@ -194,6 +247,14 @@ class _Judge:
         slow = self.still_arriving(complete)
         if slow is not None:
             return slow
+        history = self.transcript.history
+        if history and (" closed " in self.ended or " reset " in self.ended):
+            how = "reset" if " reset " in self.ended else "closed"
+            return Diagnosis(
+                "closed",
+                f"{facts}: the server {how} the connection after {history + complete} "
+                f"frames on it ({history} of them in exchanges before this one)",
+            )
         writes = len(self.write_ends) + 1
         if 0 < complete == writes < len(sent):
             return Diagnosis(
@@ -204,7 +265,8 @@ class _Judge:
         if complete == len(sent) - 1 and len(sent) > 1:
             return Diagnosis("last-frame", f"{facts}: the last frame never came back")
         return Diagnosis(
-            "lost", f"{facts}: the echoes of {len(sent) - complete} frames never came back"
+            "lost",
+            f"{facts}: the echoes of {count(len(sent) - complete, 'frame')} never came back",
         )
 
     def still_arriving(self, complete: int) -> Diagnosis | None:
@@ -242,6 +304,7 @@ class _Judge:
         facts = f"sent {count(len(sent), 'frame')}, got {len(got)}{tail}{self.ended}"
         for check in (
             self.reordered,
+            self.extra_frames,
             self.skipped_empty,
             self.read_cut,
             self.truncated,
@@ -380,17 +443,53 @@ class _Judge:
                 pending = next(kept, None)
             else:
                 missing.append(n + 1)
+        if len(missing) <= max(1, len(self.sent) // 10):
+            why = "the server loses a frame now and then"
+        else:
+            why = "the server seems to answer each read with one message and drop the rest"
         return Diagnosis(
             "dropped",
             f"{facts}: {which(missing)} never came back, the others came back whole "
-            "and in order: the server seems to answer each read with one message and "
-            "drop the rest",
+            f"and in order: {why}",
         )
+
+    def extra_frames(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        """The frames sent came back in order, with frames never sent among them (the
+        same ones each time, or a couple): as far as the client read."""
+        wanted = iter(self.sent)
+        pending = next(wanted, None)
+        extra = []
+        matched = 0
+        for n, frame in enumerate(got):
+            if frame == pending:
+                matched += 1
+                pending = next(wanted, None)
+            else:
+                extra.append(n)
+        kinds = {got[n] for n in extra}
+        if (
+            not extra
+            or not matched
+            or (len(kinds) > 1 and len(extra) > 2)
+            or kinds & set(self.sent)  # frames that were sent, out of place: not extra
+        ):
+            return None
+        what = f"{show(next(iter(kinds)))} each time" if len(kinds) == 1 else "of several kinds"
+        far = "every frame sent" if matched == len(self.sent) else f"the first {matched} frames"
+        return Diagnosis(
+            "extra",
+            f"{facts}: {far} came back, in order, with {count(len(extra), 'frame')} that "
+            f"were never sent among them ({what}): the server adds to its echoes",
+        )
+
+    def _pairs(self, got: list[bytes]) -> tuple[list[tuple[bytes, bytes]], list[int]]:
+        """(sent, got) frame by frame, and the places where the two differ."""
+        pairs = list(zip(self.sent, got, strict=False))
+        return pairs, [n for n, (want, have) in enumerate(pairs) if want != have]
 
     def partial_tail(self, got: list[bytes], facts: str) -> Diagnosis | None:
         """Frames that came back, each in its place, as a piece of itself."""
-        pairs = list(zip(self.sent, got, strict=False))
-        different = [n for n, (want, have) in enumerate(pairs) if want != have]
+        pairs, different = self._pairs(got)
         if not different or not all(
             len(pairs[n][1]) < len(pairs[n][0])
             and (pairs[n][0].startswith(pairs[n][1]) or pairs[n][0].endswith(pairs[n][1]))
@@ -409,8 +508,7 @@ class _Judge:
 
     def corrupted(self, got: list[bytes], facts: str) -> Diagnosis | None:
         """As many frames, in place, of the right sizes, and a few of them different."""
-        pairs = list(zip(self.sent, got, strict=False))
-        different = [n for n, (want, have) in enumerate(pairs) if want != have]
+        pairs, different = self._pairs(got)
         intact = len(pairs) - len(different)
         if (
             not different

@@ -616,7 +616,8 @@ class Framing:
         elif self.kind == "delimiter":
             detail = f" {self.delimiter!r}"
         elif self.kind == "length":
-            detail = f" ({self.length_bytes} bytes, {self.byte_order}-endian"
+            unit = "byte" if self.length_bytes == 1 else "bytes"
+            detail = f" ({self.length_bytes} {unit}, {self.byte_order}-endian"
             detail += ", includes header)" if self.length_includes_header else ")"
         elif self.kind == "fixed":
             detail = f" ({self.frame_size} bytes)"
