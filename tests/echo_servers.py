@@ -88,8 +88,6 @@ class Echo(asyncio.Protocol):
         self.transport = transport
         if self.mode == "slow":
             self.slow = asyncio.get_running_loop().create_task(self.answer_slowly())
-        elif self.mode == "deaf":
-            transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.slow is not None:
@@ -179,7 +177,14 @@ async def main() -> None:
     parser.add_argument("--framing", choices=["line", "length"], default="line")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
-    if args.mode == "blocking-writes":
+    if args.mode == "deaf":
+        held: list[asyncio.StreamWriter] = []
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # never read: the stream reader stops at its limit
+
+        server = await asyncio.start_server(hold, "127.0.0.1", 0, limit=16384)
+    elif args.mode == "blocking-writes":
         lock = asyncio.Lock()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
