@@ -12,7 +12,6 @@ case is the caller's (``check``'s); this module never touches a socket.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -199,14 +198,6 @@ def show_writes(framing: Framing, case: Case, limit: int = 12) -> list[str]:
     if case.read_delay:
         lines.append(f"reading only after {case.read_delay:g}s")
     return lines
-
-
-def case_to_file(address: Address, framing: Framing, case: Case) -> str:
-    """A case as ``check --replay`` reads it."""
-    return json.dumps(
-        {"address": str(address), "framing": framing_to_json(framing), "case": case.to_json()},
-        indent=2,
-    )
 
 
 # --- shrinking ---------------------------------------------------------------------

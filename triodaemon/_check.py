@@ -1076,7 +1076,7 @@ async def replay(
     timeout: float = DEFAULT_TIMEOUT,
     name: str = "replay",
 ) -> ScenarioResult:
-    """Run one case (a shrunk one, from a report or a case file) against ``address``."""
+    """Run one case (a shrunk one, from a report) against ``address``."""
     checker = _Checker(address, framing, timeout)
     start = trio.current_time()
     checker.deadline = start + timeout - min(_MARGIN, timeout / 10)
@@ -1099,21 +1099,17 @@ async def replay(
 
 def cases_from_file(text: str) -> list[tuple[str, Framing, Case]]:
     """The cases in a ``check --json`` report (each failing scenario's smallest
-    case) or a case file: (name, framing, case) each.
+    case): (name, framing, case) each.
 
     Raises:
-        ValueError: neither, or a report without a single case.
+        ValueError: not a report, or a report without a single case.
     """
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise ValueError("not a check report nor a case")
-    if "case" in document:
-        return [
-            ("replay", framing_from_json(document["framing"]), Case.from_json(document["case"]))
-        ]
+        raise ValueError("not a check report")
     found = []
     for scenario in document.get("scenarios", ()):
         minimal = scenario.get("minimal") if isinstance(scenario, dict) else None
