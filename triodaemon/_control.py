@@ -38,7 +38,7 @@ from . import __version__
 from ._client import connect
 from ._config import DaemonConfig
 from ._errors import ClientError, FramingError, TriodaemonError
-from ._framing import Framing
+from ._framing import SPEEDUPS, Framing
 from ._listeners import AcceptGate, BoundListener, UnixAddress, stream_for
 from ._stats import Stats
 
@@ -205,6 +205,7 @@ def stats_report(
         "uptime": time.monotonic() - started,
         "state": "draining" if draining else "serving",
         "readiness": readiness,
+        "speedups": SPEEDUPS,
         "listeners": [
             {"address": str(listener.address), "accepting": not draining} for listener in listeners
         ],

@@ -25,8 +25,10 @@ another process at a frame boundary together with what it has not decoded yet.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
+from types import ModuleType
 from typing import Literal, Protocol
 
 import attrs
@@ -107,6 +109,30 @@ def _copy(buf: bytearray, start: int, end: int) -> bytes:
     with memoryview(buf) as view:
         return bytes(view[start:end])
 
+
+def _compiled_scans() -> ModuleType | None:
+    """``triodaemon._speedups``, unless it was not built or ``TRIODAEMON_NO_SPEEDUPS`` is set."""
+    if os.environ.get("TRIODAEMON_NO_SPEEDUPS"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None
+    return _speedups
+
+
+_compiled = _compiled_scans()
+#: Whether the decoders run the compiled scans (``triodaemon/_speedups.c``): the
+#: count of one-byte delimiters and the walk over length headers. The pure-Python
+#: scans below give the same answers, slower; tests/test_speedups.py holds them
+#: to it. Module globals, read at each scan, so that a test can switch them.
+SPEEDUPS = _compiled is not None
+_count_byte: Callable[[bytes | bytearray, int, int, int], int] | None = (
+    _compiled.count_byte if _compiled is not None else None
+)
+_walk_lengths: (
+    Callable[[bytes | bytearray, int, int, int, int, int, int, int], tuple[int, int, int]] | None
+) = _compiled.walk_lengths if _compiled is not None else None
 
 #: ``most`` for a scan that takes every whole frame there is: more frames than
 #: any buffer holds.
@@ -284,6 +310,8 @@ class DelimiterDecoder(_BufferedDecoder):
             ):
                 if ours:
                     self._search = end
+                if size == 1 and _count_byte is not None:
+                    return end, _count_byte(data, self._last_byte, start, end), None
                 return end, data.count(delimiter, start, end), None
             search = self._search if ours and self._search > start else start
             last = data.rfind(delimiter, search, end)
@@ -294,6 +322,8 @@ class DelimiterDecoder(_BufferedDecoder):
             stop = last + size
             if ours:
                 self._search = stop
+            if size == 1 and _count_byte is not None:
+                return stop, _count_byte(data, self._last_byte, start, stop), None
             return stop, data.count(delimiter, start, stop), None
         search = self._search if ours and self._search > start else start
         pos = start
@@ -346,17 +376,21 @@ class LengthPrefixDecoder(_BufferedDecoder):
     )
     length_includes_header: bool = attrs.field(default=False, kw_only=True)
     _unpack_from: Callable[[bytes | bytearray, int], tuple[int]] = attrs.field(init=False)
+    _big: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        order = ">" if self.byte_order == "big" else "<"
+        self._big = self.byte_order == "big"
         code = {1: "B", 2: "H", 4: "I", 8: "Q"}[self.length_bytes]
-        self._unpack_from = struct.Struct(order + code).unpack_from
+        self._unpack_from = struct.Struct((">" if self._big else "<") + code).unpack_from
 
     def _scan(self, data: bytes | bytearray, start: int, end: int, most: int) -> _Scan:
-        unpack_from = self._unpack_from
         n = self.length_bytes
         limit = self.max_frame
         skip = n if self.length_includes_header else 0
+        if _walk_lengths is not None:
+            pos, count, bad = _walk_lengths(data, start, end, n, self._big, skip, limit, most)
+            return pos, count, None if bad < 0 else self._bad_header(bad)
+        unpack_from = self._unpack_from
         pos = start
         count = 0
         last = end - n  # where the last whole header can start

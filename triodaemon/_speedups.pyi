@@ -1,0 +1,14 @@
+# The compiled scans of triodaemon/_speedups.c (optional; see triodaemon/_framing.py).
+
+def count_byte(data: bytes | bytearray, byte: int, start: int, end: int, /) -> int: ...
+def walk_lengths(
+    data: bytes | bytearray,
+    start: int,
+    end: int,
+    n: int,
+    big: int,
+    skip: int,
+    limit: int,
+    most: int,
+    /,
+) -> tuple[int, int, int]: ...
