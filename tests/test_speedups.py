@@ -7,15 +7,22 @@ makes sure it is built, and runs the whole suite again without it
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
+import trio
+import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triodaemon import Framing, FramingError, _framing
+from triodaemon import Framing, FramingError, Stats, _framing, _socket_connection
+
+from .test_socket_connection import backend_running, make, read_exactly
 
 speedups = pytest.importorskip("triodaemon._speedups")
 
@@ -159,3 +166,148 @@ def test_the_environment_turns_them_off() -> None:
     )
     assert on.stdout.startswith("True <built-in function count_byte>"), on.stderr
     assert off.stdout == "False None None\n", off.stderr
+
+
+# -- recv_echo: the echo's read and send in one call ------------------------------
+
+# (_echo_shape: the shapes whether or not the daemon may use them.)
+LINE = _framing._echo_shape(Framing())
+LENGTH = _framing._echo_shape(Framing("length", length_bytes=2, max_frame=8))
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.settimeout(5)
+    with ours, peer:
+        yield ours, peer
+
+
+def test_recv_echo_echoes_whole_lines(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    buf = bytearray(64)
+    assert LINE is not None
+    assert speedups.recv_echo(ours.fileno(), buf, 64, LINE) is None  # nothing yet
+    peer.sendall(b"ab\n\ncd\n")
+    assert speedups.recv_echo(ours.fileno(), buf, 64, LINE) == (7, 3, 7)
+    assert peer.recv(64) == b"ab\n\ncd\n"
+
+
+def test_recv_echo_leaves_a_read_that_is_not_whole_frames(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = pair
+    buf = bytearray(64)
+    assert LINE is not None
+    assert LENGTH is not None
+    peer.sendall(b"ab\ncd")
+    assert speedups.recv_echo(ours.fileno(), buf, 64, LINE) == (5, -1, 0)
+    assert bytes(buf[:5]) == b"ab\ncd"  # the caller frames it
+    peer.sendall(b"\0\2xy\0\3ab")  # a frame and a half
+    assert speedups.recv_echo(ours.fileno(), buf, 64, LENGTH) == (8, -1, 0)
+    peer.sendall(b"\0\x09123456789")  # over max_frame: the Python path says so
+    assert speedups.recv_echo(ours.fileno(), buf, 64, LENGTH) == (11, -1, 0)
+    peer.sendall(b"x" * 9 + b"\n")  # more than max_frame bytes: not the shortcut's
+    assert speedups.recv_echo(ours.fileno(), buf, 10, (10, 0, 0, 0, 8)) == (10, -1, 0)
+    ours.setblocking(True)
+    ours.settimeout(0.01)
+    with pytest.raises(TimeoutError):
+        peer.recv(1)  # nothing was sent back
+
+
+def test_recv_echo_whole_length_frames(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    buf = bytearray(64)
+    assert LENGTH is not None
+    peer.sendall(b"\0\2xy\0\0\0\1z")
+    assert speedups.recv_echo(ours.fileno(), buf, 64, LENGTH) == (9, 3, 9)
+    assert peer.recv(64) == b"\0\2xy\0\0\0\1z"
+
+
+def test_recv_echo_end_of_file_and_errors(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    buf = bytearray(64)
+    assert LINE is not None
+    peer.sendall(b"x\n")
+    peer.close()  # the line is still there to read; the echo fails: EPIPE, as a number
+    assert speedups.recv_echo(ours.fileno(), buf, 64, LINE) == (2, 1, -errno.EPIPE)
+    assert speedups.recv_echo(ours.fileno(), buf, 64, LINE) == (0, -1, 0)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        speedups.recv_echo(-1, buf, 64, LINE)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ((0, bytearray(4), 8, (10, 0, 0, 0, 8)), ValueError),  # size past the buffer
+        ((0, bytearray(4), 0, (10, 0, 0, 0, 8)), ValueError),
+        ((0, b"read-only", 4, (10, 0, 0, 0, 8)), BufferError),
+        ((0, bytearray(4), 4, (10, 0, 0, 0)), TypeError),
+        ((0, bytearray(4), 4, (-1, 3, 0, 0, 8)), ValueError),  # no 3-byte headers
+        ((0, bytearray(4), 4, (256, 0, 0, 0, 8)), ValueError),
+    ],
+)
+def test_recv_echo_refuses_bad_arguments(args: tuple[object, ...], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        speedups.recv_echo(*args)
+
+
+def test_echo_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_framing, "_recv_echo", speedups.recv_echo)
+    assert _framing.echo_shape(Framing()) == (10, 0, 0, 0, 1 << 20)
+    assert _framing.echo_shape(Framing("delimiter", delimiter=b"\0", max_frame=5)) == (
+        0,
+        0,
+        0,
+        0,
+        5,
+    )
+    assert _framing.echo_shape(Framing("delimiter", delimiter=b"\r\n")) is None
+    assert _framing.echo_shape(
+        Framing("length", length_bytes=8, byte_order="little", length_includes_header=True)
+    ) == (-1, 8, 0, 8, 1 << 20)
+    for kind in ("varint", "raw"):
+        assert _framing.echo_shape(Framing(kind)) is None
+    monkeypatch.setattr(_framing, "_recv_echo", None)  # TRIODAEMON_NO_SPEEDUPS, or not built
+    assert _framing.echo_shape(Framing()) is None
+
+
+@pytest.mark.parametrize("backend", ["epoll", "portable"])
+async def test_the_compiled_echo_with_a_full_send_buffer_loses_nothing(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every read is whole lines (written a read's worth at a time), so the compiled
+    # read echoes them itself; the client reads nothing until it has sent all, so
+    # its sends come back partial and the rest goes through the connection's task.
+    results: list[tuple[int, int, int]] = []
+
+    def recording(fd: int, buf: bytearray, size: int, shape: _framing.EchoShape) -> object:
+        got = speedups.recv_echo(fd, buf, size, shape)
+        if got is not None:
+            results.append(got)
+        return got
+
+    monkeypatch.setattr(_framing, "_recv_echo", speedups.recv_echo)
+    monkeypatch.setattr(_socket_connection, "_recv_echo", recording)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    read = 4096
+    chunk = b"".join(b"%07d\n" % i for i in range(read // 8))  # 512 lines, one read
+    chunks = [chunk] * 16  # (64 KiB: what the client may send while nobody reads)
+    stats = Stats()
+    with trio.fail_after(10):
+        async with backend_running(backend) as readiness, trio.open_nursery() as nursery:
+            conn = make("served-" + backend, ours, readiness, receive_size=read, stats=stats)
+            nursery.start_soon(conn.run)
+            client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+            for piece in chunks:
+                await client.send_all(piece)
+                await trio.lowlevel.checkpoint()  # one read per write, mostly
+            assert await read_exactly(client, len(chunk) * len(chunks)) == chunk * len(chunks)
+            await client.aclose()
+            await conn.over.wait()
+    assert stats.frames == 512 * 16
+    assert stats.bytes_received == stats.bytes_sent == len(chunk) * 16
+    assert any(count > 0 and 0 <= sent < size for size, count, sent in results), results

@@ -25,6 +25,7 @@ another process at a frame boundary together with what it has not decoded yet.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -133,6 +134,37 @@ _count_byte: Callable[[bytes | bytearray, int, int, int], int] | None = (
 _walk_lengths: (
     Callable[[bytes | bytearray, int, int, int, int, int, int, int], tuple[int, int, int]] | None
 ) = _compiled.walk_lengths if _compiled is not None else None
+
+#: A framing's shape for ``recv_echo``: (one-byte delimiter, header size, big
+#: endian, header bytes counted in the length, max_frame); delimiter -1 for length
+#: headers.
+EchoShape = tuple[int, int, int, int, int]
+#: The echo's read and send in one call, for a connection whose decoder holds
+#: nothing (``SocketConnection._step``); see ``triodaemon/_speedups.c``.
+_recv_echo: Callable[[int, bytearray, int, EchoShape], tuple[int, int, int] | None] | None = (
+    _compiled.recv_echo if _compiled is not None else None
+)
+
+
+def echo_shape(framing: Framing) -> EchoShape | None:
+    """What ``recv_echo`` needs to know of ``framing``; None where it cannot serve it
+    (no compiled scans, or a kind other than a one-byte delimiter or length headers)."""
+    if _recv_echo is None:
+        return None
+    return _echo_shape(framing)
+
+
+@functools.cache
+def _echo_shape(framing: Framing) -> EchoShape | None:
+    # One tuple per framing, shared by its connections.
+    if framing.kind in ("line", "delimiter") and len(framing.delimiter) == 1:
+        return (framing.delimiter[0], 0, 0, 0, framing.max_frame)
+    if framing.kind == "length":
+        n = framing.length_bytes
+        skip = n if framing.length_includes_header else 0
+        return (-1, n, int(framing.byte_order == "big"), skip, framing.max_frame)
+    return None
+
 
 #: ``most`` for a scan that takes every whole frame there is: more frames than
 #: any buffer holds.

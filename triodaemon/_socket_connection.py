@@ -24,6 +24,7 @@ import enum
 import fcntl
 import logging
 import math
+import os
 import socket
 import struct
 import sys
@@ -41,7 +42,8 @@ from ._connection import (
     _Conversation,
     _Stop,
 )
-from ._framing import Framing
+from ._framing import EchoShape, Framing, echo_shape
+from ._framing import _recv_echo as _compiled_recv_echo
 from ._handover import ConnectionRecord, finite_or_none
 from ._readiness import Readiness, Wait
 from ._stats import Stats
@@ -82,7 +84,7 @@ class SocketConnection(_Conversation):
         readiness: the daemon's running backend.
     """
 
-    __slots__ = ("_buf", "_handoff", "_sock", "_waiter")
+    __slots__ = ("_buf", "_handoff", "_shape", "_sock", "_waiter")
 
     def __init__(
         self,
@@ -115,6 +117,8 @@ class SocketConnection(_Conversation):
         self._buf = _receive_buffer(max(receive_size, OVER_BUDGET_READ))
         # Left by _step for the task: an error, an EOF, a pause, or replies to send.
         self._handoff: OSError | memoryview | _Handoff | None = None
+        # For the compiled read-and-echo (None: the echo's reads go through Python).
+        self._shape = echo_shape(self.framing) if handler is None else None
 
     # -- waiting and reading -------------------------------------------------------
 
@@ -177,8 +181,19 @@ class SocketConnection(_Conversation):
         else:
             size = self.receive_size
         buf = self._buf
+        shape = self._shape
         try:
-            size = self._sock.recv_into(buf, size)
+            if shape is not None and not self._held:
+                # Nothing held: the compiled read, which echoes a read of whole
+                # frames itself (the decoder would hold nothing after it either).
+                got = _recv_echo(self._sock.fileno(), buf, size, shape)
+                if got is None:
+                    return self._deadline
+                size, count, sent = got
+                if count > 0:
+                    return self._echoed(now, size, count, sent)
+            else:
+                size = self._sock.recv_into(buf, size)
         except BlockingIOError:
             return self._deadline
         except OSError as exc:
@@ -198,6 +213,21 @@ class SocketConnection(_Conversation):
         if decoder.error is not None or (self._draining and not decoder.buffered):
             return None
         return self._deadline
+
+    def _echoed(self, now: float, size: int, count: int, sent: int) -> float | None:
+        """The rest of a step after ``recv_echo`` echoed ``size`` bytes of ``count``
+        whole frames itself: the counters and deadline, and what it could not send."""
+        self.bytes_in += size
+        self.frames += count
+        self._deadline = now + self.idle_timeout
+        if sent < 0:
+            self._handoff = OSError(-sent, os.strerror(-sent))
+            return None
+        self.bytes_out += sent
+        if sent < size:
+            self._handoff = memoryview(bytes(memoryview(self._buf)[sent:size]))
+            return None
+        return None if self._draining else self._deadline
 
     def _data(self) -> bytes | bytearray:
         return self._buf
@@ -359,6 +389,15 @@ def _unacknowledged(sock: socket.socket) -> int | None:
     except OSError:
         return None
     return int(struct.unpack("i", answer)[0])
+
+
+def _no_recv_echo(fd: int, buf: bytearray, size: int, shape: EchoShape) -> tuple[int, int, int]:
+    raise RuntimeError("no compiled recv_echo: echo_shape() gives a connection no shape then")
+
+
+#: The compiled read-and-echo (``triodaemon/_speedups.c``), for connections with
+#: an echo shape, which they have only where it was built.
+_recv_echo = _compiled_recv_echo or _no_recv_echo
 
 
 #: Every connection of a trio run reads its socket into one buffer: no allocation

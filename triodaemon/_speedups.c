@@ -18,7 +18,17 @@
  *     stopped, how many whole frames it passed, and the raw header value that
  *     stopped it (-1 if none did).
  *
- * Both take any contiguous buffer (bytes, bytearray, memoryview), hold it only
+ * recv_echo(fd, buf, size, shape) -> (received, frames, sent) | None
+ *     The echo's read for a connection whose decoder holds nothing: one recv()
+ *     of up to `size` bytes into `buf`, and when the read is whole frames of
+ *     `shape` (delim, n, big, skip, limit: a one-byte delimiter, or delim -1 and
+ *     length headers as for walk_lengths), one send() of it. None if the read
+ *     would block; else the bytes received (0: end of file), the frames (-1 when
+ *     the read is not whole frames: nothing was sent, and the caller frames the
+ *     read itself), and the bytes sent (-errno if send failed). An OSError if the
+ *     recv failed.
+ *
+ * All take any contiguous buffer (bytes, bytearray, memoryview), hold it only
  * while they run, and run no Python code meanwhile.
  */
 #define PY_SSIZE_T_CLEAN
@@ -170,11 +180,122 @@ walk_lengths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(nni)", pos, count, -1);
 }
 
+
+#include <errno.h>
+#include <sys/socket.h>
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 /* (where there is none, SIGPIPE is ignored, as Python does) */
+#endif
+
+/* Where the frames of p[0:n] end, and how many: n and the count when the read is
+ * whole frames, else -1. A delimiter of one byte (delim >= 0; any read of at most
+ * `limit` bytes that ends with it), or length headers (delim < 0). */
+static Py_ssize_t
+whole_frames(const unsigned char *p, Py_ssize_t n, long delim, Py_ssize_t hn, int big,
+             Py_ssize_t skip, Py_ssize_t limit)
+{
+    if (delim >= 0) {
+        if (n > limit || p[n - 1] != (unsigned char)delim) {
+            return -1;
+        }
+        return count_in(p, n, (unsigned char)delim);
+    }
+    Py_ssize_t pos = 0, count = 0, last = n - hn;
+    while (pos <= last) {
+        uint64_t value = 0;
+        if (big) {
+            for (Py_ssize_t i = 0; i < hn; i++) {
+                value = (value << 8) | p[pos + i];
+            }
+        }
+        else {
+            for (Py_ssize_t i = hn - 1; i >= 0; i--) {
+                value = (value << 8) | p[pos + i];
+            }
+        }
+        if (value < (uint64_t)skip || value - (uint64_t)skip > (uint64_t)limit) {
+            return -1;
+        }
+        Py_ssize_t length = (Py_ssize_t)(value - (uint64_t)skip);
+        if (last - pos < length) {
+            return -1;
+        }
+        pos += hn + length;
+        count++;
+    }
+    return pos == n ? count : -1;
+}
+
+static PyObject *
+recv_echo(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t ints[2]; /* fd, size */
+    Py_ssize_t shape[5]; /* delim, n, big, skip, limit */
+    Py_buffer view;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "recv_echo(fd, buf, size, shape) takes 4 arguments");
+        return NULL;
+    }
+    if (ssize_args(args, 0, 1, ints) < 0 || ssize_args(args, 2, 1, ints + 1) < 0) {
+        return NULL;
+    }
+    if (!PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != 5) {
+        PyErr_SetString(PyExc_TypeError, "shape must be a tuple (delim, n, big, skip, limit)");
+        return NULL;
+    }
+    if (ssize_args(&PyTuple_GET_ITEM(args[3], 0), 0, 5, shape) < 0) {
+        return NULL;
+    }
+    if (shape[0] < -1 || shape[0] > 255 || (shape[0] < 0 && shape[1] != 1 && shape[1] != 2 &&
+                                           shape[1] != 4 && shape[1] != 8) ||
+        shape[3] < 0 || shape[4] < 0 || ints[1] < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad shape or size");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (ints[1] > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "size is larger than the buffer");
+        return NULL;
+    }
+    int fd = (int)ints[0];
+    unsigned char *p = (unsigned char *)view.buf;
+    ssize_t got = recv(fd, p, (size_t)ints[1], 0);
+    if (got < 0) {
+        int err = errno;
+        PyBuffer_Release(&view);
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
+            Py_RETURN_NONE; /* (EINTR: the level-triggered wait says "ready" again) */
+        }
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_ssize_t frames =
+        got ? whole_frames(p, got, (long)shape[0], shape[1], shape[2] != 0, shape[3], shape[4]) : -1;
+    Py_ssize_t sent = 0;
+    if (frames > 0) {
+        ssize_t put = send(fd, p, (size_t)got, MSG_NOSIGNAL);
+        if (put >= 0) {
+            sent = put;
+        }
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            sent = -errno;
+        }
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nnn)", (Py_ssize_t)got, frames, sent);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"count_byte", (PyCFunction)(void (*)(void))count_byte, METH_FASTCALL,
      "count_byte(data, byte, start, end): occurrences of byte in data[start:end]."},
     {"walk_lengths", (PyCFunction)(void (*)(void))walk_lengths, METH_FASTCALL,
      "walk_lengths(data, start, end, n, big, skip, limit, most) -> (pos, count, bad)."},
+    {"recv_echo", (PyCFunction)(void (*)(void))recv_echo, METH_FASTCALL,
+     "recv_echo(fd, buf, size, shape) -> (received, frames, sent), or None if it would block."},
     {NULL, NULL, 0, NULL},
 };
 

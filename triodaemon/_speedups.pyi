@@ -12,3 +12,6 @@ def walk_lengths(
     most: int,
     /,
 ) -> tuple[int, int, int]: ...
+def recv_echo(
+    fd: int, buf: bytearray, size: int, shape: tuple[int, int, int, int, int], /
+) -> tuple[int, int, int] | None: ...
