@@ -109,6 +109,7 @@ def server_command(name: str, framing: str, where: list[str], idle: int) -> list
         "asyncio-streams": "asyncio_streams.py",
         "asyncio-protocol": "asyncio_protocol.py",
         "trio-tutorial": "trio_tutorial.py",
+        "trio-floor": "trio_floor.py",
         "twisted": "twisted_receiver.py",
     }[peer]
     extra = ["--loop", loop] if loop else []
@@ -124,6 +125,11 @@ def server_command(name: str, framing: str, where: list[str], idle: int) -> list
 #: competing with the load generator for cores.
 WORKERS = {"triodaemon-1w": 1, "triodaemon-2w": 2, "triodaemon-2w-one-core": 2}
 UNPINNED = {"triodaemon-1w", "triodaemon-2w"}
+
+#: Not peers, and not in the default set: ``trio-floor`` (bench/peers/trio_floor.py)
+#: echoes bytes with the least a trio task per connection can do, a floor for any
+#: trio server.
+FLOORS = ["trio-floor"]
 
 ALL_SERVERS = [
     "triodaemon",
@@ -478,15 +484,19 @@ def main() -> int:
     args = parser.parse_args()
     if args.from_json:
         saved = [Sample(**fields) for fields in json.loads(Path(args.from_json).read_text())]
-        named = [s for s in [*ALL_SERVERS, BASELINE, *WORKERS] if any(x.server == s for x in saved)]
+        named = [
+            s
+            for s in [*ALL_SERVERS, BASELINE, *WORKERS, *FLOORS]
+            if any(x.server == s for x in saved)
+        ]
         print(report(saved, named, args.idle))
         return 0
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 0.3, 0.1
     servers = args.servers.split(",")
-    unknown = [s for s in servers if s not in ALL_SERVERS and s not in WORKERS]
+    unknown = [s for s in servers if s not in [*ALL_SERVERS, *WORKERS, *FLOORS]]
     if unknown:
-        known = ", ".join([*ALL_SERVERS, *WORKERS])
+        known = ", ".join([*ALL_SERVERS, *WORKERS, *FLOORS])
         sys.exit(f"bench: unknown server {unknown[0]}; choose from {known}")
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()

@@ -73,6 +73,32 @@ def test_bench_suite_smoke() -> None:
             assert not any(math.isnan(float(row.split("|")[-2])) for row in rows)
 
 
+def test_trio_floor_smoke() -> None:
+    # Not in the default set: the floor any trio server stands on (bench/peers/trio_floor.py).
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--servers",
+            "triodaemon,trio-floor",
+            "--scenarios",
+            "s1,s3",
+            "--transports",
+            "tcp,unix",
+        ],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    # Its rows of the four scenario tables (the tables of ratios have fewer columns).
+    rows = [line for line in lines if line.startswith("| trio-floor ") and line.count("|") == 11]
+    assert len(rows) == 4
+    assert all(row.split("|")[-2].strip() == "0" for row in rows), rows  # errors
+
+
 def test_accept_balance_smoke() -> None:
     """bench/accept_balance.py runs, and a shared socket loses no queued connection
     when a worker exits (the reason --workers shares its sockets)."""

@@ -165,6 +165,7 @@ class _Conversation:
         "bytes_out",
         "completed",
         "decoder",
+        "ended",
         "frame_timeout",
         "frames",
         "framing",
@@ -214,6 +215,11 @@ class _Conversation:
         self._held = 0  # bytes of a partial frame, as last told to the budget
         self._lost_reason: BaseException | None = None
         self._handover: HandoverHook | None = None
+        #: Called once :meth:`run` is over, however it ended, with the frame
+        #: handler's exception (which run() then does not raise) or None. The
+        #: daemon's bookkeeping: a hook, not a coroutine around run(), whose frame
+        #: every idle connection would carry.
+        self.ended: Callable[[_Conversation, Exception | None], None] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.info}>"
@@ -313,48 +319,60 @@ class _Conversation:
         may not have read every reply, so it is not.
 
         Raises:
-            Exception: whatever the frame handler raised (the connection is closed first).
+            Exception: whatever the frame handler raised (the connection is closed
+                first), unless :attr:`ended` is set: it gets the exception instead.
         """
-        self.stats.follow(self)
+        failure: Exception | None = None
         try:
-            if math.isnan(self.opened):  # (else resume() began it)
-                self.opened = now = trio.current_time()
-                self._deadline = now + self.idle_timeout
-            if await self._serve() is _Close.GRACEFUL:
-                await self._linger()
-            self.completed = True
+            self.stats.follow(self)
+            try:
+                if math.isnan(self.opened):  # (else resume() began it)
+                    self.opened = now = trio.current_time()
+                    self._deadline = now + self.idle_timeout
+                # The loop is here, not in a coroutine of its own: every coroutine
+                # frame under a connection's task is part of each idle connection's
+                # memory.
+                decoder = self.decoder
+                while True:
+                    if self._handover is not None and decoder.error is None and await self._offer():
+                        closed: _Close | None = _Close.HANDED
+                        break
+                    if self._drained():
+                        log.debug("%s: drained", self.info)
+                        closed = _Close.GRACEFUL
+                        break
+                    got = self._waited(await self._wait())
+                    if got is _Stop.SERVED:
+                        closed = await self._after_serving()
+                    elif isinstance(got, _Stop):
+                        if got is _Stop.WOKEN:
+                            continue
+                        closed = self._stopped(got)
+                    elif got == 0:
+                        closed = self._eof()
+                    else:
+                        closed = await self._received(got)
+                    if closed is not None:
+                        break
+                    if decoder.error is not None:
+                        closed = self._framing_error(decoder.error)
+                        break
+                if closed is _Close.GRACEFUL:
+                    await self._linger()
+                self.completed = True
+            finally:
+                self.stats.fold(self)
+                if self._held:
+                    self._budget.hold(self, self._held, 0)
+                    self._held = 0
+                await self._close()
+        except Exception as exc:
+            if self.ended is None:
+                raise
+            failure = exc
         finally:
-            self.stats.fold(self)
-            if self._held:
-                self._budget.hold(self, self._held, 0)
-                self._held = 0
-            await self._close()
-
-    # -- the loop ---------------------------------------------------------------------
-
-    async def _serve(self) -> _Close:
-        decoder = self.decoder
-        while True:
-            if self._handover is not None and decoder.error is None and await self._offer():
-                return _Close.HANDED
-            if self._drained():
-                log.debug("%s: drained", self.info)
-                return _Close.GRACEFUL
-            got = self._waited(await self._wait())
-            if got is _Stop.SERVED:
-                closed = await self._after_serving()
-            elif isinstance(got, _Stop):
-                if got is _Stop.WOKEN:
-                    continue
-                return self._stopped(got)
-            elif got == 0:
-                return self._eof()
-            else:
-                closed = await self._received(got)
-            if closed is not None:
-                return closed
-            if decoder.error is not None:
-                return self._framing_error(decoder.error)
+            if self.ended is not None:
+                self.ended(self, failure)
 
     async def _received(self, size: int) -> _Close | None:
         """Frame and answer ``size`` bytes just read; send the replies."""

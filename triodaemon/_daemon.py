@@ -140,6 +140,10 @@ class Daemon(Giver):
     _drain_by: float = attrs.field(default=math.inf, init=False)  # a deadline set beforehand
     _gate: AcceptGate = attrs.field(factory=AcceptGate, init=False)
     _handlers: trio.Nursery | None = attrs.field(default=None, init=False)
+    # Connections adopted over max_connections: they hold no limiter token.
+    _unlimited: set[SocketConnection] = attrs.field(factory=set, init=False)
+    # Every connection's ended hook: one bound method, not one per connection.
+    _ended_hook: Callable[[Any, Exception | None], None] = attrs.field(init=False)
     _limiter: trio.Semaphore | None = attrs.field(default=None, init=False)
     _handing: Handing | None = attrs.field(default=None, init=False)
     _migration: _Migration | None = attrs.field(default=None, init=False)
@@ -166,6 +170,7 @@ class Daemon(Giver):
         self._readiness = open_readiness(self.config.readiness)  # its epoll opens in serve()
         self.handler_name = handler_name(self.handler)
         self._budget = BufferBudget(self.config.max_buffered or math.inf)
+        self._ended_hook = self._connection_ended
 
     @property
     def readiness(self) -> str:
@@ -407,9 +412,7 @@ class Daemon(Giver):
         connection.resume(pending, record.idle_left, record.frame_left)
         self.stats.connections_taken += 1
         log.debug("%s: taken over, %d bytes of a frame held", info, len(pending))
-        self._handlers.start_soon(
-            self._run_connection, connection, limiter, name="triodaemon.connection"
-        )
+        self._start_connection(connection, limited=limiter is not None)
 
     # -- what a control socket (or an embedding program) can ask ------------------
 
@@ -575,10 +578,7 @@ class Daemon(Giver):
             connection = self._connection_for(sock, info)
             self.stats.connections_accepted += 1
             log.debug("%s: accepted", info)
-            # A constant name: trio would otherwise build one string per task.
-            handlers.start_soon(
-                self._run_connection, connection, limiter, name="triodaemon.connection"
-            )
+            self._start_connection(connection, limited=True)
 
     def _listener_broken(self, listener: BoundListener, exc: Exception) -> None:
         """A listening socket that cannot accept any more: stop using it; drain if none is left."""
@@ -610,42 +610,53 @@ class Daemon(Giver):
             budget=self._budget,
         )
 
-    async def _run_connection(
-        self, connection: SocketConnection, limiter: trio.Semaphore | None
-    ) -> None:
-        # (Made by the caller: this coroutine's frame is part of every idle
-        # connection's memory, so it keeps no more than it needs.)
+    def _start_connection(self, connection: SocketConnection, limited: bool) -> None:
+        """Serve ``connection`` in a task of its own. ``limited``: it holds one of
+        the limiter's tokens, which its end gives back.
+
+        The task runs ``connection.run`` itself, and the daemon's bookkeeping is
+        done here and in :meth:`_connection_ended` (its ``ended`` hook): a coroutine
+        of ours around ``run()`` would be part of every idle connection's memory.
+        """
+        assert self._handlers is not None
+        # A constant name: trio would otherwise build one string per task.
+        self._handlers.start_soon(connection.run, name="triodaemon.connection")
+        # (The task has not run yet: it is counted before it can end.)
+        connection.ended = self._ended_hook
+        if not limited:
+            self._unlimited.add(connection)
         self._connections.add(connection)
         self.stats.connections_active += 1
         if self._draining:
             connection.drain()
         elif self._migration is not None:
             self._migration.expect(connection)
-        failed = False
-        try:
-            await connection.run()
-        except Exception as exc:
-            failed = True
+
+    def _connection_ended(self, connection: Any, failure: Exception | None) -> None:
+        if failure is not None:
             self.stats.handler_errors += 1
-            log.error("%s: frame handler failed: %s: %s", connection.info, type(exc).__name__, exc)
-            log.debug("%s: handler traceback", connection.info, exc_info=True)
-        finally:
-            self._connections.discard(connection)
-            self.stats.connections_active -= 1
-            if limiter is not None:
-                limiter.release()
-            if self._migration is not None:
-                self._migration.ended(connection)
-            if self._at_limit and not self._draining:
-                self._at_limit = False
-                log.info("below the connection limit again; accepting")
-            if connection in self._handed_off:
-                self._handed_off.discard(connection)  # (neither drained nor aborted here)
-            elif self._draining:
-                if connection.completed:
-                    self._drained += 1
-                elif not failed:
-                    self._aborted += 1
+            log.error(
+                "%s: frame handler failed: %s: %s", connection.info, type(failure).__name__, failure
+            )
+            log.debug("%s: handler traceback", connection.info, exc_info=failure)
+        self._connections.discard(connection)
+        self.stats.connections_active -= 1
+        if connection in self._unlimited:
+            self._unlimited.discard(connection)
+        elif self._limiter is not None:
+            self._limiter.release()
+        if self._migration is not None:
+            self._migration.ended(connection)
+        if self._at_limit and not self._draining:
+            self._at_limit = False
+            log.info("below the connection limit again; accepting")
+        if connection in self._handed_off:
+            self._handed_off.discard(connection)  # (neither drained nor aborted here)
+        elif self._draining:
+            if connection.completed:
+                self._drained += 1
+            elif failure is None:
+                self._aborted += 1
 
 
 class _Migration:
