@@ -221,6 +221,31 @@ async def test_handler_errors_propagate_after_closing_the_stream() -> None:
     assert not connection.completed
 
 
+async def test_the_ended_hook_gets_the_handlers_error_instead_of_the_caller() -> None:
+    async def broken(frame: bytes, conn: ConnectionInfo) -> bytes:
+        if frame == b"boom":
+            raise RuntimeError("bug in handler")
+        return frame
+
+    ends: list[tuple[object, str, bool]] = []
+    for frames, echoed in ((b"boom\n", b""), (b"ok\n", b"ok\n")):
+        server, client = trio.testing.memory_stream_pair()
+        connection = Connection(server, INFO, handler=broken)
+        connection.ended = lambda conn, error: ends.append(
+            (conn, repr(error), conn.completed)  # the connection is closed by then
+        )
+        with trio.fail_after(5):
+            await client.send_all(frames)
+            await client.send_eof()
+            await connection.run()  # raises nothing: the hook has it
+            assert await client.receive_some() == echoed
+        assert ends[-1][0] is connection
+    assert [end[1:] for end in ends] == [
+        ("RuntimeError('bug in handler')", False),
+        ("None", True),
+    ]
+
+
 async def test_custom_handler_replies_and_can_stay_silent() -> None:
     async def upper_or_nothing(frame: bytes, conn: ConnectionInfo) -> bytes | None:
         return None if frame == b"quiet" else frame.upper()
