@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -404,3 +405,52 @@ async def test_the_buffer_budget_pauses_holders_and_loses_nothing(way: str) -> N
     assert budget.held == 0
     assert stats.frames == 4
     assert stats.framing_errors == stats.resets == stats.frame_timeouts == 0
+
+
+def tcp_pair(client_receive_buffer: int) -> tuple[socket.socket, socket.socket]:
+    """(accepted, connected) TCP sockets on loopback; the accepted one non-blocking."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, client_receive_buffer)
+        client.connect(listener.getsockname())
+        ours, _ = listener.accept()
+    ours.setblocking(False)
+    return ours, client
+
+
+@pytest.mark.parametrize("way", ["served-epoll", "served-portable"])
+async def test_a_client_pipelining_through_a_drain_gets_every_echo_sent(way: str) -> None:
+    # It goes on sending until it reads our EOF, so the linger finds far more than
+    # LINGER_DISCARD waiting; closing before what we sent is acknowledged would let
+    # the reset for its unread frames destroy the echoes still in our send queue.
+    framing = Framing("length")
+    frames = framing.encode(b"abc") * 50
+    ours, theirs = tcp_pair(4096)  # our last echoes wait unacknowledged
+    client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+    got = 0
+    with trio.fail_after(20):
+        async with backend_running(WAYS[way][0]) as backend, trio.open_nursery() as nursery:
+            connection = make(way, ours, backend, framing=framing)
+            nursery.start_soon(connection.run)
+            done = trio.Event()
+
+            async def write_until_done() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while not done.is_set():
+                        await client.send_all(frames)
+
+            nursery.start_soon(write_until_done)
+            while got < 200_000:
+                got += len(await client.receive_some(1000))
+            # Everyone stuck: its window full of our echoes, ours full of its frames.
+            await trio.testing.wait_all_tasks_blocked()
+            connection.drain()
+            with contextlib.suppress(trio.BrokenResourceError):  # (a reset after the EOF)
+                while chunk := await client.receive_some(1000):
+                    got += len(chunk)
+            done.set()
+            await connection.over.wait()
+            await client.aclose()
+    assert connection.completed
+    assert got == connection.bytes_out  # every echo it was sent, whole
+    assert got % 7 == 0

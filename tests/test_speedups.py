@@ -81,7 +81,7 @@ LENGTH_FRAMINGS = [
     for n in (1, 2, 4, 8)
     for order in ("big", "little")
     for incl in (False, True)
-    for m in (3, 300)
+    for m in (3, 300, 2**63, 2**70)  # (past ssize_t: no buffer holds such a frame)
 ]
 
 
@@ -311,3 +311,23 @@ async def test_the_compiled_echo_with_a_full_send_buffer_loses_nothing(
     assert stats.frames == 512 * 16
     assert stats.bytes_received == stats.bytes_sent == len(chunk) * 16
     assert any(count > 0 and 0 <= sent < size for size, count, sent in results), results
+
+
+def test_limits_past_ssize_t(pair: tuple[socket.socket, socket.socket]) -> None:
+    # --max-frame 2**63 or more: such a frame is unfinished in any buffer, not too large.
+    ours, peer = pair
+    buf = bytearray(64)
+    for limit in (2**63 - 1, 2**63, 2**64, 10**30):
+        line = _framing._echo_shape(Framing(max_frame=limit))
+        length = _framing._echo_shape(Framing("length", length_bytes=8, max_frame=limit))
+        assert line is not None
+        assert length is not None
+        peer.sendall(b"ab\n")
+        assert speedups.recv_echo(ours.fileno(), buf, 64, line) == (3, 1, 3)
+        peer.sendall(b"\0" * 7 + b"\1x")
+        assert speedups.recv_echo(ours.fileno(), buf, 64, length) == (9, 1, 9)
+        peer.sendall(b"\xff" * 8)  # 2**64 - 1 bytes announced: unfinished, not echoed
+        assert speedups.recv_echo(ours.fileno(), buf, 64, length) == (8, -1, 0)
+        assert peer.recv(64) == b"ab\n" + b"\0" * 7 + b"\1x"
+    with pytest.raises(ValueError, match="negative"):
+        speedups.walk_lengths(b"", 0, 0, 4, 1, 0, -(2**70), 9)

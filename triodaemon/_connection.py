@@ -55,10 +55,13 @@ log = logging.getLogger("triodaemon")
 #: kernel does not answer unread data with a reset that destroys replies the
 #: peer has not read yet (the "lingering close" of nginx and Apache). We stop
 #: sooner: at the peer's EOF, or (where the OS tells) once everything we sent
-#: is acknowledged and nothing unread is pending, or after ``LINGER_DISCARD``.
+#: is acknowledged, or for a peer that broke the framing after ``LINGER_DISCARD``.
 LINGER_SECONDS = 2.0
-#: Bytes discarded at most while lingering: a peer that goes on sending after
-#: our EOF (a framing violator, say) is cut off after this much.
+#: Bytes discarded at most while lingering: a peer that goes on sending after our
+#: EOF is cut off after this much, if it broke the framing or if we cannot tell
+#: whether what we sent has arrived (a trio stream). Otherwise (the daemon's
+#: sockets, where the OS tells) it is read on while what we sent may still be
+#: lost: a pipelining client at a drain goes on sending until it reads our EOF.
 LINGER_DISCARD = 65536
 
 
@@ -637,7 +640,7 @@ class Connection(_Conversation):
                     self.bytes_in += len(data)
                     discarded += len(data)
                     if discarded > LINGER_DISCARD:
-                        return
+                        return  # (a stream says nothing of what it delivered)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 

@@ -321,9 +321,10 @@ class SocketConnection(_Conversation):
         """Our EOF; then read and discard until nothing we sent can be lost, for a while at most.
 
         Ends at the peer's EOF; or once everything we sent is acknowledged (read,
-        on a Unix socket) and nothing unread is pending, so closing sends no
-        reset (where the OS tells: Linux); or after ``LINGER_DISCARD`` bytes
-        discarded; or after ``LINGER_SECONDS``.
+        on a Unix socket), so that a reset for unread data destroys nothing of
+        ours (where the OS tells: Linux; elsewhere after ``LINGER_DISCARD`` bytes
+        discarded); a peer that broke the framing, after ``LINGER_DISCARD`` bytes
+        discarded; at the latest after ``LINGER_SECONDS``.
         """
         sock = self._sock
         try:
@@ -333,6 +334,7 @@ class SocketConnection(_Conversation):
         give_up = trio.current_time() + LINGER_SECONDS
         look = _LINGER_FIRST_LOOK
         discarded = 0
+        next_look = LINGER_DISCARD  # discarded bytes at which to look up again
         while True:
             try:
                 size = _recv_nowait(sock, self._buf, self.receive_size)
@@ -343,8 +345,16 @@ class SocketConnection(_Conversation):
             if size is not None:
                 self.bytes_in += size
                 discarded += size
-                if discarded > LINGER_DISCARD:
-                    return
+                if discarded > next_look:
+                    # A peer that goes on sending: a framing violator is cut off
+                    # here; anyone else only once nothing we sent can be lost (a
+                    # pipelining client at a drain sends until it reads our EOF).
+                    if self.decoder.error is not None or _unacknowledged(sock) in (0, None):
+                        return
+                    if trio.current_time() >= give_up:
+                        return
+                    next_look = discarded + LINGER_DISCARD
+                    await trio.lowlevel.checkpoint()  # reading on, but not alone
                 continue
             unsent = _unacknowledged(sock)
             if unsent == 0:

@@ -77,6 +77,39 @@ ssize_args(PyObject *const *args, Py_ssize_t first, Py_ssize_t count, Py_ssize_t
     return 0;
 }
 
+/* A frame limit: any int above PY_SSIZE_T_MAX is PY_SSIZE_T_MAX, with *saturated
+ * set (no buffer holds a frame that long, so past it a frame is unfinished, not
+ * too large); -1 with an exception set on failure. */
+static int
+limit_arg(PyObject *arg, Py_ssize_t *out, int *saturated)
+{
+    *saturated = 0;
+    *out = PyLong_AsSsize_t(arg);
+    if (*out == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        PyObject *zero = PyLong_FromLong(0);
+        int positive = zero == NULL ? -1 : PyObject_RichCompareBool(arg, zero, Py_GT);
+        Py_XDECREF(zero);
+        if (positive < 0) {
+            return -1;
+        }
+        if (!positive) {
+            PyErr_SetString(PyExc_ValueError, "limit must not be negative");
+            return -1;
+        }
+        *out = PY_SSIZE_T_MAX;
+        *saturated = 1;
+    }
+    if (*out < 0) {
+        PyErr_SetString(PyExc_ValueError, "limit must not be negative");
+        return -1;
+    }
+    return 0;
+}
+
 /* The buffer of args[0], checked to hold data[start:end]; -1 with an exception set on failure. */
 static int
 span(PyObject *data, Py_buffer *view, Py_ssize_t start, Py_ssize_t end)
@@ -121,25 +154,27 @@ count_byte(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 walk_lengths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t ints[7]; /* start, end, n, big, skip, limit, most */
+    Py_ssize_t ints[7]; /* start, end, n, big, skip, (limit), most */
+    Py_ssize_t limit;
+    int saturated;
     Py_buffer view;
     if (nargs != 8) {
         PyErr_SetString(PyExc_TypeError,
                         "walk_lengths(data, start, end, n, big, skip, limit, most) takes 8 arguments");
         return NULL;
     }
-    if (ssize_args(args, 1, 7, ints) < 0) {
+    if (ssize_args(args, 1, 5, ints) < 0 || limit_arg(args[6], &limit, &saturated) < 0 ||
+        ssize_args(args, 7, 1, ints + 6) < 0) {
         return NULL;
     }
-    Py_ssize_t start = ints[0], end = ints[1], n = ints[2], skip = ints[4], limit = ints[5],
-               most = ints[6];
+    Py_ssize_t start = ints[0], end = ints[1], n = ints[2], skip = ints[4], most = ints[6];
     int big = ints[3] != 0;
     if (n != 1 && n != 2 && n != 4 && n != 8) {
         PyErr_SetString(PyExc_ValueError, "n must be 1, 2, 4 or 8");
         return NULL;
     }
-    if (skip < 0 || limit < 0) {
-        PyErr_SetString(PyExc_ValueError, "skip and limit must not be negative");
+    if (skip < 0) {
+        PyErr_SetString(PyExc_ValueError, "skip must not be negative");
         return NULL;
     }
     if (span(args[0], &view, start, end) < 0) {
@@ -162,8 +197,12 @@ walk_lengths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 value = (value << 8) | h[i];
             }
         }
-        if (value < (uint64_t)skip || value - (uint64_t)skip > (uint64_t)limit) {
+        if (value < (uint64_t)skip) {
             bad = 1;
+            break;
+        }
+        if (value - (uint64_t)skip > (uint64_t)limit) {
+            bad = !saturated; /* (else longer than any buffer: unfinished) */
             break;
         }
         Py_ssize_t length = (Py_ssize_t)(value - (uint64_t)skip);
@@ -244,12 +283,14 @@ recv_echo(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "shape must be a tuple (delim, n, big, skip, limit)");
         return NULL;
     }
-    if (ssize_args(&PyTuple_GET_ITEM(args[3], 0), 0, 5, shape) < 0) {
+    int saturated; /* (whole_frames declines any frame over the limit either way) */
+    if (ssize_args(&PyTuple_GET_ITEM(args[3], 0), 0, 4, shape) < 0 ||
+        limit_arg(PyTuple_GET_ITEM(args[3], 4), &shape[4], &saturated) < 0) {
         return NULL;
     }
     if (shape[0] < -1 || shape[0] > 255 || (shape[0] < 0 && shape[1] != 1 && shape[1] != 2 &&
                                            shape[1] != 4 && shape[1] != 8) ||
-        shape[3] < 0 || shape[4] < 0 || ints[1] < 1) {
+        shape[3] < 0 || ints[1] < 1) {
         PyErr_SetString(PyExc_ValueError, "bad shape or size");
         return NULL;
     }
