@@ -30,25 +30,27 @@ SERVERS = {
 }
 
 
-def test_bench_suite_smoke() -> None:
+def quick_run(*args: str) -> str:
+    """``bench/run.py --quick ARGS`` over both transports; its output, once it succeeded."""
     result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "run.py"),
             "--quick",
-            "--scenarios",
-            "s3,s5",
             "--transports",
             "tcp,unix",
-            "--idle",
-            "200",
+            *args,
         ],
         capture_output=True,
         timeout=300,
         check=False,
     )
-    output = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def test_bench_suite_smoke() -> None:
+    output = quick_run("--scenarios", "s3,s5", "--idle", "200")
     for heading in ("S3 over tcp", "S3 over unix"):
         assert f"### {heading}: 50 conns" in output
     for heading in ("S5 over tcp", "S5 over unix"):
@@ -75,24 +77,7 @@ def test_bench_suite_smoke() -> None:
 
 def test_trio_floor_smoke() -> None:
     # Not in the default set: the floor any trio server stands on (bench/peers/trio_floor.py).
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run.py"),
-            "--quick",
-            "--servers",
-            "triodaemon,trio-floor",
-            "--scenarios",
-            "s1,s3",
-            "--transports",
-            "tcp,unix",
-        ],
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    lines = result.stdout.decode().splitlines()
+    lines = quick_run("--servers", "triodaemon,trio-floor", "--scenarios", "s1,s3").splitlines()
     # Its rows of the four scenario tables (the tables of ratios have fewer columns).
     rows = [line for line in lines if line.startswith("| trio-floor ") and line.count("|") == 11]
     assert len(rows) == 4

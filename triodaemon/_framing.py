@@ -340,18 +340,15 @@ class DelimiterDecoder(_BufferedDecoder):
             if data[end - 1] == self._last_byte and (
                 size == 1 or data.endswith(delimiter, start, end)
             ):
-                if ours:
-                    self._search = end
-                if size == 1 and _count_byte is not None:
-                    return end, _count_byte(data, self._last_byte, start, end), None
-                return end, data.count(delimiter, start, end), None
-            search = self._search if ours and self._search > start else start
-            last = data.rfind(delimiter, search, end)
-            if last < 0:
-                if ours:
-                    self._search = max(start, end - size + 1)
-                return start, 0, None
-            stop = last + size
+                stop = end
+            else:
+                search = self._search if ours and self._search > start else start
+                last = data.rfind(delimiter, search, end)
+                if last < 0:
+                    if ours:
+                        self._search = max(start, end - size + 1)
+                    return start, 0, None
+                stop = last + size
             if ours:
                 self._search = stop
             if size == 1 and _count_byte is not None:

@@ -33,7 +33,13 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
+#include <sys/socket.h>
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 /* (where there is none, SIGPIPE is ignored, as Python does) */
+#endif
 
 /* Occurrences of c in p[0:n], in blocks of up to 255 x 16 bytes counted in
  * sixteen one-byte lanes (a shape compilers turn into vector compares). */
@@ -62,6 +68,47 @@ count_in(const unsigned char *p, Py_ssize_t n, unsigned char c)
         total += (p[i] == c);
     }
     return total;
+}
+
+/* The walk over length headers in p[start:end], for walk_lengths and recv_echo:
+ * where it stopped (after at most `most` whole frames, at an unfinished one, or at
+ * a bad header), the frames it passed (*count), and the bad header's raw value
+ * (*bad set) if one stopped it. A `saturated` limit stands for one past any
+ * buffer: a frame over it is unfinished, not bad. */
+static Py_ssize_t
+walk(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, Py_ssize_t n, int big,
+     Py_ssize_t skip, Py_ssize_t limit, int saturated, Py_ssize_t most, Py_ssize_t *count,
+     int *bad, uint64_t *value)
+{
+    Py_ssize_t pos = start, last = end - n; /* where the last whole header can start */
+    *count = 0;
+    *bad = 0;
+    while (pos <= last && *count < most) {
+        const unsigned char *h = p + pos;
+        uint64_t v = 0;
+        if (big) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                v = (v << 8) | h[i];
+            }
+        }
+        else {
+            for (Py_ssize_t i = n - 1; i >= 0; i--) {
+                v = (v << 8) | h[i];
+            }
+        }
+        if (v < (uint64_t)skip || v - (uint64_t)skip > (uint64_t)limit) {
+            *bad = v < (uint64_t)skip || !saturated;
+            *value = v;
+            break;
+        }
+        Py_ssize_t length = (Py_ssize_t)(v - (uint64_t)skip);
+        if (last - pos < length) {
+            break; /* unfinished */
+        }
+        pos += n + length;
+        (*count)++;
+    }
+    return pos;
 }
 
 /* Integer arguments args[first:first+count] into out[]; -1 with an exception set on failure. */
@@ -180,38 +227,11 @@ walk_lengths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (span(args[0], &view, start, end) < 0) {
         return NULL;
     }
-    const unsigned char *p = (const unsigned char *)view.buf;
-    Py_ssize_t pos = start, count = 0, last = end - n; /* where the last whole header can start */
+    Py_ssize_t count;
+    int bad;
     uint64_t value = 0;
-    int bad = 0;
-    while (pos <= last && count < most) {
-        const unsigned char *h = p + pos;
-        value = 0;
-        if (big) {
-            for (Py_ssize_t i = 0; i < n; i++) {
-                value = (value << 8) | h[i];
-            }
-        }
-        else {
-            for (Py_ssize_t i = n - 1; i >= 0; i--) {
-                value = (value << 8) | h[i];
-            }
-        }
-        if (value < (uint64_t)skip) {
-            bad = 1;
-            break;
-        }
-        if (value - (uint64_t)skip > (uint64_t)limit) {
-            bad = !saturated; /* (else longer than any buffer: unfinished) */
-            break;
-        }
-        Py_ssize_t length = (Py_ssize_t)(value - (uint64_t)skip);
-        if (last - pos < length) {
-            break; /* unfinished */
-        }
-        pos += n + length;
-        count++;
-    }
+    Py_ssize_t pos = walk((const unsigned char *)view.buf, start, end, n, big, skip, limit,
+                          saturated, most, &count, &bad, &value);
     PyBuffer_Release(&view);
     if (bad) {
         return Py_BuildValue("(nnK)", pos, count, (unsigned long long)value);
@@ -220,19 +240,12 @@ walk_lengths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
-#include <errno.h>
-#include <sys/socket.h>
-
-#ifndef MSG_NOSIGNAL
-#define MSG_NOSIGNAL 0 /* (where there is none, SIGPIPE is ignored, as Python does) */
-#endif
-
 /* Where the frames of p[0:n] end, and how many: n and the count when the read is
  * whole frames, else -1. A delimiter of one byte (delim >= 0; any read of at most
  * `limit` bytes that ends with it), or length headers (delim < 0). */
 static Py_ssize_t
 whole_frames(const unsigned char *p, Py_ssize_t n, long delim, Py_ssize_t hn, int big,
-             Py_ssize_t skip, Py_ssize_t limit)
+             Py_ssize_t skip, Py_ssize_t limit, int saturated)
 {
     if (delim >= 0) {
         if (n > limit || p[n - 1] != (unsigned char)delim) {
@@ -240,29 +253,11 @@ whole_frames(const unsigned char *p, Py_ssize_t n, long delim, Py_ssize_t hn, in
         }
         return count_in(p, n, (unsigned char)delim);
     }
-    Py_ssize_t pos = 0, count = 0, last = n - hn;
-    while (pos <= last) {
-        uint64_t value = 0;
-        if (big) {
-            for (Py_ssize_t i = 0; i < hn; i++) {
-                value = (value << 8) | p[pos + i];
-            }
-        }
-        else {
-            for (Py_ssize_t i = hn - 1; i >= 0; i--) {
-                value = (value << 8) | p[pos + i];
-            }
-        }
-        if (value < (uint64_t)skip || value - (uint64_t)skip > (uint64_t)limit) {
-            return -1;
-        }
-        Py_ssize_t length = (Py_ssize_t)(value - (uint64_t)skip);
-        if (last - pos < length) {
-            return -1;
-        }
-        pos += hn + length;
-        count++;
-    }
+    Py_ssize_t count;
+    int bad;
+    uint64_t value;
+    Py_ssize_t pos = walk(p, 0, n, hn, big, skip, limit, saturated, PY_SSIZE_T_MAX, &count, &bad,
+                          &value);
     return pos == n ? count : -1;
 }
 
@@ -283,7 +278,7 @@ recv_echo(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "shape must be a tuple (delim, n, big, skip, limit)");
         return NULL;
     }
-    int saturated; /* (whole_frames declines any frame over the limit either way) */
+    int saturated;
     if (ssize_args(&PyTuple_GET_ITEM(args[3], 0), 0, 4, shape) < 0 ||
         limit_arg(PyTuple_GET_ITEM(args[3], 4), &shape[4], &saturated) < 0) {
         return NULL;
@@ -315,7 +310,9 @@ recv_echo(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     Py_ssize_t frames =
-        got ? whole_frames(p, got, (long)shape[0], shape[1], shape[2] != 0, shape[3], shape[4]) : -1;
+        got ? whole_frames(p, got, (long)shape[0], shape[1], shape[2] != 0, shape[3], shape[4],
+                           saturated)
+            : -1;
     Py_ssize_t sent = 0;
     if (frames > 0) {
         ssize_t put = send(fd, p, (size_t)got, MSG_NOSIGNAL);
