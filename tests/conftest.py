@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -12,11 +13,12 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from triodaemon import ConnectionInfo, Daemon, DaemonConfig, TcpAddress, UnixAddress
+from triodaemon import ConnectionInfo, Daemon, DaemonConfig, TcpAddress, UnixAddress, connect
 from triodaemon._listeners import Address
 
 pytest_plugins = ["pytester"]
@@ -73,7 +75,8 @@ async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
 async def run_triodaemon(
     *args: str, stdin: bytes = b"", timeout: float = 60
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``python -m triodaemon ARGS...`` to completion, capturing its output."""
+    """Run ``python -m triodaemon ARGS...`` to completion, capturing its output; past
+    ``timeout`` it is killed and the test fails."""
     with trio.fail_after(timeout):
         return await trio.run_process(
             [sys.executable, "-m", "triodaemon", *args],
@@ -81,7 +84,26 @@ async def run_triodaemon(
             capture_stdout=True,
             capture_stderr=True,
             check=False,
+            deliver_cancel=_kill,
         )
+
+
+async def _kill(process: trio.Process) -> None:
+    """At once: trio's own way (SIGTERM, then SIGKILL after 5 s with a warning) never
+    reaches the SIGKILL under ``filterwarnings = error``, so a process that holds
+    SIGTERM (one hung at startup) would hang the test run."""
+    process.kill()
+
+
+async def raw_exchange(path: Path, data: bytes) -> list[dict[str, Any]]:
+    """Send ``data`` as it is on a new connection to the control socket at ``path``,
+    shut down our side, and return every reply line the daemon sent before it closed."""
+    stream = await connect(UnixAddress(str(path)))
+    async with stream:
+        await stream.send_all(data)
+        await stream.send_eof()
+        replies = await read_until_eof(stream)
+    return [json.loads(line) for line in replies.splitlines()]
 
 
 def free_port() -> int:
@@ -309,6 +331,12 @@ class LogWaiter(logging.Handler):
             for message in self.messages:
                 if any(text in message for text in texts):
                     return message
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+    async def wait_for_count(self, text: str, count: int) -> None:
+        """Wait until ``count`` lines contain ``text``."""
+        while self.count(text) < count:
             self._changed = trio.Event()
             await self._changed.wait()
 

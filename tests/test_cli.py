@@ -184,6 +184,68 @@ async def test_unusable_addresses_are_one_line_and_exit_1(
         assert (sock_dir / "data.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("flag", ["--sock-group", "--control-group"])
+@pytest.mark.parametrize(
+    ("group", "message"),
+    [
+        ("99999999999", "group id 99999999999 is out of range: a group id is 0 to 4294967294"),
+        ("4294967296", "group id 4294967296 is out of range"),
+        # chown's "leave the group unchanged": not a group a file can be given.
+        ("4294967295", "(4294967295 means 'leave the group as it is' to chown)"),
+        ("no-such-group-here", "no such group: 'no-such-group-here'"),
+    ],
+)
+async def test_a_group_that_cannot_be_is_refused_before_any_file_is_touched(
+    sock_dir: Path, flag: str, group: str, message: str
+) -> None:
+    """A stale socket file is still there afterwards: the value was checked first."""
+    with trio.fail_after(TEST_TIMEOUT):
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(sock_dir / "echo.sock"))
+        stale.close()  # (bound, never listening: what a killed daemon leaves)
+        result = await run_triodaemon(
+            "--sock", str(sock_dir / "echo.sock"), "--control", str(sock_dir / "c.sock"),
+            flag, group,
+        )  # fmt: skip
+        assert result.returncode == 2
+        [line] = result.stderr.decode().splitlines()
+        assert line.startswith(f"triodaemon: error: argument {flag}: ")
+        assert message in line
+        assert (sock_dir / "echo.sock").is_socket()
+
+
+async def test_every_socket_path_is_checked_before_any_file_is_touched(sock_dir: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(sock_dir / "echo.sock"))
+        stale.close()
+        for later in (["--sock", f"{sock_dir}/missing/b.sock"], ["--control", "/nowhere/c.sock"]):
+            result = await run_triodaemon("--sock", str(sock_dir / "echo.sock"), *later)
+            assert result.returncode == 1
+            [line] = result.stderr.decode().splitlines()
+            assert "does not exist" in line
+            assert (sock_dir / "echo.sock").is_socket()
+
+
+@pytest.mark.parametrize("which", ["--sock", "--control"])
+async def test_a_fifo_at_the_lock_path_is_one_line_not_a_hang(sock_dir: Path, which: str) -> None:
+    """Anyone who may create files beside the socket (in /tmp: anyone) can make a FIFO
+    at ``PATH.lock``; opening it must neither block nor be taken for a lock."""
+    with trio.fail_after(TEST_TIMEOUT):
+        path = sock_dir / "x.sock"
+        os.mkfifo(f"{path}.lock")
+        args = ["--sock", str(path)] if which == "--sock" else ["--tcp", "127.0.0.1:0"]
+        if which == "--control":
+            args += ["--control", str(path)]
+        result = await run_triodaemon(*args, timeout=20)
+        assert result.returncode == 1
+        assert result.stderr.decode().splitlines() == [
+            f"triodaemon: error: cannot use lock file {path}.lock: it is a FIFO, not a "
+            "regular file (made by someone else?); remove it"
+        ]
+        assert sorted(os.listdir(sock_dir)) == ["x.sock.lock"]
+
+
 async def test_directory_without_permission(sock_dir: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         if os.geteuid() == 0:
@@ -316,6 +378,70 @@ async def test_a_framing_violator_is_cut_off_within_a_bounded_number_of_bytes(
         assert sent < 4_000_000, sent
         daemon.signal()
         assert await daemon.wait() == 0
+
+
+class PipeliningClient:
+    """Frames with ``depth`` of them in flight, until the server closes: how it ends
+    (``eof`` or ``reset``), and what it sent and got back."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.sent = self.echoed = 0
+        self.ended: str | None = None
+        self.going = trio.Event()  # 20 echoes are back
+
+    async def run(self, stream: trio.SocketStream) -> None:
+        room = trio.Semaphore(self.depth)
+        async with stream, trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while True:
+                        await room.acquire()
+                        await stream.send_all(b"frame %d\n" % self.sent)
+                        self.sent += 1
+
+            nursery.start_soon(send)
+            buffer = b""
+            try:
+                while data := await stream.receive_some():
+                    buffer += data
+                    lines = buffer.count(b"\n")
+                    buffer = buffer[buffer.rfind(b"\n") + 1 :] if lines else buffer
+                    self.echoed += lines
+                    for _ in range(lines):
+                        room.release()
+                    if self.echoed >= 20:
+                        self.going.set()
+                self.ended = "eof"
+            except trio.BrokenResourceError:
+                self.ended = "reset"
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_a_drain_ends_pipelining_clients_with_our_eof_not_a_reset(
+    spawn: SpawnFn, sock_dir: Path, workers: str, transport: str
+) -> None:
+    """A pipelining client sends until it reads our EOF: closing with those bytes
+    unread would make the kernel reset, which its read reports in place of the EOF."""
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start_daemon(spawn, sock_dir, "--workers", workers, "--log-level", "info")
+        address = daemon.addresses[0 if transport == "tcp" else 1]
+        clients = [PipeliningClient(depth=4) for _ in range(30)]
+        async with trio.open_nursery() as nursery:
+            for client in clients:
+                nursery.start_soon(client.run, await connect(address))
+            for client in clients:
+                await client.going.wait()
+            daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    assert [client.ended for client in clients] == ["eof"] * len(clients)
+    for client in clients:
+        # Every frame the daemon read was answered; the ones in flight at its EOF were not read.
+        assert client.echoed >= 20
+        assert client.sent - client.echoed <= client.depth
 
 
 async def test_frame_timeout_closes_a_trickling_client_and_frees_its_slot(

@@ -34,7 +34,15 @@ from triodaemon._control import (
     open_control,
 )
 
-from .conftest import LockstepClient, LogWaiter, SpawnFn, read_until_eof, run_triodaemon, running
+from .conftest import (
+    LockstepClient,
+    LogWaiter,
+    SpawnFn,
+    raw_exchange,
+    read_until_eof,
+    run_triodaemon,
+    running,
+)
 
 TEST_TIMEOUT = 30
 
@@ -45,17 +53,6 @@ def config(sock_dir: Path, **kwargs: Any) -> DaemonConfig:
         control=UnixAddress(str(sock_dir / "control.sock")),
         **kwargs,
     )
-
-
-async def raw_exchange(path: Path, data: bytes) -> list[dict[str, Any]]:
-    """Send ``data`` as it is on a new control connection, shut down our side, and
-    return every reply line the daemon sent before it closed."""
-    stream = await connect(UnixAddress(str(path)))
-    async with stream:
-        await stream.send_all(data)
-        await stream.send_eof()
-        replies = await read_until_eof(stream)
-    return [json.loads(line) for line in replies.splitlines()]
 
 
 # -- the protocol, in-process ----------------------------------------------------
@@ -404,6 +401,10 @@ async def test_ctl_prints_tables_and_json(spawn: SpawnFn, sock_dir: Path) -> Non
             ]
             assert lines[2].split(None, 1)[1] == "1 open, 1 in all"
             assert lines[3].split(None, 1)[1] == "1"
+            stats = json.loads((await ctl("--control", control, "stats", "--json")).stdout)
+            scans = "compiled scans" if stats["speedups"] else "pure-Python scans"
+            assert lines[0].endswith(f"serving ({stats['readiness']}, {scans})")
+            assert lines[6].endswith(", 0 accept, 0 internal")
 
             result = await ctl("--control", control, "connections")
             assert result.returncode == 0, result.stderr
@@ -523,6 +524,59 @@ async def test_ctl_says_what_is_wrong_in_one_line(spawn: SpawnFn, sock_dir: Path
                 await client.aclose()
         daemon.signal()
         assert await daemon.wait() == 0
+
+
+def stale_socket(path: Path) -> None:
+    """A socket file nothing listens on (what a killed daemon leaves)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda path: path.write_text(""), "not a socket (a regular file)"),
+        (lambda path: os.mkfifo(path), "not a socket (a FIFO)"),
+        (stale_socket, "connection refused (a socket file that nothing listens on)"),
+    ],
+)
+async def test_ctl_at_something_that_is_not_a_control_socket_says_what_it_is(
+    sock_dir: Path, make: Any, why: str
+) -> None:
+    path = sock_dir / "not-a-control.sock"
+    make(path)
+    result = await ctl("--control", str(path), "stats")
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [
+        f"triodaemon: error: cannot connect to unix:{path}: {why} "
+        f"(is a daemon running with --control {path}?)"
+    ]
+
+
+@pytest.mark.parametrize("command", ["stats", "connections"])
+async def test_ctl_watch_ends_the_same_when_there_is_nothing_to_drain(
+    spawn: SpawnFn, sock_dir: Path, command: str
+) -> None:
+    """No connection: the daemon exits at once, between two of the watch's requests."""
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon, control = await start(spawn, sock_dir)
+        watch = await trio.lowlevel.open_process(
+            [*CTL, "--control", control, command, "--watch", "0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert watch.stdout is not None
+        assert watch.stderr is not None
+        seen = b""
+        while not seen:  # the first table
+            seen += await watch.stdout.receive_some()
+        daemon.signal()
+        assert await daemon.wait() == 0
+        await read_until_eof(watch.stdout)
+        assert await watch.wait() == 0
+        assert (await read_until_eof(watch.stderr)).decode().splitlines() == [
+            "triodaemon: the daemon has exited"
+        ]
 
 
 async def test_ctl_watch_follows_a_drain_to_the_end(spawn: SpawnFn, sock_dir: Path) -> None:

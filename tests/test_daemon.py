@@ -9,6 +9,7 @@ import resource
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -21,6 +22,7 @@ from triodaemon import (
     DaemonConfig,
     FrameHandler,
     Framing,
+    Stats,
     TcpAddress,
     UnixAddress,
     connect,
@@ -422,6 +424,35 @@ def test_idle_timeout_zero_disables() -> None:
     assert DaemonConfig([], idle_timeout=2.5).idle_seconds == 2.5
     with pytest.raises(ValueError, match="idle_timeout"):
         DaemonConfig([], idle_timeout=-1)
+
+
+@pytest.mark.parametrize("field", ["sock_group", "control_group"])
+def test_a_group_that_is_no_group_is_a_value_error(field: str) -> None:
+    def config(group: Any) -> DaemonConfig:
+        return DaemonConfig([], **{field: group})
+
+    for group in (-1, 2**32 - 1, 2**32, "4294967296"):
+        with pytest.raises(ValueError, match=f"^{field}: group id .* is out of range"):
+            config(group)
+    with pytest.raises(ValueError, match=f"^{field}: no such group: 'no-such-group-here'$"):
+        config("no-such-group-here")
+    with pytest.raises(TypeError):
+        config(1.5)
+    assert getattr(config(0), field) == 0
+    assert getattr(config("root"), field) == "root"
+
+
+def test_stats_show_their_public_names() -> None:
+    stats = Stats()
+    stats.frames, stats.bytes_received, stats.internal_errors = 3, 40, 1
+    text = repr(stats)
+    assert "frames=3" in text
+    assert "bytes_received=40" in text
+    assert "internal_errors=1" in text
+    assert "(_" not in text
+    assert " _" not in text
+    assert "_live" not in text
+    assert stats.errors()["internal"] == 1
 
 
 @pytest.mark.parametrize(

@@ -397,7 +397,7 @@ async def test_a_leftover_lock_of_another_user_is_no_obstacle(sock_dir: Path) ->
     ("make", "why"),
     [
         (lambda lock: lock.symlink_to(lock.parent / "elsewhere"), "it is a symlink"),
-        (lambda lock: lock.mkdir(), "it is not a regular file"),
+        (lambda lock: lock.mkdir(), "it is a directory, not a regular file"),
     ],
 )
 async def test_a_lock_file_that_is_not_a_file_is_one_line(

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from triodaemon import ConnectionInfo, Framing, Stats
+from triodaemon import ConnectionInfo, Framing, Stats, _socket_connection
 from triodaemon._budget import BufferBudget
 from triodaemon._connection import LINGER_DISCARD
 from triodaemon._readiness import Readiness, open_readiness
@@ -302,6 +302,28 @@ async def test_it_lingers_while_its_replies_are_unread(way: str) -> None:
             with trio.fail_after(0.5):
                 await connection.over.wait()
     assert connection.completed
+
+
+@EVERY_WAY
+async def test_a_peer_answering_our_last_reply_at_a_drain_meets_our_eof_not_a_reset(
+    way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pipelining client sends on as it reads our last replies, until it reads our
+    # EOF. Its bytes arriving after we closed would be answered with a reset (or
+    # EPIPE), which it would take for a crash: the connection waits for it to go
+    # quiet first. (The quiet period is long here: the test must not race it.)
+    monkeypatch.setattr(_socket_connection, "_LINGER_QUIET", 2.0)
+    with trio.fail_after(10):
+        async with connected(way) as (connection, client, _):
+            await client.send_all(b"one\n")
+            assert await client.receive_some() == b"one\n"
+            connection.drain()
+            await trio.testing.wait_all_tasks_blocked()  # lingering: our EOF is out
+            await client.send_all(b"two\n")  # its answer to the reply it just read
+            assert await client.receive_some() == b""  # our EOF, not ECONNRESET
+            await connection.over.wait()
+    assert connection.completed
+    assert connection.bytes_in == 8  # "two" was read (and discarded)
 
 
 @EVERY_WAY

@@ -217,6 +217,7 @@ async def test_socket_activation_serves_both_passed_sockets(sock_dir: Path) -> N
             first = await connect(tcp)
             await first.send_all(b"via tcp\n")
             assert await first.receive_some() == b"via tcp\n"
+            await daemon.wait_ready(2)  # (both lines out: the pipe may hold the second)
             lines = [line for line in daemon.lines if "listening on" in line]
             assert lines == [
                 f"triodaemon: listening on {tcp} (systemd socket echo-tcp)",
@@ -251,6 +252,64 @@ async def test_a_drain_under_activation_finishes_the_frame_in_progress(sock_dir:
             await stream.aclose()
             assert await daemon.wait() == 0
     assert "1 connection drained, 0 aborted" in daemon.stderr
+
+
+@needs_activate
+async def test_addresses_systemd_passes_and_the_command_line_names_are_served_once(
+    sock_dir: Path,
+) -> None:
+    """A unit's ``ExecStart=`` that names the socket its ``.socket`` unit passes: that
+    is the daemon's own socket, not "another process is listening"."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with activated(sock_dir, "--sock", str(sock_dir / "activated.sock")) as (
+            daemon,
+            tcp,
+            unix,
+        ):
+            first = await connect(unix)  # starts it
+            await first.send_all(b"once\n")
+            assert await first.receive_some() == b"once\n"
+            await first.aclose()
+            await daemon.wait_ready(2)
+            lines = [line for line in daemon.lines if "listening on" in line]
+            assert lines == [
+                f"triodaemon: listening on {tcp} (systemd socket echo-tcp)",
+                f"triodaemon: listening on {unix} (systemd socket echo-unix)",
+            ]
+            await daemon.wait_for_line(
+                f"{unix}: systemd passed this socket (systemd socket echo-unix); serving it once"
+            )
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait() == 0
+    assert Path(unix.path).exists()  # still systemd's
+
+
+async def test_a_socket_name_cannot_break_the_readiness_line(tmp_path: Path) -> None:
+    """``$LISTEN_FDNAMES`` is printed escaped: a name cannot forge a line of ours."""
+    script = tmp_path / "pass.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, socket, sys
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            os.dup2(os.dup(listener.fileno()), 3)  # inheritable, whatever fd it got
+            os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+            os.execv(sys.executable, [sys.executable, "-m", "triodaemon"])
+            """
+        )
+    )
+    name = "evil\ntriodaemon listening on a forged line\x1b[2J"  # (":" separates names)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with daemon_process(
+            [sys.executable, str(script)], env={"LISTEN_FDNAMES": name}
+        ) as daemon:
+            await daemon.wait_ready(1)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait() == 0
+    (line,) = [line for line in daemon.lines if "listening on" in line]
+    assert line.endswith(r"(systemd socket evil\ntriodaemon listening on a forged line\x1b[2J)")
 
 
 async def test_a_passed_descriptor_that_is_not_a_listening_socket_is_one_line(

@@ -983,6 +983,30 @@ async def fake_taker(control: Path) -> tuple[Channel, list[socket.socket]]:
     return channel, listeners
 
 
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR2])
+async def test_stray_signals_in_the_old_process_s_last_moments_change_nothing(
+    spawn: SpawnFn, sock_dir: Path, signum: int
+) -> None:
+    """After a handover the old process drains and exits; a signal sent in its last
+    moments (its main thread holds them again, trio's receiver is gone, the
+    interpreter finalizes) must not kill it: it exits 0, as its drain says."""
+    async with generations(spawn, sock_dir) as (daemon, pids):
+        os.kill(pids[0], signal.SIGHUP)
+        line = await daemon.wait_for_line(" INFO handed over to pid ")
+        pids.append(int(line.split("handed over to pid ")[1].split()[0]))
+        sent = 0
+        with trio.move_on_after(20):
+            while daemon.process.returncode is None:  # until it has exited, and after
+                daemon.process.send_signal(signum)
+                sent += 1
+                await trio.sleep(0.001)
+        assert sent > 1
+        assert await daemon.wait() == 0
+        assert "Traceback" not in daemon.stderr
+        for address in daemon.addresses:  # (the new process serves)
+            assert await echo_frames(address, [b"on"]) == [b"on"]
+
+
 async def test_a_taker_that_never_says_ready_is_given_up_in_time(
     spawn: SpawnFn, sock_dir: Path
 ) -> None:

@@ -197,6 +197,113 @@ async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_later(
         assert await daemon.wait() == 0
 
 
+@pytest.mark.parametrize(
+    ("signum", "why"),
+    [
+        (signal.SIGKILL, "killed by SIGKILL"),  # the OOM killer
+        (
+            signal.SIGTERM,
+            r"(killed by SIGTERM|exited with code 143|exited with code 0 after serving [\d.]+s)",
+        ),
+    ],
+)
+async def test_a_worker_killed_during_the_first_start_is_started_again(
+    spawn: SpawnFn, sock_dir: Path, signum: int, why: str
+) -> None:
+    """The OOM killer (or an operator) ends a worker before the first start is
+    complete: it is started again like any other, and the service starts."""
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await spawn(
+            "--sock", str(sock_dir / "echo.sock"), "--control", str(sock_dir / "control.sock"),
+            "--workers", "2", "--log-level", "debug",
+        )  # fmt: skip
+        line = (await wait_for_lines(daemon, r"started worker 2 \(pid \d+\)", 1))[0]
+        pid = int(re.findall(r"started worker 2 \(pid (\d+)\)", line)[0])
+        os.kill(pid, signum)  # (a worker takes far longer than this to serve)
+        (address,) = await daemon.wait_ready(1)
+        await wait_for_lines(daemon, rf"worker 2 \(pid {pid}\) {why}; starting it", 1)
+        stats = await ask(sock_dir, "stats")
+        assert [w["state"] for w in stats["workers"]] == ["serving", "serving"]
+        assert [w["restarts"] for w in stats["workers"]] == [0, 1]
+        assert await echo_frames(address, [b"served"]) == [b"served"]
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    assert "Traceback" not in daemon.stderr
+
+
+async def test_a_worker_that_fails_by_itself_at_the_first_start_ends_it(
+    sock_dir: Path,
+) -> None:
+    """A worker that exits with a code of its own before it ever served: a
+    configuration that cannot work. The start fails, in one line, with its words."""
+    site = sock_dir / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if '--worker' in sys.argv:\n"
+        "    print('triodaemon: error: this worker cannot work here', file=sys.stderr)\n"
+        "    sys.stderr.flush()\n"
+        "    os._exit(1)\n"
+    )
+    result = await trio.run_process(
+        [*TRIODAEMON, "--sock", str(sock_dir / "e.sock"), "--workers", "2"],
+        capture_stderr=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 1
+    assert re.fullmatch(
+        r"triodaemon: error: worker [12] exited with code 1 before it served: "
+        r"triodaemon: error: this worker cannot work here",
+        lines[-1],
+    )
+    assert not (sock_dir / "e.sock").exists()
+
+
+async def test_max_connections_is_the_whole_services(spawn: SpawnFn, sock_dir: Path) -> None:
+    """``--workers 2 --max-connections 3``: 3 connections served at once in all, not
+    3 per worker (each worker has its share; the shared socket lets one at its share
+    leave connections to the other)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir, "--max-connections", "3")
+        address = daemon.addresses[0]
+        pids = await worker_pids(sock_dir)
+        stats = await ask(sock_dir, "stats")
+        assert stats["limits"]["max_connections"] == 3
+        streams: list[trio.SocketStream] = []
+        try:
+            for n in range(6):
+                stream = await connect(address)
+                streams.append(stream)
+                await stream.send_all(b"%d\n" % n)
+            answered = []
+            for n, stream in enumerate(streams[:3]):
+                assert await stream.receive_some() == b"%d\n" % n
+                answered.append(n)
+            await wait_for_lines(daemon, r"connection limit \([12]\) reached", 2)
+            assert (await ask(sock_dir, "stats"))["connections"]["open"] == 3
+            # One ends: exactly one more is served.
+            await streams.pop(0).aclose()
+            assert await streams[2].receive_some() == b"3\n"
+            assert (await ask(sock_dir, "stats"))["connections"]["open"] == 3
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        assert sorted(pids) == [1, 2]
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+
+
+async def test_fewer_connections_than_workers_is_a_usage_error() -> None:
+    result = await run_triodaemon("--tcp", ":0", "--workers", "3", "--max-connections", "2")
+    assert result.returncode == 2
+    assert (
+        "--max-connections 2 is the whole service's limit, fewer than the 3 workers"
+        in result.stderr.decode()
+    )
+
+
 async def test_a_drain_under_load_across_workers_loses_nothing(
     spawn: SpawnFn, sock_dir: Path
 ) -> None:

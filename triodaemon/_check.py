@@ -42,6 +42,7 @@ from ._case import (
 from ._client import connect
 from ._diagnosis import Diagnosis, Transcript, count, diagnose, show, wire
 from ._errors import ClientError
+from ._faults import loads
 from ._framing import Framing
 from ._listeners import Address
 from .testing._chunkings import boundary_offsets
@@ -1105,8 +1106,8 @@ def cases_from_file(text: str) -> list[tuple[str, Framing, Case]]:
         ValueError: not a report, or a report without a single case.
     """
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
+        document = loads(text, max_depth=64)
+    except ValueError as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ValueError("not a check report")
@@ -1114,13 +1115,16 @@ def cases_from_file(text: str) -> list[tuple[str, Framing, Case]]:
     for scenario in document.get("scenarios", ()):
         minimal = scenario.get("minimal") if isinstance(scenario, dict) else None
         if minimal:
-            found.append(
-                (
-                    str(scenario.get("name", "replay")),
-                    framing_from_json(minimal["framing"]),
-                    Case.from_json(minimal["case"]),
+            try:
+                found.append(
+                    (
+                        str(scenario.get("name", "replay")),
+                        framing_from_json(minimal["framing"]),
+                        Case.from_json(minimal["case"]),
+                    )
                 )
-            )
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"not a check report: a case lacks {exc}") from None
     if not found:
         raise ValueError("the report holds no failing case to replay")
     return found

@@ -34,9 +34,10 @@ import trio
 from . import __version__, _signals
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
 from ._config import DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_BUFFERED, DaemonConfig
-from ._control import ControlClient, ControlError
+from ._control import ControlClient, ControlClosed, ControlError
 from ._daemon import Daemon
 from ._errors import AddressError, ClientError, TriodaemonError
+from ._faults import fault
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
 from ._handover import (
     CalledOff,
@@ -56,6 +57,7 @@ from ._listeners import (
     parse_tcp_address,
 )
 from ._readiness import READINESS_NAMES, open_readiness
+from ._socketfile import check_socket_path, resolve_group
 from ._supervisor import Supervisor
 from ._systemd import Notifier, activated_sockets
 from ._upgrade import Upgrader
@@ -149,6 +151,15 @@ def _mode(text: str) -> int:
     if not 0 <= value <= 0o777:
         raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (0000 to 0777)")
     return value
+
+
+def _group(text: str) -> str:
+    """A group that exists, by name or id (checked here: before any file is touched)."""
+    try:
+        resolve_group(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _delimiter(text: str) -> bytes:
@@ -294,7 +305,9 @@ def _serve_parser() -> argparse.ArgumentParser:
         metavar="MODE",
         help="socket file mode (default 0600)",
     )
-    group.add_argument("--sock-group", metavar="GROUP", help="socket file group, name or id")
+    group.add_argument(
+        "--sock-group", type=_group, metavar="GROUP", help="socket file group, name or id"
+    )
     group = parser.add_argument_group("control")
     group.add_argument(
         "--control",
@@ -309,7 +322,10 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="control socket file mode (default 0600: only its owner)",
     )
     group.add_argument(
-        "--control-group", metavar="GROUP", help="control socket file group, name or id"
+        "--control-group",
+        type=_group,
+        metavar="GROUP",
+        help="control socket file group, name or id",
     )
     group = parser.add_argument_group("processes")
     group.add_argument(
@@ -358,7 +374,8 @@ def _serve_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1024,
         metavar="N",
-        help="stop accepting at N open connections until one ends (default 1024)",
+        help="stop accepting at N open connections until one ends (default 1024); "
+        "with --workers, N for all workers together",
     )
     group.add_argument(
         "--idle-timeout",
@@ -753,7 +770,8 @@ async def _serve(
     workers; a worker (``start.channel``: its supervisor's end) answers its supervisor."""
     channel = start.channel
     # The receiver is in place before the held signals are let through, so one
-    # sent at any moment of startup arrives here.
+    # sent at any moment of startup arrives here; before and after it, they do nothing.
+    _signals.inert()
     with trio.open_signal_receiver(*_signals.HANDLED_SIGNALS) as signals, _signals.released():
         daemon = server()
         startup = _Startup(notifier, quiet=channel is not None)
@@ -809,8 +827,10 @@ async def _serve(
                     startup.taking_over = True
                 else:
                     startup.labels = labels
+                    if config.control is not None:  # (open_listeners checks its own first)
+                        check_socket_path(config.control.path)
                     listeners = await open_listeners(
-                        config.listen,
+                        _not_passed(config.listen, adopted, labels),
                         sock_mode=config.sock_mode,
                         sock_group=config.sock_group,
                         backlog=config.backlog,
@@ -850,6 +870,24 @@ async def _serve(
         return EXIT_SIGNAL_BASE + startup.stopped_by
     summary = daemon.summary
     return EXIT_FAILURE if summary is not None and summary.forced else 0
+
+
+def _not_passed(
+    addresses: Sequence[Address], passed: Sequence[BoundListener], labels: Sequence[str]
+) -> list[Address]:
+    """The addresses to bind: those systemd has not passed a socket for already."""
+    left = []
+    for address in addresses:
+        found = [
+            label
+            for listener, label in zip(passed, labels, strict=True)
+            if listener.serves(address)
+        ]
+        if found:
+            log.info("%s: systemd passed this socket (%s); serving it once", address, found[0])
+        else:
+            left.append(address)
+    return left
 
 
 def _on_upgrade_signal(
@@ -938,6 +976,8 @@ async def _finish_takeover(
         return
     except HandoverError as exc:
         log.warning("took over, but the connections' handover ended early: %s", exc)
+    except Exception as exc:  # the boundary of the handover channel: serve on
+        fault(daemon._faults, "taking the connections over", exc)
     else:
         if isinstance(daemon, Daemon):
             log.info("took over: %d connection%s carried on here", count, "" if count == 1 else "s")
@@ -956,7 +996,7 @@ async def _serve_successor(daemon: Daemon, startup: _Startup, sock: socket.socke
     listener = BoundListener.from_socket(sock, owns_path=True)
     try:
         await startup.ready.wait()
-        commands = Commands()
+        commands = Commands(daemon._faults)
         commands.add(
             "takeover",
             daemon.takeover_command(who="an upgrade of the supervisor"),
@@ -1065,6 +1105,12 @@ def serve_main(argv: Sequence[str]) -> int:
             f"--workers {args.workers} is more than this machine can use: at most "
             f"{MAX_WORKERS} (4 per core, 64 at least)"
         )
+    if not worker and args.max_connections < args.workers:
+        parser.error(
+            f"--max-connections {args.max_connections} is the whole service's limit, "
+            f"fewer than the {args.workers} workers that share it: give at least "
+            f"{args.workers}, or fewer workers"
+        )
     server: Callable[[], Daemon | Supervisor]
     if worker or args.workers == 1:
         server = partial(Daemon, config)
@@ -1078,6 +1124,7 @@ def serve_main(argv: Sequence[str]) -> int:
     try:
         return trio.run(_serve, config, notifier, start, server)
     finally:
+        _signals.ignore_from_now_on()  # (see _signals: up to the last instant)
         notifier.close()
 
 
@@ -1365,7 +1412,9 @@ def _ctl_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("command", choices=_CTL_COMMANDS, help="what to ask or tell")
     parser.add_argument("level", nargs="?", help="for log-level: debug, info, warning, error")
-    parser.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    parser.add_argument(
+        "--json", action="store_true", help="print the reply's result as JSON, not a table"
+    )
     parser.add_argument(
         "--timeout",
         type=_positive_seconds,
@@ -1413,12 +1462,12 @@ async def _ctl(args: argparse.Namespace) -> int:
             while True:
                 try:
                     result = await _ask_in_time(control, args, arguments, timeout)
-                except ClientError:
-                    if previous is not None and previous.get("state") == "draining":
-                        # It drained and exited: the end of what was being watched.
-                        print("triodaemon: the daemon has exited", file=sys.stderr, flush=True)
-                        return 0
-                    raise
+                except ControlClosed:
+                    if previous is None:
+                        raise
+                    # It exited (drained, at once or not): the end of what was watched.
+                    print("triodaemon: the daemon has exited", file=sys.stderr, flush=True)
+                    return 0
                 if args.json:
                     text = json.dumps(result, indent=None if args.watch else 2)
                 elif args.command == "stats" and previous is not None:

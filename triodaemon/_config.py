@@ -14,6 +14,7 @@ import attrs
 from ._framing import Framing
 from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
 from ._readiness import READINESS_NAMES, ReadinessName
+from ._socketfile import resolve_group
 
 #: Bytes asked of the kernel per read by a ``Connection`` by default: trio's own
 #: default, large enough that a read of pipelined small frames amortises its
@@ -39,6 +40,20 @@ DEFAULT_FRAME_TIMEOUT = 30.0
 #: 64 frames of the default 1 MiB limit at once, where 1024 connections each
 #: holding one could otherwise pin a GiB.
 DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
+
+
+def _group(
+    instance: object, attribute: attrs.Attribute[str | int | None], value: str | int | None
+) -> None:
+    """A socket file's group: ``None``, or a group that exists (a name or an id)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"{attribute.name} is a group name or id, not {value!r}")
+    try:
+        resolve_group(value)
+    except ValueError as exc:
+        raise ValueError(f"{attribute.name}: {exc}") from None
 
 
 def _to_addresses(value: Iterable[Address]) -> tuple[Address, ...]:
@@ -69,7 +84,7 @@ class DaemonConfig:
         default=0o600, validator=[attrs.validators.ge(0), attrs.validators.le(0o777)]
     )
     """Permission bits of Unix socket files."""
-    sock_group: str | int | None = None
+    sock_group: str | int | None = attrs.field(default=None, validator=_group)
     """Group (name or id) of Unix socket files; ``None`` keeps the process's group."""
     receive_size: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
@@ -99,7 +114,7 @@ class DaemonConfig:
         default=0o600, validator=[attrs.validators.ge(0), attrs.validators.le(0o777)]
     )
     """Permission bits of the control socket file: only its owner by default."""
-    control_group: str | int | None = None
+    control_group: str | int | None = attrs.field(default=None, validator=_group)
     """Group (name or id) of the control socket file; ``None`` keeps the process's group."""
     migrate: bool = True
     """When another process takes over (an upgrade), hand it the open connections

@@ -27,7 +27,9 @@ used by the task and by a backend's step alike; it is chosen explicitly
 Expected trouble (a reset, a framing violation, an idle or trickling peer, a
 peer that stops reading) is caught here, logged as one line naming the peer,
 counted, and ends only this connection. Bugs in the frame handler propagate
-to the daemon, which logs and counts them. ``trio.Cancelled`` is never caught.
+to the daemon, which logs and counts them; a failure of our own code does too,
+apart (an internal error, see :mod:`._faults`). ``trio.Cancelled`` is never
+caught.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import trio
 from ._budget import BufferBudget
 from ._config import DEFAULT_RECEIVE_SIZE
 from ._errors import FramingError, IncompleteFrame
+from ._faults import fault
 from ._framing import Decoder, Framing
 from ._readiness import Wait
 from ._stats import Stats
@@ -146,6 +149,13 @@ HandoverHook = Callable[["_Conversation"], Awaitable[bool]]
 
 #: An unlimited budget, which keeps no account: for connections not given one.
 _NO_BUDGET = BufferBudget()
+
+
+class _HandlerFailed(Exception):
+    """The frame handler raised ``failure`` (not our own code): :meth:`run` tells apart."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
 
 
 class _Conversation:
@@ -324,6 +334,9 @@ class _Conversation:
         Raises:
             Exception: whatever the frame handler raised (the connection is closed
                 first), unless :attr:`ended` is set: it gets the exception instead.
+                Without :attr:`ended`, a failure of our own code is raised too;
+                with it, it is logged with its traceback and counted in
+                ``stats.internal_errors``, and :attr:`ended` gets ``None``.
         """
         failure: Exception | None = None
         try:
@@ -369,13 +382,17 @@ class _Conversation:
                     self._budget.hold(self, self._held, 0)
                     self._held = 0
                 await self._close()
-        except Exception as exc:
+        except _HandlerFailed as wrapped:
+            failure = wrapped.failure
+        except Exception as exc:  # the boundary of one connection: our own fault
             if self.ended is None:
                 raise
-            failure = exc
+            fault(self.stats, str(self.info), exc)
         finally:
             if self.ended is not None:
                 self.ended(self, failure)
+        if failure is not None and self.ended is None:
+            raise failure
 
     async def _received(self, size: int) -> _Close | None:
         """Frame and answer ``size`` bytes just read; send the replies."""
@@ -424,9 +441,12 @@ class _Conversation:
             while (frame := self.decoder.next_frame()) is not None:
                 count += 1
                 self.frames += 1
-                reply = await handler(frame, self.info)
-                if reply is not None:
-                    replies += encode(reply)
+                try:
+                    reply = await handler(frame, self.info)
+                    if reply is not None:
+                        replies += encode(reply)  # (ValueError: a reply too large to frame)
+                except Exception as exc:
+                    raise _HandlerFailed(exc) from None
         except FramingError:
             pass
         return replies, count

@@ -4,8 +4,11 @@ Newline-delimited JSON over a stream (the ``--control`` Unix socket): one reques
 per line, ``{"id": 1, "command": "log-level", "level": "debug"}``, and one reply
 per request, in order, echoing its ``id``: ``{"id": 1, "ok": true, "result": ...}``
 or ``{"id": 1, "ok": false, "error": "..."}``. A request that cannot be carried
-out (malformed JSON, an unknown command, a wrong argument) gets an error reply
-and the connection stays usable.
+out (malformed JSON, nested deeper than ``MAX_JSON_DEPTH``, an unknown command,
+a wrong argument) gets an error reply and the connection stays usable; so does
+one that fails inside the daemon (an internal error: logged with its traceback,
+counted). A connection that fails inside is closed; nothing a client sends can
+stop the daemon (see :mod:`._faults`).
 
 Strategy: :class:`Commands` is a table of named async functions; it turns one
 request line into one reply, and never raises for anything a client sends.
@@ -38,6 +41,7 @@ from . import __version__
 from ._client import connect
 from ._config import DaemonConfig
 from ._errors import ClientError, FramingError, TriodaemonError
+from ._faults import fault, loads
 from ._framing import SPEEDUPS, Framing
 from ._listeners import AcceptGate, BoundListener, UnixAddress, stream_for
 from ._stats import Stats
@@ -66,6 +70,11 @@ class ControlError(TriodaemonError):
 
     Raised by :meth:`ControlClient.request` for an error reply, too.
     """
+
+
+class ControlClosed(ClientError):
+    """The daemon's end of a control connection closed (it exited, or closed the
+    connection for a limit) before the reply came."""
 
 
 #: A command: the request's arguments (every key but ``id`` and ``command``) to
@@ -97,9 +106,15 @@ class Session:
 
 
 class Commands:
-    """The commands a control connection can run, by name, with ``help`` built in."""
+    """The commands a control connection can run, by name, with ``help`` built in.
 
-    def __init__(self) -> None:
+    Args:
+        stats: where internal errors of requests and connections are counted
+            (``None``: logged only).
+    """
+
+    def __init__(self, stats: Stats | None = None) -> None:
+        self.stats = stats
         self._entries: dict[str, _Entry] = {}
         self.add("help", self._help, "help", "what each command does and takes")
         self._busy = 0  # requests read and not yet answered, on every connection
@@ -141,9 +156,10 @@ class Commands:
         """The reply to one request line, and the :class:`Session` that takes the
         connection over once it is sent, if the command gave one."""
         request_id: Any = None
+        name: Any = None
         try:
             try:
-                request = json.loads(line.decode(), parse_constant=_no_constant)
+                request = loads(line)
             except UnicodeDecodeError:
                 raise ControlError("a request is a line of UTF-8 text") from None
             except ValueError as exc:
@@ -165,13 +181,16 @@ class Commands:
             result = await entry.run(request)
         except ControlError as exc:
             return {"id": request_id, "ok": False, "error": str(exc)}, None
+        except Exception as exc:  # the boundary of one request
+            fault(self.stats, f"control request {name!r}", exc)
+            return {"id": request_id, "ok": False, "error": _internal(exc)}, None
         if isinstance(result, Session):
             return {"id": request_id, "ok": True, "result": result.result}, result
         return {"id": request_id, "ok": True, "result": result}, None
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def _internal(exc: Exception) -> str:
+    return f"internal error ({type(exc).__name__}); it is logged, and the daemon serves on"
 
 
 def no_arguments(args: dict[str, Any]) -> None:
@@ -300,6 +319,8 @@ async def serve_control_stream(
             return
         except _Unread:
             log.info("control client did not read its reply for %gs; closed", SEND_TIMEOUT)
+        except Exception as exc:  # the boundary of one control connection
+            fault(commands.stats, "control connection", exc)
 
 
 class _Unread(Exception):
@@ -322,8 +343,13 @@ async def _answer(stream: trio.abc.Stream, commands: Commands, line: bytes) -> S
             if why is not None:
                 session.abandon()
                 reply, session = {"id": reply["id"], "ok": False, "error": why}, None
+        try:
+            data = encode(reply)
+        except (TypeError, ValueError) as exc:  # a result JSON cannot carry: ours
+            fault(commands.stats, f"control reply {reply!r:.100}", exc)
+            data = encode({"id": reply["id"], "ok": False, "error": _internal(exc)})
         with trio.move_on_after(SEND_TIMEOUT) as scope:
-            await stream.send_all(encode(reply))
+            await stream.send_all(data)
         if scope.cancelled_caught:
             raise _Unread
     except BaseException:
@@ -417,7 +443,7 @@ async def serve_control(
                     except trio.WouldBlock:
                         sock.close()
                     else:
-                        nursery.start_soon(_refuse, stream_for(sock), refusals)
+                        nursery.start_soon(_refuse, stream_for(sock), refusals, commands.stats)
                     continue
                 nursery.start_soon(_client, stream_for(sock), commands, clients)
     finally:
@@ -431,12 +457,14 @@ async def _client(stream: trio.SocketStream, commands: Commands, clients: trio.S
         clients.release()
 
 
-async def _refuse(stream: trio.SocketStream, refusals: trio.Semaphore) -> None:
+async def _refuse(stream: trio.SocketStream, refusals: trio.Semaphore, stats: Stats | None) -> None:
     try:
         async with stream:
             await _say(stream, f"too many control connections ({MAX_CLIENTS})")
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    except Exception as exc:  # the boundary of one refusal
+        fault(stats, "control connection refused", exc)
     finally:
         refusals.release()
 
@@ -458,7 +486,8 @@ class ControlClient:
 
         Raises:
             ControlError: the daemon answered with an error.
-            ClientError: the connection failed, or the reply was not one.
+            ControlClosed: the daemon closed the connection before it replied.
+            ClientError: the reply was not one.
         """
         self._next_id += 1
         wanted = self._next_id
@@ -471,7 +500,7 @@ class ControlClient:
                 if not (isinstance(reply.get("id"), int) and reply["id"] < wanted):
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientError(f"{self.where}: connection lost: {exc}") from None
+            raise ControlClosed(f"{self.where}: connection lost: {exc}") from None
         ok = reply.get("ok")
         if not isinstance(ok, bool) or (ok and "result" not in reply):
             raise ClientError(
@@ -490,10 +519,10 @@ class ControlClient:
         while (line := self._decoder.next_frame()) is None:
             data = await self.stream.receive_some()
             if not data:
-                raise ClientError(f"{self.where} closed the connection before replying")
+                raise ControlClosed(f"{self.where} closed the connection before replying")
             self._decoder.feed(data)
         try:
-            reply = json.loads(line)
+            reply = loads(line)
         except ValueError as exc:
             raise ClientError(f"{self.where} sent something that is not JSON: {exc}") from None
         if not isinstance(reply, dict):

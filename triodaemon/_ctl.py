@@ -56,7 +56,7 @@ def render_stats(stats: dict[str, Any], rates: dict[str, float] | None = None) -
         (
             "triodaemon",
             f"{stats['version']}, pid {stats['pid']}, up {duration(stats['uptime'])}, "
-            f"{stats['state']} ({stats['readiness']})",
+            f"{stats['state']} ({stats['readiness']}, {_scans(stats.get('speedups'))})",
         ),
         ("listeners", ", ".join(item["address"] for item in stats["listeners"]) or "none"),
         (
@@ -103,6 +103,13 @@ def render_stats(stats: dict[str, Any], rates: dict[str, float] | None = None) -
         )
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _scans(speedups: bool | None) -> str:
+    """What scans the decoders, for the first line (a daemon of an older release: ``?``)."""
+    if speedups is None:
+        return "scans ?"
+    return "compiled scans" if speedups else "pure-Python scans"
 
 
 def _handovers(connections: dict[str, Any]) -> str:

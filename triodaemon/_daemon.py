@@ -35,6 +35,7 @@ from ._control import (
     serve_control,
     stats_report,
 )
+from ._faults import fault
 from ._handover import (
     ADOPT_TIMEOUT,
     BATCH_BYTES,
@@ -59,6 +60,7 @@ from ._listeners import (
 )
 from ._readiness import Readiness, open_readiness
 from ._socket_connection import SocketConnection
+from ._socketfile import check_socket_path
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
@@ -117,6 +119,7 @@ class Daemon(Giver):
     handler: FrameHandler | None = None
     stats: Stats = attrs.field(factory=Stats, init=False)
     """Live counters."""
+    _faults: Stats = attrs.field(init=False)
     summary: DrainSummary | None = attrs.field(default=None, init=False)
     """Set when :meth:`serve` returns."""
     _connections: set[SocketConnection] = attrs.field(factory=set, init=False)
@@ -167,6 +170,7 @@ class Daemon(Giver):
     it, the control socket answers ``upgrade``."""
 
     def __attrs_post_init__(self) -> None:
+        self._faults = self.stats  # (a supervisor counts its own apart from its workers')
         self._readiness = open_readiness(self.config.readiness)  # its epoll opens in serve()
         self.handler_name = handler_name(self.handler)
         self._budget = BufferBudget(self.config.max_buffered or math.inf)
@@ -245,6 +249,8 @@ class Daemon(Giver):
         if listeners is None:
             if not config.listen:
                 raise ValueError("nothing to listen on: config.listen is empty")
+            if control is None and config.control is not None:
+                check_socket_path(config.control.path)  # before any file is touched
             listeners = await open_listeners(
                 config.listen,
                 sock_mode=config.sock_mode,
@@ -398,18 +404,26 @@ class Daemon(Giver):
     def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None:
         """Serve a connection another process handed over: ``pending`` is what it had
         read of a partial frame. Call while serving. Over ``max_connections`` it is
-        served all the same (refusing it would drop a conversation under way)."""
+        served all the same (refusing it would drop a conversation under way).
+
+        A failure of our own code on the way is that one connection's: it is
+        logged and counted as an internal error, and the socket closed."""
         assert self._handlers is not None, "adopt() before serve()"
         assert self._limiter is not None
         self._next_id += 1
         info = ConnectionInfo(self._next_id, record.listener, record.peer)
+        try:
+            connection = self._connection_for(sock, info)
+            connection.resume(pending, record.idle_left, record.frame_left)
+        except Exception as exc:  # the boundary of one connection taken over
+            fault(self._faults, f"{info}: taking it over", exc)
+            sock.close()
+            return
         limiter: trio.Semaphore | None = self._limiter
         try:
             self._limiter.acquire_nowait()
         except trio.WouldBlock:
             limiter = None
-        connection = self._connection_for(sock, info)
-        connection.resume(pending, record.idle_left, record.frame_left)
         self.stats.connections_taken += 1
         log.debug("%s: taken over, %d bytes of a frame held", info, len(pending))
         self._start_connection(connection, limited=limiter is not None)
@@ -474,7 +488,7 @@ class Daemon(Giver):
         ``connections``, ``drain``, ``log-level``, ``takeover`` (for a new process:
         ``triodaemon --takeover``), ``upgrade`` (if :attr:`upgrade` is set), and
         ``help``. ``source`` says where requests come from, in the log lines."""
-        commands = Commands()
+        commands = Commands(self._faults)
 
         async def stats(args: dict[str, Any]) -> dict[str, Any]:
             no_arguments(args)
@@ -574,8 +588,14 @@ class Daemon(Giver):
                 log.warning("accepting again on %s", listener.address)
                 failing = False
             self._next_id += 1
-            info = ConnectionInfo.for_socket(self._next_id, listener_name, sock, peer)
-            connection = self._connection_for(sock, info)
+            try:
+                info = ConnectionInfo.for_socket(self._next_id, listener_name, sock, peer)
+                connection = self._connection_for(sock, info)
+            except Exception as exc:  # the boundary of one new connection (MemoryError, say)
+                fault(self._faults, f"connection {self._next_id} on {listener_name}", exc)
+                sock.close()
+                limiter.release()
+                continue
             self.stats.connections_accepted += 1
             log.debug("%s: accepted", info)
             self._start_connection(connection, limited=True)
@@ -636,9 +656,12 @@ class Daemon(Giver):
         if failure is not None:
             self.stats.handler_errors += 1
             log.error(
-                "%s: frame handler failed: %s: %s", connection.info, type(failure).__name__, failure
+                "%s: frame handler failed: %s: %s",
+                connection.info,
+                type(failure).__name__,
+                failure,
+                exc_info=failure,
             )
-            log.debug("%s: handler traceback", connection.info, exc_info=failure)
         self._connections.discard(connection)
         self.stats.connections_active -= 1
         if connection in self._unlimited:

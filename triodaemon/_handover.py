@@ -59,8 +59,10 @@ import trio
 from ._config import DaemonConfig
 from ._control import Command, Commands, ControlClient, ControlError, Session, no_arguments
 from ._errors import ClientError, TriodaemonError
+from ._faults import fault, loads
 from ._framing import Framing
 from ._listeners import AcceptGate, BoundListener, UnixAddress
+from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
 
@@ -149,7 +151,7 @@ class Channel:
                     f"{self.where} sent a {size}-byte header (at most {MAX_HEADER})"
                 )
             try:
-                header = json.loads(await self._exactly(size, received))
+                header = loads(await self._exactly(size, received))
             except ValueError as exc:
                 raise HandoverError(f"{self.where} sent a header that is not JSON: {exc}") from None
             if not isinstance(header, dict):
@@ -487,6 +489,8 @@ class Giver:
     _control: BoundListener | None
     _gate: AcceptGate
     _given_up: list[tuple[BoundListener, tuple[int, int]]]
+    _faults: Stats
+    """Where this process counts its own internal errors (see :mod:`._faults`)."""
 
     @property
     def connections(self) -> int:
@@ -653,7 +657,12 @@ class Giver:
                 given = await give(self, channel, handing)
             if handing.scope.cancelled_caught:
                 raise HandoverError("a drain began")
-        except HandoverError as exc:
+        except Exception as exc:  # the boundary of one handover channel
+            if not isinstance(exc, HandoverError):
+                fault(self._faults, f"upgrade ({handing.who})", exc)
+                exc = HandoverError(f"internal error ({type(exc).__name__})")
+                if self._gate.shut:  # (it failed after this daemon stopped accepting)
+                    self._accept_again()
             log.error(
                 "upgrade (%s) called off: %s; %s",
                 handing.who,

@@ -29,7 +29,7 @@ import attrs
 import trio
 
 from ._errors import AddressError
-from ._socketfile import bind_socket_file, remove_if_ours
+from ._socketfile import bind_socket_file, check_socket_path, remove_if_ours
 
 log = logging.getLogger("triodaemon")
 
@@ -182,6 +182,25 @@ class BoundListener:
         sock.setblocking(False)
         return cls(sock, address, identity)
 
+    def serves(self, address: Address) -> bool:
+        """Whether this listener is already what ``address`` asks for: the same socket
+        file (or path), or the same port on the same host (or, for ``host=None``,
+        on every interface). For a socket systemd passed that the command line
+        names too."""
+        mine = self.address
+        if isinstance(address, UnixAddress):
+            if not isinstance(mine, UnixAddress):
+                return False
+            try:
+                return os.path.samefile(address.path, mine.path)
+            except (OSError, ValueError):  # (ValueError: an abstract name's NUL)
+                return os.path.abspath(address.path) == os.path.abspath(mine.path)
+        if not isinstance(mine, TcpAddress) or address.port != mine.port:
+            return False
+        if address.host is None:
+            return mine.host in ("0.0.0.0", "::")
+        return address.host == mine.host
+
     async def wait_acceptable(self) -> None:
         """Wait until a connection is (probably) waiting to be accepted."""
         await trio.lowlevel.wait_readable(self.sock)
@@ -279,12 +298,18 @@ async def open_listeners(
 ) -> list[BoundListener]:
     """Bind and listen on every address; on any failure close what was bound.
 
+    The Unix socket paths are checked first (:func:`check_socket_path`), so that
+    a path too long or a directory missing fails before any file is touched.
+
     A TCP address with no host (or a host name) can give several listeners, one
     per resolved address, all on the same port even when the port was 0.
 
     Raises:
         AddressError: one line naming the address and what to do.
     """
+    for address in addresses:  # every path's problems before any file is touched
+        if isinstance(address, UnixAddress):
+            check_socket_path(address.path)
     bound: list[BoundListener] = []
     try:
         for address in addresses:

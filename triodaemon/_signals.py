@@ -26,7 +26,13 @@ anything else (:func:`hold`), so a signal sent while trio and triodaemon are
 still being imported waits; the serving path releases them once trio's signal
 receiver is in place (:func:`released`), where a stop signal that arrives
 before the daemon is ready ends the start with one line. Every other command
-releases them before it starts. This module imports only standard-library
+releases them before it starts. Once serving is over, a signal changes nothing,
+up to the process's last instant (:func:`inert` before the receiver, which puts
+back what it found, and :func:`ignore_from_now_on` after it): the main thread
+holds them again then, but a thread of trio's (a name lookup's, idle in its
+cache) would take one with its default action and end the process, as would
+any one during the interpreter's finalization, which puts a handler written in
+Python back to the default. This module imports only standard-library
 modules that the interpreter's own startup has loaded already, besides
 ``signal``, so that holding comes first and costs nothing.
 """
@@ -107,6 +113,23 @@ def released() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _nothing(signum: int, frame: object) -> None:
+    """A signal that came once serving was over: the process is exiting anyway."""
+
+
+def inert() -> None:
+    """Give every handled signal a handler that does nothing (see the module's
+    strategy). A held signal stays pending, as it would not with ``SIG_IGN``."""
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, _nothing)
+
+
+def ignore_from_now_on() -> None:
+    """Serving is over: ignore every handled signal until the process has exited."""
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def signal_name(signum: int) -> str:

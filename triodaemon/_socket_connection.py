@@ -63,6 +63,13 @@ if sys.platform.startswith("linux"):
 #: (an idle peer acknowledges within a round trip) and later ones back off.
 _LINGER_FIRST_LOOK = 0.001
 _LINGER_LAST_LOOK = 0.05
+#: Once everything we sent is acknowledged, how long the connection must have been
+#: quiet (nothing read, nothing of ours read by the peer) before we close. A
+#: pipelining client at a drain sends until it reads our EOF, the more so just as it
+#: reads our last replies; closing with its bytes unread would make the kernel
+#: answer with a reset, which its next read reports in place of our EOF (a clean
+#: drain would look like a crash to it). An idle peer is not waited for at all.
+_LINGER_QUIET = 0.1
 
 
 class _Handoff(enum.Enum):
@@ -323,8 +330,10 @@ class SocketConnection(_Conversation):
         Ends at the peer's EOF; or once everything we sent is acknowledged (read,
         on a Unix socket), so that a reset for unread data destroys nothing of
         ours (where the OS tells: Linux; elsewhere after ``LINGER_DISCARD`` bytes
-        discarded); a peer that broke the framing, after ``LINGER_DISCARD`` bytes
-        discarded; at the latest after ``LINGER_SECONDS``.
+        discarded) and the connection has been quiet for ``_LINGER_QUIET``, so that
+        the peer's next read finds our EOF, not a reset; a
+        peer that broke the framing, after ``LINGER_DISCARD`` bytes discarded; at
+        the latest after ``LINGER_SECONDS``.
         """
         sock = self._sock
         try:
@@ -335,6 +344,12 @@ class SocketConnection(_Conversation):
         look = _LINGER_FIRST_LOOK
         discarded = 0
         next_look = LINGER_DISCARD  # discarded bytes at which to look up again
+        # When the connection last moved bytes either way (the deadline's last move; at
+        # a graceful close no frame is held, so no frame deadline is in it).
+        now = trio.current_time()
+        active = (
+            min(now, self._deadline - self.idle_timeout) if self.idle_timeout < math.inf else now
+        )
         while True:
             try:
                 size = _recv_nowait(sock, self._buf, self.receive_size)
@@ -345,6 +360,7 @@ class SocketConnection(_Conversation):
             if size is not None:
                 self.bytes_in += size
                 discarded += size
+                active = trio.current_time()
                 if discarded > next_look:
                     # A peer that goes on sending: a framing violator is cut off
                     # here; anyone else only once nothing we sent can be lost (a
@@ -357,13 +373,18 @@ class SocketConnection(_Conversation):
                     await trio.lowlevel.checkpoint()  # reading on, but not alone
                 continue
             unsent = _unacknowledged(sock)
-            if unsent == 0:
-                return
             now = trio.current_time()
             if now >= give_up:
                 return
-            wake_at = give_up if unsent is None else min(give_up, now + look)
-            look = min(2 * look, _LINGER_LAST_LOOK)
+            if unsent == 0:
+                quiet_at = active + _LINGER_QUIET
+                if now >= quiet_at:
+                    return
+                wake_at = min(give_up, quiet_at)
+            else:
+                active = now  # (the peer has yet to read it, and may answer as it does)
+                wake_at = give_up if unsent is None else min(give_up, now + look)
+                look = min(2 * look, _LINGER_LAST_LOOK)
             await self._waiter.wait(wake_at)
 
     async def _close(self) -> None:

@@ -45,6 +45,9 @@ LOCK_TIMEOUT = 10.0
 _LOCK_POLL = 0.01
 #: The lock file beside the socket: ``PATH.lock``.
 _LOCK_SUFFIX = ".lock"
+#: The largest group id a file can be given: chown(2) takes ``(gid_t)-1`` (2**32 - 1)
+#: to mean "leave the group unchanged".
+MAX_GID = 2**32 - 2
 #: The socket's name inside its private directory, until it is linked into place.
 _BIND_NAME = "s"
 #: Opening a directory only to use it as ``dir_fd``: ``O_PATH`` where there is
@@ -64,7 +67,10 @@ async def bind_socket_file(
     Raises:
         AddressError: one line naming the path and what to do.
     """
-    gid = _resolve_group(group) if group is not None else None
+    try:
+        gid = resolve_group(group) if group is not None else None
+    except ValueError as exc:
+        raise AddressError(f"cannot give {path} a group: {exc}") from None
     directory, parent = _open_directory(path)
     name = os.path.basename(path)
     try:
@@ -132,15 +138,19 @@ def _open_directory(path: str) -> tuple[str, int]:
         raise AddressError(f"cannot create {path}: {directory}: {exc.strerror}") from exc
 
 
-def _kind(mode: int) -> str:
-    """What sort of file ``mode`` says it is, in a word or two."""
+def file_kind(mode: int) -> str:
+    """What sort of file ``mode`` says it is, in a word or two: ``a FIFO``."""
     if stat.S_ISLNK(mode):
         return "a symlink"
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISREG(mode):
         return "a regular file"
-    return "a special file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device file"
 
 
 def _cannot_create(path: str, directory: str, exc: OSError) -> AddressError:
@@ -153,15 +163,35 @@ def _cannot_create(path: str, directory: str, exc: OSError) -> AddressError:
     return AddressError(f"cannot create {path}: {exc.strerror}")
 
 
-def _resolve_group(group: str | int) -> int:
+def resolve_group(group: str | int) -> int:
+    """The id of ``group``: a name, or an id (a number, or its digits).
+
+    Raises:
+        ValueError: no group has that name, or the id is not one a file can have.
+    """
+    if isinstance(group, str) and group.isascii() and group.isdigit():
+        group = int(group)
     if isinstance(group, int):
+        if not 0 <= group <= MAX_GID:
+            raise ValueError(
+                f"group id {group} is out of range: a group id is 0 to {MAX_GID} "
+                f"({MAX_GID + 1} means 'leave the group as it is' to chown)"
+            )
         return group
-    if group.isdigit():
-        return int(group)
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise AddressError(f"no such group: {group}") from None
+    except (KeyError, ValueError):  # (ValueError: a NUL in the name)
+        raise ValueError(f"no such group: {group!r}") from None
+
+
+def check_socket_path(path: str) -> None:
+    """Check what can be checked of ``path`` before anything is bound: its length,
+    and that its directory exists and can be reached.
+
+    Raises:
+        AddressError: one line naming the path and what to do.
+    """
+    os.close(_open_directory(path)[1])
 
 
 async def _remove_if_stale(parent: int, name: str, path: str) -> None:
@@ -174,7 +204,7 @@ async def _remove_if_stale(parent: int, name: str, path: str) -> None:
         raise AddressError(f"cannot use {path}: {exc.strerror}") from exc
     if not stat.S_ISSOCK(st.st_mode):
         raise AddressError(
-            f"{path} exists and is not a socket ({_kind(st.st_mode)}); refusing to replace it"
+            f"{path} exists and is not a socket ({file_kind(st.st_mode)}); refusing to replace it"
         )
     if await _probe(path):
         raise AddressError(
@@ -372,9 +402,11 @@ def _open_lock_file(parent: int, directory: str, name: str, lock_path: str) -> i
 
     An existing one is opened without ``O_CREAT``, so a file another user left
     in a sticky directory (where Linux refuses ``O_CREAT`` on it) still opens.
-    Never follows a symlink.
+    Never follows a symlink, and never blocks: ``O_NONBLOCK`` opens a FIFO that
+    anyone may have made there at once (a plain open would wait for a writer,
+    deaf to signals), and whatever it opened that is not a regular file is refused.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(name, flags, dir_fd=parent)
     except FileNotFoundError:
@@ -394,9 +426,13 @@ def _open_lock_file(parent: int, directory: str, name: str, lock_path: str) -> i
         raise AddressError(
             f"cannot use lock file {lock_path}: {why}; remove it if no triodaemon is starting there"
         ) from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
-        raise AddressError(f"cannot use lock file {lock_path}: it is not a regular file; remove it")
+        raise AddressError(
+            f"cannot use lock file {lock_path}: it is {file_kind(mode)}, not a regular file "
+            "(made by someone else?); remove it"
+        )
     return fd
 
 

@@ -22,7 +22,7 @@ class Counting(Protocol):
     bytes_out: int
 
 
-@attrs.define
+@attrs.define(repr=False)
 class Stats:
     """Running counters for one daemon. Plain integers: trio runs one task at a time.
 
@@ -60,6 +60,15 @@ class Stats:
     """Connections another process handed to this one (an upgrade)."""
     connections_handed: int = 0
     """Connections this process handed to another one (an upgrade)."""
+    internal_errors: int = 0
+    """Failures of triodaemon's own code that one connection, control request or
+    handover channel caught: each is logged with its traceback, ends only that
+    connection (or request), and is a bug worth reporting."""
+
+    def __repr__(self) -> str:
+        # The public names (frames, not _frames), each with its total now.
+        names = [field.name.lstrip("_") for field in attrs.fields(Stats) if field.repr]
+        return "Stats(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in names) + ")"
 
     @property
     def frames(self) -> int:
@@ -102,7 +111,7 @@ class Stats:
 
     def errors(self) -> dict[str, int]:
         """The error counters by kind: ``framing``, ``incomplete``, ``resets``,
-        ``idle timeouts``, ``frame timeouts``, ``handler``, ``accept``."""
+        ``idle timeouts``, ``frame timeouts``, ``handler``, ``accept``, ``internal``."""
         return {
             "framing": self.framing_errors,
             "incomplete": self.incomplete_frames,
@@ -111,6 +120,7 @@ class Stats:
             "frame timeouts": self.frame_timeouts,
             "handler": self.handler_errors,
             "accept": self.accept_errors,
+            "internal": self.internal_errors,
         }
 
     def summary(self) -> str:

@@ -19,8 +19,19 @@ supervisor alone, which drains them all in parallel. Their log lines come
 through a pipe and are logged again by the supervisor, whole, at their own
 level, behind ``worker N (pid P):``. A worker that dies is restarted: at once
 if it had served a while, else after a delay that doubles up to
-``BACKOFF_LIMIT``; a worker that fails before the first start is complete ends
-the start (exit 1, with the worker's last words).
+``BACKOFF_LIMIT``. Only a worker that reports a failure of its own before it
+ever served in the first start (it exits with a code: a configuration that
+cannot work) ends the start (exit 1, with the worker's last words); one ended
+by a signal (the OOM killer, an operator) is started again like any other.
+
+``--max-connections`` is the whole service's: each worker is started with its
+share (see :func:`shares`). As the workers share each listening socket, one
+at its share leaves new connections in the queue for the others.
+
+Each worker's slot, its pipe and its log relay is an exception boundary: a
+failure of the supervisor's own code there is logged with its traceback and
+counted (``internal`` errors), that worker is killed and started again, and
+the others serve on.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ from ._control import (
 )
 from ._daemon import CONTROL_GRACE, DrainSummary
 from ._errors import ClientError, TriodaemonError
+from ._faults import fault
 from ._handover import (
     Channel,
     ConnectionRecord,
@@ -85,6 +97,9 @@ ASK_TIMEOUT = 5.0
 POLL_INTERVAL = 1.0
 #: After the drain deadline, how long a worker may still take before it is killed.
 EXIT_GRACE = 5.0
+#: The longest line of a worker's stderr that is relayed whole; past it, the line
+#: is cut (a worker printing without newlines must not fill the supervisor's memory).
+MAX_RELAYED_LINE = 65536
 
 #: A worker's log line as its formatter writes it: time, name, level, message.
 _LOG_LINE = re.compile(
@@ -108,6 +123,12 @@ def _handover_directory() -> str | None:
     except OSError as exc:
         log.warning("no directory for the workers' handover sockets: %s", exc)
         return None
+
+
+def shares(total: int, count: int) -> list[int]:
+    """``total`` connections split among ``count`` workers as evenly as whole numbers
+    go (the first ones get one more): ``shares(10, 3) == [4, 3, 3]``."""
+    return [total // count + (number < total % count) for number in range(count)]
 
 
 def exit_reason(code: int) -> str:
@@ -169,7 +190,10 @@ class Supervisor(Giver):
         self.config = config
         self.argv = without_options(argv)  # a worker takes over from its own predecessor
         self.stats = Stats()
-        """The workers' counters, summed: refreshed every ``POLL_INTERVAL``."""
+        """The workers' counters, summed (and the supervisor's own internal errors):
+        refreshed every ``POLL_INTERVAL``."""
+        self._faults = Stats()  # the supervisor's own internal errors
+        self._shares = shares(config.max_connections, count)
         self.summary: DrainSummary | None = None
         self._workers = [_Worker(number) for number in range(1, count + 1)]
         self._listeners: Sequence[BoundListener] = ()
@@ -393,14 +417,20 @@ class Supervisor(Giver):
     async def _keep(self, worker: _Worker) -> None:
         """Run one worker slot: start, watch, restart with backoff, until the drain."""
         while not self._draining and not self._retiring:
-            why, served = await self._run_once(worker)
+            try:
+                why, served, own = await self._run_once(worker)
+            except Exception as exc:  # the boundary of one worker's slot
+                fault(self._faults, f"worker {worker.number}", exc)
+                why, served, own = f"failed in the supervisor ({type(exc).__name__})", 0.0, False
+                await self._stop(worker)
             self._retire(worker)
             if self._draining or self._retiring:
                 worker.state = "exited"
                 log.info("worker %d (pid %s) %s", worker.number, worker.pid, why)
                 return
-            if not self._started_all:
-                # The first start is not complete: it fails, with the first reason.
+            if not self._started_all and own and served <= 0:
+                # A failure of its own before it ever served, in the first start: a
+                # configuration that cannot work. The start fails, with the first reason.
                 if self._start_failure is None:
                     words = "; ".join(worker.last_words[-3:]) or "no output"
                     ran = f" before it served: {words}" if served >= 0 else ""
@@ -434,18 +464,30 @@ class Supervisor(Giver):
                 await self._drain_started.wait()
             worker.restarts += 1
 
-    async def _run_once(self, worker: _Worker) -> tuple[str, float]:
+    async def _stop(self, worker: _Worker) -> None:
+        """Kill the worker's process, if it runs, and wait for it."""
+        process = worker.process
+        if process is not None and process.returncode is None:
+            process.kill()
+            with trio.move_on_after(EXIT_GRACE):
+                await process.wait()
+
+    async def _run_once(self, worker: _Worker) -> tuple[str, float, bool]:
         """Start the worker, make it ready, and wait for it to exit.
 
         Returns why it ended (``exited with code 1``, ``killed by SIGKILL``, or
-        ``could not be started: ...``) and for how long it had served (0 if it
-        never was ready; -1 if it never ran).
+        ``could not be started: ...``), for how long it had served (0 if it
+        never was ready; -1 if it never ran), and whether the end was its own
+        (it exited with a code, or could not be started at all), not a signal's
+        (killed by one, or exited with 128+N for a stop signal N).
         """
         worker.state = "starting"
         fds = [listener.sock.fileno() for listener in self._listeners]
-        # The level in force now (ctl log-level may have changed it), after argv's: the last wins.
+        # The level in force now (ctl log-level may have changed it), and the worker's
+        # share of the connections, after argv's: the last wins.
         level = logging.getLevelName(log.getEffectiveLevel()).lower()
         command = [*python_program(), *self.argv, "--log-level", level]
+        command += ["--max-connections", str(self._shares[worker.number - 1])]
         command += ["--worker", str(worker.number)]
         for fd in fds:
             command += ["--inherit", str(fd)]
@@ -459,7 +501,7 @@ class Supervisor(Giver):
         try:
             mine, theirs = socket.socketpair()
         except OSError as exc:  # out of descriptors, say
-            return f"could not be started: {exc.strerror or exc}", -1.0
+            return f"could not be started: {exc.strerror or exc}", -1.0, True
         command += ["--channel", str(theirs.fileno())]
         passed = [*fds, theirs.fileno()]
         handover, worker.handover_path = self._handover_socket(worker)
@@ -477,7 +519,7 @@ class Supervisor(Giver):
             )
         except OSError as exc:
             mine.close()
-            return f"could not be started: {exc.strerror or exc}", -1.0
+            return f"could not be started: {exc.strerror or exc}", -1.0, True
         finally:
             theirs.close()
             if handover is not None:
@@ -509,7 +551,9 @@ class Supervisor(Giver):
             worker.ready = False
             worker.channel = None
             await trio.aclose_forcefully(stream)
-        return exit_reason(code), served
+        # Its own end: an exit code, but for 128+N, which a worker stopped by signal N
+        # while starting exits with (as the command line does).
+        return exit_reason(code), served, 0 <= code <= 128
 
     def _handover_socket(self, worker: _Worker) -> tuple[socket.socket | None, str | None]:
         """A listening socket of the worker's own, in our private directory: where,
@@ -543,10 +587,17 @@ class Supervisor(Giver):
         assert worker.channel is not None
         assert worker.process is not None
         with trio.move_on_after(START_TIMEOUT):
+            report: Any = None
             try:
-                worker.stats = await worker.channel.request("stats")
+                report = await worker.channel.request("stats")
+                _add_report(Stats(), report)  # (it is one: it adds up)
             except (ClientError, ControlError):
                 return  # it is exiting: _run_once sees the exit
+            except Exception as exc:  # the boundary of one worker's pipe
+                fault(self._faults, f"worker {worker.number}'s first stats {report!r:.200}", exc)
+                worker.process.kill()
+                return
+            worker.stats = report
             worker.ready = True
             worker.served_from = time.monotonic()
             worker.state = "serving"
@@ -577,10 +628,18 @@ class Supervisor(Giver):
             while chunk := await stderr.receive_some():
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
+                if len(buffer) > MAX_RELAYED_LINE:  # no newline for that long: cut it
+                    lines.append(buffer[:MAX_RELAYED_LINE] + b" [cut]")
+                    buffer = b""
                 for line in lines:
                     self._relay_line(worker, pid, line.decode(errors="replace"))
             if buffer:
                 self._relay_line(worker, pid, buffer.decode(errors="replace"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception as exc:  # the boundary of one worker's log relay
+            fault(self._faults, f"worker {worker.number}'s log relay", exc)
+            await self._stop(worker)  # (its stderr unread, it could block on it)
         finally:
             done.set()
 
@@ -625,10 +684,17 @@ class Supervisor(Giver):
         answers: dict[int, dict[str, Any] | None] = {}
 
         async def ask(worker: _Worker) -> None:
+            answers[worker.number] = None
+            report: Any = None
             try:
-                answers[worker.number] = worker.stats = await worker.ask("stats")
+                report = await worker.ask("stats")
+                _add_report(Stats(), report)  # (it is one: it adds up)
             except (ClientError, ControlError):
-                answers[worker.number] = None
+                return
+            except Exception as exc:  # the boundary of one worker's pipe
+                fault(self._faults, f"worker {worker.number}'s stats {report!r:.200}", exc)
+                return
+            answers[worker.number] = worker.stats = report
 
         async with trio.open_nursery() as nursery:
             for worker in self._workers:
@@ -640,21 +706,8 @@ class Supervisor(Giver):
         for report in latest:
             total.connections_active += report["connections"]["open"]
         for report in [*latest, *self._retired]:
-            total.connections_accepted += report["connections"]["total"]
-            total.frames += report["frames"]
-            total.bytes_received += report["bytes_in"]
-            total.bytes_sent += report["bytes_out"]
-            total.memory_waits += report["memory_waits"]
-            total.connections_taken += report["connections"].get("taken_over", 0)
-            total.connections_handed += report["connections"].get("handed_over", 0)
-            errors = report["errors"]
-            total.framing_errors += errors["framing"]
-            total.incomplete_frames += errors["incomplete"]
-            total.resets += errors["resets"]
-            total.idle_timeouts += errors["idle timeouts"]
-            total.frame_timeouts += errors["frame timeouts"]
-            total.handler_errors += errors["handler"]
-            total.accept_errors += errors["accept"]
+            _add_report(total, report)
+        total.internal_errors += self._faults.internal_errors
         self.stats = total
         self._open = total.connections_active
         return [(worker, answers.get(worker.number)) for worker in self._workers]
@@ -723,7 +776,7 @@ class Supervisor(Giver):
         return sorted(rows, key=lambda row: (row["worker"], row["id"]))
 
     def control_commands(self) -> Commands:
-        commands = Commands()
+        commands = Commands(self._faults)
 
         async def stats(args: dict[str, Any]) -> dict[str, Any]:
             no_arguments(args)
@@ -764,3 +817,36 @@ class Supervisor(Giver):
         with contextlib.suppress(ClientError, ControlError):
             # One that is (re)starting gets the level in force on its command line.
             await worker.ask("log-level", level=level)
+
+
+def _add_report(total: Stats, report: Any) -> None:
+    """Add the counters of a worker's ``stats`` report to ``total`` (but for the
+    connections open now, which only a worker's latest report tells).
+
+    Raises:
+        Exception: ``report`` is not a ``stats`` report (KeyError, TypeError).
+    """
+    connections, errors = report["connections"], report["errors"]
+    counts: list[tuple[str, Any]] = [
+        ("connections_accepted", connections["total"]),
+        ("connections_taken", connections.get("taken_over", 0)),
+        ("connections_handed", connections.get("handed_over", 0)),
+        ("frames", report["frames"]),
+        ("bytes_received", report["bytes_in"]),
+        ("bytes_sent", report["bytes_out"]),
+        ("memory_waits", report["memory_waits"]),
+        ("framing_errors", errors["framing"]),
+        ("incomplete_frames", errors["incomplete"]),
+        ("resets", errors["resets"]),
+        ("idle_timeouts", errors["idle timeouts"]),
+        ("frame_timeouts", errors["frame timeouts"]),
+        ("handler_errors", errors["handler"]),
+        ("accept_errors", errors["accept"]),
+        ("internal_errors", errors.get("internal", 0)),  # (a worker of an older release)
+    ]
+    if not isinstance(connections["open"], int) or any(
+        not isinstance(count, int) for _, count in counts
+    ):
+        raise TypeError("a count that is not an integer")
+    for name, count in counts:
+        setattr(total, name, getattr(total, name) + count)

@@ -98,7 +98,7 @@ def activated_sockets(
         return []
     if not count.isdigit():
         raise AddressError(f"LISTEN_FDS={count!r} from systemd is not a number of sockets")
-    labels = names.split(":") if names else []
+    labels = [printable(name) for name in names.split(":")] if names else []
     adopted: list[tuple[socket.socket, str]] = []
     try:
         for index in range(int(count)):
@@ -110,6 +110,14 @@ def activated_sockets(
             sock.close()
         raise
     return adopted
+
+
+def printable(text: str) -> str:
+    """``text`` with what is not printable escaped (``\\n``, ``\\x1b``), so that a name
+    from the environment cannot break or forge a line of ours."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _adopt(fd: int, label: str) -> socket.socket:

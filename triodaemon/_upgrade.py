@@ -119,7 +119,7 @@ class Upgrader:
 
         handing.kill = kill
         handing.taker = process.pid
-        commands = Commands()
+        commands = Commands(daemon._faults)
         commands.add("takeover", daemon.takeover_command(handing), "takeover", "take over")
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
         try:
