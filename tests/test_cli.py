@@ -16,7 +16,7 @@ import trio
 
 from triodaemon import ClientError, Framing, TcpAddress, UnixAddress, connect, echo_frames
 
-from .conftest import DaemonProcess, SpawnFn, read_until_eof, run_triodaemon
+from .conftest import DaemonProcess, SpawnFn, daemon_process, read_until_eof, run_triodaemon
 
 #: A bound on every test here, so a hang fails instead of stalling the run.
 TEST_TIMEOUT = 60
@@ -246,6 +246,26 @@ async def test_a_fifo_at_the_lock_path_is_one_line_not_a_hang(sock_dir: Path, wh
         assert sorted(os.listdir(sock_dir)) == ["x.sock.lock"]
 
 
+async def test_a_path_cannot_break_a_line_or_forge_one(sock_dir: Path) -> None:
+    """Scripts wait for the readiness lines, and read errors as one line."""
+    forged = "e\ntriodaemon: listening on tcp:192.0.2.1:9\x1b[2J"  # (no "/": one name)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with daemon_process(
+            [sys.executable, "-m", "triodaemon", "--sock", str(sock_dir / forged)]
+        ) as daemon:
+            await daemon.wait_ready(1)
+            daemon.signal()
+            assert await daemon.wait() == 0
+        assert [line for line in daemon.lines if "listening on" in line] == [
+            f"triodaemon: listening on unix:{sock_dir}/e\\ntriodaemon: listening on "
+            "tcp:192.0.2.1:9\\x1b[2J"
+        ]
+        result = await run_triodaemon("--sock", str(sock_dir / "missing" / forged))
+        assert result.returncode == 1
+        [line] = result.stderr.decode().splitlines()
+        assert line.startswith(f"triodaemon: error: cannot create {sock_dir}/missing/e\\n")
+
+
 async def test_directory_without_permission(sock_dir: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         if os.geteuid() == 0:
@@ -293,6 +313,22 @@ async def test_port_in_use_names_the_port() -> None:
         ),
         (["--bogus"], "unrecognized arguments"),
         (["--sock", "/tmp/x", "--sock", "/tmp/x"], "unix:/tmp/x is given twice"),
+        (
+            ["--sock", "/tmp/x", "--sock", "/tmp/./x"],
+            "unix:/tmp/./x is given twice (as unix:/tmp/x)",
+        ),
+        (["--sock", "/tmp/x", "--control", "/tmp//x"], "is both a listener and the control socket"),
+        (
+            ["--sock", "/tmp/x", "--max-frame", "9" * 30],
+            "is too large: at most 9223372036854775807",
+        ),
+        (
+            ["--sock", "/tmp/x", "--max-frame", "16MiB", "--max-buffered", "8MiB"],
+            "the frame limit (16777216 bytes) is above the limit of what all connections",
+        ),
+        (["--sock", "/tmp/x", "--handover-fd", "99"], "--handover-fd 99: not a socket this"),
+        (["--sock", "/tmp/x", "--worker", "1", "--inherit", "1"], "--inherit 1: not a socket"),
+        (["--sock", "/tmp/x", "--frame-size", "a\nb"], r"'a\nb' is not a size"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -381,11 +417,12 @@ async def test_a_framing_violator_is_cut_off_within_a_bounded_number_of_bytes(
 
 
 class PipeliningClient:
-    """Frames with ``depth`` of them in flight, until the server closes: how it ends
-    (``eof`` or ``reset``), and what it sent and got back."""
+    """Frames of ``size`` bytes with ``depth`` of them in flight, until the server
+    closes: how it ends (``eof`` or ``reset``), and what it sent and got back."""
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, size: int) -> None:
         self.depth = depth
+        self.size = size
         self.sent = self.echoed = 0
         self.ended: str | None = None
         self.going = trio.Event()  # 20 echoes are back
@@ -398,7 +435,8 @@ class PipeliningClient:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     while True:
                         await room.acquire()
-                        await stream.send_all(b"frame %d\n" % self.sent)
+                        frame = b"frame %d " % self.sent
+                        await stream.send_all(frame.ljust(self.size - 1, b"x") + b"\n")
                         self.sent += 1
 
             nursery.start_soon(send)
@@ -419,17 +457,19 @@ class PipeliningClient:
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("size", [16, 200_000])
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 async def test_a_drain_ends_pipelining_clients_with_our_eof_not_a_reset(
-    spawn: SpawnFn, sock_dir: Path, workers: str, transport: str
+    spawn: SpawnFn, sock_dir: Path, workers: str, transport: str, size: int
 ) -> None:
-    """A pipelining client sends until it reads our EOF: closing with those bytes
-    unread would make the kernel reset, which its read reports in place of the EOF."""
+    """A pipelining client sends until it reads our EOF (the rest of a large frame
+    too): closing with those bytes unread would make the kernel reset, which its
+    read reports in place of the EOF."""
     with trio.fail_after(TEST_TIMEOUT):
         daemon = await start_daemon(spawn, sock_dir, "--workers", workers, "--log-level", "info")
         address = daemon.addresses[0 if transport == "tcp" else 1]
-        clients = [PipeliningClient(depth=4) for _ in range(30)]
+        clients = [PipeliningClient(depth=4, size=size) for _ in range(30 if size < 1000 else 10)]
         async with trio.open_nursery() as nursery:
             for client in clients:
                 nursery.start_soon(client.run, await connect(address))

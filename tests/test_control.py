@@ -131,6 +131,8 @@ async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir:
                 '{"id": 8, "command": "stats"}'.encode("utf-16"),
                 b'{"id": NaN, "command": "stats"}',
                 b'{"id": 9, "command": 5}',
+                b'{"id": 1e999, "command": "stats"}',
+                b'{"id": 10, "command": "takeover", "versions": [true]}',
             ]
             replies = await raw_exchange(sock_dir / "control.sock", b"\n".join(requests) + b"\n")
             assert [(reply["id"], reply["ok"]) for reply in replies] == [
@@ -147,6 +149,8 @@ async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir:
                 (None, False),
                 (None, False),
                 (9, False),
+                (None, False),
+                (10, False),
             ]
             errors = [str(reply.get("error")) for reply in replies]
             assert errors[0].startswith("not a JSON request: ")
@@ -163,6 +167,8 @@ async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir:
             assert errors[10] == "a request is a line of UTF-8 text"
             assert errors[11] == "not a JSON request: NaN is not JSON"
             assert errors[12] == '"command" is a name such as "stats", not 5'
+            assert errors[13] == "not a JSON request: 1e999 is not a finite number"
+            assert errors[14].startswith("no handover version in common: ")
             assert set(replies[7]["result"]) == {
                 "help",
                 "stats",
@@ -551,6 +557,32 @@ async def test_ctl_at_something_that_is_not_a_control_socket_says_what_it_is(
         f"triodaemon: error: cannot connect to unix:{path}: {why} "
         f"(is a daemon running with --control {path}?)"
     ]
+
+
+async def test_ctl_at_another_programs_socket_says_so(sock_dir: Path) -> None:
+    path = sock_dir / "other.sock"
+    listener = trio.socket.socket(socket.AF_UNIX)
+    await listener.bind(str(path))
+    listener.listen()
+
+    async def greet_everyone() -> None:
+        while True:
+            sock, _ = await listener.accept()
+            with sock:
+                await sock.send(b"SSH-2.0-OpenSSH_9.2\x1b[2J\r\n")
+                await sock.recv(1000)  # (whatever it asks, before we close)
+
+    with listener, trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(greet_everyone)
+            result = await ctl("--control", str(path), "stats")
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 1
+    [line] = result.stderr.decode().splitlines()
+    assert line.startswith(
+        f"triodaemon: error: the daemon at {path} is not a triodaemon control socket "
+        "(it sent something that is not JSON: "
+    )
 
 
 @pytest.mark.parametrize("command", ["stats", "connections"])

@@ -442,6 +442,15 @@ def test_a_group_that_is_no_group_is_a_value_error(field: str) -> None:
     assert getattr(config("root"), field) == "root"
 
 
+def test_the_buffer_limit_holds_a_frame_at_least() -> None:
+    big = Framing(max_frame=100 * 2**20)
+    assert DaemonConfig([]).max_buffered == 64 * 2**20
+    assert DaemonConfig([], big).max_buffered == big.max_frame  # the default makes room
+    assert DaemonConfig([], big, max_buffered=0).max_buffered == 0  # (disabled)
+    with pytest.raises(ValueError, match="the frame limit .* is above the limit of what all"):
+        DaemonConfig([], big, max_buffered=2**20)
+
+
 def test_stats_show_their_public_names() -> None:
     stats = Stats()
     stats.frames, stats.bytes_received, stats.internal_errors = 3, 40, 1

@@ -273,6 +273,30 @@ async def test_a_leftover_lock_file_is_no_obstacle(sock_dir: Path) -> None:
     assert os.listdir(sock_dir) == []
 
 
+async def test_a_lock_file_that_is_not_ours_is_used_and_left_as_it_was(sock_dir: Path) -> None:
+    """Only a lock file this start made (or an empty one of this user, a leftover
+    of ours) is removed: a file someone else keeps at the name stays, untouched."""
+    lock = sock_dir / "echo.sock.lock"
+    lock.write_text("someone's notes")
+    lock.chmod(0o400)
+    listener = await open_unix(UnixAddress(str(sock_dir / "echo.sock")))
+    listener.close()
+    assert sorted(os.listdir(sock_dir)) == ["echo.sock.lock"]
+    assert lock.read_text() == "someone's notes"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o400
+
+
+async def test_a_socket_at_the_lock_path_is_named_as_one(sock_dir: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(sock_dir / "echo.sock.lock"))
+        with pytest.raises(
+            AddressError,
+            match=r"cannot use lock file .*echo\.sock\.lock: it is a socket, not a regular file",
+        ):
+            await open_unix(UnixAddress(str(sock_dir / "echo.sock")))
+    assert sorted(os.listdir(sock_dir)) == ["echo.sock.lock"]
+
+
 async def test_a_lock_file_held_by_another_starter_is_waited_for(sock_dir: Path) -> None:
     lock = os.open(sock_dir / "echo.sock.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)

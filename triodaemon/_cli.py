@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -33,10 +34,10 @@ import trio
 
 from . import __version__, _signals
 from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
-from ._config import DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_BUFFERED, DaemonConfig
+from ._config import DEFAULT_FRAME_TIMEOUT, DaemonConfig
 from ._control import ControlClient, ControlClosed, ControlError
 from ._daemon import Daemon
-from ._errors import AddressError, ClientError, TriodaemonError
+from ._errors import AddressError, ClientError, TriodaemonError, printable
 from ._faults import fault
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
 from ._handover import (
@@ -79,7 +80,7 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, not usage plus message."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {printable(message)} (see --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -114,7 +115,7 @@ def _interval(text: str) -> float:
     return value
 
 
-_SIZE = re.compile(r"(\d+)\s*(k|kib|m|mib|g|gib)?b?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+)\s*(k|kib|m|mib|g|gib|t|tib)?b?", re.IGNORECASE)
 _SIZE_UNITS = {
     None: 1,
     "k": 1024,
@@ -123,7 +124,11 @@ _SIZE_UNITS = {
     "mib": 1024**2,
     "g": 1024**3,
     "gib": 1024**3,
+    "t": 1024**4,
+    "tib": 1024**4,
 }
+#: The largest size a flag takes: what a signed 64-bit count of bytes holds.
+_MAX_SIZE = 2**63 - 1
 
 
 def _size_or_zero(text: str) -> int:
@@ -132,7 +137,10 @@ def _size_or_zero(text: str) -> int:
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 4096, 64KiB, 1MiB)")
     unit = match.group(2).lower() if match.group(2) else None
-    return int(match.group(1)) * _SIZE_UNITS[unit]
+    value = int(match.group(1)) * _SIZE_UNITS[unit]
+    if value > _MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large: at most {_MAX_SIZE} bytes")
+    return value
 
 
 def _size(text: str) -> int:
@@ -404,11 +412,11 @@ def _serve_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--max-buffered",
         type=_size_or_zero,
-        default=DEFAULT_MAX_BUFFERED,
         metavar="BYTES",
         help=(
             "bytes all connections may hold in unfinished frames together; past it, "
-            "connections holding one wait to be read; 0 disables (default 64MiB)"
+            "connections holding one wait to be read; 0 disables (default 64MiB, or "
+            "--max-frame if that is larger)"
         ),
     )
     parser.add_argument(
@@ -588,7 +596,16 @@ def _bench_parser() -> argparse.ArgumentParser:
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
 
 
-class _JournalFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """One record's message on one line, whatever a path or a peer put in it (a
+    traceback follows on lines of its own)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
+class _JournalFormatter(_LineFormatter):
     """``<N>message``: the journal reads the priority from the prefix and stamps the
     time itself (so ``journalctl -p warning`` works)."""
 
@@ -614,7 +631,7 @@ def _setup_logging(level: str) -> None:
     if _stderr_is_the_journal():
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s triodaemon %(levelname)s %(message)s"))
+        handler.setFormatter(_LineFormatter("%(asctime)s triodaemon %(levelname)s %(message)s"))
     root = logging.getLogger("triodaemon")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -667,7 +684,7 @@ def _keep_large_buffers_on_the_heap() -> None:
 
 def _error(message: str) -> int:
     prefix = "<3>" if _stderr_is_the_journal() else ""
-    print(f"{prefix}triodaemon: error: {message}", file=sys.stderr, flush=True)
+    print(f"{prefix}triodaemon: error: {printable(message)}", file=sys.stderr, flush=True)
     return EXIT_FAILURE
 
 
@@ -732,11 +749,13 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
         if self.stopped_by is not None:
             return  # serve() got this far before its cancellation reached it
         if self.control is not None:
-            print(f"triodaemon: control on {self.control.address}", file=sys.stderr, flush=True)
+            control = printable(str(self.control.address))
+            print(f"triodaemon: control on {control}", file=sys.stderr, flush=True)
         for index, address in enumerate(() if self.quiet else value or ()):
             label = self.labels[index] if index < len(self.labels) else ""
             label = f" ({label})" if label else ""
-            print(f"triodaemon: listening on {address}{label}", file=sys.stderr, flush=True)
+            line = printable(f"listening on {address}{label}")
+            print(f"triodaemon: {line}", file=sys.stderr, flush=True)
         self.ready.set()
         if not self.taking_over:
             self._notifier.send("READY=1", "STATUS=serving")
@@ -1040,6 +1059,20 @@ async def _answer_supervisor(
         daemon.drain()
 
 
+def _given_socket(parser: argparse.ArgumentParser, flag: str, fd: int) -> socket.socket:
+    """The socket behind a descriptor another triodaemon passed (``--inherit 3``):
+    these flags are for triodaemon's own use, and a wrong one is a usage error."""
+    try:
+        if fd <= 2:
+            raise OSError(errno.EBADF, "not one that is passed")
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        parser.error(
+            f"{flag} {fd}: not a socket this process was given ({exc.strerror}); "
+            "the flag is for triodaemon's own processes"
+        )
+
+
 def serve_main(argv: Sequence[str]) -> int:
     parser = _serve_parser()
     args = parser.parse_args(argv)
@@ -1049,12 +1082,12 @@ def serve_main(argv: Sequence[str]) -> int:
     control = UnixAddress(args.control) if args.control is not None else None
     takeover: str | socket.socket | None = args.takeover
     if args.handover_fd is not None:
-        takeover = socket.socket(fileno=args.handover_fd)
+        takeover = _given_socket(parser, "--handover-fd", args.handover_fd)
     if worker:
         # The supervisor's sockets, inherited: the addresses in argv are its business.
         # (A worker taking over from an old one gets the same sockets from it.)
         listen, control = [], None
-        inherited = [socket.socket(fileno=fd) for fd in args.inherit]
+        inherited = [_given_socket(parser, "--inherit", fd) for fd in args.inherit]
         if takeover is not None:
             for sock in inherited:
                 sock.close()
@@ -1082,7 +1115,7 @@ def serve_main(argv: Sequence[str]) -> int:
             idle_timeout=args.idle_timeout,
             drain_timeout=args.drain_timeout,
             frame_timeout=args.frame_timeout,
-            max_buffered=args.max_buffered,
+            **({} if args.max_buffered is None else {"max_buffered": args.max_buffered}),
             readiness=args.readiness,
             sock_mode=args.sock_mode,
             sock_group=args.sock_group,
@@ -1116,10 +1149,12 @@ def serve_main(argv: Sequence[str]) -> int:
         server = partial(Daemon, config)
     else:
         server = partial(Supervisor, config, args.workers, argv)
-    channel = socket.socket(fileno=args.channel) if args.channel is not None else None
+    channel = None
+    if args.channel is not None:
+        channel = _given_socket(parser, "--channel", args.channel)
     handover_socket = None
     if args.handover_socket is not None:
-        handover_socket = socket.socket(fileno=args.handover_socket)
+        handover_socket = _given_socket(parser, "--handover-socket", args.handover_socket)
     start = _Start(argv, activated, channel, takeover, handover_socket)
     try:
         return trio.run(_serve, config, notifier, start, server)

@@ -7,6 +7,7 @@ so a bad value is caught where it is made (the CLI turns that into one line).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 
 import attrs
@@ -58,12 +59,23 @@ def _group(
 
 def _to_addresses(value: Iterable[Address]) -> tuple[Address, ...]:
     addresses = tuple(value)
+    seen: dict[object, Address] = {}
     for address in addresses:
         if not isinstance(address, (TcpAddress, UnixAddress)):
             raise TypeError(f"not a listen address: {address!r}")
-        if addresses.count(address) > 1:
-            raise ValueError(f"{address} is given twice")
+        first = seen.setdefault(_same(address), address)
+        if first is not address:
+            also = "" if first == address else f" (as {first})"
+            raise ValueError(f"{address} is given twice{also}")
     return addresses
+
+
+def _same(address: Address) -> object:
+    """What two spellings of one address have in common: a socket path made absolute
+    and normal (``./e.sock`` is ``e.sock``; a symlink is not followed)."""
+    if isinstance(address, UnixAddress) and not address.path.startswith("\0"):
+        return os.path.normpath(os.path.abspath(address.path))
+    return address
 
 
 @attrs.frozen
@@ -97,9 +109,16 @@ class DaemonConfig:
     )
     """Close a connection whose frame is not complete this many seconds after its first
     byte arrived; 0 disables."""
-    max_buffered: int = attrs.field(default=DEFAULT_MAX_BUFFERED, validator=attrs.validators.ge(0))
+    max_buffered: int = attrs.field(
+        default=attrs.Factory(
+            lambda self: max(DEFAULT_MAX_BUFFERED, self.framing.max_frame), takes_self=True
+        ),
+        validator=attrs.validators.ge(0),
+    )
     """Bytes all connections may hold in partial frames together before connections
-    holding one are not read until room frees (never closed for it); 0 disables."""
+    holding one are not read until room frees (never closed for it); 0 disables.
+    At least the framing's ``max_frame`` (``ValueError`` otherwise); by default
+    ``DEFAULT_MAX_BUFFERED``, or ``max_frame`` if that is larger."""
     readiness: ReadinessName = attrs.field(
         default="auto", validator=attrs.validators.in_(READINESS_NAMES)
     )
@@ -124,8 +143,14 @@ class DaemonConfig:
     accepting) before the takeover is called off and this daemon serves on."""
 
     def __attrs_post_init__(self) -> None:
-        if self.control is not None and self.control in self.listen:
+        if self.control is not None and _same(self.control) in map(_same, self.listen):
             raise ValueError(f"{self.control} is both a listener and the control socket")
+        if self.max_buffered and self.framing.max_frame > self.max_buffered:
+            raise ValueError(
+                f"the frame limit ({self.framing.max_frame} bytes) is above the limit of "
+                f"what all connections may hold in partial frames ({self.max_buffered} "
+                "bytes: --max-buffered): one frame would not fit; raise that, or set it to 0"
+            )
 
     @property
     def idle_seconds(self) -> float:

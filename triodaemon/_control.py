@@ -524,9 +524,14 @@ class ControlClient:
         try:
             reply = loads(line)
         except ValueError as exc:
-            raise ClientError(f"{self.where} sent something that is not JSON: {exc}") from None
+            raise ClientError(
+                f"{self.where} is not a triodaemon control socket (it sent something "
+                f"that is not JSON: {exc})"
+            ) from None
         if not isinstance(reply, dict):
-            raise ClientError(f"{self.where} sent a reply that is not an object: {line!r}")
+            raise ClientError(
+                f"{self.where} is not a triodaemon control socket (it sent {line[:100]!r})"
+            )
         return reply
 
     async def aclose(self) -> None:

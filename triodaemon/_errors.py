@@ -9,6 +9,15 @@ one line, because the CLI prints them as they are.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` with what is not printable escaped (``\\n``, ``\\x1b``): a path, a name
+    or a peer's words cannot break a line of ours into two, forge one, or send the
+    terminal escape codes."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class TriodaemonError(Exception):
     """Base class of every error triodaemon raises on purpose."""
 

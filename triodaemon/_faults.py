@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -51,7 +52,8 @@ def fault(stats: Stats | None, what: str, exc: BaseException) -> None:
 
 def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parse JSON from a peer, refusing nesting deeper than ``max_depth`` before
-    parsing, and ``NaN`` and ``Infinity``, which are not JSON.
+    parsing, and ``NaN``, ``Infinity`` and numbers too large for a float (``1e999``),
+    which JSON cannot carry back.
 
     Raises:
         ValueError: not UTF-8, not JSON, or too deep (the message says which).
@@ -65,8 +67,15 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_JSON_DEPTH) -> 
                 raise ValueError(f"nested more than {max_depth} levels deep")
         elif match.lastindex == 2:
             depth -= 1
-    return json.loads(text, parse_constant=_no_constant)
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: what JSON cannot carry back
+        raise ValueError(f"{text[:20]} is not a finite number")
+    return value

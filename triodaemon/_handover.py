@@ -340,12 +340,16 @@ def choose_version(offered: Any) -> int:
         HandoverError: none in common (the message says what each side speaks).
     """
     ours = set(HANDOVER_VERSIONS)
-    theirs = {v for v in offered if isinstance(v, int)} if isinstance(offered, list) else set()
+    theirs = (
+        {v for v in offered if type(v) is int and abs(v) < 2**31}  # (not True: a bool)
+        if isinstance(offered, list)
+        else set()
+    )
     common = ours & theirs
     if not common:
         raise HandoverError(
             f"no handover version in common: this daemon (pid {os.getpid()}) speaks "
-            f"{_versions(sorted(ours))}, the new process {_versions(sorted(theirs))}; "
+            f"{_versions(sorted(ours))}, the new process {_versions(sorted(theirs)[-8:])}; "
             "restart it instead (stop, then start)"
         )
     return max(common)

@@ -331,7 +331,8 @@ class SocketConnection(_Conversation):
         on a Unix socket), so that a reset for unread data destroys nothing of
         ours (where the OS tells: Linux; elsewhere after ``LINGER_DISCARD`` bytes
         discarded) and the connection has been quiet for ``_LINGER_QUIET``, so that
-        the peer's next read finds our EOF, not a reset; a
+        the peer's next read finds our EOF, not a reset (a peer that goes on sending
+        is read on for that: a pipelining client sends until it reads our EOF); a
         peer that broke the framing, after ``LINGER_DISCARD`` bytes discarded; at
         the latest after ``LINGER_SECONDS``.
         """
@@ -363,9 +364,11 @@ class SocketConnection(_Conversation):
                 active = trio.current_time()
                 if discarded > next_look:
                     # A peer that goes on sending: a framing violator is cut off
-                    # here; anyone else only once nothing we sent can be lost (a
-                    # pipelining client at a drain sends until it reads our EOF).
-                    if self.decoder.error is not None or _unacknowledged(sock) in (0, None):
+                    # here, as is anyone where the OS does not tell what is
+                    # acknowledged; anyone else is read on until it is quiet (a
+                    # pipelining client at a drain sends until it reads our EOF, a
+                    # large frame's rest included), for LINGER_SECONDS at most.
+                    if self.decoder.error is not None or _unacknowledged(sock) is None:
                         return
                     if trio.current_time() >= give_up:
                         return

@@ -358,14 +358,18 @@ async def _startup_lock(parent: int, directory: str, path: str) -> AsyncIterator
     A leftover file (its holder killed before it could remove it) is no
     obstacle, even to another user: ``flock`` needs only a read-only
     descriptor, and the file is made readable to all (it holds nothing).
+    Only a file that is ours is removed: one this start made, or an empty one
+    of this user (a leftover of a start of ours); anything else found at the
+    name is locked and left as it was.
     """
     lock_path = path + _LOCK_SUFFIX
     lock_name = os.path.basename(lock_path)
     deadline = trio.current_time() + LOCK_TIMEOUT
     while True:
-        fd = _open_lock_file(parent, directory, lock_name, lock_path)
-        if fd is None:
+        opened = _open_lock_file(parent, directory, lock_name, lock_path)
+        if opened is None:
             continue  # created by another starter between our two opens
+        fd, created = opened
         try:
             while True:
                 try:
@@ -389,16 +393,21 @@ async def _startup_lock(parent: int, directory: str, path: str) -> AsyncIterator
         if at_name is not None and (at_name.st_dev, at_name.st_ino) == (held.st_dev, held.st_ino):
             break
         os.close(fd)  # removed or replaced by the holder before us: lock the current one
+    ours = created or (held.st_size == 0 and held.st_uid == os.geteuid())
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_name, dir_fd=parent)
+        if ours:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_name, dir_fd=parent)
         os.close(fd)
 
 
-def _open_lock_file(parent: int, directory: str, name: str, lock_path: str) -> int | None:
-    """Open the lock file read-only, creating it if need be; ``None``: try again.
+def _open_lock_file(
+    parent: int, directory: str, name: str, lock_path: str
+) -> tuple[int, bool] | None:
+    """Open the lock file read-only, creating it if need be: its descriptor, and
+    whether this call made it; ``None``: try again.
 
     An existing one is opened without ``O_CREAT``, so a file another user left
     in a sticky directory (where Linux refuses ``O_CREAT`` on it) still opens.
@@ -407,6 +416,7 @@ def _open_lock_file(parent: int, directory: str, name: str, lock_path: str) -> i
     deaf to signals), and whatever it opened that is not a regular file is refused.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    created = False
     try:
         fd = os.open(name, flags, dir_fd=parent)
     except FileNotFoundError:
@@ -416,9 +426,12 @@ def _open_lock_file(parent: int, directory: str, name: str, lock_path: str) -> i
             return None
         except OSError as exc:
             raise _cannot_create(lock_path, directory, exc) from exc
+        created = True
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             why = "it is a symlink, which is never followed"
+        elif exc.errno == errno.ENXIO:  # what opening a socket file says
+            why = "it is a socket, not a regular file (made by someone else?)"
         elif isinstance(exc, PermissionError):
             why = f"it is not readable ({_owner(parent, name)})"
         else:
@@ -433,7 +446,7 @@ def _open_lock_file(parent: int, directory: str, name: str, lock_path: str) -> i
             f"cannot use lock file {lock_path}: it is {file_kind(mode)}, not a regular file "
             "(made by someone else?); remove it"
         )
-    return fd
+    return fd, created
 
 
 def _owner(parent: int, name: str) -> str:

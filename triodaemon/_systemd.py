@@ -42,7 +42,7 @@ from typing import Protocol
 
 import trio
 
-from ._errors import AddressError
+from ._errors import AddressError, printable
 from ._stats import Stats
 
 #: The shortest interval between two watchdog pings, whatever ``$WATCHDOG_USEC`` says.
@@ -110,14 +110,6 @@ def activated_sockets(
             sock.close()
         raise
     return adopted
-
-
-def printable(text: str) -> str:
-    """``text`` with what is not printable escaped (``\\n``, ``\\x1b``), so that a name
-    from the environment cannot break or forge a line of ours."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _adopt(fd: int, label: str) -> socket.socket:
