@@ -1,9 +1,10 @@
-"""The exception hierarchy.
+"""The exception hierarchy, and the one-line rule of its messages.
 
 Strategy: one base class, so a caller can catch everything triodaemon raises on
 purpose with one ``except``; below it, one class per thing a user can act on.
 Messages are lowercase, say what was received and what was expected, and fit on
-one line, because the CLI prints them as they are.
+one line; what they quote (a path, a name, a peer's words) may not, so the CLI
+prints every line through :func:`printable`.
 """
 
 from __future__ import annotations
