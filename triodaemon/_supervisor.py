@@ -587,14 +587,11 @@ class Supervisor(Giver):
         assert worker.channel is not None
         assert worker.process is not None
         with trio.move_on_after(START_TIMEOUT):
-            report: Any = None
             try:
                 report = await worker.channel.request("stats")
-                _add_report(Stats(), report)  # (it is one: it adds up)
             except (ClientError, ControlError):
                 return  # it is exiting: _run_once sees the exit
-            except Exception as exc:  # the boundary of one worker's pipe
-                fault(self._faults, f"worker {worker.number}'s first stats {report!r:.200}", exc)
+            if not self._is_report(worker, report):
                 worker.process.kill()
                 return
             worker.stats = report
@@ -673,6 +670,16 @@ class Supervisor(Giver):
         )
         process.kill()
 
+    def _is_report(self, worker: _Worker, report: Any) -> bool:
+        """Whether a worker's ``stats`` reply is one (its counters add up): the boundary
+        of its pipe, where one that is not is an internal error, logged and counted."""
+        try:
+            _add_report(Stats(), report)
+        except Exception as exc:
+            fault(self._faults, f"worker {worker.number}'s stats {report!r:.200}", exc)
+            return False
+        return True
+
     async def _poll(self) -> None:
         """Gather the workers' counters every ``POLL_INTERVAL`` (for SIGUSR1 and systemd)."""
         while True:
@@ -685,16 +692,12 @@ class Supervisor(Giver):
 
         async def ask(worker: _Worker) -> None:
             answers[worker.number] = None
-            report: Any = None
             try:
                 report = await worker.ask("stats")
-                _add_report(Stats(), report)  # (it is one: it adds up)
             except (ClientError, ControlError):
                 return
-            except Exception as exc:  # the boundary of one worker's pipe
-                fault(self._faults, f"worker {worker.number}'s stats {report!r:.200}", exc)
-                return
-            answers[worker.number] = worker.stats = report
+            if self._is_report(worker, report):
+                answers[worker.number] = worker.stats = report
 
         async with trio.open_nursery() as nursery:
             for worker in self._workers:
