@@ -305,6 +305,15 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"triodaemon {__version__}")
     _add_address_flags(parser, server=True)
+    _add_socket_file_flags(parser)
+    _add_process_flags(parser)
+    _add_framing_flags(parser)
+    _add_limit_flags(parser)
+    return parser
+
+
+def _add_socket_file_flags(parser: argparse.ArgumentParser) -> None:
+    """The Unix socket files' modes and groups, and the control socket."""
     group = parser.add_argument_group("unix sockets")
     group.add_argument(
         "--sock-mode",
@@ -335,6 +344,10 @@ def _serve_parser() -> argparse.ArgumentParser:
         metavar="GROUP",
         help="control socket file group, name or id",
     )
+
+
+def _add_process_flags(parser: argparse.ArgumentParser) -> None:
+    """Worker processes, upgrades, and the hidden flags triodaemon passes its own processes."""
     group = parser.add_argument_group("processes")
     group.add_argument(
         "--workers",
@@ -375,7 +388,10 @@ def _serve_parser() -> argparse.ArgumentParser:
     group.add_argument("--handover-fd", type=int, help=argparse.SUPPRESS)
     # A worker's listening socket where its successor asks for its connections.
     group.add_argument("--handover-socket", type=int, help=argparse.SUPPRESS)
-    _add_framing_flags(parser)
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """Connections, timeouts, buffers, readiness, logging."""
     group = parser.add_argument_group("limits")
     group.add_argument(
         "--max-connections",
@@ -432,7 +448,6 @@ def _serve_parser() -> argparse.ArgumentParser:
         default="info",
         help="log detail on stderr (default info)",
     )
-    return parser
 
 
 def _client_parser() -> argparse.ArgumentParser:
@@ -745,6 +760,14 @@ class _Startup(trio.TaskStatus[tuple[Address, ...]]):
         self.control: BoundListener | None = None
         """The control socket, announced before the listeners (it answers first)."""
 
+    def taken_over(self, pid: int, labels: list[str]) -> None:
+        """This process takes over from ``pid``: say so in each readiness line, and
+        stay silent to systemd until the old process has made this one the main one."""
+        self.labels = [
+            f"{label}, " * bool(label) + f"taken over from pid {pid}" for label in labels
+        ]
+        self.taking_over = True
+
     def started(self, value: tuple[Address, ...] | None = None) -> None:
         if self.stopped_by is not None:
             return  # serve() got this far before its cancellation reached it
@@ -839,25 +862,10 @@ async def _serve(
                     adopted, labels, control = taken.listeners, taken.labels, taken.control
                     if isinstance(daemon, Supervisor):
                         daemon.predecessors = taken.workers
-                    startup.labels = [
-                        f"{label}, " * bool(label) + f"taken over from pid {taken.pid}"
-                        for label in labels
-                    ]
-                    startup.taking_over = True
+                    startup.taken_over(taken.pid, labels)
                 else:
                     startup.labels = labels
-                    if config.control is not None:  # (open_listeners checks its own first)
-                        check_socket_path(config.control.path)
-                    listeners = await open_listeners(
-                        _not_passed(config.listen, adopted, labels),
-                        sock_mode=config.sock_mode,
-                        sock_group=config.sock_group,
-                        backlog=config.backlog,
-                    )
-                    if config.control is not None:
-                        control = await open_unix(
-                            config.control, mode=config.control_mode, group=config.control_group
-                        )
+                    listeners, control = await _bind(config, adopted, labels)
             except TriodaemonError as exc:
                 for listener in [*adopted, *listeners]:
                     listener.close()
@@ -889,6 +897,36 @@ async def _serve(
         return EXIT_SIGNAL_BASE + startup.stopped_by
     summary = daemon.summary
     return EXIT_FAILURE if summary is not None and summary.forced else 0
+
+
+async def _bind(
+    config: DaemonConfig, passed: Sequence[BoundListener], labels: Sequence[str]
+) -> tuple[list[BoundListener], BoundListener | None]:
+    """Bind the listeners the flags name that systemd has not passed, then the
+    control socket; every path is checked before any file is touched.
+
+    Raises:
+        AddressError: one line (nothing stays bound).
+    """
+    if config.control is not None:  # (open_listeners checks its own first)
+        check_socket_path(config.control.path)
+    listeners = await open_listeners(
+        _not_passed(config.listen, passed, labels),
+        sock_mode=config.sock_mode,
+        sock_group=config.sock_group,
+        backlog=config.backlog,
+    )
+    if config.control is None:
+        return listeners, None
+    try:
+        control = await open_unix(
+            config.control, mode=config.control_mode, group=config.control_group
+        )
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners, control
 
 
 def _not_passed(
@@ -1059,6 +1097,57 @@ async def _answer_supervisor(
         daemon.drain()
 
 
+def _check_workers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--workers`` above what this machine can use, or above ``--max-connections``
+    (the whole service's, shared out): usage errors."""
+    if args.workers > MAX_WORKERS:
+        parser.error(
+            f"--workers {args.workers} is more than this machine can use: at most "
+            f"{MAX_WORKERS} (4 per core, 64 at least)"
+        )
+    if args.max_connections < args.workers:
+        parser.error(
+            f"--max-connections {args.max_connections} is the whole service's limit, "
+            f"fewer than the {args.workers} workers that share it: give at least "
+            f"{args.workers}, or fewer workers"
+        )
+
+
+def _config_from_args(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    listen: list[Address],
+    framing: Framing,
+    control: UnixAddress | None,
+) -> DaemonConfig:
+    """The configuration the flags say; a value it refuses is a usage error."""
+    options: dict[str, Any] = {}
+    if args.max_buffered is not None:  # (else DaemonConfig's default: room for a frame)
+        options["max_buffered"] = args.max_buffered
+    try:
+        config = DaemonConfig(
+            listen,
+            framing,
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            drain_timeout=args.drain_timeout,
+            frame_timeout=args.frame_timeout,
+            readiness=args.readiness,
+            sock_mode=args.sock_mode,
+            sock_group=args.sock_group,
+            control=control,
+            control_mode=args.control_mode,
+            control_group=args.control_group,
+            migrate=not args.no_migrate,
+            upgrade_timeout=args.upgrade_timeout,
+            **options,
+        )
+        open_readiness(config.readiness)  # one that this system has
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config
+
+
 def _given_socket(parser: argparse.ArgumentParser, flag: str, fd: int) -> socket.socket:
     """The socket behind a descriptor another triodaemon passed (``--inherit 3``):
     these flags are for triodaemon's own use, and a wrong one is a usage error."""
@@ -1080,6 +1169,8 @@ def serve_main(argv: Sequence[str]) -> int:
     worker = args.worker is not None
     listen: list[Address] = [*args.tcp, *(UnixAddress(path) for path in args.sock)]
     control = UnixAddress(args.control) if args.control is not None else None
+    if not worker:
+        _check_workers(parser, args)
     takeover: str | socket.socket | None = args.takeover
     if args.handover_fd is not None:
         takeover = _given_socket(parser, "--handover-fd", args.handover_fd)
@@ -1107,55 +1198,26 @@ def serve_main(argv: Sequence[str]) -> int:
             "nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH "
             "(or start it from a systemd socket unit)"
         )
-    try:
-        config = DaemonConfig(
-            listen,
-            framing,
-            max_connections=args.max_connections,
-            idle_timeout=args.idle_timeout,
-            drain_timeout=args.drain_timeout,
-            frame_timeout=args.frame_timeout,
-            **({} if args.max_buffered is None else {"max_buffered": args.max_buffered}),
-            readiness=args.readiness,
-            sock_mode=args.sock_mode,
-            sock_group=args.sock_group,
-            control=control,
-            control_mode=args.control_mode,
-            control_group=args.control_group,
-            migrate=not args.no_migrate,
-            upgrade_timeout=args.upgrade_timeout,
-        )
-        open_readiness(config.readiness)  # one that this system has
-    except ValueError as exc:
-        parser.error(str(exc))
+    config = _config_from_args(parser, args, listen, framing, control)
     _setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
     _raise_fd_limit(config.max_connections + len(listen) + len(activated) + 64)
     _keep_large_buffers_on_the_heap()
     notifier = Notifier.from_environment()  # and unset: nothing we start inherits it
-    if not worker and args.workers > MAX_WORKERS:
-        parser.error(
-            f"--workers {args.workers} is more than this machine can use: at most "
-            f"{MAX_WORKERS} (4 per core, 64 at least)"
-        )
-    if not worker and args.max_connections < args.workers:
-        parser.error(
-            f"--max-connections {args.max_connections} is the whole service's limit, "
-            f"fewer than the {args.workers} workers that share it: give at least "
-            f"{args.workers}, or fewer workers"
-        )
     server: Callable[[], Daemon | Supervisor]
     if worker or args.workers == 1:
         server = partial(Daemon, config)
     else:
         server = partial(Supervisor, config, args.workers, argv)
-    channel = None
-    if args.channel is not None:
-        channel = _given_socket(parser, "--channel", args.channel)
-    handover_socket = None
-    if args.handover_socket is not None:
-        handover_socket = _given_socket(parser, "--handover-socket", args.handover_socket)
-    start = _Start(argv, activated, channel, takeover, handover_socket)
+    start = _Start(
+        argv,
+        activated,
+        None if args.channel is None else _given_socket(parser, "--channel", args.channel),
+        takeover,
+        None
+        if args.handover_socket is None
+        else _given_socket(parser, "--handover-socket", args.handover_socket),
+    )
     try:
         return trio.run(_serve, config, notifier, start, server)
     finally:

@@ -38,8 +38,6 @@ from ._control import (
 from ._faults import fault
 from ._handover import (
     ADOPT_TIMEOUT,
-    BATCH_BYTES,
-    BATCH_CONNECTIONS,
     Channel,
     ConnectionRecord,
     Given,
@@ -58,6 +56,7 @@ from ._listeners import (
     open_listeners,
     open_unix,
 )
+from ._migration import Migration
 from ._readiness import Readiness, open_readiness
 from ._socket_connection import SocketConnection
 from ._socketfile import check_socket_path
@@ -149,7 +148,7 @@ class Daemon(Giver):
     _ended_hook: Callable[[Any, Exception | None], None] = attrs.field(init=False)
     _limiter: trio.Semaphore | None = attrs.field(default=None, init=False)
     _handing: Handing | None = attrs.field(default=None, init=False)
-    _migration: _Migration | None = attrs.field(default=None, init=False)
+    _migration: Migration | None = attrs.field(default=None, init=False)
     _handed_off: set[SocketConnection] = attrs.field(factory=set, init=False)
     _given_up: list[tuple[BoundListener, tuple[int, int]]] = attrs.field(factory=list, init=False)
     handler_name: str = attrs.field(default="echo", init=False)
@@ -344,7 +343,7 @@ class Daemon(Giver):
         Raises:
             HandoverError: the taker failed (every connection not handed carries on).
         """
-        migration = self._migration = _Migration()
+        migration = self._migration = Migration()
         deadline = trio.current_time() + self.config.drain_timeout
         self._drain_by = deadline
         for connection in list(self._connections):
@@ -680,73 +679,3 @@ class Daemon(Giver):
                 self._drained += 1
             elif failure is None:
                 self._aborted += 1
-
-
-class _Migration:
-    """The connections of one handover: who is still to go, who is ready to, and
-    the verdict each one waits for (handed, or carry on here)."""
-
-    def __init__(self) -> None:
-        self.waiting: set[SocketConnection] = set()
-        """Connections not yet handed that are still open."""
-        self._ready: list[SocketConnection] = []  # at a frame boundary, replies sent
-        self._verdicts: dict[SocketConnection, tuple[trio.Event, list[bool]]] = {}
-        self._changed = trio.Event()
-
-    def expect(self, connection: SocketConnection) -> None:
-        self.waiting.add(connection)
-        connection.hand_over(self._hook)
-
-    def ended(self, connection: SocketConnection) -> None:
-        self.waiting.discard(connection)
-        self._changed.set()
-
-    async def _hook(self, connection: Any) -> bool:
-        """Called by a connection that can go now: wait for the verdict on its batch."""
-        verdict: list[bool] = []
-        done = trio.Event()
-        self._verdicts[connection] = (done, verdict)
-        self._ready.append(connection)
-        self._changed.set()
-        try:
-            await done.wait()
-        finally:
-            self._verdicts.pop(connection, None)
-            if connection in self._ready:
-                self._ready.remove(connection)
-        return bool(verdict and verdict[0])
-
-    async def next_batch(self) -> list[SocketConnection]:
-        """The connections ready to go, up to one batch; empty if one ended instead."""
-        if not self._ready:
-            self._changed = trio.Event()
-            await self._changed.wait()
-        # A pass more: connections woken with these (most often) get ready too.
-        await trio.lowlevel.checkpoint()
-        batch: list[SocketConnection] = []
-        size = 0
-        for connection in self._ready:
-            if len(batch) == BATCH_CONNECTIONS or (batch and size > BATCH_BYTES):
-                break
-            batch.append(connection)
-            size += connection.decoder.buffered
-        del self._ready[: len(batch)]
-        return batch
-
-    def settle(self, batch: list[SocketConnection], *, handed: bool) -> None:
-        for connection in batch:
-            self.waiting.discard(connection)
-            entry = self._verdicts.get(connection)
-            if entry is not None:
-                entry[1].append(handed)
-                entry[0].set()
-
-    def withdraw(self) -> None:
-        """The handover is over: every connection not handed carries on here."""
-        for connection in self.waiting:
-            connection.hand_over(None)
-        for done, verdict in self._verdicts.values():
-            verdict.append(False)
-            done.set()
-        self.waiting.clear()
-        self._ready.clear()
