@@ -382,12 +382,13 @@ class _Conversation:
                     self._budget.hold(self, self._held, 0)
                     self._held = 0
                 await self._close()
-        except _HandlerFailed as wrapped:
-            failure = wrapped.failure
-        except Exception as exc:  # the boundary of one connection: our own fault
-            if self.ended is None:
+        except Exception as exc:  # (one clause, one local: each is in every idle task's frame)
+            if isinstance(exc, _HandlerFailed):
+                failure = exc.failure
+            elif self.ended is None:
                 raise
-            fault(self.stats, str(self.info), exc)
+            else:  # the boundary of one connection: our own fault
+                fault(self.stats, str(self.info), exc)
         finally:
             if self.ended is not None:
                 self.ended(self, failure)
