@@ -1,4 +1,4 @@
-"""The optional compiled scans (triodaemon/_speedups.c); everything else is in pyproject.toml.
+"""The optional compiled code (triodaemon/_lowlevel/_speedups.c); everything else is in pyproject.toml.
 
 ``optional=True``: where there is no C compiler or no Python headers the build
 warns and installs the pure-Python package, which gives the same answers.
@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "triodaemon._speedups",
-            ["triodaemon/_speedups.c"],
+            "triodaemon._lowlevel._speedups",
+            ["triodaemon/_lowlevel/_speedups.c"],
             # -O3: the byte count is written for the compiler to vectorise.
             extra_compile_args=["-O3"],
             optional=True,

@@ -26,7 +26,7 @@ pytest_plugins = ["pytester"]
 
 def pytest_report_header() -> str:
     """Which readiness backend the daemons of this run use unless a test picks one."""
-    from triodaemon._readiness import open_readiness
+    from triodaemon._lowlevel.readiness import open_readiness
 
     return f"triodaemon readiness backend: {open_readiness().name}"
 

@@ -34,7 +34,7 @@ from triodaemon._listeners import (
     BoundListener,
     open_listeners,
 )
-from triodaemon._readiness import ReadinessName
+from triodaemon._lowlevel.readiness import ReadinessName
 
 from .conftest import (
     LogWaiter,
@@ -66,7 +66,7 @@ def waiting(wait: str, config: DaemonConfig) -> Daemon:
 
 def waits_now(daemon: Daemon) -> int:
     """How many of the daemon's connections wait in its readiness backend now."""
-    return daemon._readiness.waiting
+    return daemon._lowlevel.readiness.waiting
 
 
 FRAMINGS = [

@@ -206,7 +206,7 @@ async def test_a_fault_inside_one_connection_ends_that_connection_only(
                 await other.send_all(b"one\n")
                 assert await other.receive_some() == b"one\n"
                 # Our own code fails when this connection's peer half-closes.
-                monkeypatch.setattr(_connection._Conversation, "_eof", raising(fault))
+                monkeypatch.setattr(_connection.Connection, "_eof", raising(fault))
                 victim = await connect(addresses[0])
                 async with victim:
                     await victim.send_all(b"hello\n")
@@ -429,7 +429,7 @@ async def test_a_fault_adopting_one_connection_closes_that_one_only(
             record = ConnectionRecord("a peer", "unix:elsewhere", 0, None, None)
             ours, theirs = socket.socketpair()
             with theirs:
-                monkeypatch.setattr(_connection._Conversation, "resume", raising(fault))
+                monkeypatch.setattr(_connection.Connection, "resume", raising(fault))
                 daemon.adopt(ours, record, b"")
                 monkeypatch.undo()
                 assert theirs.recv(10) == b""  # closed

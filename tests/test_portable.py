@@ -28,13 +28,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "triodaemon"
 WITHOUT_EPOLL = textwrap.dedent(
     """
     import select, types
-    import triodaemon._readiness as readiness
-    import triodaemon._socket_connection as socket_connection
+    import triodaemon._lowlevel.readiness as readiness
+    import triodaemon._lowlevel.sockets as sockets
 
     readiness.select = types.SimpleNamespace(
         **{name: getattr(select, name) for name in dir(select) if "poll" not in name.lower()}
     )
-    socket_connection._SIOCOUTQ = None
+    sockets._SIOCOUTQ = None
     assert readiness.open_readiness().name == "portable"
     """
 )
@@ -46,7 +46,7 @@ def test_only_the_readiness_module_touches_epoll() -> None:
         for path in PACKAGE.rglob("*.py")
         if re.search(r"\bepoll\(|EPOLL", path.read_text())
     )
-    assert users == ["_readiness.py"]
+    assert users == ["readiness.py"]
 
 
 async def test_the_command_line_serves_and_drains_without_epoll(tmp_path: Path) -> None:

@@ -12,14 +12,14 @@ import pytest
 import trio
 import trio.testing
 
-from triodaemon._readiness import (
+from triodaemon._lowlevel.readiness import (
     EpollReadiness,
     PortableReadiness,
     Readiness,
-    Wait,
     epoll_available,
     open_readiness,
 )
+from triodaemon._transport import Wait
 
 BACKENDS = pytest.mark.parametrize("name", ["epoll", "portable"])
 
@@ -49,7 +49,7 @@ async def test_a_wait_ends_when_the_socket_is_readable_or_at_eof(name: str) -> N
             results: list[Wait] = []
 
             async def wait() -> None:
-                results.append(await backend.waiter(ours).wait(math.inf))
+                results.append(await backend.transport(ours).wait_readable(math.inf))
 
             nursery.start_soon(wait)
             await trio.testing.wait_all_tasks_blocked()
@@ -59,7 +59,7 @@ async def test_a_wait_ends_when_the_socket_is_readable_or_at_eof(name: str) -> N
             assert (results, backend.waiting) == ([Wait.READY], 0)
             ours.recv(1)
             theirs.shutdown(socket.SHUT_WR)
-            assert await backend.waiter(ours).wait(math.inf) is Wait.READY
+            assert await backend.transport(ours).wait_readable(math.inf) is Wait.READY
 
 
 @BACKENDS
@@ -71,8 +71,8 @@ async def test_deadlines_are_per_waiter(name: str, autojump_clock: trio.testing.
             start = trio.current_time()
 
             async def wait(index: int, timeout: float) -> None:
-                waiter = backend.waiter(socks[index][0])
-                assert await waiter.wait(start + timeout) is Wait.DEADLINE
+                waiter = backend.transport(socks[index][0])
+                assert await waiter.wait_readable(start + timeout) is Wait.DEADLINE
                 ended[index] = trio.current_time() - start
 
             # Out of order, and the earliest last: the backend sleeps until 10 first.
@@ -91,12 +91,12 @@ async def test_wake_ends_only_a_wait_under_way(name: str) -> None:
     ours, theirs = pair()
     with ours, theirs, trio.fail_after(5):
         async with running(name) as (backend, nursery):
-            waiter = backend.waiter(ours)
+            waiter = backend.transport(ours)
             assert waiter.wake() is False  # nobody waits
             results: list[Wait] = []
 
             async def wait() -> None:
-                results.append(await waiter.wait(math.inf))
+                results.append(await waiter.wait_readable(math.inf))
 
             nursery.start_soon(wait)
             await trio.testing.wait_all_tasks_blocked()
@@ -115,7 +115,7 @@ async def test_a_cancelled_wait_leaves_the_backend(name: str) -> None:
 
             async def wait() -> None:
                 with cancelled:
-                    await backend.waiter(ours).wait(math.inf)
+                    await backend.transport(ours).wait_readable(math.inf)
                     raise AssertionError("not cancelled")
 
             nursery.start_soon(wait)
@@ -147,7 +147,7 @@ async def test_serve_steps_while_the_task_sleeps_until_the_step_says_stop(name: 
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(talk)
-                assert await backend.waiter(ours).serve(step, math.inf) is Wait.READY
+                assert await backend.transport(ours).serve(step, math.inf) is Wait.READY
             assert seen == [b"a", b"b", b"c!"]
             assert backend.waiting == 0
 
@@ -171,7 +171,7 @@ async def test_a_served_deadline_moves_with_each_step(
 
             start = trio.current_time()
             nursery.start_soon(talk)
-            assert await backend.waiter(ours).serve(step, start + 10) is Wait.DEADLINE
+            assert await backend.transport(ours).serve(step, start + 10) is Wait.DEADLINE
             assert trio.current_time() - start == pytest.approx(24 + 10)
 
 
@@ -187,10 +187,10 @@ async def test_a_step_that_raises_ends_the_wait_with_its_exception(name: str) ->
 
             first_peer.send(b"x")
             with pytest.raises(ZeroDivisionError, match="a bug in the step"):
-                await backend.waiter(first).serve(broken, math.inf)
+                await backend.transport(first).serve(broken, math.inf)
             assert backend.waiting == 0
             second_peer.send(b"y")  # the backend lives on
-            assert await backend.waiter(second).wait(math.inf) is Wait.READY
+            assert await backend.transport(second).wait_readable(math.inf) is Wait.READY
 
 
 async def test_epoll_a_socket_closed_behind_the_backends_back_is_forgotten() -> None:
@@ -201,7 +201,7 @@ async def test_epoll_a_socket_closed_behind_the_backends_back_is_forgotten() -> 
 
             async def wait() -> None:
                 with cancelled:
-                    await backend.waiter(ours).wait(math.inf)
+                    await backend.transport(ours).wait_readable(math.inf)
 
             nursery.start_soon(wait)
             await trio.testing.wait_all_tasks_blocked()
@@ -212,7 +212,7 @@ async def test_epoll_a_socket_closed_behind_the_backends_back_is_forgotten() -> 
 
 
 async def test_epoll_serves_every_ready_socket_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("triodaemon._readiness._POLL_BATCH", 3)
+    monkeypatch.setattr("triodaemon._lowlevel.readiness._POLL_BATCH", 3)
     socks = [pair() for _ in range(10)]
     try:
         with trio.fail_after(5):
@@ -220,7 +220,7 @@ async def test_epoll_serves_every_ready_socket_in_batches(monkeypatch: pytest.Mo
                 results: list[Wait] = []
 
                 async def wait(sock: socket.socket) -> None:
-                    results.append(await backend.waiter(sock).wait(math.inf))
+                    results.append(await backend.transport(sock).wait_readable(math.inf))
 
                 for ours, _ in socks:
                     nursery.start_soon(wait, ours)
@@ -261,7 +261,7 @@ async def test_epoll_heap_keeps_one_live_entry_per_waiter_however_often_deadline
 
             nursery.start_soon(talk)
             with trio.move_on_after(50):
-                await backend.waiter(ours).serve(step, math.inf)
+                await backend.transport(ours).serve(step, math.inf)
             assert steps >= 2000
             assert len(backend._heap) <= 2 * backend.waiting + 64
 
@@ -294,7 +294,7 @@ async def test_a_wait_needs_a_running_backend_and_run_runs_once() -> None:
     with ours, theirs:
         backend = EpollReadiness()
         with pytest.raises(RuntimeError, match="not running"):
-            await backend.waiter(ours).wait(math.inf)
+            await backend.transport(ours).wait_readable(math.inf)
         async with running("epoll") as (running_backend, _):
             with pytest.raises(RuntimeError, match="running already"):
                 await running_backend.run()

@@ -1,4 +1,4 @@
-"""The compiled scans (triodaemon/_speedups.c) give the pure-Python scans' answers.
+"""The compiled code (triodaemon/_lowlevel/_speedups.c) gives the pure-Python answers.
 
 Where the module is not built these tests cannot run and say so; `.ci/run`
 makes sure it is built, and runs the whole suite again without it
@@ -20,11 +20,15 @@ import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triodaemon import Framing, FramingError, Stats, _framing, _socket_connection
+from triodaemon import Connection, ConnectionInfo, Framing, FramingError, Stats, _framing
+from triodaemon._lowlevel import scans, sockets
+from triodaemon._lowlevel.readiness import open_readiness
 
-from .test_socket_connection import backend_running, make, read_exactly
+from .conftest import read_until_eof
 
-speedups = pytest.importorskip("triodaemon._speedups")
+speedups = pytest.importorskip("triodaemon._lowlevel._speedups")
+assert scans.COMPILED is not None  # (the module imported above)
+COMPILED: scans.Scans = scans.COMPILED
 
 
 def _spans(data: bytes, draw: st.DataObject) -> tuple[int, int]:
@@ -107,15 +111,27 @@ def test_walk_lengths_agrees_with_the_python_walk(
     start, end = _spans(wire, data)
     compiled = framing.decoder()
     assert isinstance(compiled, _framing.LengthPrefixDecoder)
-    saved = _framing._walk_lengths
-    _framing._walk_lengths = None
-    try:
+    with scans.use(scans.PYTHON):
         want = compiled._scan(wire, start, end, most)
-    finally:
-        _framing._walk_lengths = saved
-    got = compiled._scan(wire, start, end, most)
+    with scans.use(COMPILED):
+        got = compiled._scan(wire, start, end, most)
     assert got[:2] == want[:2]
     assert repr(got[2]) == repr(want[2])  # the same error, word for word, or none
+
+
+def test_a_limit_between_ssize_t_and_2_64_is_kept_exactly() -> None:
+    # 2**63 <= max_frame < 2**64: a header above it is too large, not unfinished (the
+    # compiled walk once took every limit past ssize_t for "no limit").
+    wire = b"\0" * 7 + b"\x81"  # an 8-byte little-endian header: 0x81 << 56
+    for chosen in (COMPILED, scans.PYTHON):
+        assert chosen.walk_lengths(wire, 0, 8, 8, 0, 8, 2**63, 1) == (0, 0, 0x81 << 56)
+        assert chosen.walk_lengths(wire, 0, 8, 8, 0, 8, 2**64, 1) == (0, 0, -1)
+    decoder = Framing(
+        "length", length_bytes=8, byte_order="little", length_includes_header=True, max_frame=2**63
+    ).decoder()
+    decoder.feed(wire)
+    with scans.use(COMPILED), pytest.raises(FramingError, match="frames are limited to"):
+        decoder.next_frame()
 
 
 def test_walk_lengths_reports_an_eight_byte_header_whole() -> None:
@@ -125,6 +141,49 @@ def test_walk_lengths_reports_an_eight_byte_header_whole() -> None:
     decoder.feed(wire)
     with pytest.raises(FramingError, match=f"announces a {2**64 - 1}-byte frame"):
         decoder.next_frame()
+
+
+@given(
+    st.sampled_from(
+        [
+            *LENGTH_FRAMINGS,
+            *(
+                Framing("delimiter", delimiter=d, max_frame=m)
+                for d in (b"\n", b"\0", b"\xff")
+                for m in (1, 7, 300, 2**70)
+            ),
+        ]
+    ),
+    st.lists(st.integers(0, 300), max_size=12),
+    st.binary(max_size=20),
+    st.data(),
+)
+def test_whole_frames_is_one_rule_either_way(
+    framing: Framing, lengths: list[int], junk: bytes, data: st.DataObject
+) -> None:
+    # The echo's rule, compiled and in Python, agree; and "whole" means what the
+    # decoder finds: every byte of the span in whole frames, and how many.
+    shape = sockets._echo_shape(framing)
+    assert shape is not None
+    if framing.kind == "delimiter":
+        frames = [bytes([65 + i % 26]) * min(n, framing.max_frame) for i, n in enumerate(lengths)]
+        wire = b"".join(framing.encode(f) for f in frames) + junk
+    else:
+        n = framing.length_bytes
+        most_encodable = 256**n - 1 - (n if framing.length_includes_header else 0)
+        wire = _wire(
+            framing, [k for k in lengths if k <= min(framing.max_frame, most_encodable)], junk
+        )
+    start, end = _spans(wire, data)
+    compiled = COMPILED.whole_frames(wire, start, end, shape)
+    assert scans.PYTHON.whole_frames(wire, start, end, shape) == compiled
+    decoder = framing.decoder()
+    decoder.feed(wire[start:end])
+    taken, count = decoder.take_frames()
+    if compiled >= 0:
+        assert (len(taken), count) == (end - start, compiled)
+    elif framing.kind == "delimiter" and end - start <= framing.max_frame:
+        assert len(taken) < end - start  # (a longer span may hold whole frames: not the rule's)
 
 
 @pytest.mark.parametrize(
@@ -144,35 +203,40 @@ def test_feed_and_take_the_same_either_way(framing: Framing, frames: list[bytes]
             out.append((bytes(replies), count))
         return out
 
-    compiled = run()
-    saved = _framing._count_byte, _framing._walk_lengths
-    _framing._count_byte = _framing._walk_lengths = None
-    try:
+    with scans.use(COMPILED):
+        compiled = run()
+    with scans.use(scans.PYTHON):
         assert run() == compiled
-    finally:
-        _framing._count_byte, _framing._walk_lengths = saved
     assert sum(count for _, count in compiled) == len(frames)
 
 
-def test_the_environment_turns_them_off() -> None:
-    code = "import triodaemon._framing as f; print(f.SPEEDUPS, f._count_byte, f._walk_lengths)"
+@pytest.mark.parametrize(
+    ("value", "chosen"),
+    [
+        (None, "compiled"),
+        ("1", "python"),
+        ("true", "python"),
+        (" YES ", "python"),
+        ("0", "compiled"),
+        ("no", "compiled"),
+        ("", "compiled"),
+        ("off", "compiled"),
+    ],
+)
+def test_the_environment_switch_turns_them_off(value: str | None, chosen: str) -> None:
+    code = "from triodaemon._lowlevel import scans; print(scans.ACTIVE.name)"
     env = {k: v for k, v in os.environ.items() if k != "TRIODAEMON_NO_SPEEDUPS"}
-    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    off = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "TRIODAEMON_NO_SPEEDUPS": "1"},
-        capture_output=True,
-        text=True,
-    )
-    assert on.stdout.startswith("True <built-in function count_byte>"), on.stderr
-    assert off.stdout == "False None None\n", off.stderr
+    if value is not None:
+        env["TRIODAEMON_NO_SPEEDUPS"] = value
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.stdout == chosen + "\n", run.stderr
 
 
 # -- recv_echo: the echo's read and send in one call ------------------------------
 
 # (_echo_shape: the shapes whether or not the daemon may use them.)
-LINE = _framing._echo_shape(Framing())
-LENGTH = _framing._echo_shape(Framing("length", length_bytes=2, max_frame=8))
+LINE = sockets._echo_shape(Framing())
+LENGTH = sockets._echo_shape(Framing("length", length_bytes=2, max_frame=8))
 
 
 @pytest.fixture
@@ -245,6 +309,8 @@ def test_recv_echo_end_of_file_and_errors(pair: tuple[socket.socket, socket.sock
         ((0, b"read-only", 4, (10, 0, 0, 0, 8)), BufferError),
         ((0, bytearray(4), 4, (10, 0, 0, 0)), TypeError),
         ((0, bytearray(4), 4, (-1, 3, 0, 0, 8)), ValueError),  # no 3-byte headers
+        ((0, bytearray(4), 4, (10, 0, 0, -1, 8)), ValueError),  # a negative skip
+        ((0, bytearray(4), 4, (10, 0, 0, 0, -8)), ValueError),  # a negative limit
         ((0, bytearray(4), 4, (256, 0, 0, 0, 8)), ValueError),
     ],
 )
@@ -253,24 +319,25 @@ def test_recv_echo_refuses_bad_arguments(args: tuple[object, ...], error: type[E
         speedups.recv_echo(*args)
 
 
-def test_echo_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_framing, "_recv_echo", speedups.recv_echo)
-    assert _framing.echo_shape(Framing()) == (10, 0, 0, 0, 1 << 20)
-    assert _framing.echo_shape(Framing("delimiter", delimiter=b"\0", max_frame=5)) == (
-        0,
-        0,
-        0,
-        0,
-        5,
-    )
-    assert _framing.echo_shape(Framing("delimiter", delimiter=b"\r\n")) is None
-    assert _framing.echo_shape(
-        Framing("length", length_bytes=8, byte_order="little", length_includes_header=True)
-    ) == (-1, 8, 0, 8, 1 << 20)
-    for kind in ("varint", "raw"):
-        assert _framing.echo_shape(Framing(kind)) is None
-    monkeypatch.setattr(_framing, "_recv_echo", None)  # TRIODAEMON_NO_SPEEDUPS, or not built
-    assert _framing.echo_shape(Framing()) is None
+def test_echo_shapes(pair: tuple[socket.socket, socket.socket]) -> None:
+    transport = open_readiness("portable").transport(pair[0])
+    with scans.use(COMPILED):
+        assert transport.echo_shape(Framing()) == (10, 0, 0, 0, 1 << 20)
+        assert transport.echo_shape(Framing("delimiter", delimiter=b"\0", max_frame=5)) == (
+            0,
+            0,
+            0,
+            0,
+            5,
+        )
+        assert transport.echo_shape(Framing("delimiter", delimiter=b"\r\n")) is None
+        assert transport.echo_shape(
+            Framing("length", length_bytes=8, byte_order="little", length_includes_header=True)
+        ) == (-1, 8, 0, 8, 1 << 20)
+        for kind in ("varint", "raw"):
+            assert transport.echo_shape(Framing(kind)) is None
+    with scans.use(scans.PYTHON):  # TRIODAEMON_NO_SPEEDUPS
+        assert transport.echo_shape(Framing()) is None
 
 
 @pytest.mark.parametrize("backend", ["epoll", "portable"])
@@ -282,14 +349,13 @@ async def test_the_compiled_echo_with_a_full_send_buffer_loses_nothing(
     # its sends come back partial and the rest goes through the connection's task.
     results: list[tuple[int, int, int]] = []
 
-    def recording(fd: int, buf: bytearray, size: int, shape: _framing.EchoShape) -> object:
+    def recording(fd: int, buf: bytearray, size: int, shape: scans.Shape) -> object:
         got = speedups.recv_echo(fd, buf, size, shape)
         if got is not None:
             results.append(got)
         return got
 
-    monkeypatch.setattr(_framing, "_recv_echo", speedups.recv_echo)
-    monkeypatch.setattr(_socket_connection, "_recv_echo", recording)
+    monkeypatch.setattr(sockets, "_recv_echo", recording)
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -297,17 +363,26 @@ async def test_the_compiled_echo_with_a_full_send_buffer_loses_nothing(
     chunk = b"".join(b"%07d\n" % i for i in range(read // 8))  # 512 lines, one read
     chunks = [chunk] * 16  # (64 KiB: what the client may send while nobody reads)
     stats = Stats()
-    with trio.fail_after(10):
-        async with backend_running(backend) as readiness, trio.open_nursery() as nursery:
-            conn = make("served-" + backend, ours, readiness, receive_size=read, stats=stats)
-            nursery.start_soon(conn.run)
-            client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
-            for piece in chunks:
-                await client.send_all(piece)
-                await trio.lowlevel.checkpoint()  # one read per write, mostly
-            assert await read_exactly(client, len(chunk) * len(chunks)) == chunk * len(chunks)
-            await client.aclose()
-            await conn.over.wait()
+    readiness = open_readiness(backend)  # type: ignore[arg-type]
+    with trio.fail_after(10), scans.use(COMPILED):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(readiness.run)
+            conn = Connection(
+                readiness.transport(ours),
+                ConnectionInfo(1, "test://", "peer"),
+                receive_size=read,
+                stats=stats,
+            )
+            async with trio.open_nursery() as serving:
+                serving.start_soon(conn.run)
+                client = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+                for piece in chunks:
+                    await client.send_all(piece)
+                    await trio.lowlevel.checkpoint()  # one read per write, mostly
+                await client.send_eof()
+                assert await read_until_eof(client) == chunk * len(chunks)
+                await client.aclose()
+            nursery.cancel_scope.cancel()
     assert stats.frames == 512 * 16
     assert stats.bytes_received == stats.bytes_sent == len(chunk) * 16
     assert any(count > 0 and 0 <= sent < size for size, count, sent in results), results
@@ -318,8 +393,8 @@ def test_limits_past_ssize_t(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, peer = pair
     buf = bytearray(64)
     for limit in (2**63 - 1, 2**63, 2**64, 10**30):
-        line = _framing._echo_shape(Framing(max_frame=limit))
-        length = _framing._echo_shape(Framing("length", length_bytes=8, max_frame=limit))
+        line = sockets._echo_shape(Framing(max_frame=limit))
+        length = sockets._echo_shape(Framing("length", length_bytes=8, max_frame=limit))
         assert line is not None
         assert length is not None
         peer.sendall(b"ab\n")

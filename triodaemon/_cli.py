@@ -57,7 +57,7 @@ from ._listeners import (
     open_unix,
     parse_tcp_address,
 )
-from ._readiness import READINESS_NAMES, open_readiness
+from ._lowlevel.readiness import READINESS_NAMES, open_readiness
 from ._socketfile import check_socket_path, resolve_group
 from ._supervisor import Supervisor
 from ._systemd import Notifier, activated_sockets

@@ -14,7 +14,7 @@ import attrs
 
 from ._framing import Framing
 from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
-from ._readiness import READINESS_NAMES, ReadinessName
+from ._lowlevel.readiness import READINESS_NAMES, ReadinessName
 from ._socketfile import resolve_group
 
 #: Bytes asked of the kernel per read by a ``Connection`` by default: trio's own

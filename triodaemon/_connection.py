@@ -1,11 +1,14 @@
-"""One connection: read, frame, handle, write; drain and close.
+"""One connection: read, frame, handle, write; drain and close; over any transport.
 
-Strategy: one task per connection runs one loop (:meth:`_Conversation._serve`)
-over the result of one wait (:meth:`_Conversation._wait`): bytes read, the
-peer's EOF, or why no bytes came (the idle deadline, the frame deadline, a
-drain, a lost connection, or, for the echo served by a readiness backend,
-"served": the backend read, framed and replied for us and left something for
-the task). Every policy is decided here, in one place each:
+Strategy: one class, :class:`Connection`, owns every policy, and moves bytes
+only through a transport (:mod:`._transport`): a trio stream (the public form,
+over memory streams in tests or any ``HalfCloseableStream``), or the daemon's
+raw socket on a readiness backend (:mod:`._lowlevel`). One task per connection
+runs one loop (:meth:`Connection.run`) over the result of one wait: bytes read,
+the peer's EOF, or why no bytes came (the idle deadline, the frame deadline, a
+drain, a lost connection, or "served": the echo's step read, framed and replied
+without the task and left something for it). Every policy is decided here, in
+one place each:
 
 - the idle deadline: no progress either way for ``idle_timeout``;
 - the frame deadline: a frame begun must be complete within ``frame_timeout``
@@ -14,22 +17,24 @@ the task). Every policy is decided here, in one place each:
   frames, one holding a partial frame is not read (:mod:`._budget`);
 - the drain: finish the frame in progress, reply, close; at a frame boundary,
   wake the wait and close at once;
+- the handover: once nothing is owed, offer the connection to the hook that
+  asked (:meth:`Connection.hand_over`); :meth:`Connection.resume` carries one on;
 - the close: our EOF, then a lingering close only while something can still
-  be lost (see ``_linger``).
+  be lost (:meth:`Connection._linger`).
 
-How bytes move is the subclass's: :class:`Connection` over any trio stream (the
-public form, for tests over memory streams), and the daemon's
-:class:`~triodaemon._socket_connection.SocketConnection` over a raw socket and
-a readiness backend. The echo is one body, :meth:`_Conversation._take_echo`,
-used by the task and by a backend's step alike; it is chosen explicitly
-(``handler=None``), never by comparing functions.
+The echo (``handler=None``) is one step, :meth:`Connection._step`, which the
+transport calls whenever it is readable (a readiness backend from its own task,
+any other from the connection's); the compiled read-and-echo is the first part
+of that step where the transport has it. Any other handler is called once per
+frame from the task. Replies go one way: sent at once as far as the transport
+takes them, the rest from the task as it becomes writable.
 
 Expected trouble (a reset, a framing violation, an idle or trickling peer, a
 peer that stops reading) is caught here, logged as one line naming the peer,
-counted, and ends only this connection. Bugs in the frame handler propagate
-to the daemon, which logs and counts them; a failure of our own code does too,
-apart (an internal error, see :mod:`._faults`). ``trio.Cancelled`` is never
-caught.
+counted, and ends only this connection. Bugs in the frame handler are the
+handler's (``ended`` gets them, or :meth:`Connection.run` raises them); a failure
+of our own code is an internal error (see :mod:`._faults`). ``trio.Cancelled``
+is never caught.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import socket as stdlib_socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -44,13 +50,14 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from ._budget import BufferBudget
+from ._budget import OVER_BUDGET_READ, BufferBudget
 from ._config import DEFAULT_RECEIVE_SIZE
 from ._errors import FramingError, IncompleteFrame
 from ._faults import fault
 from ._framing import Decoder, Framing
-from ._readiness import Wait
+from ._handover import ConnectionRecord, finite_or_none
 from ._stats import Stats
+from ._transport import BROKEN, StreamTransport, Transport, Wait
 
 log = logging.getLogger("triodaemon")
 
@@ -124,14 +131,35 @@ async def echo(frame: bytes, conn: ConnectionInfo) -> bytes:
     return frame
 
 
+#: While lingering with replies unacknowledged, how often to look again: the
+#: kernel gives no event for "all acknowledged", so the first look is soon
+#: (an idle peer acknowledges within a round trip) and later ones back off.
+_LINGER_FIRST_LOOK = 0.001
+_LINGER_LAST_LOOK = 0.05
+#: Once everything we sent is acknowledged, how long the connection must have been
+#: quiet (nothing read, nothing of ours read by the peer) before we close. A
+#: pipelining client at a drain sends until it reads our EOF, the more so just as it
+#: reads our last replies; closing with its bytes unread would make the kernel
+#: answer with a reset, which its next read reports in place of our EOF (a clean
+#: drain would look like a crash to it). An idle peer is not waited for at all.
+_LINGER_QUIET = 0.1
+
+
 class _Stop(enum.Enum):
-    """Why a wait of :meth:`_Conversation._wait` brought no bytes."""
+    """Why a wait of :meth:`Connection._wait` brought no bytes."""
 
     IDLE = "idle"  # the idle deadline passed
     FRAME_TIMEOUT = "frame timeout"  # the frame deadline passed
     WOKEN = "woken"  # a drain, room in the buffer budget, ...: look again
-    LOST = "lost"  # the connection broke; the reason is in _lost_reason
-    SERVED = "served"  # a backend's step served reads and left something for the task
+    LOST = "lost"  # the connection broke; the reason is in _handoff
+    SERVED = "served"  # the echo's step served reads and left something for the task
+
+
+class _Handoff(enum.Enum):
+    """What the echo's step left for the task, besides an error or replies to send."""
+
+    EOF = "eof"
+    PAUSED = "paused"
 
 
 class _Close(enum.Enum):
@@ -144,7 +172,7 @@ class _Close(enum.Enum):
 
 #: Asked by a connection that is to be handed to another process, once it owes its
 #: client nothing: whether it was handed (it then ends), or not (it carries on).
-HandoverHook = Callable[["_Conversation"], Awaitable[bool]]
+HandoverHook = Callable[["Connection"], Awaitable[bool]]
 
 
 #: An unlimited budget, which keeps no account: for connections not given one.
@@ -158,21 +186,36 @@ class _HandlerFailed(Exception):
         self.failure = failure
 
 
-class _Conversation:
-    """The policies and the loop of a connection; subclasses move the bytes.
+class Connection:
+    """Serve frames on one transport until the peer leaves, an error, or a drain.
 
-    A subclass provides ``_wait`` (one wait), ``_wake`` (end the wait, for a
-    drain), ``_send`` (replies), ``_linger`` and ``_close``.
+    Args:
+        stream: a trio ``HalfCloseableStream`` (such as one end of
+            ``trio.testing.memory_stream_pair``), or a :class:`~._transport.Transport`
+            (the daemon's sockets); closed by :meth:`run` whatever happens.
+        info: who is on the other end.
+        framing: how to cut the stream into frames and encode replies (line by default).
+        handler: the per-frame behaviour; ``None`` (the default) echoes every
+            complete frame back as it came, without a call per frame.
+        idle_timeout: seconds without progress either way before closing; ``inf`` disables.
+        frame_timeout: seconds a frame may take from its first byte to its last;
+            ``inf`` disables.
+        receive_size: bytes asked for per read.
+        stats: counters to update (a new :class:`Stats` by default).
+        budget: a :class:`~triodaemon._budget.BufferBudget` shared with other
+            connections; none by default.
     """
 
     __slots__ = (
         "_budget",
+        "_buf",
         "_deadline",
         "_draining",
         "_frame_deadline",
+        "_handoff",
         "_handover",
         "_held",
-        "_lost_reason",
+        "_shape",
         "_writing",
         "bytes_in",
         "bytes_out",
@@ -188,19 +231,21 @@ class _Conversation:
         "opened",
         "receive_size",
         "stats",
+        "transport",
     )
 
     def __init__(
         self,
+        stream: trio.abc.HalfCloseableStream | Transport,
         info: ConnectionInfo,
-        framing: Framing | None,
-        handler: FrameHandler | None,
+        framing: Framing | None = None,
+        handler: FrameHandler | None = None,
         *,
-        idle_timeout: float,
-        frame_timeout: float,
-        receive_size: int,
-        stats: Stats | None,
-        budget: BufferBudget | None,
+        idle_timeout: float = math.inf,
+        frame_timeout: float = math.inf,
+        receive_size: int = DEFAULT_RECEIVE_SIZE,
+        stats: Stats | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         if not idle_timeout > 0 or not frame_timeout > 0:
             raise ValueError("timeouts must be positive seconds (inf disables)")
@@ -213,6 +258,9 @@ class _Conversation:
         self.frame_timeout = frame_timeout
         self.receive_size = receive_size
         self.stats = stats if stats is not None else Stats()
+        self.transport: Transport = (
+            stream if isinstance(stream, Transport) else StreamTransport(stream, receive_size)
+        )
         self.decoder: Decoder = self.framing.decoder()
         self.completed = False
         # This connection's traffic: ``stats`` adds it up (Stats.follow) while it runs.
@@ -226,54 +274,22 @@ class _Conversation:
         self._deadline = math.inf  # of the next wait: the earlier of the two below
         self._frame_deadline = math.inf  # inf while no partial frame is held
         self._held = 0  # bytes of a partial frame, as last told to the budget
-        self._lost_reason: BaseException | None = None
         self._handover: HandoverHook | None = None
+        # Left by the echo's step for the task: an error (also a wait's: the reason
+        # a connection was lost), an EOF, a pause, or replies to send.
+        self._handoff: BaseException | memoryview | _Handoff | None = None
+        # The run's shared receive buffer (run() gets it: it is the trio run's).
+        self._buf = _NO_BUFFER
+        # For the transport's compiled read-and-echo, where it has one (else None).
+        self._shape = self.transport.echo_shape(self.framing) if handler is None else None
         #: Called once :meth:`run` is over, however it ended, with the frame
         #: handler's exception (which run() then does not raise) or None. The
         #: daemon's bookkeeping: a hook, not a coroutine around run(), whose frame
         #: every idle connection would carry.
-        self.ended: Callable[[_Conversation, Exception | None], None] | None = None
+        self.ended: Callable[[Connection, Exception | None], None] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.info}>"
-
-    # -- what a subclass provides ---------------------------------------------------
-
-    def _wait(self) -> Awaitable[int | _Stop | Wait]:
-        """Start one wait for the peer; :meth:`_waited` makes sense of its result.
-
-        An awaitable rather than a coroutine of ours: a backend's own wait is
-        awaited directly, one coroutine frame less on every idle connection.
-        """
-        raise NotImplementedError
-
-    def _served(self) -> int | _Stop:
-        """What a backend's step left when it ended the serving (``Wait.READY``)."""
-        raise NotImplementedError
-
-    def _data(self) -> bytes | bytearray:
-        """What the last wait read."""
-        raise NotImplementedError
-
-    def _wake(self) -> None:
-        """End a wait under way, if one is (it then comes back WOKEN)."""
-        raise NotImplementedError
-
-    async def _send(self, replies: bytes | bytearray | memoryview) -> _Close | None:
-        """Send ``replies``: ``None`` once sent, or how to close if they cannot be."""
-        raise NotImplementedError
-
-    async def _after_serving(self) -> _Close | None:
-        """Deal with what a backend's step left (SERVED): ``None`` to go on."""
-        raise NotImplementedError
-
-    async def _linger(self) -> None:
-        """Send our EOF, then read and discard while replies can still be lost."""
-        raise NotImplementedError
-
-    async def _close(self) -> None:
-        """Close the transport, whatever happened."""
-        raise NotImplementedError
 
     # -- the public part --------------------------------------------------------------
 
@@ -284,14 +300,14 @@ class _Conversation:
         """
         self._draining = True
         if self._drained():
-            self._wake()
+            self.transport.wake()
 
     def hand_over(self, hook: HandoverHook | None) -> None:
         """Ask the connection to call ``hook`` as soon as it owes its client nothing
         (its replies sent; a partial frame may be held); ``None`` withdraws the request."""
         self._handover = hook
         if hook is not None:
-            self._wake()
+            self.transport.wake()
             self._budget.interrupt()  # out of a wait for buffer room
 
     def resume(self, pending: bytes, idle_left: float | None, frame_left: float | None) -> None:
@@ -309,6 +325,23 @@ class _Conversation:
             self._budget.hold(self, 0, len(pending))
             self._held = len(pending)
         self._deadline = deadline
+
+    def handover_state(self) -> tuple[ConnectionRecord, bytes, int]:
+        """What a new process needs to carry this conversation on: its record, the
+        bytes of its partial frame, and its transport's descriptor (still ours until
+        the connection ends). Only where :meth:`hand_over`'s hook is called: no
+        replies owed."""
+        now = trio.current_time()
+        pending = self.decoder.pending()
+        frame = self._frame_deadline if pending else math.inf
+        record = ConnectionRecord(
+            peer=self.info.peer,
+            listener=self.info.listener,
+            pending=len(pending),
+            idle_left=finite_or_none(self._deadline - now),
+            frame_left=finite_or_none(frame - now),
+        )
+        return record, pending, self.transport.fileno()
 
     @property
     def state(self) -> str:
@@ -342,6 +375,7 @@ class _Conversation:
         try:
             self.stats.follow(self)
             try:
+                self._buf = _receive_buffer(max(self.receive_size, OVER_BUDGET_READ))
                 if math.isnan(self.opened):  # (else resume() began it)
                     self.opened = now = trio.current_time()
                     self._deadline = now + self.idle_timeout
@@ -381,7 +415,7 @@ class _Conversation:
                 if self._held:
                     self._budget.hold(self, self._held, 0)
                     self._held = 0
-                await self._close()
+                await self.transport.close()
         except Exception as exc:  # (one clause, one local: each is in every idle task's frame)
             if isinstance(exc, _HandlerFailed):
                 failure = exc.failure
@@ -395,17 +429,154 @@ class _Conversation:
         if failure is not None and self.ended is None:
             raise failure
 
-    async def _received(self, size: int) -> _Close | None:
-        """Frame and answer ``size`` bytes just read; send the replies."""
-        data = self._data()
-        replies: bytes | bytearray | memoryview
+    # -- waiting and reading ----------------------------------------------------------
+
+    def _wait(self) -> Awaitable[int | _Stop | Wait]:
+        """Start one wait for the peer; :meth:`_waited` makes sense of its result.
+
+        An awaitable rather than a coroutine of ours where it can be: the
+        transport's own wait is awaited directly, one coroutine frame less on
+        every idle connection.
+        """
+        if self._must_pause():
+            return self._pause()
         if self.handler is None:
-            replies = self._take_echo(data, size, trio.current_time())
+            return self.transport.serve(self._step, self._deadline)
+        return self._read_when_ready()
+
+    async def _read_when_ready(self) -> int | _Stop | Wait:
+        """Read at once if there is data (a busy connection then waits for nothing,
+        as trio's own socket methods do), after a yield so others get their turn;
+        else wait until readable."""
+        await trio.lowlevel.checkpoint()
+        while True:
+            size = self._receive()
+            if size is not None:
+                return size
+            if self._drained() or self._handover is not None:
+                return _Stop.WOKEN  # drain() came during the yield: nothing to wake
+            got = await self.transport.wait_readable(self._deadline)
+            if got is not Wait.READY:
+                return got
+
+    def _receive(self) -> int | _Stop | None:
+        """One read without blocking: its size, LOST (the reason in ``_handoff``), or
+        None. (Not in the coroutine: an exception through a coroutine gives it a
+        frame object for the rest of its life.)"""
+        try:
+            return self.transport.receive_into(self._buf, self._read_size())
+        except BROKEN as exc:
+            self._handoff = exc
+            return _Stop.LOST
+
+    def _read_size(self) -> int:
+        return OVER_BUDGET_READ if self._budget.over else self.receive_size
+
+    def _waited(self, got: int | _Stop | Wait) -> int | _Stop:
+        """The result of one wait: bytes read (0: the EOF), or why none were."""
+        if got is Wait.READY:
+            return self._served()
+        if got is Wait.WOKEN:
+            return _Stop.WOKEN
+        if got is Wait.DEADLINE:
+            if trio.current_time() >= self._frame_deadline:
+                return _Stop.FRAME_TIMEOUT
+            return _Stop.IDLE
+        assert not isinstance(got, Wait)
+        return got
+
+    def _served(self) -> int | _Stop:
+        """What the echo's step left when it ended the serving (``Wait.READY``)."""
+        handoff = self._handoff
+        if handoff is _Handoff.EOF:
+            self._handoff = None
+            return 0
+        if handoff is _Handoff.PAUSED:
+            self._handoff = None
+            return _Stop.WOKEN  # the next wait is for buffer room
+        if isinstance(handoff, BaseException):
+            return _Stop.LOST
+        return _Stop.SERVED  # replies left to send, a framing error, or a drain
+
+    def _step(self, now: float) -> float | None:
+        """One read of the echo, called by the transport: the deadline to go on until, or None.
+
+        Reads, frames and replies without blocking; what needs the task is left
+        in ``_handoff`` (or the decoder's error) and ends the serving.
+        """
+        budget = self._budget
+        if budget.over:
+            if self._held and not budget.may_read(self):
+                self._handoff = _Handoff.PAUSED
+                return None
+            size = OVER_BUDGET_READ
         else:
-            self.bytes_in += size
-            self.decoder.feed(memoryview(data)[:size])
-            replies, count = await self._handle_frames(self.handler)
-            self._progress(trio.current_time(), count)
+            size = self.receive_size
+        buf = self._buf
+        shape = self._shape
+        transport = self.transport
+        received: int | None
+        try:
+            if shape is not None and not self._held:
+                # Nothing held: the compiled read, which echoes a read of whole
+                # frames itself (the decoder would hold nothing after it either).
+                got = transport.receive_echo(buf, size, shape)
+                if got is None:
+                    return self._deadline
+                received, count, sent = got
+                if count > 0:
+                    return self._echoed(now, received, count, sent)
+            else:
+                received = transport.receive_into(buf, size)
+                if received is None:
+                    return self._deadline
+        except BROKEN as exc:
+            self._handoff = exc
+            return None
+        if not received:
+            self._handoff = _Handoff.EOF
+            return None
+        replies = self._take_echo(buf, received, now)
+        if replies:
+            rest = self._send_now(replies)
+            if rest is not None:
+                self._handoff = rest
+                return None
+        decoder = self.decoder
+        # (_drained(), inline: this runs for every read.)
+        if decoder.error is not None or (self._draining and not decoder.buffered):
+            return None
+        return self._deadline
+
+    def _echoed(self, now: float, size: int, count: int, sent: int) -> float | None:
+        """The rest of a step after the compiled read echoed ``size`` bytes of ``count``
+        whole frames itself: the counters and deadline, and what it could not send."""
+        self.bytes_in += size
+        self.frames += count
+        self._deadline = now + self.idle_timeout
+        if sent < 0:
+            self._handoff = OSError(-sent, os.strerror(-sent))
+            return None
+        self.bytes_out += sent
+        if sent < size:
+            self._handoff = memoryview(bytes(memoryview(self._buf)[sent:size]))
+            return None
+        return None if self._draining else self._deadline
+
+    async def _after_serving(self) -> _Close | None:
+        """Deal with what the echo's step left (SERVED): ``None`` to go on."""
+        rest, self._handoff = self._handoff, None
+        if isinstance(rest, memoryview):
+            return await self._send_rest(rest)
+        return None
+
+    async def _received(self, size: int) -> _Close | None:
+        """Frame and answer ``size`` bytes just read (a handler's): send the replies."""
+        assert self.handler is not None
+        self.bytes_in += size
+        self.decoder.feed(memoryview(self._buf)[:size])
+        replies, count = await self._handle_frames(self.handler)
+        self._progress(trio.current_time(), count)
         if replies:
             return await self._send(replies)
         return None
@@ -413,10 +584,7 @@ class _Conversation:
     def _take_echo(
         self, data: bytes | bytearray, size: int, now: float
     ) -> bytes | bytearray | memoryview:
-        """The echo: the complete frames of ``size`` bytes read, as they came (uncopied).
-
-        The one echo body, for a connection's task and a backend's step alike.
-        """
+        """The echo: the complete frames of ``size`` bytes read, as they came (uncopied)."""
         self.bytes_in += size
         decoder = self.decoder
         replies, count = decoder.feed_and_take(data, size)
@@ -497,25 +665,139 @@ class _Conversation:
     def _handing_over(self) -> bool:
         return self._handover is not None
 
-    def _waited(self, got: int | _Stop | Wait) -> int | _Stop:
-        """The result of one wait: bytes read (0: the EOF), or why none were."""
-        if got is Wait.READY:
-            return self._served()
-        if got is Wait.WOKEN:
-            return _Stop.WOKEN
-        if got is Wait.DEADLINE:
-            if trio.current_time() >= self._frame_deadline:
-                return _Stop.FRAME_TIMEOUT
-            return _Stop.IDLE
-        assert not isinstance(got, Wait)
-        return got
+    # -- sending ----------------------------------------------------------------------
+
+    async def _send(self, replies: bytes | bytearray | memoryview) -> _Close | None:
+        """Send ``replies``: ``None`` once sent, or how to close if they cannot be."""
+        rest = self._send_now(replies)
+        if rest is None:
+            return None
+        if isinstance(rest, BaseException):
+            return self._lost(rest)
+        return await self._send_rest(rest)
+
+    def _send_now(
+        self, replies: bytes | bytearray | memoryview
+    ) -> memoryview | BaseException | None:
+        """Send what the transport takes now, with no trip through the scheduler.
+
+        Returns ``None`` once all is sent, the exception that broke the
+        connection, or the rest: copied if it shows the shared receive buffer,
+        which other connections read into meanwhile.
+        """
+        try:
+            sent = self.transport.try_send(replies)
+        except BROKEN as exc:
+            return exc
+        self.bytes_out += sent
+        if sent == len(replies):
+            return None
+        rest = memoryview(replies)[sent:]
+        return memoryview(bytes(rest)) if rest.obj is self._buf else rest
+
+    async def _send_rest(self, rest: memoryview) -> _Close | None:
+        """Send what the transport did not take at once, waiting while it is full:
+        until the peer has read nothing for ``idle_timeout`` (a peer that reads a
+        large reply slowly but steadily makes progress)."""
+        transport = self.transport
+        log.debug("%s: %d bytes of replies wait for the peer to read", self.info, len(rest))
+        self._writing = True
+        deadline = trio.current_time() + self.idle_timeout
+        try:
+            while rest:
+                # Try first, as trio's own send does: since the first attempt the
+                # peer has often made room, and a wait costs a trip through trio.
+                try:
+                    sent = transport.try_send(rest)
+                    if not sent:
+                        if await transport.wait_writable(deadline) is Wait.DEADLINE:
+                            return self._peer_stopped_reading()
+                        continue
+                except BROKEN as exc:
+                    return self._lost(exc)
+                self.bytes_out += sent
+                rest = rest[sent:]
+                deadline = trio.current_time() + self.idle_timeout
+        finally:
+            self._writing = False
+        self._progress(trio.current_time(), 0)
+        return None
+
+    # -- closing ----------------------------------------------------------------------
+
+    async def _linger(self) -> None:
+        """Our EOF; then read and discard until nothing we sent can be lost, for a while at most.
+
+        Ends at the peer's EOF; or once everything we sent is acknowledged (read,
+        on a Unix socket), so that a reset for unread data destroys nothing of
+        ours (where the transport tells: a socket on Linux; elsewhere after
+        ``LINGER_DISCARD`` bytes discarded) and the connection has been quiet for
+        ``_LINGER_QUIET``, so that the peer's next read finds our EOF, not a reset
+        (a peer that goes on sending is read on for that: a pipelining client
+        sends until it reads our EOF); a peer that broke the framing, after
+        ``LINGER_DISCARD`` bytes discarded; at the latest after ``LINGER_SECONDS``.
+        """
+        transport = self.transport
+        give_up = trio.current_time() + LINGER_SECONDS
+        try:
+            with trio.CancelScope(deadline=give_up):
+                await transport.shutdown_write()
+        except BROKEN:
+            return
+        look = _LINGER_FIRST_LOOK
+        discarded = 0
+        next_look = LINGER_DISCARD  # discarded bytes at which to look up again
+        # When the connection last moved bytes either way (the deadline's last move; at
+        # a graceful close no frame is held, so no frame deadline is in it).
+        now = trio.current_time()
+        active = (
+            min(now, self._deadline - self.idle_timeout) if self.idle_timeout < math.inf else now
+        )
+        while True:
+            size = self._receive()
+            if size == 0 or size is _Stop.LOST:
+                return  # the peer's EOF (it has read all it wanted), or gone
+            if size is not None:
+                assert isinstance(size, int)
+                self.bytes_in += size
+                discarded += size
+                active = trio.current_time()
+                if discarded > next_look:
+                    # A peer that goes on sending: a framing violator is cut off
+                    # here, as is anyone where we cannot tell what is acknowledged;
+                    # anyone else is read on until it is quiet (a pipelining client
+                    # at a drain sends until it reads our EOF, a large frame's rest
+                    # included), for LINGER_SECONDS at most.
+                    if self.decoder.error is not None or transport.unacknowledged() is None:
+                        return
+                    if trio.current_time() >= give_up:
+                        return
+                    next_look = discarded + LINGER_DISCARD
+                    await trio.lowlevel.checkpoint()  # reading on, but not alone
+                continue
+            unsent = transport.unacknowledged()
+            now = trio.current_time()
+            if now >= give_up:
+                return
+            if unsent == 0:
+                quiet_at = active + _LINGER_QUIET
+                if now >= quiet_at:
+                    return
+                wake_at = min(give_up, quiet_at)
+            else:
+                active = now  # (the peer has yet to read it, and may answer as it does)
+                wake_at = give_up if unsent is None else min(give_up, now + look)
+                look = min(2 * look, _LINGER_LAST_LOOK)
+            await transport.wait_readable(wake_at)
 
     # -- endings ----------------------------------------------------------------------
 
     def _stopped(self, why: _Stop) -> _Close:
         """End the conversation for a wait that brought nothing."""
         if why is _Stop.LOST:
-            return self._lost(self._lost_reason)
+            reason, self._handoff = self._handoff, None
+            assert isinstance(reason, BaseException)
+            return self._lost(reason)
         if why is _Stop.FRAME_TIMEOUT:
             self.stats.frame_timeouts += 1
             log.warning(
@@ -559,119 +841,29 @@ class _Conversation:
         return _Close.FORCEFUL
 
 
-class Connection(_Conversation):
-    """Serve frames on one stream until the peer leaves, an error, or a drain.
-
-    The daemon serves its sockets with a faster form of the same conversation;
-    this one takes any trio stream, such as ``trio.testing.memory_stream_pair``.
-
-    Args:
-        stream: the byte stream; closed by :meth:`run` whatever happens.
-        info: who is on the other end.
-        framing: how to cut the stream into frames and encode replies (line by default).
-        handler: the per-frame behaviour; ``None`` (the default) echoes every
-            complete frame back as it came, without a call per frame.
-        idle_timeout: seconds without progress either way before closing; ``inf`` disables.
-        frame_timeout: seconds a frame may take from its first byte to its last;
-            ``inf`` disables.
-        receive_size: bytes asked for per read.
-        stats: counters to update (a new :class:`Stats` by default).
-        budget: a :class:`~triodaemon._budget.BufferBudget` shared with other
-            connections; none by default.
-    """
-
-    __slots__ = ("_got", "_scope", "stream")
-
-    def __init__(
-        self,
-        stream: trio.abc.HalfCloseableStream,
-        info: ConnectionInfo,
-        framing: Framing | None = None,
-        handler: FrameHandler | None = None,
-        *,
-        idle_timeout: float = math.inf,
-        frame_timeout: float = math.inf,
-        receive_size: int = DEFAULT_RECEIVE_SIZE,
-        stats: Stats | None = None,
-        budget: BufferBudget | None = None,
-    ) -> None:
-        super().__init__(
-            info,
-            framing,
-            handler,
-            idle_timeout=idle_timeout,
-            frame_timeout=frame_timeout,
-            receive_size=receive_size,
-            stats=stats,
-            budget=budget,
-        )
-        self.stream = stream
-        self._got: bytes | bytearray = b""
-        self._scope: trio.CancelScope | None = None
-
-    def _wait(self) -> Awaitable[int | _Stop | Wait]:
-        return self._pause() if self._must_pause() else self._receive_some()
-
-    async def _receive_some(self) -> int | _Stop | Wait:
-        with trio.CancelScope(deadline=self._deadline) as scope:
-            self._scope = scope
-            if self._drained() or self._handover is not None:
-                scope.cancel()  # drain() (or hand_over()) came before this wait began
-            try:
-                self._got = data = await self.stream.receive_some(self.receive_size)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._lost_reason = exc
-                return _Stop.LOST
-            finally:
-                self._scope = None
-            return len(data)
-        return Wait.WOKEN if self._draining or self._handover is not None else Wait.DEADLINE
-
-    def _served(self) -> int | _Stop:  # pragma: no cover - never served
-        raise AssertionError("a stream connection is never served by a backend")
-
-    def _data(self) -> bytes | bytearray:
-        return self._got
-
-    def _wake(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def _send(self, replies: bytes | bytearray | memoryview) -> _Close | None:
-        self._writing = True
-        try:
-            with trio.move_on_after(self.idle_timeout) as scope:
-                try:
-                    await self.stream.send_all(replies)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    return self._lost(exc)
-        finally:
-            self._writing = False
-        if scope.cancelled_caught:
-            return self._peer_stopped_reading()
-        self.bytes_out += len(replies)
-        return None
-
-    async def _linger(self) -> None:
-        with trio.move_on_after(LINGER_SECONDS):
-            try:
-                await self.stream.send_eof()
-                discarded = 0
-                while data := await self.stream.receive_some(self.receive_size):
-                    self.bytes_in += len(data)
-                    discarded += len(data)
-                    if discarded > LINGER_DISCARD:
-                        return  # (a stream says nothing of what it delivered)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-    async def _close(self) -> None:
-        await trio.aclose_forcefully(self.stream)
-
-
 def _reason(exc: BaseException | None) -> str:
     """The OS's words for why a connection broke: from ``exc`` or the OSError behind it."""
     error = exc if isinstance(exc, OSError) else getattr(exc, "__cause__", None)
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return (str(exc) or type(exc).__name__) if exc is not None else "unknown"
+
+
+#: Every connection of a trio run reads into one buffer: no allocation per read (a
+#: read of more than 128 KiB into a new ``bytes`` is an ``mmap`` each time) and no
+#: memory per connection. Safe because trio runs one task at a time and a
+#: connection uses up what it read before it yields.
+_RECEIVE_BUFFER: trio.lowlevel.RunVar[bytearray] = trio.lowlevel.RunVar("triodaemon.receive")
+_NO_BUFFER = bytearray()
+
+
+def _receive_buffer(size: int) -> bytearray:
+    """The current run's shared receive buffer, at least ``size`` bytes long."""
+    try:
+        buf = _RECEIVE_BUFFER.get()
+    except LookupError:
+        buf = bytearray()
+    if len(buf) < size:
+        buf = bytearray(size)
+        _RECEIVE_BUFFER.set(buf)
+    return buf

@@ -42,7 +42,7 @@ from ._client import connect
 from ._config import DaemonConfig
 from ._errors import ClientError, FramingError, TriodaemonError
 from ._faults import fault, loads
-from ._framing import SPEEDUPS, Framing
+from ._framing import Framing
 from ._listeners import AcceptGate, BoundListener, UnixAddress, stream_for
 from ._stats import Stats
 
@@ -207,6 +207,7 @@ def stats_report(
     started_wall: float,
     draining: bool,
     readiness: str,
+    scans: str,
     listeners: Sequence[BoundListener],
     control: BoundListener | None,
     buffered: int,
@@ -224,7 +225,8 @@ def stats_report(
         "uptime": time.monotonic() - started,
         "state": "draining" if draining else "serving",
         "readiness": readiness,
-        "speedups": SPEEDUPS,
+        "scans": scans,
+        "speedups": scans == "compiled",
         "listeners": [
             {"address": str(listener.address), "accepting": not draining} for listener in listeners
         ],

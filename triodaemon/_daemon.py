@@ -26,7 +26,7 @@ import trio
 
 from ._budget import BufferBudget
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
-from ._connection import ConnectionInfo, FrameHandler
+from ._connection import Connection, ConnectionInfo, FrameHandler
 from ._control import (
     LOG_LEVELS,
     Commands,
@@ -56,9 +56,8 @@ from ._listeners import (
     open_listeners,
     open_unix,
 )
+from ._lowlevel import Lowlevel
 from ._migration import Migration
-from ._readiness import Readiness, open_readiness
-from ._socket_connection import SocketConnection
 from ._socketfile import check_socket_path
 from ._stats import Stats
 
@@ -116,12 +115,15 @@ class Daemon(Giver):
 
     config: DaemonConfig
     handler: FrameHandler | None = None
+    lowlevel: Lowlevel | None = attrs.field(default=None, kw_only=True)
+    """What runs below trio (:class:`~._lowlevel.Lowlevel`): ``None`` chooses
+    ``config.readiness`` and the process's scans; a test may give its own."""
     stats: Stats = attrs.field(factory=Stats, init=False)
     """Live counters."""
     _faults: Stats = attrs.field(init=False)
     summary: DrainSummary | None = attrs.field(default=None, init=False)
     """Set when :meth:`serve` returns."""
-    _connections: set[SocketConnection] = attrs.field(factory=set, init=False)
+    _connections: set[Connection] = attrs.field(factory=set, init=False)
     _accept_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _handlers_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _draining: bool = attrs.field(default=False, init=False)
@@ -131,7 +133,7 @@ class Daemon(Giver):
     _next_id: int = attrs.field(default=0, init=False)
     _at_limit: bool = attrs.field(default=False, init=False)
     _listening: int = attrs.field(default=0, init=False)
-    _readiness: Readiness = attrs.field(init=False)
+    _lowlevel: Lowlevel = attrs.field(init=False)
     _budget: BufferBudget = attrs.field(init=False)
     _drain_started: trio.Event = attrs.field(factory=trio.Event, init=False)
     _listeners: Sequence[BoundListener] = attrs.field(default=(), init=False)
@@ -143,13 +145,13 @@ class Daemon(Giver):
     _gate: AcceptGate = attrs.field(factory=AcceptGate, init=False)
     _handlers: trio.Nursery | None = attrs.field(default=None, init=False)
     # Connections adopted over max_connections: they hold no limiter token.
-    _unlimited: set[SocketConnection] = attrs.field(factory=set, init=False)
+    _unlimited: set[Connection] = attrs.field(factory=set, init=False)
     # Every connection's ended hook: one bound method, not one per connection.
     _ended_hook: Callable[[Any, Exception | None], None] = attrs.field(init=False)
     _limiter: trio.Semaphore | None = attrs.field(default=None, init=False)
     _handing: Handing | None = attrs.field(default=None, init=False)
     _migration: Migration | None = attrs.field(default=None, init=False)
-    _handed_off: set[SocketConnection] = attrs.field(factory=set, init=False)
+    _handed_off: set[Connection] = attrs.field(factory=set, init=False)
     _given_up: list[tuple[BoundListener, tuple[int, int]]] = attrs.field(factory=list, init=False)
     handler_name: str = attrs.field(default="echo", init=False)
     """Who answers frames here, as a taker must name it to be handed connections."""
@@ -170,7 +172,8 @@ class Daemon(Giver):
 
     def __attrs_post_init__(self) -> None:
         self._faults = self.stats  # (a supervisor counts its own apart from its workers')
-        self._readiness = open_readiness(self.config.readiness)  # its epoll opens in serve()
+        # (Its epoll opens in serve().)
+        self._lowlevel = self.lowlevel or Lowlevel.choose(self.config.readiness)
         self.handler_name = handler_name(self.handler)
         self._budget = BufferBudget(self.config.max_buffered or math.inf)
         self._ended_hook = self._connection_ended
@@ -178,7 +181,7 @@ class Daemon(Giver):
     @property
     def readiness(self) -> str:
         """The readiness backend connections wait through: ``epoll`` or ``portable``."""
-        return self._readiness.name
+        return self._lowlevel.readiness.name
 
     def drain(self) -> None:
         """Begin a graceful shutdown; :meth:`serve` returns when it is over. Idempotent."""
@@ -266,16 +269,17 @@ class Daemon(Giver):
                 )
             self._control = control
             commands = self.control_commands()
-            async with trio.open_nursery() as watching:
-                # Outlive every connection (they wait through the backend; the control
-                # socket reports the drain), then are cancelled.
-                await watching.start(self._readiness.run)
-                if control is not None:
-                    await watching.start(serve_control, control, commands, self._gate)
-                await self._serve_connections(listeners, limiter, task_status)
-                with trio.move_on_after(CONTROL_GRACE):
-                    await commands.wait_idle()
-                watching.cancel_scope.cancel()
+            with self._lowlevel.running():
+                async with trio.open_nursery() as watching:
+                    # Outlive every connection (they wait through the backend; the control
+                    # socket reports the drain), then are cancelled.
+                    await watching.start(self._lowlevel.readiness.run)
+                    if control is not None:
+                        await watching.start(serve_control, control, commands, self._gate)
+                    await self._serve_connections(listeners, limiter, task_status)
+                    with trio.move_on_after(CONTROL_GRACE):
+                        await commands.wait_idle()
+                    watching.cancel_scope.cancel()
         finally:
             for listener in listeners:
                 listener.close()
@@ -348,7 +352,7 @@ class Daemon(Giver):
         self._drain_by = deadline
         for connection in list(self._connections):
             migration.expect(connection)
-        handed: set[SocketConnection] = set()
+        handed: set[Connection] = set()
         try:
             while migration.waiting:
                 with trio.move_on_at(deadline):
@@ -385,13 +389,13 @@ class Daemon(Giver):
         # (The handed ones end at their next step: still counted open now.)
         return len(handed), len(self._connections - handed)
 
-    def _count_handed(self, handed: set[SocketConnection], batch: list[SocketConnection]) -> None:
+    def _count_handed(self, handed: set[Connection], batch: list[Connection]) -> None:
         handed.update(batch)
         self._handed_off.update(batch)
         self.stats.connections_handed += len(batch)
 
     @staticmethod
-    def _with_the_lost(exc: HandoverError, handed: set[SocketConnection]) -> HandoverError:
+    def _with_the_lost(exc: HandoverError, handed: set[Connection]) -> HandoverError:
         """``exc``, saying how many connections had moved (they went with the taker)."""
         if not handed:
             return exc
@@ -452,6 +456,7 @@ class Daemon(Giver):
             started_wall=self._started_wall,
             draining=self._draining,
             readiness=self.readiness,
+            scans=self._lowlevel.scans.name,
             listeners=self._listeners,
             control=self._control,
             buffered=self.buffered,
@@ -613,14 +618,13 @@ class Daemon(Giver):
         if not left:
             self.drain()
 
-    def _connection_for(self, sock: socket.socket, info: ConnectionInfo) -> SocketConnection:
+    def _connection_for(self, sock: socket.socket, info: ConnectionInfo) -> Connection:
         config = self.config
-        return SocketConnection(
-            sock,
+        return Connection(
+            self._lowlevel.readiness.transport(sock),
             info,
             config.framing,
             self.handler,
-            readiness=self._readiness,
             idle_timeout=config.idle_seconds,
             frame_timeout=config.frame_seconds,
             receive_size=config.receive_size
@@ -629,7 +633,7 @@ class Daemon(Giver):
             budget=self._budget,
         )
 
-    def _start_connection(self, connection: SocketConnection, limited: bool) -> None:
+    def _start_connection(self, connection: Connection, limited: bool) -> None:
         """Serve ``connection`` in a task of its own. ``limited``: it holds one of
         the limiter's tokens, which its end gives back.
 

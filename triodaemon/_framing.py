@@ -25,16 +25,15 @@ another process at a frame boundary together with what it has not decoded yet.
 
 from __future__ import annotations
 
-import functools
-import os
+import abc
 import struct
 from collections.abc import Callable
-from types import ModuleType
 from typing import Literal, Protocol
 
 import attrs
 
 from ._errors import FrameTooLarge, FramingError, IncompleteFrame, MalformedHeader
+from ._lowlevel import scans as _scans
 
 #: Default bound on one frame's payload. 1 MiB holds any sane message while
 #: keeping the worst case of 1024 connections each mid-frame near 1 GiB.
@@ -111,61 +110,6 @@ def _copy(buf: bytearray, start: int, end: int) -> bytes:
         return bytes(view[start:end])
 
 
-def _compiled_scans() -> ModuleType | None:
-    """``triodaemon._speedups``, unless it was not built or ``TRIODAEMON_NO_SPEEDUPS`` is set."""
-    if os.environ.get("TRIODAEMON_NO_SPEEDUPS"):
-        return None
-    try:
-        from . import _speedups
-    except ImportError:
-        return None
-    return _speedups
-
-
-_compiled = _compiled_scans()
-#: Whether the decoders run the compiled scans (``triodaemon/_speedups.c``): the
-#: count of one-byte delimiters and the walk over length headers. The pure-Python
-#: scans below give the same answers, slower; tests/test_speedups.py holds them
-#: to it. Module globals, read at each scan, so that a test can switch them.
-SPEEDUPS = _compiled is not None
-_count_byte: Callable[[bytes | bytearray, int, int, int], int] | None = (
-    _compiled.count_byte if _compiled is not None else None
-)
-_walk_lengths: (
-    Callable[[bytes | bytearray, int, int, int, int, int, int, int], tuple[int, int, int]] | None
-) = _compiled.walk_lengths if _compiled is not None else None
-
-#: A framing's shape for ``recv_echo``: (one-byte delimiter, header size, big
-#: endian, header bytes counted in the length, max_frame); delimiter -1 for length
-#: headers.
-EchoShape = tuple[int, int, int, int, int]
-#: The echo's read and send in one call, for a connection whose decoder holds
-#: nothing (``SocketConnection._step``); see ``triodaemon/_speedups.c``.
-_recv_echo: Callable[[int, bytearray, int, EchoShape], tuple[int, int, int] | None] | None = (
-    _compiled.recv_echo if _compiled is not None else None
-)
-
-
-def echo_shape(framing: Framing) -> EchoShape | None:
-    """What ``recv_echo`` needs to know of ``framing``; None where it cannot serve it
-    (no compiled scans, or a kind other than a one-byte delimiter or length headers)."""
-    if _recv_echo is None:
-        return None
-    return _echo_shape(framing)
-
-
-@functools.cache
-def _echo_shape(framing: Framing) -> EchoShape | None:
-    # One tuple per framing, shared by its connections.
-    if framing.kind in ("line", "delimiter") and len(framing.delimiter) == 1:
-        return (framing.delimiter[0], 0, 0, 0, framing.max_frame)
-    if framing.kind == "length":
-        n = framing.length_bytes
-        skip = n if framing.length_includes_header else 0
-        return (-1, n, int(framing.byte_order == "big"), skip, framing.max_frame)
-    return None
-
-
 #: ``most`` for a scan that takes every whole frame there is: more frames than
 #: any buffer holds.
 _EVERY = (1 << 30) - 1
@@ -176,7 +120,7 @@ _Scan = tuple[int, int, "FramingError | None"]
 
 
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: hot path
-class _BufferedDecoder:
+class _BufferedDecoder(abc.ABC):
     """The sans-I/O core every kind shares; a kind supplies one scan (``_scan``).
 
     ``_scan(data, start, end, most)`` finds up to ``most`` whole frames in
@@ -191,8 +135,10 @@ class _BufferedDecoder:
     _start: int = attrs.field(default=0, init=False)
     _error: FramingError | None = attrs.field(default=None, init=False)
 
+    @abc.abstractmethod
     def _scan(self, data: bytes | bytearray, start: int, end: int, most: int) -> _Scan:
-        raise NotImplementedError
+        """Up to ``most`` whole frames in ``data[start:end]``: where they end, how
+        many, and the framing error that stopped the scan, if one did."""
 
     def _payload(self, data: bytes | bytearray, begin: int, end: int) -> tuple[int, int]:
         """Where the payload of the whole frame ``data[begin:end]`` lies."""
@@ -216,7 +162,7 @@ class _BufferedDecoder:
             self._start = 0
             self._consumed(start)
 
-    def _consumed(self, count: int) -> None:
+    def _consumed(self, count: int) -> None:  # noqa: B027 (optional: few kinds need it)
         """Hook: ``count`` bytes were dropped from the front of the buffer."""
 
     @property
@@ -315,6 +261,8 @@ class DelimiterDecoder(_BufferedDecoder):
     # What the scan for every frame needs, decided once: -1 (no byte) where it may
     # not take its shortcut (a delimiter that overlaps itself), else the last byte.
     _last_byte: int = attrs.field(default=-1, init=False)
+    # A one-byte delimiter's shape, for the echo's rule (scans.whole_frames).
+    _shape: _scans.Shape | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.delimiter:
@@ -322,6 +270,8 @@ class DelimiterDecoder(_BufferedDecoder):
         d = self.delimiter
         self._self_overlapping = any(d[:k] == d[-k:] for k in range(1, len(d)))
         self._last_byte = -1 if self._self_overlapping else d[-1]
+        if len(d) == 1:
+            self._shape = _scans.delimiter_shape(d[0], self.max_frame)
 
     def _consumed(self, count: int) -> None:
         self._search = max(0, self._search - count)
@@ -335,24 +285,31 @@ class DelimiterDecoder(_BufferedDecoder):
             # No frame in so few bytes can be too long: the last delimiter ends the
             # whole frames, and count() counts them (delimiters that cannot overlap
             # themselves, "\n" or "\r\n" but not "abab", are never counted twice).
-            # Most reads end with one: its last byte is compared first (an index
-            # costs a fraction of a search).
-            if data[end - 1] == self._last_byte and (
-                size == 1 or data.endswith(delimiter, start, end)
-            ):
-                stop = end
-            else:
-                search = self._search if ours and self._search > start else start
-                last = data.rfind(delimiter, search, end)
-                if last < 0:
+            # Most reads end with one, and are whole frames: for a one-byte
+            # delimiter, the echo's rule (the compiled read-and-echo decides with the
+            # same, scans.whole_frames); for a longer one, its last byte first (an
+            # index costs a fraction of a search).
+            if self._shape is not None:
+                count = _scans.ACTIVE.whole_frames(data, start, end, self._shape)
+                if count >= 0:
                     if ours:
-                        self._search = max(start, end - size + 1)
-                    return start, 0, None
-                stop = last + size
+                        self._search = end
+                    return end, count, None
+            elif data[end - 1] == self._last_byte and data.endswith(delimiter, start, end):
+                if ours:
+                    self._search = end
+                return end, data.count(delimiter, start, end), None
+            search = self._search if ours and self._search > start else start
+            last = data.rfind(delimiter, search, end)
+            if last < 0:
+                if ours:
+                    self._search = max(start, end - size + 1)
+                return start, 0, None
+            stop = last + size
             if ours:
                 self._search = stop
-            if size == 1 and _count_byte is not None:
-                return stop, _count_byte(data, self._last_byte, start, stop), None
+            if size == 1:
+                return stop, _scans.ACTIVE.count_byte(data, self._last_byte, start, stop), None
             return stop, data.count(delimiter, start, stop), None
         search = self._search if ours and self._search > start else start
         pos = start
@@ -416,22 +373,10 @@ class LengthPrefixDecoder(_BufferedDecoder):
         n = self.length_bytes
         limit = self.max_frame
         skip = n if self.length_includes_header else 0
-        if _walk_lengths is not None:
-            pos, count, bad = _walk_lengths(data, start, end, n, self._big, skip, limit, most)
-            return pos, count, None if bad < 0 else self._bad_header(bad)
-        unpack_from = self._unpack_from
-        pos = start
-        count = 0
-        last = end - n  # where the last whole header can start
-        while pos <= last and count < most:
-            length = unpack_from(data, pos)[0] - skip
-            if not 0 <= length <= limit or last - pos < length:  # one test per frame
-                if 0 <= length <= limit:
-                    break  # unfinished
-                return pos, count, self._bad_header(length + skip)
-            pos += n + length
-            count += 1
-        return pos, count, None
+        pos, count, bad = _scans.ACTIVE.walk_lengths(
+            data, start, end, n, self._big, skip, limit, most
+        )
+        return pos, count, None if bad < 0 else self._bad_header(bad)
 
     def _bad_header(self, value: int) -> FramingError:
         n = self.length_bytes

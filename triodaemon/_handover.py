@@ -40,6 +40,7 @@ itself: its ``workers`` say where each of its workers hands its own over.
 
 from __future__ import annotations
 
+import abc
 import array
 import contextlib
 import json
@@ -474,7 +475,7 @@ class Handing:
         self.finished.set()
 
 
-class Giver:
+class Giver(abc.ABC):
     """What can hand its sockets to a new process: a :class:`~triodaemon.Daemon`, or a
     supervisor of workers (whose workers then hand their connections over each to
     its successor). The handover's bookkeeping is here; the subclass says what it
@@ -497,12 +498,13 @@ class Giver:
     """Where this process counts its own internal errors (see :mod:`._faults`)."""
 
     @property
+    @abc.abstractmethod
     def connections(self) -> int:
-        raise NotImplementedError
+        """How many connections are open."""
 
+    @abc.abstractmethod
     async def wait_draining(self) -> None:
         """Wait until a shutdown begins."""
-        raise NotImplementedError
 
     def _handover_listeners(self) -> list[tuple[ListenerRecord, int]]:
         """Every listening socket (the control socket last), described, with its descriptor."""
@@ -550,16 +552,16 @@ class Giver:
         """More for the ``listeners`` message (a supervisor: its workers)."""
         return {}
 
+    @abc.abstractmethod
     async def _migrate(
         self, channel: Channel, kill: Callable[[], Awaitable[bool]] | None
     ) -> tuple[int, int]:
         """Hand the connections over: how many were, and how many stay. ``kill``
         ends a stalled taker, if it is ours (see :attr:`Handing.kill`)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _handed_over(self, given: Given) -> None:
         """The handover is done: finish what is left, and exit."""
-        raise NotImplementedError
 
     def begin_handover(self, who: str) -> Handing:
         """Reserve this daemon for one handover, asked for by ``who``.

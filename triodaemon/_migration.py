@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
+from ._connection import Connection
 from ._handover import BATCH_BYTES, BATCH_CONNECTIONS
-from ._socket_connection import SocketConnection
 
 
 class Migration:
@@ -22,17 +22,17 @@ class Migration:
     the verdict each one waits for (handed, or carry on here)."""
 
     def __init__(self) -> None:
-        self.waiting: set[SocketConnection] = set()
+        self.waiting: set[Connection] = set()
         """Connections not yet handed that are still open."""
-        self._ready: list[SocketConnection] = []  # at a frame boundary, replies sent
-        self._verdicts: dict[SocketConnection, tuple[trio.Event, list[bool]]] = {}
+        self._ready: list[Connection] = []  # at a frame boundary, replies sent
+        self._verdicts: dict[Connection, tuple[trio.Event, list[bool]]] = {}
         self._changed = trio.Event()
 
-    def expect(self, connection: SocketConnection) -> None:
+    def expect(self, connection: Connection) -> None:
         self.waiting.add(connection)
         connection.hand_over(self._hook)
 
-    def ended(self, connection: SocketConnection) -> None:
+    def ended(self, connection: Connection) -> None:
         self.waiting.discard(connection)
         self._changed.set()
 
@@ -51,14 +51,14 @@ class Migration:
                 self._ready.remove(connection)
         return bool(verdict and verdict[0])
 
-    async def next_batch(self) -> list[SocketConnection]:
+    async def next_batch(self) -> list[Connection]:
         """The connections ready to go, up to one batch; empty if one ended instead."""
         if not self._ready:
             self._changed = trio.Event()
             await self._changed.wait()
         # A pass more: connections woken with these (most often) get ready too.
         await trio.lowlevel.checkpoint()
-        batch: list[SocketConnection] = []
+        batch: list[Connection] = []
         size = 0
         for connection in self._ready:
             if len(batch) == BATCH_CONNECTIONS or (batch and size > BATCH_BYTES):
@@ -68,7 +68,7 @@ class Migration:
         del self._ready[: len(batch)]
         return batch
 
-    def settle(self, batch: list[SocketConnection], *, handed: bool) -> None:
+    def settle(self, batch: list[Connection], *, handed: bool) -> None:
         for connection in batch:
             self.waiting.discard(connection)
             entry = self._verdicts.get(connection)

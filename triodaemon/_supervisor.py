@@ -739,6 +739,7 @@ class Supervisor(Giver):
             started_wall=self._started_wall,
             draining=self._draining,
             readiness=answers[0]["readiness"] if answers else "?",
+            scans=answers[0].get("scans", "?") if answers else "?",
             listeners=self._listeners,
             control=self._control,
             buffered=sum(a["buffered"] for a in answers),

@@ -1,27 +1,29 @@
-"""Readiness backends: how a connection's task waits for its socket to become readable.
+"""Readiness backends: how a connection's socket transport waits.
 
-Strategy: every connection waits through one small interface, the way trio's
-own I/O waits go through whichever of ``_io_epoll``/``_io_kqueue`` it chose at
-start (``trio/_core/_run.py``). A connection makes one :class:`Waiter` for its
-socket, once, and then:
+Strategy: every socket connection waits through one small interface, the way
+trio's own I/O waits go through whichever of ``_io_epoll``/``_io_kqueue`` it
+chose at start (``trio/_core/_run.py``). A backend makes one transport per
+socket (:meth:`Readiness.transport`, a :class:`~.sockets.SocketTransport` with
+the waits added), once, and the connection then:
 
-- ``await waiter.wait(deadline)``: until the socket is readable (data, EOF or
-  an error), its deadline, or :meth:`Waiter.wake`;
-- ``await waiter.serve(step, deadline)``: the same, except that each time the
+- ``await transport.wait_readable(deadline)``: until the socket is readable
+  (data, EOF or an error), its deadline, or ``transport.wake()``;
+- ``await transport.serve(step, deadline)``: the same, except that each time the
   socket is readable the backend calls ``step(now)`` and goes on waiting while
   it returns a new deadline. The step reads, frames and replies without
   blocking (the echo), so a busy connection costs no trip through trio's
   scheduler per read, the way an asyncio ``Protocol`` is called from its loop.
 
-Both return a :class:`Wait`. Deadlines are per waiter (an idle deadline, a frame
-deadline, whatever the connection needs) and may change at every step.
+Both return a :class:`~triodaemon._transport.Wait`. Deadlines are per transport
+(an idle deadline, a frame deadline, whatever the connection needs) and may
+change at every step.
 
 Two backends:
 
 - :class:`EpollReadiness` (Linux): one task waits for an epoll of its own to
   become readable, polls it and reschedules (or steps) the waiting tasks. A
   task waiting there needs neither trio's waiter record nor a cancel scope: it
-  sleeps in ``wait_task_rescheduled`` with the waiter as its abort function,
+  sleeps in ``wait_task_rescheduled`` with the transport as its abort function,
   about 1.5 KiB less per idle connection (``python bench/idle_memory.py``). One
   pass serves every ready socket. Deadlines are kept in a heap that is lazy
   about moves: a deadline that moves later (every step of a busy connection)
@@ -33,85 +35,37 @@ Two backends:
 
 :func:`open_readiness` picks one. Registrations in the epoll are
 level-triggered, made when a wait starts and removed before its task is woken,
-so a socket that is closed or handed on is never left there.
+so a socket that is closed or handed on is never left there. A socket the
+epoll will not take (out of memory or of ``fs.epoll.max_user_watches``) waits
+the portable way for that wait, and is still woken by ``wake()``.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import enum
 import heapq
 import math
 import os
 import select
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Literal
 
 import attrs
 import outcome
 import trio
 
+from .._transport import Step, Wait
+from ._env import READINESS_ENV
+from .sockets import SocketTransport
+
 #: The names of the backends, for configuration; ``auto`` picks the best there is.
 ReadinessName = Literal["auto", "epoll", "portable"]
 READINESS_NAMES: tuple[ReadinessName, ...] = ("auto", "epoll", "portable")
 
-#: Overrides what ``auto`` picks (a test runs the whole suite with each backend).
-READINESS_ENV = "TRIODAEMON_READINESS"
-
 #: Events taken per ``epoll.poll()``; a full batch means there may be more.
 _POLL_BATCH = 1024
-
-
-class Wait(enum.Enum):
-    """How a wait ended."""
-
-    READY = "ready"
-    """The socket is readable; for ``serve``, the step asked for its task."""
-    DEADLINE = "deadline"
-    """The waiter's deadline passed."""
-    WOKEN = "woken"
-    """:meth:`Waiter.wake` was called."""
-
-
-#: A served socket's step: called with the time of the backend's pass whenever
-#: the socket is readable; returns the deadline to go on serving until, or
-#: ``None`` to end the serving (the task then gets :attr:`Wait.READY`).
-Step = Callable[[float], "float | None"]
-
-
-class Waiter(abc.ABC):
-    """One socket's waits, for one task at a time. Made by :meth:`Readiness.waiter`."""
-
-    @abc.abstractmethod
-    def wait(self, deadline: float) -> Awaitable[Wait]:
-        """Wait until the socket is readable, ``deadline`` passes, or :meth:`wake`.
-
-        Cancellable like any trio wait. Await it at once: the wait may be
-        registered when this is called.
-
-        Raises:
-            RuntimeError: the backend is not running (nothing would wake the task).
-        """
-
-    @abc.abstractmethod
-    def serve(self, step: Step, deadline: float) -> Awaitable[Wait]:
-        """Call ``step(now)`` whenever the socket is readable, until it returns ``None``.
-
-        While the step returns a deadline the wait goes on until that
-        deadline. ``step`` must not block; it may run in another task while
-        this one sleeps, and may use what this task owns. An exception from it
-        ends the wait and is raised here. Await at once, as for :meth:`wait`.
-
-        Returns:
-            :attr:`Wait.READY` once the step returned ``None``; otherwise how the
-            wait ended.
-        """
-
-    @abc.abstractmethod
-    def wake(self) -> bool:
-        """End the current wait with :attr:`Wait.WOKEN`; whether a wait was under way."""
 
 
 class Readiness(abc.ABC):
@@ -121,11 +75,11 @@ class Readiness(abc.ABC):
 
     @abc.abstractmethod
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve waits until cancelled. Start it in a nursery that outlives every waiter."""
+        """Serve waits until cancelled. Start it in a nursery that outlives every transport."""
 
     @abc.abstractmethod
-    def waiter(self, sock: socket.socket) -> Waiter:
-        """Return a :class:`Waiter` for ``sock`` (non-blocking; stays open while used)."""
+    def transport(self, sock: socket.socket) -> SocketTransport:
+        """Return the transport of ``sock`` (non-blocking; closed by the transport)."""
 
     @property
     @abc.abstractmethod
@@ -162,36 +116,40 @@ def open_readiness(name: ReadinessName = "auto") -> Readiness:
 # -- epoll ------------------------------------------------------------------------
 
 
-class _EpollWaiter(Waiter):
+class _EpollTransport(SocketTransport):
     """A socket's registration in :class:`EpollReadiness`, and its task's abort function."""
 
-    __slots__ = ("_backend", "_fd", "_sock", "deadline", "queued", "step", "task")
+    __slots__ = ("_backend", "_fd", "deadline", "queued", "step", "task")
 
     def __init__(self, backend: EpollReadiness, sock: socket.socket) -> None:
+        super().__init__(sock)
         self._backend = backend
-        self._sock = sock
         self._fd = -1  # registered under this fd while a wait is under way
         self.task: trio.lowlevel.Task | None = None
         self.step: Step | None = None
         self.deadline = math.inf
-        #: The deadline of this waiter's latest entry in the heap; NaN when none counts.
+        #: The deadline of this transport's latest entry in the heap; NaN when none counts.
         self.queued = math.nan
 
-    def wait(self, deadline: float) -> Awaitable[Wait]:
+    def wait_readable(self, deadline: float) -> Awaitable[Wait]:
         return self._backend._wait(self, None, deadline)
 
     def serve(self, step: Step, deadline: float) -> Awaitable[Wait]:
         return self._backend._wait(self, step, deadline)
 
     def wake(self) -> bool:
-        return self._backend._wake(self, outcome.Value(Wait.WOKEN))
+        backend = self._backend
+        if backend._wake(self, outcome.Value(Wait.WOKEN)):
+            return True
+        fallback = backend._fallbacks.get(self)
+        return fallback is not None and fallback.wake()
 
     def __call__(self, _raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
         """The abort function of a waiting task: stop waiting; the cancellation goes ahead."""
         self._backend._forget(self)
         return trio.lowlevel.Abort.SUCCEEDED
 
-    def __lt__(self, other: _EpollWaiter) -> bool:
+    def __lt__(self, other: _EpollTransport) -> bool:
         return False  # only ever asked when two heap entries tie on deadline and fd
 
 
@@ -201,38 +159,52 @@ class EpollReadiness(Readiness):
 
     name = "epoll"
     _epoll: select.epoll | None = attrs.field(default=None, init=False)
-    _waiters: dict[int, _EpollWaiter] = attrs.field(factory=dict, init=False)
+    _waiters: dict[int, _EpollTransport] = attrs.field(factory=dict, init=False)
     # (deadline, fd, waiter): an entry counts while it matches waiter.queued.
-    _heap: list[tuple[float, int, _EpollWaiter]] = attrs.field(factory=list, init=False)
+    _heap: list[tuple[float, int, _EpollTransport]] = attrs.field(factory=list, init=False)
     _sleep: trio.CancelScope | None = attrs.field(default=None, init=False)
+    # The waits the epoll would not take, going the portable way: how to wake them.
+    _fallbacks: dict[_EpollTransport, _Wakeable] = attrs.field(factory=dict, init=False)
 
-    def waiter(self, sock: socket.socket) -> Waiter:
-        return _EpollWaiter(self, sock)
+    def transport(self, sock: socket.socket) -> SocketTransport:
+        return _EpollTransport(self, sock)
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self._waiters) + len(self._fallbacks)
 
-    def _wait(self, waiter: _EpollWaiter, step: Step | None, deadline: float) -> Awaitable[Wait]:
+    def _wait(self, waiter: _EpollTransport, step: Step | None, deadline: float) -> Awaitable[Wait]:
         if self._epoll is None:
             raise RuntimeError("the readiness backend is not running: start its run() first")
         fd = waiter._sock.fileno()
         try:
-            self._epoll.register(fd, select.EPOLLIN)
+            self._register(fd)
         except OSError:
             # Out of memory, or of fs.epoll.max_user_watches (which trio's epoll
-            # shares): this wait goes the portable way.
-            return _portable_wait(waiter._sock, step, deadline, waiter)
+            # shares): this wait goes the portable way, wakeable as any other.
+            return self._fallback(waiter, step, deadline)
         waiter._fd = fd
         waiter.task = trio.lowlevel.current_task()
         waiter.step = step
         self._waiters[fd] = waiter
         self._set_deadline(waiter, deadline)
         # Not a coroutine of our own: one frame less on every waiting connection.
-        # The caller awaits it at once (the Waiter's contract).
-        return trio.lowlevel.wait_task_rescheduled(waiter)  # noqa: ASYNC105  # noqa: ASYNC105 (awaited by the caller)
+        # The caller awaits it at once (the transport's contract).
+        return trio.lowlevel.wait_task_rescheduled(waiter)  # noqa: ASYNC105 (awaited by the caller)
 
-    def _set_deadline(self, waiter: _EpollWaiter, deadline: float) -> None:
+    def _register(self, fd: int) -> None:
+        assert self._epoll is not None
+        self._epoll.register(fd, select.EPOLLIN)
+
+    async def _fallback(self, waiter: _EpollTransport, step: Step | None, deadline: float) -> Wait:
+        """One wait of ``waiter`` the portable way, woken through :attr:`_fallbacks`."""
+        wakeable = self._fallbacks[waiter] = _Wakeable()
+        try:
+            return await _portable_wait(waiter._sock, step, deadline, wakeable)
+        finally:
+            del self._fallbacks[waiter]
+
+    def _set_deadline(self, waiter: _EpollTransport, deadline: float) -> None:
         waiter.deadline = deadline
         if deadline < waiter.queued or waiter.queued != waiter.queued:  # earlier, or none
             waiter.queued = deadline
@@ -248,7 +220,7 @@ class EpollReadiness(Readiness):
         self._heap = [entry for entry in self._heap if entry[2].queued == entry[0]]
         heapq.heapify(self._heap)
 
-    def _forget(self, waiter: _EpollWaiter) -> bool:
+    def _forget(self, waiter: _EpollTransport) -> bool:
         """End ``waiter``'s registration without waking it; whether it had one."""
         fd = waiter._fd
         if fd < 0:
@@ -263,7 +235,7 @@ class EpollReadiness(Readiness):
                 self._epoll.unregister(fd)
         return True
 
-    def _wake(self, waiter: _EpollWaiter, value: outcome.Outcome[Wait]) -> bool:
+    def _wake(self, waiter: _EpollTransport, value: outcome.Outcome[Wait]) -> bool:
         task = waiter.task
         if not self._forget(waiter):
             return False
@@ -351,20 +323,14 @@ class EpollReadiness(Readiness):
 # -- portable ---------------------------------------------------------------------
 
 
-class _PortableWaiter(Waiter):
-    __slots__ = ("_backend", "_scope", "_sock", "_woken")
+class _Wakeable:
+    """A wait done with trio's ``wait_readable``, and how to end it early."""
 
-    def __init__(self, backend: PortableReadiness, sock: socket.socket) -> None:
-        self._backend = backend
-        self._sock = sock
+    __slots__ = ("_scope", "_woken")
+
+    def __init__(self) -> None:
         self._scope: trio.CancelScope | None = None
         self._woken = False
-
-    def wait(self, deadline: float) -> Awaitable[Wait]:
-        return _portable_wait(self._sock, None, deadline, self)
-
-    def serve(self, step: Step, deadline: float) -> Awaitable[Wait]:
-        return _portable_wait(self._sock, step, deadline, self)
 
     def wake(self) -> bool:
         if self._scope is None:
@@ -375,6 +341,27 @@ class _PortableWaiter(Waiter):
         return True
 
 
+class _PortableTransport(SocketTransport):
+    """A socket whose waits are trio's own; it is its own :class:`_Wakeable` (no
+    second object per connection)."""
+
+    __slots__ = ("_backend", "_scope", "_woken")
+
+    def __init__(self, backend: PortableReadiness, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._backend = backend
+        self._scope: trio.CancelScope | None = None
+        self._woken = False
+
+    def wait_readable(self, deadline: float) -> Awaitable[Wait]:
+        return self._backend._wait(self._sock, None, deadline, self)
+
+    def serve(self, step: Step, deadline: float) -> Awaitable[Wait]:
+        return self._backend._wait(self._sock, step, deadline, self)
+
+    wake = _Wakeable.wake
+
+
 @attrs.define(eq=False)
 class PortableReadiness(Readiness):
     """Waits with trio's own ``wait_readable`` in each connection's task (any system)."""
@@ -382,8 +369,8 @@ class PortableReadiness(Readiness):
     name = "portable"
     _waiting: int = attrs.field(default=0, init=False)
 
-    def waiter(self, sock: socket.socket) -> Waiter:
-        return _PortableWaiter(self, sock)
+    def transport(self, sock: socket.socket) -> SocketTransport:
+        return _PortableTransport(self, sock)
 
     @property
     def waiting(self) -> int:
@@ -393,35 +380,39 @@ class PortableReadiness(Readiness):
         """Nothing to run: every wait happens in its own task. Returns at once."""
         task_status.started()
 
+    async def _wait(
+        self,
+        sock: socket.socket,
+        step: Step | None,
+        deadline: float,
+        wakeable: _Wakeable | _PortableTransport,
+    ) -> Wait:
+        self._waiting += 1
+        try:
+            return await _portable_wait(sock, step, deadline, wakeable)
+        finally:
+            self._waiting -= 1
+
 
 async def _portable_wait(
-    sock: socket.socket, step: Step | None, deadline: float, waiter: _PortableWaiter | _EpollWaiter
+    sock: socket.socket,
+    step: Step | None,
+    deadline: float,
+    wakeable: _Wakeable | _PortableTransport,
 ) -> Wait:
-    """A wait (``step`` None) or a serving done with trio's ``wait_readable``.
-
-    Also what the epoll backend falls back to when its epoll will not take a socket;
-    such a wait cannot be woken early (:meth:`Waiter.wake` returns False).
-    """
-    portable = waiter if isinstance(waiter, _PortableWaiter) else None
-    backend = portable._backend if portable is not None else None
+    """A wait (``step`` None) or a serving done with trio's ``wait_readable``."""
     while True:
         with trio.CancelScope(deadline=deadline) as scope:
-            if portable is not None:
-                portable._scope = scope
-                portable._woken = False
-            if backend is not None:
-                backend._waiting += 1
+            wakeable._scope = scope
+            wakeable._woken = False
             try:
                 await trio.lowlevel.wait_readable(sock)
             finally:
-                if backend is not None:
-                    backend._waiting -= 1
-                if portable is not None:
-                    portable._scope = None
+                wakeable._scope = None
         # Woken, even if the socket became readable in the same instant (the wake
         # then came too late to cancel anything): the wake must not be lost.
-        if portable is not None and portable._woken:
-            portable._woken = False
+        if wakeable._woken:
+            wakeable._woken = False
             return Wait.WOKEN
         if scope.cancelled_caught:
             return Wait.DEADLINE

@@ -1,10 +1,12 @@
-/* Compiled versions of the decoders' two hot scans (triodaemon/_framing.py).
+/* Compiled versions of the decoders' two hot scans and of the echo's read.
  *
  * Optional: setup.py builds this module where a C compiler and Python's headers
- * are at hand and goes on without it where they are not; _framing.py then runs
- * its pure-Python scans, which give the same answers (tests/test_speedups.py and
- * fuzz/ check both against each other). TRIODAEMON_NO_SPEEDUPS=1 in the
- * environment makes _framing.py ignore this module.
+ * are at hand and goes on without it where they are not; scans.py then gives the
+ * decoders its pure-Python scans, which give the same answers
+ * (tests/test_speedups.py and fuzz/ check both against each other), and every
+ * read of the echo goes through Python. TRIODAEMON_NO_SPEEDUPS=1 in the
+ * environment does the same with the module built. Two modules import it:
+ * scans.py (count_byte, walk_lengths) and sockets.py (recv_echo).
  *
  * count_byte(data, byte, start, end) -> int
  *     How many times `byte` occurs in data[start:end]: bytes.count() for a
@@ -17,6 +19,14 @@
  *     below `skip` or whose payload is above `limit`. Returns where the walk
  *     stopped, how many whole frames it passed, and the raw header value that
  *     stopped it (-1 if none did).
+ *
+ * whole_frames(data, start, end, shape) -> frames | -1
+ *     The echo's rule, "is this read whole frames?", in one place for both paths:
+ *     how many frames data[start:end] is when it is whole frames of `shape`
+ *     (delim, n, big, skip, limit: a one-byte delimiter and any span of at most
+ *     `limit` bytes that ends with it, or delim -1 and length headers as for
+ *     walk_lengths), else -1; an empty span is 0 frames. recv_echo decides with it,
+ *     and so do the decoders (through scans.py) where the compiled scans run.
  *
  * recv_echo(fd, buf, size, shape) -> (received, frames, sent) | None
  *     The echo's read for a connection whose decoder holds nothing: one recv()
@@ -73,11 +83,11 @@ count_in(const unsigned char *p, Py_ssize_t n, unsigned char c)
 /* The walk over length headers in p[start:end], for walk_lengths and recv_echo:
  * where it stopped (after at most `most` whole frames, at an unfinished one, or at
  * a bad header), the frames it passed (*count), and the bad header's raw value
- * (*bad set) if one stopped it. A `saturated` limit stands for one past any
- * buffer: a frame over it is unfinished, not bad. */
+ * (*bad set) if one stopped it. A `saturated` limit is 2**64 or more: no header
+ * announces more. */
 static Py_ssize_t
 walk(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, Py_ssize_t n, int big,
-     Py_ssize_t skip, Py_ssize_t limit, int saturated, Py_ssize_t most, Py_ssize_t *count,
+     Py_ssize_t skip, uint64_t limit, int saturated, Py_ssize_t most, Py_ssize_t *count,
      int *bad, uint64_t *value)
 {
     Py_ssize_t pos = start, last = end - n; /* where the last whole header can start */
@@ -96,16 +106,16 @@ walk(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, Py_ssize_t n, int
                 v = (v << 8) | h[i];
             }
         }
-        if (v < (uint64_t)skip || v - (uint64_t)skip > (uint64_t)limit) {
-            *bad = v < (uint64_t)skip || !saturated;
+        if (v < (uint64_t)skip || (!saturated && v - (uint64_t)skip > limit)) {
+            *bad = 1;
             *value = v;
             break;
         }
-        Py_ssize_t length = (Py_ssize_t)(v - (uint64_t)skip);
-        if (last - pos < length) {
-            break; /* unfinished */
+        uint64_t length = v - (uint64_t)skip;
+        if ((uint64_t)(last - pos) < length) {
+            break; /* unfinished (also when longer than any buffer) */
         }
-        pos += n + length;
+        pos += n + (Py_ssize_t)length;
         (*count)++;
     }
     return pos;
@@ -124,36 +134,34 @@ ssize_args(PyObject *const *args, Py_ssize_t first, Py_ssize_t count, Py_ssize_t
     return 0;
 }
 
-/* A frame limit: any int above PY_SSIZE_T_MAX is PY_SSIZE_T_MAX, with *saturated
- * set (no buffer holds a frame that long, so past it a frame is unfinished, not
- * too large); -1 with an exception set on failure. */
+/* A frame limit, exactly up to 2**64 - 1; any int above is UINT64_MAX with
+ * *saturated set (no 64-bit header announces more); -1 with an exception set on
+ * failure. */
 static int
-limit_arg(PyObject *arg, Py_ssize_t *out, int *saturated)
+limit_arg(PyObject *arg, uint64_t *out, int *saturated)
 {
     *saturated = 0;
-    *out = PyLong_AsSsize_t(arg);
-    if (*out == -1 && PyErr_Occurred()) {
+    PyObject *zero = PyLong_FromLong(0);
+    int negative = zero == NULL ? -1 : PyObject_RichCompareBool(arg, zero, Py_LT);
+    Py_XDECREF(zero);
+    if (negative < 0) {
+        return -1;
+    }
+    if (negative) {
+        PyErr_SetString(PyExc_ValueError, "limit must not be negative");
+        return -1;
+    }
+    unsigned long long value = PyLong_AsUnsignedLongLong(arg);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
             return -1;
         }
         PyErr_Clear();
-        PyObject *zero = PyLong_FromLong(0);
-        int positive = zero == NULL ? -1 : PyObject_RichCompareBool(arg, zero, Py_GT);
-        Py_XDECREF(zero);
-        if (positive < 0) {
-            return -1;
-        }
-        if (!positive) {
-            PyErr_SetString(PyExc_ValueError, "limit must not be negative");
-            return -1;
-        }
-        *out = PY_SSIZE_T_MAX;
+        *out = UINT64_MAX;
         *saturated = 1;
+        return 0;
     }
-    if (*out < 0) {
-        PyErr_SetString(PyExc_ValueError, "limit must not be negative");
-        return -1;
-    }
+    *out = (uint64_t)value;
     return 0;
 }
 
@@ -202,7 +210,7 @@ static PyObject *
 walk_lengths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t ints[7]; /* start, end, n, big, skip, (limit), most */
-    Py_ssize_t limit;
+    uint64_t limit;
     int saturated;
     Py_buffer view;
     if (nargs != 8) {
@@ -245,10 +253,10 @@ walk_lengths(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * `limit` bytes that ends with it), or length headers (delim < 0). */
 static Py_ssize_t
 whole_frames(const unsigned char *p, Py_ssize_t n, long delim, Py_ssize_t hn, int big,
-             Py_ssize_t skip, Py_ssize_t limit, int saturated)
+             Py_ssize_t skip, uint64_t limit, int saturated)
 {
     if (delim >= 0) {
-        if (n > limit || p[n - 1] != (unsigned char)delim) {
+        if ((!saturated && (uint64_t)n > limit) || p[n - 1] != (unsigned char)delim) {
             return -1;
         }
         return count_in(p, n, (unsigned char)delim);
@@ -261,32 +269,73 @@ whole_frames(const unsigned char *p, Py_ssize_t n, long delim, Py_ssize_t hn, in
     return pos == n ? count : -1;
 }
 
+/* A shape tuple (delim, n, big, skip, limit) into shape[4], *limit and *saturated;
+ * -1 with an exception set if it is not one. */
+static int
+shape_arg(PyObject *arg, Py_ssize_t *shape, uint64_t *limit, int *saturated)
+{
+    if (!PyTuple_Check(arg) || PyTuple_GET_SIZE(arg) != 5) {
+        PyErr_SetString(PyExc_TypeError, "shape must be a tuple (delim, n, big, skip, limit)");
+        return -1;
+    }
+    if (ssize_args(&PyTuple_GET_ITEM(arg, 0), 0, 4, shape) < 0 ||
+        limit_arg(PyTuple_GET_ITEM(arg, 4), limit, saturated) < 0) {
+        return -1;
+    }
+    if (shape[0] < -1 || shape[0] > 255 ||
+        (shape[0] < 0 && shape[1] != 1 && shape[1] != 2 && shape[1] != 4 && shape[1] != 8) ||
+        shape[3] < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad shape");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+whole_frames_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t ints[2]; /* start, end */
+    Py_ssize_t shape[4]; /* delim, n, big, skip */
+    uint64_t limit;
+    int saturated;
+    Py_buffer view;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "whole_frames(data, start, end, shape) takes 4 arguments");
+        return NULL;
+    }
+    if (ssize_args(args, 1, 2, ints) < 0 || shape_arg(args[3], shape, &limit, &saturated) < 0) {
+        return NULL;
+    }
+    if (span(args[0], &view, ints[0], ints[1]) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = ints[1] - ints[0];
+    Py_ssize_t frames = n ? whole_frames((const unsigned char *)view.buf + ints[0], n,
+                                         (long)shape[0], shape[1], shape[2] != 0, shape[3],
+                                         limit, saturated)
+                          : 0;
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(frames);
+}
+
 static PyObject *
 recv_echo(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t ints[2]; /* fd, size */
-    Py_ssize_t shape[5]; /* delim, n, big, skip, limit */
+    Py_ssize_t shape[4]; /* delim, n, big, skip */
+    uint64_t limit;
+    int saturated;
     Py_buffer view;
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "recv_echo(fd, buf, size, shape) takes 4 arguments");
         return NULL;
     }
-    if (ssize_args(args, 0, 1, ints) < 0 || ssize_args(args, 2, 1, ints + 1) < 0) {
+    if (ssize_args(args, 0, 1, ints) < 0 || ssize_args(args, 2, 1, ints + 1) < 0 ||
+        shape_arg(args[3], shape, &limit, &saturated) < 0) {
         return NULL;
     }
-    if (!PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != 5) {
-        PyErr_SetString(PyExc_TypeError, "shape must be a tuple (delim, n, big, skip, limit)");
-        return NULL;
-    }
-    int saturated;
-    if (ssize_args(&PyTuple_GET_ITEM(args[3], 0), 0, 4, shape) < 0 ||
-        limit_arg(PyTuple_GET_ITEM(args[3], 4), &shape[4], &saturated) < 0) {
-        return NULL;
-    }
-    if (shape[0] < -1 || shape[0] > 255 || (shape[0] < 0 && shape[1] != 1 && shape[1] != 2 &&
-                                           shape[1] != 4 && shape[1] != 8) ||
-        shape[3] < 0 || ints[1] < 1) {
-        PyErr_SetString(PyExc_ValueError, "bad shape or size");
+    if (ints[1] < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad size");
         return NULL;
     }
     if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
@@ -310,7 +359,7 @@ recv_echo(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     Py_ssize_t frames =
-        got ? whole_frames(p, got, (long)shape[0], shape[1], shape[2] != 0, shape[3], shape[4],
+        got ? whole_frames(p, got, (long)shape[0], shape[1], shape[2] != 0, shape[3], limit,
                            saturated)
             : -1;
     Py_ssize_t sent = 0;
@@ -332,6 +381,8 @@ static PyMethodDef speedups_methods[] = {
      "count_byte(data, byte, start, end): occurrences of byte in data[start:end]."},
     {"walk_lengths", (PyCFunction)(void (*)(void))walk_lengths, METH_FASTCALL,
      "walk_lengths(data, start, end, n, big, skip, limit, most) -> (pos, count, bad)."},
+    {"whole_frames", (PyCFunction)(void (*)(void))whole_frames_of, METH_FASTCALL,
+     "whole_frames(data, start, end, shape) -> frames, or -1 if data[start:end] is not whole frames."},
     {"recv_echo", (PyCFunction)(void (*)(void))recv_echo, METH_FASTCALL,
      "recv_echo(fd, buf, size, shape) -> (received, frames, sent), or None if it would block."},
     {NULL, NULL, 0, NULL},
@@ -339,7 +390,7 @@ static PyMethodDef speedups_methods[] = {
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
-    "triodaemon._speedups",
+    "triodaemon._lowlevel._speedups",
     "Compiled versions of the decoders' hot scans (optional).",
     0,
     speedups_methods,

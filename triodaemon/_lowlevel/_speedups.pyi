@@ -1,4 +1,4 @@
-# The compiled scans of triodaemon/_speedups.c (optional; see triodaemon/_framing.py).
+# The compiled code of triodaemon/_lowlevel/_speedups.c (optional; see scans.py and sockets.py).
 
 def count_byte(data: bytes | bytearray, byte: int, start: int, end: int, /) -> int: ...
 def walk_lengths(
@@ -12,6 +12,9 @@ def walk_lengths(
     most: int,
     /,
 ) -> tuple[int, int, int]: ...
+def whole_frames(
+    data: bytes | bytearray, start: int, end: int, shape: tuple[int, int, int, int, int], /
+) -> int: ...
 def recv_echo(
     fd: int, buf: bytearray, size: int, shape: tuple[int, int, int, int, int], /
 ) -> tuple[int, int, int] | None: ...

@@ -1,0 +1,91 @@
+"""The shape of the package, as the design promises it (docs/design.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "triodaemon"
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {
+        str(path.relative_to(PACKAGE)): ast.parse(path.read_text())
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+def _importers(name: str) -> list[str]:
+    """The modules that import ``name`` from the compiled module."""
+    found = []
+    for module, tree in _modules().items():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").endswith("_speedups")
+                and any(alias.name == name for alias in node.names)
+            ):
+                found.append(module)
+    return found
+
+
+def _users(name: str) -> list[str]:
+    """The modules that mention ``name`` as an attribute or a name."""
+    found = []
+    for module, tree in _modules().items():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr == name) or (
+                isinstance(node, ast.Name) and node.id == name
+            ):
+                found.append(module)
+                break
+    return found
+
+
+def test_each_compiled_function_is_imported_by_exactly_one_module() -> None:
+    assert _importers("count_byte") == ["_lowlevel/scans.py"]
+    assert _importers("walk_lengths") == ["_lowlevel/scans.py"]
+    assert _importers("whole_frames") == ["_lowlevel/scans.py"]
+    assert _importers("recv_echo") == ["_lowlevel/sockets.py"]
+    everything = [
+        module
+        for module, tree in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom | ast.Import) and "_speedups" in ast.unparse(node)
+    ]
+    assert sorted(everything) == ["_lowlevel/scans.py", "_lowlevel/sockets.py"]
+
+
+def test_the_scans_are_called_by_the_framing_module_only() -> None:
+    for scan in ("count_byte", "walk_lengths", "whole_frames"):
+        assert _users(scan) == ["_framing.py", "_lowlevel/scans.py"], scan
+
+
+def test_nothing_above_the_low_level_touches_epoll_or_a_raw_socket_read() -> None:
+    low = {"epoll", "EPOLLIN", "recv_into", "ioctl", "TIOCOUTQ"}
+    for module, tree in _modules().items():
+        if module.startswith("_lowlevel/"):
+            continue
+        used = {
+            node.attr if isinstance(node, ast.Attribute) else node.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute | ast.Name)
+        }
+        assert not used & low, (module, used & low)
+
+
+def test_no_hook_raises_not_implemented() -> None:
+    for module, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                assert "NotImplementedError" not in ast.unparse(node.exc), module
+
+
+def test_one_connection_class() -> None:
+    classes = [
+        (module, node.name)
+        for module, tree in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Connection")
+    ]
+    assert classes == [("_connection.py", "Connection")]
