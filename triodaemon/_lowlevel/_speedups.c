@@ -141,22 +141,35 @@ static int
 limit_arg(PyObject *arg, uint64_t *out, int *saturated)
 {
     *saturated = 0;
-    PyObject *zero = PyLong_FromLong(0);
-    int negative = zero == NULL ? -1 : PyObject_RichCompareBool(arg, zero, Py_LT);
-    Py_XDECREF(zero);
-    if (negative < 0) {
+    Py_ssize_t small = PyLong_AsSsize_t(arg); /* (every limit but the huge: no allocation) */
+    if (!(small == -1 && PyErr_Occurred())) {
+        if (small < 0) {
+            PyErr_SetString(PyExc_ValueError, "limit must not be negative");
+            return -1;
+        }
+        *out = (uint64_t)small;
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
         return -1;
     }
-    if (negative) {
-        PyErr_SetString(PyExc_ValueError, "limit must not be negative");
-        return -1;
-    }
-    unsigned long long value = PyLong_AsUnsignedLongLong(arg);
+    PyErr_Clear();
+    unsigned long long value = PyLong_AsUnsignedLongLong(arg); /* (negative: OverflowError) */
     if (value == (unsigned long long)-1 && PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
             return -1;
         }
         PyErr_Clear();
+        PyObject *zero = PyLong_FromLong(0);
+        int positive = zero == NULL ? -1 : PyObject_RichCompareBool(arg, zero, Py_GT);
+        Py_XDECREF(zero);
+        if (positive < 0) {
+            return -1;
+        }
+        if (!positive) {
+            PyErr_SetString(PyExc_ValueError, "limit must not be negative");
+            return -1;
+        }
         *out = UINT64_MAX;
         *saturated = 1;
         return 0;
