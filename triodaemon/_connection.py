@@ -702,26 +702,32 @@ class Connection:
         transport = self.transport
         log.debug("%s: %d bytes of replies wait for the peer to read", self.info, len(rest))
         self._writing = True
-        deadline = trio.current_time() + self.idle_timeout
+        # One cancel scope for the whole send, its deadline moved (before a wait)
+        # when the peer has read something since: a scope per wait costs as much
+        # as the wait in a bulk echo.
+        moved = trio.current_time()
         try:
-            while rest:
-                # Try first, as trio's own send does: since the first attempt the
-                # peer has often made room, and a wait costs a trip through trio.
-                try:
-                    sent = transport.try_send(rest)
-                    if not sent:
-                        if await transport.wait_writable(deadline) is Wait.DEADLINE:
-                            return self._peer_stopped_reading()
-                        continue
-                except BROKEN as exc:
-                    return self._lost(exc)
-                self.bytes_out += sent
-                rest = rest[sent:]
-                deadline = trio.current_time() + self.idle_timeout
+            with trio.CancelScope(deadline=moved + self.idle_timeout) as scope:
+                while rest:
+                    # Try first, as trio's own send does: since the first attempt the
+                    # peer has often made room, and a wait costs a trip through trio.
+                    try:
+                        sent = transport.try_send(rest)
+                        if not sent:
+                            if moved > scope.deadline - self.idle_timeout:
+                                scope.deadline = moved + self.idle_timeout
+                            await transport.wait_writable()
+                            continue
+                    except BROKEN as exc:
+                        return self._lost(exc)
+                    self.bytes_out += sent
+                    rest = rest[sent:]
+                    moved = trio.current_time()
+                self._progress(moved, 0)
+                return None
         finally:
             self._writing = False
-        self._progress(trio.current_time(), 0)
-        return None
+        return self._peer_stopped_reading()
 
     # -- closing ----------------------------------------------------------------------
 

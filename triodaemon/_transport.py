@@ -3,9 +3,9 @@
 Strategy: a :class:`~triodaemon._connection.Connection` owns every policy
 (deadlines, drain, budget, linger, close, handover) and moves bytes only through
 these few calls, the shape of a readiness API: read what is there without
-blocking, try to send, wait until readable or writable (with a deadline, and
-wakeable at once by :meth:`Transport.wake`), shut down writing, tell how much of
-what was sent is not yet acknowledged, close. Two transports implement it:
+blocking, try to send, wait until readable (with a deadline, and wakeable at once
+by :meth:`Transport.wake`) or writable (under the connection's own deadline),
+shut down writing, tell how much of what was sent is not yet acknowledged, close. Two transports implement it:
 
 - a raw non-blocking socket on the daemon's readiness backend
   (:mod:`triodaemon._lowlevel.sockets`, made by ``Readiness.transport``), which
@@ -115,8 +115,9 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def wait_writable(self, deadline: float) -> Wait:
-        """Wait until a send would take something, or ``deadline`` passes."""
+    def wait_writable(self) -> Awaitable[None]:
+        """Wait until a send would take something. Cancellable: the connection bounds
+        it with a deadline of its own, which moves while the peer reads. Await it at once."""
 
     @abc.abstractmethod
     async def shutdown_write(self) -> None:
@@ -202,19 +203,16 @@ class StreamTransport(Transport):
         self._offered = data
         return 0
 
-    async def wait_writable(self, deadline: float) -> Wait:
+    async def wait_writable(self) -> None:
         offered, self._offered = self._offered, None
         if offered is None:
             await trio.lowlevel.checkpoint()
-            return Wait.READY
+            return
         # A piece at a time: the stream says nothing of a send under way, so each
         # piece sent is the progress a peer that reads slowly but steadily makes.
         piece = memoryview(offered)[:_SEND_PIECE]
-        with trio.CancelScope(deadline=deadline):
-            await self.stream.send_all(piece)
-            self._sent = len(piece)
-            return Wait.READY
-        return Wait.DEADLINE
+        await self.stream.send_all(piece)
+        self._sent = len(piece)
 
     async def shutdown_write(self) -> None:
         await self.stream.send_eof()

@@ -17,12 +17,12 @@ import fcntl
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from .._transport import Transport, Wait
+from .._transport import Transport
 from . import scans
 
 #: The ioctl that tells how many bytes we sent are not yet acknowledged by the
@@ -107,11 +107,8 @@ class SocketTransport(Transport):
         except BlockingIOError:
             return 0
 
-    async def wait_writable(self, deadline: float) -> Wait:
-        with trio.CancelScope(deadline=deadline):
-            await trio.lowlevel.wait_writable(self._sock)
-            return Wait.READY
-        return Wait.DEADLINE
+    def wait_writable(self) -> Awaitable[None]:
+        return trio.lowlevel.wait_writable(self._sock)  # noqa: ASYNC105 (awaited by the caller)
 
     async def shutdown_write(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
