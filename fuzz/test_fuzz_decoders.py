@@ -70,7 +70,17 @@ def reference(framing: Framing, data: bytes) -> Outcome:
         if framing.kind in ("line", "delimiter"):
             index = rest.find(framing.delimiter)
             if index < 0 or index > limit:
-                too_long = index > limit or len(rest) >= limit + len(framing.delimiter)
+                # Without a delimiter: too long once more than the limit is held,
+                # besides the start of a delimiter the stream may end with.
+                begun = max(
+                    (
+                        k
+                        for k in range(len(framing.delimiter))
+                        if rest.endswith(framing.delimiter[:k])
+                    ),
+                    default=0,
+                )
+                too_long = index > limit or len(rest) - begun > limit
                 return Outcome(frames, "error" if too_long else "incomplete")
             frames.append(rest[:index])
             position += index + len(framing.delimiter)

@@ -912,6 +912,7 @@ async def test_handler_errors_propagate_after_closing_the_stream(
         async with kit.backend() as backend:
             served = kit.open(backend)
             await served.client.send_all(b"boom\n")
+            await served.client.send_eof()  # (the close lingers until then, on a stream)
             with pytest.raises(RuntimeError, match="bug in handler"):
                 await served.connection.run()
             assert served.closed()
@@ -919,6 +920,7 @@ async def test_handler_errors_propagate_after_closing_the_stream(
             await served.client.aclose()
     assert not served.connection.completed
     assert served.stats.internal_errors == 0
+    assert served.stats.handler_errors == 1
 
 
 async def test_the_ended_hook_gets_the_handlers_error_instead_of_the_caller(
@@ -953,6 +955,37 @@ async def test_the_ended_hook_gets_the_handlers_error_instead_of_the_caller(
         ("None", True, True),
     ]
     assert "internal error" not in caplog.text
+
+
+@pytest.mark.parametrize("writes", [[b"good\nbad\nlater\n"], [b"good\n", b"bad\nlater\n"]])
+async def test_the_replies_before_a_failing_frame_are_sent_however_the_frames_came(
+    transport: str, scan: scans.Scans, writes: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a client gets back must not depend on how its bytes were cut into reads:
+    # the reply to "good" goes out before the connection closes for "bad", as the
+    # replies before a framing error do; nothing after "bad" is answered.
+    async def shouting(frame: bytes, conn: ConnectionInfo) -> bytes:
+        if frame == b"bad":
+            raise ValueError("no")
+        return frame.upper()
+
+    kit = Kit(transport, shouting, scan)
+    ends: list[Exception | None] = []
+    with trio.fail_after(5):
+        async with kit.backend() as backend, trio.open_nursery() as nursery:
+            served = kit.open(backend)
+            served.connection.ended = lambda conn, error: ends.append(error)
+            nursery.start_soon(served.run)
+            for write in writes:
+                await served.client.send_all(write)
+                await trio.testing.wait_all_tasks_blocked()
+            await served.client.send_eof()
+            assert await read_until_eof(served.client) == b"GOOD\n"
+            await served.client.aclose()
+    assert [repr(error) for error in ends] == ["ValueError('no')"]
+    assert served.stats.handler_errors == 1
+    assert served.stats.internal_errors == 0
+    assert "frame handler failed: ValueError: no" in caplog.text
 
 
 async def test_custom_handler_replies_and_can_stay_silent(

@@ -188,6 +188,35 @@ def test_delimiter_search_fails_as_soon_as_more_than_the_limit_is_held() -> None
         decoder.next_frame()
 
 
+@pytest.mark.parametrize(
+    ("delimiter", "tail", "too_long"),
+    [
+        (b"\r\n", b"x", True),  # 11 bytes, none of them a delimiter's start
+        (b"\r\n", b"\r", False),  # 10 bytes, then maybe the delimiter
+        (b"abab", b"y", True),
+        (b"abab", b"a", False),
+        (b"abab", b"aba", False),  # 10 bytes and "aba": one byte short of "abab"
+        (b"abab", b"abx", True),
+        (b"END", b"EN", False),
+        (b"END", b"NE", True),
+    ],
+)
+def test_a_long_delimiter_gives_no_slack_past_the_limit(
+    delimiter: bytes, tail: bytes, too_long: bool
+) -> None:
+    # More than the limit held is too long at once, unless what is past it may be
+    # the start of the delimiter.
+    decoder = DelimiterDecoder(10, delimiter=delimiter)
+    decoder.feed(b"x" * 10 + tail)
+    if too_long:
+        with pytest.raises(FrameTooLarge, match=f"{10 + len(tail)} bytes without a delimiter"):
+            decoder.next_frame()
+    else:
+        assert decoder.next_frame() is None
+        decoder.feed(delimiter[len(tail) :] if delimiter.startswith(tail) else delimiter)
+        assert decoder.next_frame() == b"x" * 10 + (b"" if delimiter.startswith(tail) else tail)
+
+
 def test_delimiter_scan_does_not_rescan() -> None:
     decoder = DelimiterDecoder(10**6, delimiter=b"\n")
     for _ in range(1000):

@@ -409,6 +409,8 @@ class Connection:
                         break
                 if closed is _Close.GRACEFUL:
                     await self._linger()
+                if isinstance(self._handoff, _HandlerFailed):
+                    raise self._handoff
                 self.completed = True
             finally:
                 self.stats.fold(self)
@@ -577,9 +579,10 @@ class Connection:
         self.decoder.feed(memoryview(self._buf)[:size])
         replies, count = await self._handle_frames(self.handler)
         self._progress(trio.current_time(), count)
-        if replies:
-            return await self._send(replies)
-        return None
+        closed = await self._send(replies) if replies else None
+        if isinstance(self._handoff, _HandlerFailed):  # (the replies before it are sent)
+            return closed or _Close.GRACEFUL
+        return closed
 
     def _take_echo(
         self, data: bytes | bytearray, size: int, now: float
@@ -601,7 +604,11 @@ class Connection:
     async def _handle_frames(self, handler: FrameHandler) -> tuple[bytearray, int]:
         """Run the handler on every complete frame; their encoded replies, and how many.
 
-        Stops at a framing error, which stays in ``decoder.error``.
+        Stops at a framing error, which stays in ``decoder.error``, and at the
+        handler's failure, which is logged, counted and left in ``_handoff`` (run()
+        raises it, or gives it to ``ended``, once the replies before it are sent
+        and the connection is closed: what a client gets back does not depend on
+        how its frames were cut into reads).
         """
         replies = bytearray()
         encode = self.framing.encode
@@ -615,10 +622,18 @@ class Connection:
                     if reply is not None:
                         replies += encode(reply)  # (ValueError: a reply too large to frame)
                 except Exception as exc:
-                    raise _HandlerFailed(exc) from None
+                    self._handler_failed(exc)
+                    break
         except FramingError:
             pass
         return replies, count
+
+    def _handler_failed(self, exc: Exception) -> None:
+        self.stats.handler_errors += 1
+        log.error(
+            "%s: frame handler failed: %s: %s", self.info, type(exc).__name__, exc, exc_info=exc
+        )
+        self._handoff = _HandlerFailed(exc)
 
     def _progress(self, now: float, count: int) -> None:
         """Bytes moved at ``now``, completing ``count`` frames: set the next deadline."""

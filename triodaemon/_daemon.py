@@ -656,15 +656,7 @@ class Daemon(Giver):
             self._migration.expect(connection)
 
     def _connection_ended(self, connection: Any, failure: Exception | None) -> None:
-        if failure is not None:
-            self.stats.handler_errors += 1
-            log.error(
-                "%s: frame handler failed: %s: %s",
-                connection.info,
-                type(failure).__name__,
-                failure,
-                exc_info=failure,
-            )
+        # (A failure of the frame handler: the connection has logged and counted it.)
         self._connections.discard(connection)
         self.stats.connections_active -= 1
         if connection in self._unlimited:

@@ -318,7 +318,9 @@ class DelimiterDecoder(_BufferedDecoder):
             index = data.find(delimiter, max(pos, search), end)
             if index < 0:
                 held = end - pos
-                if held >= limit + size:
+                # Too long once what is held is more than a frame, besides the start
+                # of a delimiter it may end with.
+                if held > limit and held - self._delimiter_begun(data, pos, end) > limit:
                     return (
                         pos,
                         count,
@@ -342,6 +344,14 @@ class DelimiterDecoder(_BufferedDecoder):
         if ours:
             self._search = search
         return pos, count, None
+
+    def _delimiter_begun(self, data: bytes | bytearray, start: int, end: int) -> int:
+        """How many bytes at the end of ``data[start:end]`` may begin a delimiter."""
+        delimiter = self.delimiter
+        for size in range(min(len(delimiter) - 1, end - start), 0, -1):
+            if data.endswith(delimiter[:size], start, end):
+                return size
+        return 0
 
     def _payload(self, data: bytes | bytearray, begin: int, end: int) -> tuple[int, int]:
         return begin, end - len(self.delimiter)
