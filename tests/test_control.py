@@ -33,6 +33,8 @@ from triodaemon._control import (
     ControlClient,
     open_control,
 )
+from triodaemon._lowlevel import Lowlevel, scans
+from triodaemon._lowlevel.readiness import open_readiness
 
 from .conftest import (
     LockstepClient,
@@ -112,6 +114,27 @@ async def test_stats_and_connections_describe_what_is_going_on(sock_dir: Path) -
                     assert stats["buffered"] == 6
                     assert stats["errors"]["framing"] == 0
                     json.dumps(stats)  # JSON-ready as it is
+
+
+@pytest.mark.parametrize("chosen", ["given", "default"])
+async def test_stats_say_what_runs_below_trio(sock_dir: Path, chosen: str) -> None:
+    # The backend and the scans are chosen once per run, as one Lowlevel; a test (or
+    # an embedding program) may give its own, and stats say which runs.
+    lowlevel = Lowlevel(open_readiness("portable"), scans.PYTHON) if chosen == "given" else None
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(config(sock_dir), lowlevel=lowlevel) as (daemon, addresses):
+            control = await open_control(str(sock_dir / "control.sock"))
+            async with control.stream:
+                stats = await control.request("stats")
+                assert await echo_frames(addresses[0], [b"one", b"two"]) == [b"one", b"two"]
+                if chosen == "given":
+                    assert scans.ACTIVE is scans.PYTHON  # (while the daemon serves)
+    expected = (
+        ("portable", "python") if chosen == "given" else (daemon.readiness, scans.ACTIVE.name)
+    )
+    assert (stats["readiness"], stats["scans"]) == expected
+    assert stats["speedups"] == (expected[1] == "compiled")
+    assert daemon.readiness == expected[0]
 
 
 async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir: Path) -> None:
