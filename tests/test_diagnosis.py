@@ -12,8 +12,6 @@ from triodaemon import Framing, UnixAddress
 from triodaemon._case import (
     Case,
     cut_at,
-    framing_from_json,
-    framing_to_json,
     python_snippet,
     shrink,
 )
@@ -180,7 +178,7 @@ def test_a_case_writes_its_frames_in_its_pieces() -> None:
     assert case.writes(LINE) == [(0.0, b"a"), (0.005, b"b\n"), (0.005, b"c"), (0.005, b"d\n")]
     assert case.write_ends(LINE) == [1, 3, 4, 6]
     assert Case.from_json(case.to_json()) == case
-    assert framing_from_json(framing_to_json(Framing("delimiter", delimiter=b"\r\n"))) == (
+    assert Framing.from_json(Framing("delimiter", delimiter=b"\r\n").to_json()) == (
         Framing("delimiter", delimiter=b"\r\n")
     )
     with pytest.raises(ValueError, match="not a case"):

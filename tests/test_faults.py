@@ -33,7 +33,6 @@ from triodaemon import (
     UnixAddress,
     _connection,
     _control,
-    _handover,
     _supervisor,
     connect,
     echo_frames,
@@ -370,7 +369,7 @@ def hello(daemon: Daemon) -> dict[str, Any]:
     """What a new process says first (the same framing: no refusal)."""
     return {
         "type": "hello",
-        "framing": _handover.framing_record(daemon.config.framing),
+        "framing": daemon.config.framing.to_json(),
         "migrate": True,
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 
 import attrs
@@ -574,3 +575,38 @@ def test_property_take_frames(name: str, data: st.DataObject) -> None:
     stream = b"".join(chunks)
     for how in TAKES:
         assert take_all(framing, chunks, how) == (stream, len(frames))
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        Framing(),
+        Framing("delimiter", delimiter=b"\r\n", max_frame=7),
+        Framing("length", length_bytes=2, byte_order="little", length_includes_header=True),
+        Framing("varint"),
+        Framing("fixed", frame_size=3),
+        Framing("raw"),
+    ],
+)
+def test_a_framing_written_as_json_reads_back_the_same(framing: Framing) -> None:
+    record = framing.to_json()
+    assert json.loads(json.dumps(record)) == record
+    assert Framing.from_json(record) == framing
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        None,
+        [],
+        {},
+        {"kind": "line"},  # no delimiter
+        {**Framing().to_json(), "delimiter": "zz"},
+        {**Framing().to_json(), "kind": "morse"},
+        {**Framing().to_json(), "colour": "red"},
+        {**Framing().to_json(), "max_frame": 0},
+    ],
+)
+def test_anything_but_a_framing_is_a_value_error(record: object) -> None:
+    with pytest.raises(ValueError, match="not a framing"):
+        Framing.from_json(record)

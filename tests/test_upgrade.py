@@ -40,7 +40,6 @@ from triodaemon._handover import (
     CalledOff,
     Channel,
     HandoverError,
-    framing_record,
 )
 
 from .conftest import DaemonProcess, LogWaiter, SpawnFn, read_until_eof, running
@@ -977,7 +976,7 @@ async def fake_taker(control: Path) -> tuple[Channel, list[socket.socket]]:
     assert (await client.request("takeover", versions=[1]))["version"] == 1
     channel = Channel(stream.socket, "daemon")
     await channel.send(
-        {"type": "hello", "pid": os.getpid(), "framing": framing_record(Framing()), "migrate": True}
+        {"type": "hello", "pid": os.getpid(), "framing": Framing().to_json(), "migrate": True}
     )
     _, _, listeners = await channel.receive("listeners")
     return channel, listeners

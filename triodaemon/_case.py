@@ -119,22 +119,6 @@ class Case:
         return case
 
 
-def framing_to_json(framing: Framing) -> dict[str, Any]:
-    data = attrs.asdict(framing)
-    data["delimiter"] = framing.delimiter.hex()
-    return data
-
-
-def framing_from_json(data: dict[str, Any]) -> Framing:
-    """Raises ``ValueError`` for anything that is not a framing."""
-    try:
-        fields = dict(data)
-        fields["delimiter"] = bytes.fromhex(fields["delimiter"])
-        return Framing(**fields)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"not a framing: {exc}") from None
-
-
 def python_snippet(address: Address, framing: Framing, case: Case, limit: float) -> str:
     """A standalone script (standard library only) that replays ``case`` and prints
     what came back next to what an echo returns."""

@@ -33,8 +33,6 @@ from ._case import (
     Case,
     Shrunk,
     cut_at,
-    framing_from_json,
-    framing_to_json,
     python_snippet,
     show_writes,
     shrink_into,
@@ -101,7 +99,7 @@ class MinimalCase:
     def to_json(self) -> dict[str, Any]:
         return {
             "case": self.case.to_json(),
-            "framing": framing_to_json(self.framing),
+            "framing": self.framing.to_json(),
             "writes": [
                 {"pause": pause, "hex": data.hex(), "text": repr(data)}
                 for pause, data in self.case.writes(self.framing)
@@ -1119,7 +1117,7 @@ def cases_from_file(text: str) -> list[tuple[str, Framing, Case]]:
                 found.append(
                     (
                         str(scenario.get("name", "replay")),
-                        framing_from_json(minimal["framing"]),
+                        Framing.from_json(minimal["framing"]),
                         Case.from_json(minimal["case"]),
                     )
                 )

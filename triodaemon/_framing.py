@@ -28,7 +28,7 @@ from __future__ import annotations
 import abc
 import struct
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -568,6 +568,28 @@ class Framing:
                 room -= self.length_bytes
             return min(self.max_frame, room)
         return self.max_frame
+
+    def to_json(self) -> dict[str, Any]:
+        """This framing as JSON can carry it, field for field (the delimiter in hex).
+
+        The one way a framing is written down: the handover compares two of these
+        to decide whether a taker frames as the giver does, and ``check`` saves one
+        with every case; :meth:`from_json` reads it back.
+        """
+        record = attrs.asdict(self)
+        record["delimiter"] = self.delimiter.hex()
+        return record
+
+    @classmethod
+    def from_json(cls, record: Any) -> Framing:
+        """The framing that :meth:`to_json` wrote. Raises ``ValueError`` for
+        anything that is not one."""
+        try:
+            fields = dict(record)
+            fields["delimiter"] = bytes.fromhex(fields["delimiter"])
+            return cls(**fields)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a framing: {exc}") from None
 
     def decoder(self) -> Decoder:
         """Return a new decoder, holding no bytes, for this framing."""

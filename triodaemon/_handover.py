@@ -231,14 +231,6 @@ def handler_name(handler: object) -> str:
     return f"{module}.{getattr(handler, '__qualname__', type(handler).__qualname__)}"
 
 
-def framing_record(framing: Framing) -> dict[str, Any]:
-    """``framing`` as JSON can carry it: the giver hands connections over only to a
-    taker whose framing is the same, field for field."""
-    record = attrs.asdict(framing)
-    record["delimiter"] = framing.delimiter.hex()
-    return record
-
-
 @attrs.frozen
 class ListenerRecord:
     """One listening socket as the handover describes it."""
@@ -720,7 +712,7 @@ async def give(daemon: Giver, channel: Channel, handing: Handing) -> Given:
             sock.close()
         pid = pid or _pid(hello)
         channel.where = f"the new process (pid {pid})"
-        if hello.get("framing") != framing_record(config.framing):
+        if hello.get("framing") != config.framing.to_json():
             raise HandoverError(
                 f"the new process (pid {pid}) frames differently from this daemon "
                 f"({config.framing.describe()}): the clients of these sockets would meet "
@@ -843,7 +835,7 @@ async def request_takeover(
         {
             "type": "hello",
             "pid": os.getpid(),
-            "framing": framing_record(framing),
+            "framing": framing.to_json(),
             "handler": handler,
             "migrate": migrate,
         }
