@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 import trio
 
 from triodaemon import ConnectionInfo, Daemon, DaemonConfig, TcpAddress, UnixAddress, connect
+from triodaemon._handover.giver import Giver
 from triodaemon._listeners import Address
 
 pytest_plugins = ["pytester"]
@@ -46,6 +48,20 @@ async def running(
     daemon = Daemon(config, **kwargs)  # type: ignore[arg-type]
     async with serving(daemon) as addresses:
         yield daemon, addresses
+
+
+@asynccontextmanager
+async def giving(config: DaemonConfig) -> AsyncIterator[tuple[Daemon, list[Address]]]:
+    """A daemon whose control socket answers ``takeover`` (as the command line's does)."""
+    daemon = Daemon(config)
+    commands = daemon.control_commands()
+    Giver.for_daemon(daemon).add_commands(commands)
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(partial(daemon.serve, commands=commands))
+        try:
+            yield daemon, list(addresses)
+        finally:
+            daemon.drain()
 
 
 @asynccontextmanager

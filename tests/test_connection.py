@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import re
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,7 +38,7 @@ import trio.testing
 
 from triodaemon import Connection, ConnectionInfo, Framing, Stats, _connection
 from triodaemon._budget import BufferBudget
-from triodaemon._connection import LINGER_DISCARD, FrameHandler
+from triodaemon._connection import LINGER_DISCARD, ConnectionState, FrameHandler
 from triodaemon._lowlevel import scans
 from triodaemon._lowlevel.readiness import EpollReadiness, Readiness, open_readiness
 from triodaemon._transport import StreamTransport
@@ -1012,11 +1013,13 @@ async def test_hand_over_calls_the_hook_once_nothing_is_owed(kit: Kit, handed: b
     # small send buffer), and part of the next frame is held: the hook is called
     # once the echo is all sent, with the partial frame to hand over.
     big = b"b" * 100_000 + b"\n"
-    calls: list[tuple[int, bytes, int, str, int]] = []
+    calls: list[tuple[int, bytes, str, str, int]] = []
 
     async def hook(conn: Connection) -> bool:
-        record, pending, fd = conn.handover_state()
-        calls.append((conn.bytes_out, pending, record.pending, conn.state, fd))
+        state = conn.handover_state()
+        calls.append(
+            (conn.bytes_out, state.pending, state.peer, conn.state, conn.transport.fileno())
+        )
         return handed
 
     with trio.fail_after(5):
@@ -1033,7 +1036,7 @@ async def test_hand_over_calls_the_hook_once_nothing_is_owed(kit: Kit, handed: b
             assert calls == []  # replies owed
             assert await read_exactly(client, len(big)) == big
             await trio.testing.wait_all_tasks_blocked()
-            assert calls == [(len(big), b"par", 3, "mid-frame", fd)]
+            assert calls == [(len(big), b"par", served.connection.info.peer, "mid-frame", fd)]
             if handed:
                 await served.over.wait()
                 assert await read_until_eof(client) == b""  # nothing sent after
@@ -1043,6 +1046,7 @@ async def test_hand_over_calls_the_hook_once_nothing_is_owed(kit: Kit, handed: b
                 await client.send_eof()
                 assert await read_until_eof(client) == b""
     assert served.connection.completed
+    assert served.connection.handed is handed
     assert len(calls) == 1
     assert served.stats.bytes_sent == len(big) + (0 if handed else 13)
 
@@ -1070,7 +1074,11 @@ async def test_hand_over_an_idle_connection_calls_the_hook_at_once(kit: Kit) -> 
 
 async def test_resume_carries_a_partial_frame_on(kit: Kit) -> None:
     with trio.fail_after(5):
-        async with kit.connected(prepare=lambda conn: conn.resume(b"par", None, None)) as served:
+        async with kit.connected(
+            prepare=lambda conn: conn.resume(
+                ConnectionState("peer", "listener", b"par", math.inf, math.inf)
+            )
+        ) as served:
             await served.client.send_all(b"tial\n")
             assert await served.client.receive_some() == b"partial\n"
             await served.client.send_all(b"next\n")
@@ -1084,17 +1092,19 @@ async def test_resume_carries_a_partial_frame_on(kit: Kit) -> None:
 
 @pytest.mark.parametrize(
     ("pending", "idle_left", "frame_left"),
-    [(b"par", None, 0.2), (b"", 0.2, None)],
+    [(b"par", math.inf, 0.2), (b"", 0.2, math.inf)],
     ids=["frame-left", "idle-left"],
 )
 async def test_resume_keeps_the_deadlines_it_is_given(
-    kit: Kit, pending: bytes, idle_left: float | None, frame_left: float | None
+    kit: Kit, pending: bytes, idle_left: float, frame_left: float
 ) -> None:
     with trio.fail_after(5):
         start = trio.current_time()  # (before the resume)
         async with kit.connected(
             frame_timeout=10,
-            prepare=lambda conn: conn.resume(pending, idle_left, frame_left),
+            prepare=lambda conn: conn.resume(
+                ConnectionState("peer", "listener", pending, idle_left, frame_left)
+            ),
         ) as served:
             assert await served.client.receive_some() == b""  # our EOF, 0.2 s on
             assert 0.2 <= since(start) < 0.5

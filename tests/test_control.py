@@ -40,6 +40,7 @@ from .conftest import (
     LockstepClient,
     LogWaiter,
     SpawnFn,
+    giving,
     raw_exchange,
     read_until_eof,
     run_triodaemon,
@@ -139,7 +140,7 @@ async def test_stats_say_what_runs_below_trio(sock_dir: Path, chosen: str) -> No
 
 async def test_bad_requests_get_error_replies_and_the_connection_stays(sock_dir: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
-        async with running(config(sock_dir)):
+        async with giving(config(sock_dir)):  # (its control socket answers takeover too)
             requests = [
                 b"not json",
                 b"[1, 2]",

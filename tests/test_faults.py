@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -38,14 +40,18 @@ from triodaemon import (
     echo_frames,
     open_listeners,
 )
+from triodaemon._connection import ConnectionState
 from triodaemon._control import MAX_CLIENTS, ControlClient, open_control
 from triodaemon._faults import MAX_JSON_DEPTH, loads
-from triodaemon._handover import CalledOff, Channel, ConnectionRecord, Taken
+from triodaemon._handover import giver as _giver
+from triodaemon._handover.giver import Giver
+from triodaemon._handover.taker import Taken
+from triodaemon._handover.wire import CalledOff, Channel
 from triodaemon._listeners import Address
 from triodaemon._supervisor import Supervisor
 from triodaemon._systemd import Notifier
 
-from .conftest import LogWaiter, SpawnFn, raw_exchange, read_until_eof, running
+from .conftest import LogWaiter, SpawnFn, giving, raw_exchange, read_until_eof, running
 
 TEST_TIMEOUT = 60
 
@@ -382,8 +388,8 @@ async def test_a_fault_in_the_givers_handover_calls_it_off_and_serves_on(
     fault: type[BaseException],
 ) -> None:
     with trio.fail_after(TEST_TIMEOUT):
-        async with running(config(sock_dir)) as (daemon, addresses):
-            monkeypatch.setattr(Daemon, "_handover_listeners", raising(fault))
+        async with giving(config(sock_dir)) as (daemon, addresses):
+            monkeypatch.setattr(Giver, "_listeners", raising(fault))
             channel = await takeover_channel(sock_dir / "control.sock")
             await channel.send(hello(daemon))
             with pytest.raises(CalledOff, match=rf"internal error \({fault.__name__}\)"):
@@ -400,8 +406,8 @@ async def test_a_fault_after_the_giver_stopped_accepting_makes_it_accept_again(
     """The taker is ready and the daemon has stopped accepting when its own code fails
     moving the connections: it accepts again (the taker is told to stop)."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with running(config(sock_dir)) as (daemon, addresses):
-            monkeypatch.setattr(Daemon, "_migrate", raising(RecursionError))
+        async with giving(config(sock_dir)) as (daemon, addresses):
+            monkeypatch.setattr(_giver, "migrate", raising(RecursionError))
             channel = await takeover_channel(sock_dir / "control.sock")
             await channel.send(hello(daemon))
             _, _, listeners = await channel.receive("listeners")
@@ -425,16 +431,16 @@ async def test_a_fault_adopting_one_connection_closes_that_one_only(
 ) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with running(config(sock_dir)) as (daemon, addresses):
-            record = ConnectionRecord("a peer", "unix:elsewhere", 0, None, None)
+            state = ConnectionState("a peer", "unix:elsewhere", b"", math.inf, math.inf)
             ours, theirs = socket.socketpair()
             with theirs:
                 monkeypatch.setattr(_connection.Connection, "resume", raising(fault))
-                daemon.adopt(ours, record, b"")
+                daemon.adopt(ours, state)
                 monkeypatch.undo()
                 assert theirs.recv(10) == b""  # closed
                 kept, peer = socket.socketpair()
                 with peer:
-                    daemon.adopt(kept, record, b"half ")
+                    daemon.adopt(kept, attrs.evolve(state, pending=b"half "))
                     peer.sendall(b"a frame\n")
                     peer.setblocking(False)
                     assert await trio.socket.from_stdlib_socket(peer).recv(100) == (
@@ -457,7 +463,7 @@ async def test_a_fault_of_the_takers_side_is_logged_and_it_serves_on(
         async with running(config(sock_dir)) as (daemon, addresses):
             ours, theirs = socket.socketpair()
             channel = Channel(trio.socket.from_stdlib_socket(ours), "the old process")
-            taken = Taken([], [], None, 1, {}, [])
+            taken = Taken([], None, 1, {}, [])
             monkeypatch.setattr(_cli, "take_connections", raising(RecursionError))
             startup = _cli._Startup(Notifier(None))
             startup.ready.set()
@@ -466,7 +472,9 @@ async def test_a_fault_of_the_takers_side_is_logged_and_it_serves_on(
                 async def run(self, daemon: object, drain_timeout: float) -> None:
                     pass
 
-            await _cli._finish_takeover(channel, taken, daemon, startup, NoNotifier())  # type: ignore[arg-type]
+            giver = Giver.for_daemon(daemon)
+            no_notifier: Any = NoNotifier()
+            await _cli._finish_takeover(channel, taken, daemon, giver, startup, no_notifier)
             theirs.close()
             await serves_on(daemon, addresses, sock_dir)
         drained_cleanly(daemon)

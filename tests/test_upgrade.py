@@ -17,6 +17,7 @@ import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,15 @@ from triodaemon import (
 )
 from triodaemon._control import ControlClient, ControlError, open_control
 from triodaemon._framing import FramingKind
-from triodaemon._handover import (
+from triodaemon._handover.giver import Giver
+from triodaemon._handover.wire import (
     HANDOVER_VERSIONS,
     CalledOff,
     Channel,
     HandoverError,
 )
 
-from .conftest import DaemonProcess, LogWaiter, SpawnFn, read_until_eof, running
+from .conftest import DaemonProcess, LogWaiter, SpawnFn, giving, read_until_eof
 
 TEST_TIMEOUT = 90
 
@@ -694,8 +696,10 @@ async def test_connections_move_only_to_a_taker_with_the_same_handler(
         [UnixAddress(str(sock_dir / "shout.sock"))], control=UnixAddress(str(control))
     )
     daemon = Daemon(config, handler=shout)
+    commands = daemon.control_commands()
+    Giver.for_daemon(daemon).add_commands(commands)
     async with trio.open_nursery() as nursery:
-        [address] = await nursery.start(daemon.serve)
+        [address] = await nursery.start(partial(daemon.serve, commands=commands))
         stream = await connect(address)
         async with stream:
             await stream.send_all(b"hi\nhalf")
@@ -1075,7 +1079,7 @@ async def test_only_the_daemons_own_user_may_take_it_over(
     )
     if os.geteuid() != 0:
         monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
-    async with running(config) as (daemon, _):
+    async with giving(config) as (daemon, _):
         if os.getuid() == 0:
             sock_dir.chmod(0o755)
             raw = socket.socket(socket.AF_UNIX)

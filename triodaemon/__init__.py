@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._framing import RawDecoder as RawDecoder
     from ._framing import VarintDecoder as VarintDecoder
     from ._framing import parse_delimiter as parse_delimiter
+    from ._handover.giver import Giver as Giver
     from ._listeners import BoundListener as BoundListener
     from ._listeners import TcpAddress as TcpAddress
     from ._listeners import UnixAddress as UnixAddress
@@ -84,6 +85,7 @@ _EXPORTS = {
     "RawDecoder": "._framing",
     "VarintDecoder": "._framing",
     "parse_delimiter": "._framing",
+    "Giver": "._handover.giver",
     "BoundListener": "._listeners",
     "TcpAddress": "._listeners",
     "UnixAddress": "._listeners",

@@ -40,14 +40,10 @@ from ._daemon import Daemon
 from ._errors import AddressError, ClientError, TriodaemonError, printable
 from ._faults import fault
 from ._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
-from ._handover import (
-    CalledOff,
-    Channel,
-    HandoverError,
-    Taken,
-    request_takeover,
-    take_connections,
-)
+from ._handover.giver import Giver
+from ._handover.taker import Taken, request_takeover, take_connections
+from ._handover.upgrade import Upgrader
+from ._handover.wire import CalledOff, Channel, HandoverError
 from ._listeners import (
     Address,
     BoundListener,
@@ -61,7 +57,6 @@ from ._lowlevel.readiness import READINESS_NAMES, open_readiness
 from ._socketfile import check_socket_path, resolve_group
 from ._supervisor import Supervisor
 from ._systemd import Notifier, activated_sockets
-from ._upgrade import Upgrader
 
 if TYPE_CHECKING:
     from ._check import ScenarioResult
@@ -817,11 +812,18 @@ async def _serve(
     with trio.open_signal_receiver(*_signals.HANDLED_SIGNALS) as signals, _signals.released():
         daemon = server()
         startup = _Startup(notifier, quiet=channel is not None)
+        notify = notifier.send if channel is None else None  # (a worker's supervisor tells)
+        if isinstance(daemon, Daemon):
+            giver = Giver.for_daemon(daemon, notify)
+        else:
+            giver = Giver.for_supervisor(daemon, notify)
         upgrader = None
         if channel is None:  # (a worker upgrades with its supervisor)
-            upgrader = Upgrader(daemon, start.argv, notifier)
-            daemon.upgrade = upgrader.upgrade
-            daemon.notify = notifier.send
+            upgrader = Upgrader(giver, start.argv, notifier)
+        commands = daemon.control_commands()
+        giver.add_commands(
+            commands, "on the control socket", upgrader.upgrade if upgrader else None
+        )
 
         async with trio.open_nursery() as nursery:
 
@@ -843,15 +845,20 @@ async def _serve(
                 listeners: list[BoundListener], control: BoundListener | None
             ) -> None:
                 try:
-                    await daemon.serve(listeners, control=control, task_status=startup)
+                    await daemon.serve(
+                        listeners, control=control, commands=commands, task_status=startup
+                    )
                 except TriodaemonError as exc:  # a worker that failed at the first start
                     startup.failure = str(exc)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(handle_signals)
             # systemd's sockets first: they are what the unit file promised.
-            adopted = [BoundListener.from_socket(sock) for sock, _ in start.activated]
-            labels = [f"systemd socket {name}" for _, name in start.activated]
+            adopted = [
+                BoundListener.from_socket(sock, label=f"systemd socket {name}")
+                for sock, name in start.activated
+            ]
+            labels = [listener.label for listener in adopted]
             listeners: list[BoundListener] = []
             control: BoundListener | None = None
             handover: tuple[Channel, Taken] | None = None
@@ -859,7 +866,8 @@ async def _serve(
                 if start.takeover is not None:
                     handover = await _take_over(start.takeover, config)
                     taken = handover[1]
-                    adopted, labels, control = taken.listeners, taken.labels, taken.control
+                    adopted, control = taken.listeners, taken.control
+                    labels = [listener.label for listener in adopted]
                     if isinstance(daemon, Supervisor):
                         daemon.predecessors = taken.workers
                     startup.taken_over(taken.pid, labels)
@@ -872,7 +880,6 @@ async def _serve(
                 nursery.cancel_scope.cancel()
                 return _error(str(exc))
             listeners = [*adopted, *listeners]
-            daemon.listener_labels = labels
             startup.control = control
             # serve() owns them from its first step, even if cancelled at once.
             nursery.start_soon(serve_then_stop, listeners, control)
@@ -880,9 +887,9 @@ async def _serve(
                 nursery.start_soon(_answer_supervisor, daemon, startup, channel)
             if start.handover_socket is not None:
                 assert isinstance(daemon, Daemon)
-                nursery.start_soon(_serve_successor, daemon, startup, start.handover_socket)
+                nursery.start_soon(_serve_successor, giver, startup, start.handover_socket)
             if handover is not None:
-                nursery.start_soon(_finish_takeover, *handover, daemon, startup, notifier)
+                nursery.start_soon(_finish_takeover, *handover, daemon, giver, startup, notifier)
             else:
                 nursery.start_soon(notifier.run, daemon, config.drain_timeout)
     if startup.failure is not None:
@@ -1009,6 +1016,7 @@ async def _finish_takeover(
     channel: Channel,
     taken: Taken,
     daemon: Daemon | Supervisor,
+    giver: Giver,
     startup: _Startup,
     notifier: Notifier,
 ) -> None:
@@ -1034,7 +1042,7 @@ async def _finish_takeover(
     except HandoverError as exc:
         log.warning("took over, but the connections' handover ended early: %s", exc)
     except Exception as exc:  # the boundary of the handover channel: serve on
-        fault(daemon._faults, "taking the connections over", exc)
+        fault(giver.faults, "taking the connections over", exc)
     else:
         if isinstance(daemon, Daemon):
             log.info("took over: %d connection%s carried on here", count, "" if count == 1 else "s")
@@ -1045,7 +1053,7 @@ async def _finish_takeover(
     await notifier.run(daemon, daemon.config.drain_timeout)
 
 
-async def _serve_successor(daemon: Daemon, startup: _Startup, sock: socket.socket) -> None:
+async def _serve_successor(giver: Giver, startup: _Startup, sock: socket.socket) -> None:
     """A worker's handover socket: where the worker that succeeds it, at an upgrade
     of the supervisor, asks for its connections (``--takeover``)."""
     from ._control import Commands, serve_control
@@ -1053,10 +1061,10 @@ async def _serve_successor(daemon: Daemon, startup: _Startup, sock: socket.socke
     listener = BoundListener.from_socket(sock, owns_path=True)
     try:
         await startup.ready.wait()
-        commands = Commands(daemon._faults)
+        commands = Commands(giver.faults)
         commands.add(
             "takeover",
-            daemon.takeover_command(who="an upgrade of the supervisor"),
+            giver.takeover_command(who="an upgrade of the supervisor"),
             "takeover versions=[1]",
             "the worker that succeeds this one takes its connections over",
         )

@@ -55,7 +55,6 @@ from ._config import DEFAULT_RECEIVE_SIZE
 from ._errors import FramingError, IncompleteFrame
 from ._faults import fault
 from ._framing import Decoder, Framing
-from ._handover import ConnectionRecord, finite_or_none
 from ._stats import Stats
 from ._transport import BROKEN, StreamTransport, Transport, Wait
 
@@ -170,6 +169,22 @@ class _Close(enum.Enum):
     HANDED = "handed"  # another process serves it now: close our descriptor only
 
 
+@attrs.frozen
+class ConnectionState:
+    """Where a conversation stands: what another process needs to carry it on
+    (:meth:`Connection.handover_state`, then :meth:`Connection.resume` there). A
+    plain record: only the handover writes it down."""
+
+    peer: str
+    listener: str
+    pending: bytes
+    """What was read of a partial frame (empty at a frame boundary)."""
+    idle_left: float
+    """Seconds until the connection's next deadline (idle, or its frame's); ``inf``: none."""
+    frame_left: float
+    """Seconds until its partial frame must be complete; ``inf``: no such deadline."""
+
+
 #: Asked by a connection that is to be handed to another process, once it owes its
 #: client nothing: whether it was handed (it then ends), or not (it carries on).
 HandoverHook = Callable[["Connection"], Awaitable[bool]]
@@ -225,6 +240,7 @@ class Connection:
         "frame_timeout",
         "frames",
         "framing",
+        "handed",
         "handler",
         "idle_timeout",
         "info",
@@ -263,6 +279,8 @@ class Connection:
         )
         self.decoder: Decoder = self.framing.decoder()
         self.completed = False
+        self.handed = False
+        """Whether it ended handed to another process (:meth:`hand_over`)."""
         # This connection's traffic: ``stats`` adds it up (Stats.follow) while it runs.
         self.frames = 0
         self.bytes_in = 0
@@ -310,38 +328,31 @@ class Connection:
             self.transport.wake()
             self._budget.interrupt()  # out of a wait for buffer room
 
-    def resume(self, pending: bytes, idle_left: float | None, frame_left: float | None) -> None:
-        """Carry on a conversation begun elsewhere (in another process): ``pending``
-        is what was read of a partial frame; the deadlines are seconds from now
-        (``None``: as if just begun), never later than this connection's own
-        timeouts allow. Call before :meth:`run`."""
+    def resume(self, state: ConnectionState) -> None:
+        """Carry on a conversation begun elsewhere (in another process), where
+        ``state`` says it stands: its deadlines count from now, never later than
+        this connection's own timeouts allow. Call before :meth:`run`."""
         self.opened = now = trio.current_time()
-        deadline = now + min(self.idle_timeout, math.inf if idle_left is None else idle_left)
+        deadline = now + min(self.idle_timeout, state.idle_left)
+        pending = state.pending
         if pending:
             self.decoder.feed(pending)
-            left = math.inf if frame_left is None else frame_left
-            self._frame_deadline = now + min(self.frame_timeout, left)
+            self._frame_deadline = now + min(self.frame_timeout, state.frame_left)
             deadline = min(deadline, self._frame_deadline)
             self._budget.hold(self, 0, len(pending))
             self._held = len(pending)
         self._deadline = deadline
 
-    def handover_state(self) -> tuple[ConnectionRecord, bytes, int]:
-        """What a new process needs to carry this conversation on: its record, the
-        bytes of its partial frame, and its transport's descriptor (still ours until
-        the connection ends). Only where :meth:`hand_over`'s hook is called: no
-        replies owed."""
+    def handover_state(self) -> ConnectionState:
+        """Where this conversation stands, for another process to carry it on (its
+        transport's descriptor stays ours until the connection ends). Only where
+        :meth:`hand_over`'s hook is called: no replies owed."""
         now = trio.current_time()
         pending = self.decoder.pending()
         frame = self._frame_deadline if pending else math.inf
-        record = ConnectionRecord(
-            peer=self.info.peer,
-            listener=self.info.listener,
-            pending=len(pending),
-            idle_left=finite_or_none(self._deadline - now),
-            frame_left=finite_or_none(frame - now),
+        return ConnectionState(
+            self.info.peer, self.info.listener, pending, self._deadline - now, frame - now
         )
-        return record, pending, self.transport.fileno()
 
     @property
     def state(self) -> str:
@@ -386,6 +397,7 @@ class Connection:
                 while True:
                     if self._handover is not None and decoder.error is None and await self._offer():
                         closed: _Close | None = _Close.HANDED
+                        self.handed = True
                         break
                     if self._drained():
                         log.debug("%s: drained", self.info)

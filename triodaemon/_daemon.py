@@ -18,15 +18,15 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from ._budget import BufferBudget
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
-from ._connection import Connection, ConnectionInfo, FrameHandler
+from ._connection import Connection, ConnectionInfo, ConnectionState, FrameHandler
 from ._control import (
     LOG_LEVELS,
     Commands,
@@ -36,18 +36,6 @@ from ._control import (
     stats_report,
 )
 from ._faults import fault
-from ._handover import (
-    ADOPT_TIMEOUT,
-    Channel,
-    ConnectionRecord,
-    Given,
-    Giver,
-    Handing,
-    HandoverError,
-    Stalled,
-    handler_name,
-    send_batch,
-)
 from ._listeners import (
     BROKEN_LISTENER_ERRNOS,
     AcceptGate,
@@ -57,7 +45,6 @@ from ._listeners import (
     open_unix,
 )
 from ._lowlevel import Lowlevel
-from ._migration import Migration
 from ._socketfile import check_socket_path
 from ._stats import Stats
 
@@ -79,6 +66,15 @@ def _describe(exc: Exception) -> str:
     return f"{name} ({exc.strerror or exc})"
 
 
+class ConnectionWatcher(Protocol):
+    """Told of every connection that starts or ends while it watches
+    (:meth:`Daemon.watch_connections`: a handover's migration)."""
+
+    def started(self, connection: Connection) -> None: ...
+
+    def ended(self, connection: Connection) -> None: ...
+
+
 @attrs.frozen
 class DrainSummary:
     """How the daemon's shutdown went."""
@@ -92,7 +88,7 @@ class DrainSummary:
 
 
 @attrs.define(eq=False)
-class Daemon(Giver):
+class Daemon:
     """A frame-serving daemon: every listener's accept loop and every connection in one nursery.
 
     Run it with ``await nursery.start(daemon.serve)``, which returns the bound
@@ -149,32 +145,16 @@ class Daemon(Giver):
     # Every connection's ended hook: one bound method, not one per connection.
     _ended_hook: Callable[[Any, Exception | None], None] = attrs.field(init=False)
     _limiter: trio.Semaphore | None = attrs.field(default=None, init=False)
-    _handing: Handing | None = attrs.field(default=None, init=False)
-    _migration: Migration | None = attrs.field(default=None, init=False)
-    _handed_off: set[Connection] = attrs.field(factory=set, init=False)
-    _given_up: list[tuple[BoundListener, tuple[int, int]]] = attrs.field(factory=list, init=False)
-    handler_name: str = attrs.field(default="echo", init=False)
-    """Who answers frames here, as a taker must name it to be handed connections."""
-    listener_labels: list[str] = attrs.field(factory=list, init=False)
-    """What to say of each listener besides its address (``systemd socket NAME``),
-    in listener order: kept with it when it is handed to another process."""
-    notify: Callable[..., None] = attrs.field(default=lambda *fields: None, init=False)
-    """Where to tell a service manager about handovers: ``notify("READY=1", ...)``
-    (the command line sends them to systemd). A handover says ``RELOADING=1`` when it
-    begins, ``MAINPID=`` (the new process) and ``READY=1`` once the new process serves,
-    ``READY=1`` again if it fails."""
-    upgrade: Callable[[str], Awaitable[dict[str, Any]]] | None = attrs.field(
-        default=None, init=False
-    )
-    """How to upgrade this daemon (start a new copy that takes over), if it can:
-    given what asked for it, returns the outcome. The command line sets it; with
-    it, the control socket answers ``upgrade``."""
+    # Told of every connection that starts or ends (a handover's migration).
+    _watcher: ConnectionWatcher | None = attrs.field(default=None, init=False)
+    upgrading: str | None = attrs.field(default=None, init=False)
+    """What a handover under way is for (``SIGHUP``, ``ctl upgrade``): set by the
+    process's handover, reported by :meth:`snapshot`."""
 
     def __attrs_post_init__(self) -> None:
         self._faults = self.stats  # (a supervisor counts its own apart from its workers')
         # (Its epoll opens in serve().)
         self._lowlevel = self.lowlevel or Lowlevel.choose(self.config.readiness)
-        self.handler_name = handler_name(self.handler)
         self._budget = BufferBudget(self.config.max_buffered or math.inf)
         self._ended_hook = self._connection_ended
 
@@ -190,7 +170,6 @@ class Daemon(Giver):
         self._draining = True
         self._drain_started.set()
         self._accept_scope.cancel()
-        self._call_off_for_a_drain()
 
     def abort(self) -> None:
         """Stop at once: cancel every connection handler."""
@@ -224,6 +203,7 @@ class Daemon(Giver):
         listeners: Sequence[BoundListener] | None = None,
         *,
         control: BoundListener | None = None,
+        commands: Commands | None = None,
         task_status: trio.TaskStatus[tuple[Address, ...]] = trio.TASK_STATUS_IGNORED,
     ) -> DrainSummary:
         """Serve until drained or aborted.
@@ -235,6 +215,8 @@ class Daemon(Giver):
                 on (ownership passes to the daemon); by default, bind
                 ``config.control`` if it is set. It answers from before the first
                 connection until :meth:`serve` returns, through a drain.
+            commands: what the control socket answers: :meth:`control_commands`
+                by default (a process adds its own, such as ``upgrade``).
             task_status: receives the tuple of bound addresses, in listener order.
 
         Returns:
@@ -268,7 +250,8 @@ class Daemon(Giver):
                     config.control, mode=config.control_mode, group=config.control_group
                 )
             self._control = control
-            commands = self.control_commands()
+            if commands is None:
+                commands = self.control_commands()
             with self._lowlevel.running():
                 async with trio.open_nursery() as watching:
                     # Outlive every connection (they wait through the backend; the control
@@ -328,96 +311,48 @@ class Daemon(Giver):
             self._drain_deadline = min(trio.current_time() + config.drain_timeout, self._drain_by)
             handlers.cancel_scope.deadline = self._drain_deadline
 
-    # -- handing over to another process (an upgrade; see _handover) ---------------
+    # -- what a handover to another process uses (see _handover.host) -------------
 
-    def _handed_over(self, given: Given) -> None:
+    def listening(self) -> tuple[Sequence[BoundListener], BoundListener | None]:
+        """The listening sockets it serves, and its control socket (if any)."""
+        return self._listeners, self._control
+
+    def stop_accepting(self) -> None:
+        """Accept no more (another process accepts on the same sockets)."""
+        self._gate.close()
+
+    def accept_again(self) -> None:
+        self._gate.open()
+
+    def handed_over(self, taker: int, take_back: Callable[[], None]) -> None:
+        """Another process serves now: finish what is left here, and stop."""
         self.drain()
 
-    async def _migrate(
-        self, channel: Channel, kill: Callable[[], Awaitable[bool]] | None
-    ) -> tuple[int, int]:
-        """Hand every connection over as it reaches a frame boundary with its
-        replies sent, in batches, until none is left or the drain deadline;
-        return how many were handed, and how many carry on here.
+    def open_connections(self) -> Collection[Connection]:
+        return self._connections
 
-        A taker that does not adopt a batch in time is ended with ``kill``, if it
-        is ours: the batch then carries on here. If it is not, the batch is its
-        (it may be slow, not dead): we let our descriptors go.
+    def watch_connections(self, watcher: ConnectionWatcher | None) -> None:
+        """Tell ``watcher`` of every connection that starts or ends from now on."""
+        self._watcher = watcher
 
-        Raises:
-            HandoverError: the taker failed (every connection not handed carries on).
-        """
-        migration = self._migration = Migration()
-        deadline = trio.current_time() + self.config.drain_timeout
+    def finish_by(self, deadline: float) -> None:
+        """A drain that begins from now on ends by ``deadline`` at the latest."""
         self._drain_by = deadline
-        for connection in list(self._connections):
-            migration.expect(connection)
-        handed: set[Connection] = set()
-        try:
-            while migration.waiting:
-                with trio.move_on_at(deadline):
-                    batch = await migration.next_batch()
-                if trio.current_time() >= deadline:
-                    break
-                if not batch:
-                    continue
-                states = [connection.handover_state() for connection in batch]
-                try:
-                    await send_batch(
-                        channel, states, min(ADOPT_TIMEOUT, self.config.upgrade_timeout)
-                    )
-                except Stalled as exc:
-                    gone = kill is not None and await kill()
-                    migration.settle(batch, handed=not gone)
-                    if not gone:
-                        self._count_handed(handed, batch)
-                    raise self._with_the_lost(exc, handed) from None
-                except HandoverError as exc:
-                    migration.settle(batch, handed=False)
-                    raise self._with_the_lost(exc, handed) from None
-                except BaseException:
-                    migration.settle(batch, handed=False)
-                    raise
-                migration.settle(batch, handed=True)
-                self._count_handed(handed, batch)
-        except BaseException:
-            self._drain_by = math.inf  # serving on: a later drain has its full time
-            raise
-        finally:
-            self._migration = None
-            migration.withdraw()
-        # (The handed ones end at their next step: still counted open now.)
-        return len(handed), len(self._connections - handed)
 
-    def _count_handed(self, handed: set[Connection], batch: list[Connection]) -> None:
-        handed.update(batch)
-        self._handed_off.update(batch)
-        self.stats.connections_handed += len(batch)
-
-    @staticmethod
-    def _with_the_lost(exc: HandoverError, handed: set[Connection]) -> HandoverError:
-        """``exc``, saying how many connections had moved (they went with the taker)."""
-        if not handed:
-            return exc
-        return HandoverError(
-            f"{exc}; the {len(handed)} connection{'' if len(handed) == 1 else 's'} "
-            "it had adopted went with it"
-        )
-
-    def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None:
-        """Serve a connection another process handed over: ``pending`` is what it had
-        read of a partial frame. Call while serving. Over ``max_connections`` it is
-        served all the same (refusing it would drop a conversation under way).
+    def adopt(self, sock: socket.socket, state: ConnectionState) -> None:
+        """Serve a connection another process handed over, from where ``state`` says
+        it stands. Call while serving. Over ``max_connections`` it is served all
+        the same (refusing it would drop a conversation under way).
 
         A failure of our own code on the way is that one connection's: it is
         logged and counted as an internal error, and the socket closed."""
         assert self._handlers is not None, "adopt() before serve()"
         assert self._limiter is not None
         self._next_id += 1
-        info = ConnectionInfo(self._next_id, record.listener, record.peer)
+        info = ConnectionInfo(self._next_id, state.listener, state.peer)
         try:
             connection = self._connection_for(sock, info)
-            connection.resume(pending, record.idle_left, record.frame_left)
+            connection.resume(state)
         except Exception as exc:  # the boundary of one connection taken over
             fault(self._faults, f"{info}: taking it over", exc)
             sock.close()
@@ -428,7 +363,7 @@ class Daemon(Giver):
         except trio.WouldBlock:
             limiter = None
         self.stats.connections_taken += 1
-        log.debug("%s: taken over, %d bytes of a frame held", info, len(pending))
+        log.debug("%s: taken over, %d bytes of a frame held", info, len(state.pending))
         self._start_connection(connection, limited=limiter is not None)
 
     # -- what a control socket (or an embedding program) can ask ------------------
@@ -462,7 +397,7 @@ class Daemon(Giver):
             buffered=self.buffered,
             drain=drain,
         )
-        report["upgrade"] = self._handing.who if self._handing is not None else None
+        report["upgrade"] = self.upgrading
         return report
 
     def connection_snapshots(self) -> list[dict[str, Any]]:
@@ -489,9 +424,8 @@ class Daemon(Giver):
 
     def control_commands(self, source: str = "on the control socket") -> Commands:
         """The control protocol's commands for this daemon: ``stats``,
-        ``connections``, ``drain``, ``log-level``, ``takeover`` (for a new process:
-        ``triodaemon --takeover``), ``upgrade`` (if :attr:`upgrade` is set), and
-        ``help``. ``source`` says where requests come from, in the log lines."""
+        ``connections``, ``drain``, ``log-level`` and ``help``. ``source`` says
+        where requests come from, in the log lines."""
         commands = Commands(self._faults)
 
         async def stats(args: dict[str, Any]) -> dict[str, Any]:
@@ -523,7 +457,6 @@ class Daemon(Giver):
             "log-level LEVEL",
             f"log detail: {', '.join(LOG_LEVELS)}",
         )
-        self._add_handover_commands(commands, source)
         return commands
 
     @staticmethod
@@ -652,8 +585,8 @@ class Daemon(Giver):
         self.stats.connections_active += 1
         if self._draining:
             connection.drain()
-        elif self._migration is not None:
-            self._migration.expect(connection)
+        elif self._watcher is not None:
+            self._watcher.started(connection)
 
     def _connection_ended(self, connection: Any, failure: Exception | None) -> None:
         # (A failure of the frame handler: the connection has logged and counted it.)
@@ -663,13 +596,13 @@ class Daemon(Giver):
             self._unlimited.discard(connection)
         elif self._limiter is not None:
             self._limiter.release()
-        if self._migration is not None:
-            self._migration.ended(connection)
+        if self._watcher is not None:
+            self._watcher.ended(connection)
         if self._at_limit and not self._draining:
             self._at_limit = False
             log.info("below the connection limit again; accepting")
-        if connection in self._handed_off:
-            self._handed_off.discard(connection)  # (neither drained nor aborted here)
+        if connection.handed:
+            pass  # (neither drained nor aborted here)
         elif self._draining:
             if connection.completed:
                 self._drained += 1

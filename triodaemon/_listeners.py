@@ -134,11 +134,14 @@ class BoundListener:
         address: what it is bound to, as reported to the user.
         unix_identity: for a Unix socket file we created, its ``(st_dev,
             st_ino)``; the file is removed on close only if it still matches.
+        label: what to say of it besides its address (``systemd socket NAME``);
+            it goes with the socket when the socket is handed to another process.
     """
 
     sock: stdlib_socket.socket
     address: Address
     unix_identity: tuple[int, int] | None = None
+    label: str = attrs.field(default="", kw_only=True)
     _closed: bool = attrs.field(default=False, init=False)
 
     @classmethod
@@ -149,6 +152,7 @@ class BoundListener:
         owns_path: bool = False,
         path: str | None = None,
         identity: tuple[int, int] | None = None,
+        label: str = "",
     ) -> BoundListener:
         """Wrap a socket that is already bound and listening (systemd, a handover).
 
@@ -160,6 +164,7 @@ class BoundListener:
             identity: for a Unix socket, the ``(st_dev, st_ino)`` of the file that
                 was made for it (by the process that handed it over): remove the
                 file on close if it is still that one.
+            label: what to say of it besides its address.
         """
         address: Address
         if sock.family == stdlib_socket.AF_UNIX:
@@ -180,7 +185,7 @@ class BoundListener:
             address = TcpAddress(host, port)
             identity = None
         sock.setblocking(False)
-        return cls(sock, address, identity)
+        return cls(sock, address, identity, label=label)
 
     def serves(self, address: Address) -> bool:
         """Whether this listener is already what ``address`` asks for: the same socket

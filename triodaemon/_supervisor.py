@@ -42,18 +42,18 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import trio
 
 from ._config import DaemonConfig
+from ._connection import ConnectionState
 from ._control import (
     LOG_LEVELS,
     Commands,
@@ -67,16 +67,8 @@ from ._control import (
 from ._daemon import CONTROL_GRACE, DrainSummary
 from ._errors import ClientError, TriodaemonError
 from ._faults import fault
-from ._handover import (
-    Channel,
-    ConnectionRecord,
-    Given,
-    Giver,
-    Handing,
-    python_program,
-    without_options,
-)
 from ._listeners import AcceptGate, Address, BoundListener
+from ._program import exit_reason, python_program, without_options
 from ._socketfile import UNIX_PATH_MAX
 from ._stats import Stats
 
@@ -131,17 +123,6 @@ def shares(total: int, count: int) -> list[int]:
     return [total // count + (number < total % count) for number in range(count)]
 
 
-def exit_reason(code: int) -> str:
-    """``exited with code 1``, ``killed by SIGKILL``."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}"
-    return f"exited with code {code}"
-
-
 @attrs.define(eq=False)
 class _Worker:
     number: int
@@ -175,7 +156,7 @@ class _Worker:
         raise ClientError(f"worker {self.number} did not answer within {ASK_TIMEOUT:g}s")
 
 
-class Supervisor(Giver):
+class Supervisor:
     """Serve the daemon's sockets with ``count`` worker processes.
 
     Args:
@@ -192,7 +173,7 @@ class Supervisor(Giver):
         self.stats = Stats()
         """The workers' counters, summed (and the supervisor's own internal errors):
         refreshed every ``POLL_INTERVAL``."""
-        self._faults = Stats()  # the supervisor's own internal errors
+        self.faults = Stats()  # the supervisor's own internal errors
         self._shares = shares(config.max_connections, count)
         self.summary: DrainSummary | None = None
         self._workers = [_Worker(number) for number in range(1, count + 1)]
@@ -210,19 +191,13 @@ class Supervisor(Giver):
         self._open = 0
         self._nursery: trio.Nursery | None = None
         self._retired: list[dict[str, Any]] = []  # the last stats of workers that ended
-        self.notify: Callable[..., None] = lambda *fields: None
-        """Where to tell systemd about an upgrade (see ``Daemon.notify``)."""
-        self.upgrade: Callable[[str], Awaitable[dict[str, Any]]] | None = None
-        """How to upgrade (see ``Daemon.upgrade``): with it, ``ctl upgrade`` works."""
-        self.handler_name = "echo"  # (the workers')
-        self.listener_labels: list[str] = []
-        """What to say of each listener besides its address (``systemd socket NAME``)."""
+        self.upgrading: str | None = None
+        """What a handover under way is for (see ``Daemon.upgrading``)."""
         self.predecessors: dict[int, str] = {}
         """Taking over from another supervisor: the handover socket of each of its
         workers, by number, for the first start of ours of that number."""
-        self._handing: Handing | None = None
         self._gate = AcceptGate()  # the control socket's
-        self._given_up: list[tuple[BoundListener, tuple[int, int]]] = []
+        self._take_back: Callable[[], None] | None = None  # a handover's undo
         self._retiring = False  # handed over: the workers hand theirs over, then exit
         self._handover_dir: str | None = None  # the workers' handover sockets
         self._takeovers: list[_Worker] = []  # taking over from predecessors, not yet told to
@@ -248,7 +223,6 @@ class Supervisor(Giver):
         if self._draining:
             return
         self._draining = True
-        self._call_off_for_a_drain()
         self._drain_started.set()
         if self._retiring:
             # Handed over: the new supervisor serves; our workers finish handing
@@ -286,10 +260,12 @@ class Supervisor(Giver):
         listeners: Sequence[BoundListener],
         *,
         control: BoundListener | None = None,
+        commands: Commands | None = None,
         task_status: trio.TaskStatus[tuple[Address, ...]] = trio.TASK_STATUS_IGNORED,
     ) -> DrainSummary:
         """Start the workers; report the addresses once every worker serves; return
-        once all have exited after a drain.
+        once all have exited after a drain. ``commands``: what the control socket
+        answers (:meth:`control_commands` by default).
 
         Raises:
             TriodaemonError: a worker failed at the first start (with its last words).
@@ -298,7 +274,8 @@ class Supervisor(Giver):
         self._control = control
         self._started, self._started_wall = time.monotonic(), time.time()
         self._handover_dir = _handover_directory()
-        commands = self.control_commands()
+        if commands is None:
+            commands = self.control_commands()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -336,32 +313,35 @@ class Supervisor(Giver):
         )
         return self.summary
 
-    # -- handing over to a new supervisor (an upgrade; see _handover) ---------------
+    # -- what a handover to a new supervisor uses (see _handover.host) -------------
 
-    def _handover_extras(self) -> dict[str, Any]:
+    def listening(self) -> tuple[Sequence[BoundListener], BoundListener | None]:
+        return self._listeners, self._control
+
+    def stop_accepting(self) -> None:
+        """The new supervisor accepts now (our workers stop as it hands them over)."""
+        self._gate.close()
+
+    def accept_again(self) -> None:
+        self._gate.open()
+
+    def worker_handovers(self) -> dict[int, str]:
         """Where each serving worker hands its connections over (its handover socket)."""
         return {
-            "workers": [
-                {"number": worker.number, "path": worker.handover_path}
-                for worker in self._workers
-                if worker.ready and worker.handover_path is not None
-            ]
+            worker.number: worker.handover_path
+            for worker in self._workers
+            if worker.ready and worker.handover_path is not None
         }
 
-    async def _migrate(
-        self, channel: Channel, kill: Callable[[], Awaitable[bool]] | None
-    ) -> tuple[int, int]:
-        # None here: the workers hand theirs over, each to its successor.
-        return 0, 0
-
-    def _handed_over(self, given: Given) -> None:
+    def handed_over(self, taker: int, take_back: Callable[[], None]) -> None:
         """Our workers hand their connections over to the new ones and exit; we exit
         when they all have (those that cannot are drained after a while)."""
         self._retiring = True
+        self._take_back = take_back
         log.info("every worker hands its connections over to its successor, then exits")
         assert self._nursery is not None
         self._nursery.start_soon(self._retire_stragglers)
-        self._nursery.start_soon(self._watch_successor, given.pid)
+        self._nursery.start_soon(self._watch_successor, taker)
 
     async def _watch_successor(self, pid: int) -> None:
         """If the new supervisor exits while our workers are still handing over, the
@@ -383,8 +363,8 @@ class Supervisor(Giver):
             pid,
         )
         self._retiring = False
-        self._handing = None
-        self._accept_again()
+        if self._take_back is not None:
+            self._take_back()
         for worker in self._workers:
             if worker.process is None or worker.process.returncode is not None:
                 self._keepers.start_soon(self._keep, worker)
@@ -398,9 +378,9 @@ class Supervisor(Giver):
             self._drain_started.set()
             self._drain_workers()
 
-    def adopt(self, sock: socket.socket, record: ConnectionRecord, pending: bytes) -> None:
+    def adopt(self, sock: socket.socket, state: ConnectionState) -> None:
         """A supervisor serves no connection itself: one handed to it is closed."""
-        log.error("%s handed to the supervisor: closed", record.peer)
+        log.error("%s handed to the supervisor: closed", state.peer)
         sock.close()
 
     async def release_takeovers(self) -> None:
@@ -420,7 +400,7 @@ class Supervisor(Giver):
             try:
                 why, served, own = await self._run_once(worker)
             except Exception as exc:  # the boundary of one worker's slot
-                fault(self._faults, f"worker {worker.number}", exc)
+                fault(self.faults, f"worker {worker.number}", exc)
                 why, served, own = f"failed in the supervisor ({type(exc).__name__})", 0.0, False
                 await self._stop(worker)
             self._retire(worker)
@@ -635,7 +615,7 @@ class Supervisor(Giver):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as exc:  # the boundary of one worker's log relay
-            fault(self._faults, f"worker {worker.number}'s log relay", exc)
+            fault(self.faults, f"worker {worker.number}'s log relay", exc)
             await self._stop(worker)  # (its stderr unread, it could block on it)
         finally:
             done.set()
@@ -676,7 +656,7 @@ class Supervisor(Giver):
         try:
             _add_report(Stats(), report)
         except Exception as exc:
-            fault(self._faults, f"worker {worker.number}'s stats {report!r:.200}", exc)
+            fault(self.faults, f"worker {worker.number}'s stats {report!r:.200}", exc)
             return False
         return True
 
@@ -710,7 +690,7 @@ class Supervisor(Giver):
             total.connections_active += report["connections"]["open"]
         for report in [*latest, *self._retired]:
             _add_report(total, report)
-        total.internal_errors += self._faults.internal_errors
+        total.internal_errors += self.faults.internal_errors
         self.stats = total
         self._open = total.connections_active
         return [(worker, answers.get(worker.number)) for worker in self._workers]
@@ -745,7 +725,7 @@ class Supervisor(Giver):
             buffered=sum(a["buffered"] for a in answers),
             drain=drain,
         )
-        report["upgrade"] = self._handing.who if self._handing is not None else None
+        report["upgrade"] = self.upgrading
         report["workers"] = [
             {
                 "worker": worker.number,
@@ -780,7 +760,7 @@ class Supervisor(Giver):
         return sorted(rows, key=lambda row: (row["worker"], row["id"]))
 
     def control_commands(self) -> Commands:
-        commands = Commands(self._faults)
+        commands = Commands(self.faults)
 
         async def stats(args: dict[str, Any]) -> dict[str, Any]:
             no_arguments(args)
@@ -813,7 +793,6 @@ class Supervisor(Giver):
             "log-level LEVEL",
             f"log detail: {', '.join(LOG_LEVELS)}",
         )
-        self._add_handover_commands(commands, "on the control socket")
         return commands
 
     @staticmethod

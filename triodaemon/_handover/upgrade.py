@@ -4,10 +4,10 @@ Strategy: on SIGHUP or ``ctl upgrade`` the running daemon makes a socketpair
 and starts triodaemon's installed entry point with this interpreter, its own
 arguments (the program on disk may be newer) and a hidden ``--handover-fd``:
 the new process's end of the pair. Over it the new process asks for the sockets as ``--takeover`` would
-over the control socket, and :mod:`._handover` does the rest. The new process
+over the control socket, and the giver (:mod:`.giver`) does the rest. The new process
 inherits stdout and stderr (its log lines go where ours went) and, under
 systemd, the notify socket and watchdog, which it uses once it is the
-service's main process (we tell systemd so: see ``Daemon.notify``).
+service's main process (the giver tells systemd so: see ``Giver.notify``).
 
 Failure is safe. Until the new process is ready nothing here changes; if it
 exits, is not ready within ``upgrade_timeout``, or breaks the protocol, it is
@@ -28,10 +28,11 @@ from typing import Any
 
 import trio
 
-from ._control import Commands, ControlError, serve_control_stream
-from ._handover import Giver, Handing, HandoverError, python_program, without_options
-from ._supervisor import exit_reason
-from ._systemd import Notifier
+from .._control import Commands, ControlError, serve_control_stream
+from .._program import exit_reason, python_program, without_options
+from .._systemd import Notifier
+from .giver import Giver, Handing
+from .wire import HandoverError
 
 log = logging.getLogger("triodaemon")
 
@@ -41,14 +42,14 @@ _REAP_TIMEOUT = 5.0
 
 
 class Upgrader:
-    """Starts a new copy of the daemon (with ``argv``, the command line's
-    arguments) and hands everything over to it.
+    """Starts a new copy of this process (with ``argv``, the command line's
+    arguments) and hands everything over to it through ``giver``.
 
-    Set :attr:`Daemon.upgrade <triodaemon.Daemon.upgrade>` to :meth:`upgrade`.
+    :meth:`upgrade` is what SIGHUP and ``ctl upgrade`` call.
     """
 
-    def __init__(self, daemon: Giver, argv: Sequence[str], notifier: Notifier) -> None:
-        self.daemon = daemon
+    def __init__(self, giver: Giver, argv: Sequence[str], notifier: Notifier) -> None:
+        self.giver = giver
         # (Not the handover of this process's own start: the next one gets its own.)
         self.argv = without_options(argv)
         self.notifier = notifier
@@ -61,7 +62,7 @@ class Upgrader:
                 the message says why, and that this daemon serves on.
         """
         try:
-            handing = self.daemon.begin_handover(who)
+            handing = self.giver.begin(who)
         except HandoverError as exc:
             log.warning("upgrade (%s) refused: %s", who, exc)
             raise ControlError(str(exc)) from None
@@ -70,7 +71,7 @@ class Upgrader:
             await self._run(handing)
         finally:
             if handing.given is None:
-                self.daemon.end_handover(handing, "cancelled")
+                self.giver.end(handing, "cancelled")
         given = handing.given
         if given is None:
             raise ControlError(f"upgrade failed: {handing.failure}; pid {os.getpid()} serves on")
@@ -85,11 +86,11 @@ class Upgrader:
 
     async def _run(self, handing: Handing) -> None:
         """Start the new process and serve its takeover; kill it if that fails."""
-        daemon = self.daemon
+        giver = self.giver
         try:
             mine, theirs = socket.socketpair()
         except OSError as exc:
-            daemon.end_handover(handing, f"cannot make a channel: {exc.strerror or exc}")
+            giver.end(handing, f"cannot make a channel: {exc.strerror or exc}")
             log.error("upgrade (%s) failed: %s", handing.who, handing.failure)
             return
         command = [*python_program(), *self.argv, "--handover-fd", str(theirs.fileno())]
@@ -102,7 +103,7 @@ class Upgrader:
             )
         except OSError as exc:
             mine.close()
-            daemon.end_handover(handing, f"cannot start {command[0]}: {exc.strerror or exc}")
+            giver.end(handing, f"cannot start {command[0]}: {exc.strerror or exc}")
             log.error("upgrade (%s) failed: %s", handing.who, handing.failure)
             return
         finally:
@@ -119,14 +120,14 @@ class Upgrader:
 
         handing.kill = kill
         handing.taker = process.pid
-        commands = Commands(daemon._faults)
-        commands.add("takeover", daemon.takeover_command(handing), "takeover", "take over")
+        commands = Commands(giver.faults)
+        commands.add("takeover", giver.takeover_command(handing), "takeover", "take over")
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
         try:
             async with trio.open_nursery() as nursery:
 
                 async def call_off_for_a_drain() -> None:
-                    await daemon.wait_draining()
+                    await giver.host.wait_draining()
                     if not handing.committed:
                         nursery.cancel_scope.cancel()
 
@@ -138,12 +139,12 @@ class Upgrader:
                 nursery.cancel_scope.cancel()
             if not handing.finished.is_set():
                 why = await self._why_not(process, handing)
-                daemon.end_handover(handing, why)
+                giver.end(handing, why)
                 log.error(
                     "upgrade (%s) called off: %s; %s",
                     handing.who,
                     why,
-                    "draining" if daemon._draining else "serving on",
+                    "draining" if giver.host.draining else "serving on",
                 )
         finally:
             if handing.given is None:
@@ -152,12 +153,12 @@ class Upgrader:
 
     async def _why_not(self, process: trio.Process, handing: Handing) -> str:
         """Why the new process never took over, when it did not even ask."""
-        if self.daemon._draining:
+        if self.giver.host.draining:
             return "a drain began"
         if trio.current_time() >= handing.ready_by:
             return (
                 f"the new process (pid {process.pid}) did not ask for the sockets within "
-                f"{self.daemon.config.upgrade_timeout:g}s"
+                f"{self.giver.upgrade_timeout:g}s"
             )
         with trio.move_on_after(0.5):  # it has closed its end: say how it ended
             await process.wait()
