@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from ._check import CheckReport as CheckReport
     from ._check import ScenarioResult as ScenarioResult
     from ._check import run_check as run_check
-    from ._client import connect as connect
     from ._client import echo_frames as echo_frames
     from ._client import exchange as exchange
     from ._config import DaemonConfig as DaemonConfig
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     from ._listeners import BoundListener as BoundListener
     from ._listeners import TcpAddress as TcpAddress
     from ._listeners import UnixAddress as UnixAddress
+    from ._listeners import connect as connect
     from ._listeners import open_listeners as open_listeners
     from ._listeners import parse_tcp_address as parse_tcp_address
     from ._listeners import stream_for as stream_for
@@ -59,7 +59,6 @@ _EXPORTS = {
     "CheckReport": "._check",
     "ScenarioResult": "._check",
     "run_check": "._check",
-    "connect": "._client",
     "echo_frames": "._client",
     "exchange": "._client",
     "DaemonConfig": "._config",
@@ -87,6 +86,7 @@ _EXPORTS = {
     "BoundListener": "._listeners",
     "TcpAddress": "._listeners",
     "UnixAddress": "._listeners",
+    "connect": "._listeners",
     "open_listeners": "._listeners",
     "parse_tcp_address": "._listeners",
     "stream_for": "._listeners",

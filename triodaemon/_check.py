@@ -37,12 +37,11 @@ from ._case import (
     show_writes,
     shrink_into,
 )
-from ._client import connect
 from ._diagnosis import Diagnosis, Transcript, count, diagnose, show, wire
 from ._errors import ClientError
 from ._faults import loads
 from ._framing import Framing
-from ._listeners import Address
+from ._listeners import Address, connect
 from .testing._chunkings import boundary_offsets
 
 #: Seconds each scenario may take, everything in it included, before what has

@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from . import __version__, _signals
-from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
+from ._client import DEFAULT_REPLY_TIMEOUT, exchange, repeat
 from ._config import DEFAULT_FRAME_TIMEOUT, DaemonConfig
 from ._control import ControlClient, ControlClosed, ControlError
 from ._daemon import Daemon
@@ -53,6 +53,7 @@ from ._listeners import (
     BoundListener,
     TcpAddress,
     UnixAddress,
+    connect,
     open_listeners,
     open_unix,
     parse_tcp_address,

@@ -8,65 +8,16 @@ freely). Used by ``triodaemon client`` and by the tests.
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 
 import trio
 
 from ._errors import ClientError, FramingError
 from ._framing import Framing
-from ._listeners import Address, TcpAddress, UnixAddress
-from ._socketfile import file_kind
+from ._listeners import Address, connect
 
 #: Default seconds to wait for a reply that is owed before giving up.
 DEFAULT_REPLY_TIMEOUT = 10.0
-
-
-#: Seconds a connect may take: the kernel's own limit for a TCP connect that gets
-#: no answer (a full backlog drops SYNs) is over two minutes.
-CONNECT_TIMEOUT = 10.0
-
-
-async def connect(address: Address, *, timeout: float = CONNECT_TIMEOUT) -> trio.SocketStream:
-    """Open a stream to a TCP or Unix address, within ``timeout`` seconds.
-
-    Raises:
-        ClientError: the connection could not be made (one line, address named).
-    """
-    with trio.move_on_after(timeout):
-        try:
-            if isinstance(address, TcpAddress):
-                return await trio.open_tcp_stream(address.host or "localhost", address.port)
-            return await trio.open_unix_socket(address.path)
-        except OSError as exc:
-            raise ClientError(f"cannot connect to {address}: {_reason(exc, address)}") from exc
-    raise ClientError(
-        f"cannot connect to {address}: no answer within {timeout:g}s "
-        "(its listen backlog is full, or something drops the connection)"
-    )
-
-
-def _reason(exc: OSError, address: Address) -> str:
-    """The OS's words for why a connect failed (trio groups the attempts of one host),
-    or, for a path that is no socket at all (which Linux calls "connection
-    refused" too), what it is."""
-    attempts = getattr(exc.__cause__, "exceptions", ())
-    for attempt in attempts:
-        if isinstance(attempt, OSError) and attempt.errno is not None:
-            exc = attempt
-            break
-    if isinstance(address, UnixAddress) and exc.errno == errno.ECONNREFUSED:
-        try:
-            mode = os.stat(address.path).st_mode
-        except (OSError, ValueError):
-            pass
-        else:
-            if not stat.S_ISSOCK(mode):
-                return f"not a socket ({file_kind(mode)})"
-            return "connection refused (a socket file that nothing listens on)"
-    return exc.strerror.lower() if exc.strerror else str(exc)
 
 
 async def _from_iterable(items: Iterable[bytes]) -> AsyncIterator[bytes]:
