@@ -10,7 +10,8 @@ from pathlib import Path
 
 import trio
 
-from triodaemon import UnixAddress, echo_frames
+from triodaemon import UnixAddress
+from triodaemon.testing import echo_frames
 
 from .conftest import SpawnFn
 

@@ -35,7 +35,6 @@ from triodaemon import (
     _control,
     _supervisor,
     connect,
-    echo_frames,
     open_listeners,
 )
 from triodaemon._control import MAX_CLIENTS, ControlClient, open_control
@@ -44,6 +43,7 @@ from triodaemon._handover import CalledOff, Channel, ConnectionRecord, Taken
 from triodaemon._listeners import Address
 from triodaemon._supervisor import Supervisor
 from triodaemon._systemd import Notifier
+from triodaemon.testing import echo_frames
 
 from .conftest import LogWaiter, SpawnFn, raw_exchange, read_until_eof, running
 

@@ -31,7 +31,6 @@ from triodaemon import (
     TcpAddress,
     UnixAddress,
     connect,
-    echo_frames,
 )
 from triodaemon._control import ControlClient, ControlError, open_control
 from triodaemon._framing import FramingKind
@@ -41,6 +40,7 @@ from triodaemon._handover import (
     Channel,
     HandoverError,
 )
+from triodaemon.testing import echo_frames
 
 from .conftest import DaemonProcess, LogWaiter, SpawnFn, read_until_eof, running
 

@@ -12,14 +12,6 @@ __version__ = "0.1.0"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._bench import BenchResult as BenchResult
-    from ._bench import run_bench as run_bench
-    from ._check import SCENARIOS as SCENARIOS
-    from ._check import CheckReport as CheckReport
-    from ._check import ScenarioResult as ScenarioResult
-    from ._check import run_check as run_check
-    from ._client import echo_frames as echo_frames
-    from ._client import exchange as exchange
     from ._config import DaemonConfig as DaemonConfig
     from ._connection import Connection as Connection
     from ._connection import ConnectionInfo as ConnectionInfo
@@ -50,17 +42,17 @@ if TYPE_CHECKING:
     from ._listeners import parse_tcp_address as parse_tcp_address
     from ._listeners import stream_for as stream_for
     from ._stats import Stats as Stats
+    from .testing._bench import BenchResult as BenchResult
+    from .testing._bench import run_bench as run_bench
+    from .testing._client import echo_frames as echo_frames
+    from .testing._client import exchange as exchange
+    from .testing.check import SCENARIOS as SCENARIOS
+    from .testing.check import CheckReport as CheckReport
+    from .testing.check import ScenarioResult as ScenarioResult
+    from .testing.check import run_check as run_check
 
 #: Each public name and the private module that defines it.
 _EXPORTS = {
-    "BenchResult": "._bench",
-    "run_bench": "._bench",
-    "SCENARIOS": "._check",
-    "CheckReport": "._check",
-    "ScenarioResult": "._check",
-    "run_check": "._check",
-    "echo_frames": "._client",
-    "exchange": "._client",
     "DaemonConfig": "._config",
     "Connection": "._connection",
     "ConnectionInfo": "._connection",
@@ -91,6 +83,14 @@ _EXPORTS = {
     "parse_tcp_address": "._listeners",
     "stream_for": "._listeners",
     "Stats": "._stats",
+    "BenchResult": ".testing._bench",
+    "run_bench": ".testing._bench",
+    "echo_frames": ".testing._client",
+    "exchange": ".testing._client",
+    "SCENARIOS": ".testing.check",
+    "CheckReport": ".testing.check",
+    "ScenarioResult": ".testing.check",
+    "run_check": ".testing.check",
 }
 __all__ = ["__version__", *_EXPORTS]
 

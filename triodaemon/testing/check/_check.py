@@ -29,6 +29,11 @@ from xml.etree import ElementTree
 import attrs
 import trio
 
+from ..._errors import ClientError
+from ..._faults import loads
+from ..._framing import Framing
+from ..._listeners import Address, connect
+from .._chunkings import boundary_offsets
 from ._case import (
     Case,
     Shrunk,
@@ -38,11 +43,6 @@ from ._case import (
     shrink_into,
 )
 from ._diagnosis import Diagnosis, Transcript, count, diagnose, show, wire
-from ._errors import ClientError
-from ._faults import loads
-from ._framing import Framing
-from ._listeners import Address, connect
-from .testing._chunkings import boundary_offsets
 
 #: Seconds each scenario may take, everything in it included, before what has
 #: arrived is judged as it is.
@@ -129,7 +129,7 @@ class ScenarioResult:
     received: str = ""
     """On failure: a summary of what came back."""
     kind: str = ""
-    """On failure: the kind of bug, one of ``triodaemon._diagnosis.KINDS`` (or
+    """On failure: the kind of bug, one of ``triodaemon.testing.check.KINDS`` (or
     ``refused``, ``timeout``, ``reset``, ``broken``: no exchange to judge)."""
     minimal: MinimalCase | None = None
     """On failure: the smallest case that fails the same way, if one was found."""

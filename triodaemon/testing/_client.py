@@ -12,9 +12,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 
 import trio
 
-from ._errors import ClientError, FramingError
-from ._framing import Framing
-from ._listeners import Address, connect
+from .._errors import ClientError, FramingError
+from .._framing import Framing
+from .._listeners import Address, connect
 
 #: Default seconds to wait for a reply that is owed before giving up.
 DEFAULT_REPLY_TIMEOUT = 10.0
