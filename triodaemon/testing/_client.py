@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 
+import attrs
 import trio
 
 from .._errors import ClientError, FramingError
@@ -47,86 +48,110 @@ async def exchange(
             ``reply_timeout`` seconds while one was owed.
     """
     framing = framing or Framing()
-    raw = framing.kind == "raw"
     source = messages if isinstance(messages, AsyncIterable) else _from_iterable(messages)
-    sent = 0
-    received = 0
-    sending_done = False
+    async with trio.open_nursery() as nursery:
+        run = _Exchange(stream, framing, on_reply, reply_timeout, nursery.cancel_scope)
+        nursery.start_soon(run.receive_all)
+        nursery.start_soon(run.send_all, source)
+    # Raised after the nursery, so callers see a plain ClientError rather than
+    # an exception group.
+    if run.failure is not None:
+        raise run.failure
+    return run.received
+
+
+@attrs.define(eq=False)
+class _Exchange:
+    """One exchange's two tasks and what they share: counts, and the first failure."""
+
+    stream: trio.abc.Stream
+    framing: Framing
+    on_reply: Callable[[bytes], Awaitable[None]]
+    reply_timeout: float
+    scope: trio.CancelScope
+    """The nursery's scope: cancelled when the exchange is over or has failed."""
+    sent: int = 0
+    """Frames sent (bytes for raw framing)."""
+    received: int = 0
+    """Replies received (bytes for raw framing)."""
+    sending_done: bool = False
     failure: ClientError | None = None
 
-    async with trio.open_nursery() as nursery:
+    @property
+    def raw(self) -> bool:
+        return self.framing.kind == "raw"
 
-        def finish_if_done() -> None:
-            if sending_done and received >= sent:
-                nursery.cancel_scope.cancel()
+    def finish_if_done(self) -> None:
+        if self.sending_done and self.received >= self.sent:
+            self.scope.cancel()
 
-        def fail(error: ClientError) -> None:
-            # Stop both tasks; raised after the nursery, so callers see a plain
-            # ClientError rather than an exception group.
-            nonlocal failure
-            failure = failure or error
-            nursery.cancel_scope.cancel()
+    def fail(self, error: ClientError) -> None:
+        """Stop both tasks; the first failure is the one raised."""
+        self.failure = self.failure or error
+        self.scope.cancel()
 
-        async def send_all() -> None:
-            nonlocal sent, sending_done
-            index = 0
-            async for message in source:
-                index += 1
-                try:
-                    data = framing.encode(message)
-                except ValueError as exc:
-                    return fail(ClientError(f"cannot send message {index}: {exc}"))
-                try:
-                    await stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return fail(
-                        ClientError(f"connection lost while sending (after {received} replies)")
-                    )
-                sent += len(data) if raw else 1
-            sending_done = True
-            finish_if_done()
+    async def send_all(self, source: AsyncIterable[bytes]) -> None:
+        index = 0
+        async for message in source:
+            index += 1
+            try:
+                data = self.framing.encode(message)
+            except ValueError as exc:
+                return self.fail(ClientError(f"cannot send message {index}: {exc}"))
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return self.fail(
+                    ClientError(f"connection lost while sending (after {self.received} replies)")
+                )
+            self.sent += len(data) if self.raw else 1
+        self.sending_done = True
+        self.finish_if_done()
 
-        async def receive_all() -> None:
-            nonlocal received
-            decoder = framing.decoder()
-            while True:
-                with trio.move_on_after(reply_timeout) as scope:
-                    try:
-                        data = await stream.receive_some()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return fail(
-                            ClientError(f"connection lost after {received} of {sent} replies")
-                        )
-                if scope.cancelled_caught:
-                    if received < sent:
-                        return fail(
-                            ClientError(
-                                f"no reply for {reply_timeout:g}s ({received} of {sent} received)"
-                            )
-                        )
-                    continue
-                if not data:
-                    return fail(
-                        ClientError(
-                            f"server closed the connection after {received} of {sent} replies"
-                        )
-                    )
-                decoder.feed(data)
-                try:
-                    while (frame := decoder.next_frame()) is not None:
-                        received += len(frame) if raw else 1
-                        await on_reply(frame)
-                except FramingError as exc:
-                    return fail(ClientError(f"bad reply from the server: {exc}"))
-                except ClientError as exc:  # from on_reply
-                    return fail(exc)
-                finish_if_done()
+    async def receive_all(self) -> None:
+        decoder = self.framing.decoder()
+        while True:
+            data = await self._receive()
+            if data is None:
+                return  # failed
+            if not data:
+                continue  # nothing for reply_timeout, and nothing owed
+            decoder.feed(data)
+            try:
+                while (frame := decoder.next_frame()) is not None:
+                    self.received += len(frame) if self.raw else 1
+                    await self.on_reply(frame)
+            except FramingError as exc:
+                return self.fail(ClientError(f"bad reply from the server: {exc}"))
+            except ClientError as exc:  # from on_reply
+                return self.fail(exc)
+            self.finish_if_done()
 
-        nursery.start_soon(receive_all)
-        nursery.start_soon(send_all)
-    if failure is not None:
-        raise failure
-    return received
+    async def _receive(self) -> bytes | bytearray | None:
+        """The next bytes from the server, never empty; ``b""`` if none came for
+        the reply timeout while no reply was owed; None once the exchange has
+        failed: the server closed or broke the connection, or a reply owed did
+        not come in time."""
+        with trio.move_on_after(self.reply_timeout) as scope:
+            try:
+                data = await self.stream.receive_some()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.fail(
+                    ClientError(f"connection lost after {self.received} of {self.sent} replies")
+                )
+                return None
+        if scope.cancelled_caught:
+            if self.received < self.sent:
+                timeout = self.reply_timeout
+                counts = f"{self.received} of {self.sent} received"
+                self.fail(ClientError(f"no reply for {timeout:g}s ({counts})"))
+                return None
+            return b""
+        if not data:
+            counts = f"{self.received} of {self.sent} replies"
+            self.fail(ClientError(f"server closed the connection after {counts}"))
+            return None
+        return data
 
 
 async def echo_frames(
