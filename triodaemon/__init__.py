@@ -4,6 +4,10 @@ The names below load on first use (PEP 562), not when the package is imported:
 the command line imports ``triodaemon`` before anything else and must be able
 to hold signals before trio is imported (see :mod:`triodaemon.__main__`).
 ``from triodaemon import Daemon`` and ``triodaemon.Daemon`` work as usual.
+
+This namespace holds the server, framing and errors; the harness that talks to
+servers from outside (``run_check``, ``run_bench``, ``echo_frames``, ...) is in
+:mod:`triodaemon.testing`.
 """
 
 from __future__ import annotations
@@ -42,14 +46,6 @@ if TYPE_CHECKING:
     from ._listeners import parse_tcp_address as parse_tcp_address
     from ._listeners import stream_for as stream_for
     from ._stats import Stats as Stats
-    from .testing._bench import BenchResult as BenchResult
-    from .testing._bench import run_bench as run_bench
-    from .testing._client import echo_frames as echo_frames
-    from .testing._client import exchange as exchange
-    from .testing.check import SCENARIOS as SCENARIOS
-    from .testing.check import CheckReport as CheckReport
-    from .testing.check import ScenarioResult as ScenarioResult
-    from .testing.check import run_check as run_check
 
 #: Each public name and the private module that defines it.
 _EXPORTS = {
@@ -83,27 +79,53 @@ _EXPORTS = {
     "parse_tcp_address": "._listeners",
     "stream_for": "._listeners",
     "Stats": "._stats",
-    "BenchResult": ".testing._bench",
-    "run_bench": ".testing._bench",
-    "echo_frames": ".testing._client",
-    "exchange": ".testing._client",
-    "SCENARIOS": ".testing.check",
-    "CheckReport": ".testing.check",
-    "ScenarioResult": ".testing.check",
-    "run_check": ".testing.check",
 }
 __all__ = ["__version__", *_EXPORTS]
 
+#: Names of the harness that were here until 0.1.0 and live in triodaemon.testing
+#: now: the server's namespace holds the server, framing and errors. Each still
+#: loads from here, with a DeprecationWarning, until the next release removes it.
+#: Not in __all__ or dir(), so ``from triodaemon import *`` does not warn.
+_MOVED = frozenset(
+    {
+        "BenchResult",
+        "CheckReport",
+        "SCENARIOS",
+        "ScenarioResult",
+        "echo_frames",
+        "exchange",
+        "run_bench",
+        "run_check",
+    }
+)
+
 
 def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
+    module = _EXPORTS.get(name)
+    if module is None:
+        if name in _MOVED:
+            return _moved(name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # once loaded, an ordinary attribute
     return value
+
+
+def _moved(name: str) -> object:
+    """A name that moved to :mod:`triodaemon.testing`, with a warning on every use
+    (so it is never cached here)."""
+    import importlib
+    import warnings
+
+    warnings.warn(
+        f"triodaemon.{name} is deprecated and goes in the next release: "
+        f"use triodaemon.testing.{name}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(importlib.import_module(".testing", __name__), name)
 
 
 def __dir__() -> list[str]:
