@@ -4,7 +4,8 @@
     python examples/client.py --tcp localhost:8000
 
 Sends line frames in one write, reads the echoes with the same sans-I/O decoder
-the daemon uses, then does the same with the one-call helper.
+the daemon uses, then does the same with the one-call helper of the harness
+(triodaemon.testing).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import trio
 
 import triodaemon
+import triodaemon.testing
 
 
 async def main(address: triodaemon.TcpAddress | triodaemon.UnixAddress) -> None:
@@ -31,8 +33,9 @@ async def main(address: triodaemon.TcpAddress | triodaemon.UnixAddress) -> None:
         for reply in replies:
             print("echoed:", reply.decode())
 
-    # The one-call helper does the same: send frames, collect the replies.
-    print("echoed:", await triodaemon.echo_frames(address, [b"helper"], framing=framing))
+    # The harness's one-call helper does the same: send frames, collect the replies.
+    replies = await triodaemon.testing.echo_frames(address, [b"helper"], framing=framing)
+    print("echoed:", replies)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from triodaemon import Framing
-from triodaemon._bench import _percentile, run_bench
+from triodaemon.testing import run_bench
+from triodaemon.testing._bench import _percentile
 from triodaemon.testing.pytest_plugin import EchoServerFactory
 
 from .conftest import SpawnFn, run_triodaemon

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from triodaemon import ClientError, Framing, TcpAddress, UnixAddress
-from triodaemon._check import SCENARIOS, run_check
+from triodaemon.testing import SCENARIOS, run_check
 from triodaemon.testing.pytest_plugin import EchoServerFactory
 
 from .conftest import SpawnFn, run_triodaemon

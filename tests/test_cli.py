@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from triodaemon import ClientError, Framing, TcpAddress, UnixAddress, connect, echo_frames
+from triodaemon import ClientError, Framing, TcpAddress, UnixAddress, connect
+from triodaemon.testing import echo_frames
 
 from .conftest import DaemonProcess, SpawnFn, daemon_process, read_until_eof, run_triodaemon
 

@@ -11,7 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from triodaemon import ClientError, Framing, exchange
+from triodaemon import ClientError, Framing
+from triodaemon.testing import exchange
 
 
 async def collect_into(replies: list[bytes], frame: bytes) -> None:

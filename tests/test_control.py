@@ -23,7 +23,6 @@ from triodaemon import (
     Framing,
     UnixAddress,
     connect,
-    echo_frames,
 )
 from triodaemon._control import (
     MAX_CLIENTS,
@@ -35,6 +34,7 @@ from triodaemon._control import (
 )
 from triodaemon._lowlevel import Lowlevel, scans
 from triodaemon._lowlevel.readiness import open_readiness
+from triodaemon.testing import echo_frames
 
 from .conftest import (
     LockstepClient,

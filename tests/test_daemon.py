@@ -26,7 +26,6 @@ from triodaemon import (
     TcpAddress,
     UnixAddress,
     connect,
-    echo_frames,
 )
 from triodaemon._listeners import (
     PER_CONNECTION_ACCEPT_ERRNOS,
@@ -35,6 +34,7 @@ from triodaemon._listeners import (
     open_listeners,
 )
 from triodaemon._lowlevel.readiness import ReadinessName
+from triodaemon.testing import echo_frames
 
 from .conftest import (
     LogWaiter,

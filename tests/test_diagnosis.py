@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from triodaemon import Framing, UnixAddress
-from triodaemon._case import (
+from triodaemon.testing.check._case import (
     Case,
     cut_at,
     python_snippet,
     shrink,
 )
-from triodaemon._diagnosis import KINDS, Transcript, diagnose, wire
+from triodaemon.testing.check._diagnosis import KINDS, Transcript, diagnose, wire
 
 LINE = Framing()
 LENGTH = Framing("length")

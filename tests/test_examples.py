@@ -10,7 +10,8 @@ from pathlib import Path
 
 import trio
 
-from triodaemon import UnixAddress, echo_frames
+from triodaemon import UnixAddress
+from triodaemon.testing import echo_frames
 
 from .conftest import SpawnFn
 
@@ -21,11 +22,10 @@ async def test_client_example(spawn: SpawnFn, sock_dir: Path) -> None:
     path = str(sock_dir / "echo.sock")
     daemon = await spawn("--sock", path)
     await daemon.wait_ready(1)
+    # -W error: a name the example uses that is deprecated fails the run.
+    example = [sys.executable, "-W", "error::DeprecationWarning", str(EXAMPLES / "client.py")]
     with trio.fail_after(30):
-        result = await trio.run_process(
-            [sys.executable, str(EXAMPLES / "client.py"), "--sock", path],
-            capture_stdout=True,
-        )
+        result = await trio.run_process([*example, "--sock", path], capture_stdout=True)
     assert result.stdout.decode().splitlines() == [
         "echoed: one",
         "echoed: two",
@@ -69,7 +69,8 @@ async def test_readme_library_example(sock_dir: Path) -> None:
     (sock_dir / "example.py").write_text(code)
     with trio.fail_after(30):
         result = await trio.run_process(
-            [sys.executable, str(sock_dir / "example.py")], capture_stdout=True
+            [sys.executable, "-W", "error::DeprecationWarning", str(sock_dir / "example.py")],
+            capture_stdout=True,
         )
     first, second = result.stdout.decode().splitlines()
     assert first == "[b'HI']"

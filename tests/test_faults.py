@@ -37,7 +37,6 @@ from triodaemon import (
     _control,
     _supervisor,
     connect,
-    echo_frames,
     open_listeners,
 )
 from triodaemon._connection import ConnectionState
@@ -50,6 +49,7 @@ from triodaemon._handover.wire import CalledOff, Channel
 from triodaemon._listeners import Address
 from triodaemon._supervisor import Supervisor
 from triodaemon._systemd import Notifier
+from triodaemon.testing import echo_frames
 
 from .conftest import LogWaiter, SpawnFn, giving, raw_exchange, read_until_eof, running
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import trio
 
 import triodaemon
-from triodaemon import connect, echo_frames
+from triodaemon import connect
 from triodaemon._signals import (
     HANDLED_SIGNALS,
     IGNORED_SIGNALS,
     STOP_SIGNALS,
     signal_name,
 )
+from triodaemon.testing import echo_frames
 
 from .conftest import DaemonProcess, SpawnFn, read_until_eof
 
@@ -319,8 +320,7 @@ def test_serving_imports_neither_the_harness_nor_pytest_nor_hypothesis() -> None
         "_cli._serve_parser()\n"
         "from triodaemon import Daemon, DaemonConfig, UnixAddress\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest', "
-        "'hypothesis') or m.startswith(('trio.testing', 'triodaemon.testing', "
-        "'triodaemon._check', 'triodaemon._bench'))]\n"
+        "'hypothesis') or m.startswith(('trio.testing', 'triodaemon.testing'))]\n"
         "print(sorted(heavy))\n"
     )
     assert python_prints(code) == "[]"

@@ -1,8 +1,17 @@
-"""The shape of the package, as the design promises it (docs/design.md)."""
+"""The shape of the package, as the design promises it (docs/design.md).
+
+The import contracts (``lint-imports``, ``[tool.importlinter]`` in pyproject.toml)
+check the import graph; the tests here check what that graph cannot show: who
+imports the compiled module (no node of it), and what importing a module really
+loads, its parent packages' ``__init__`` and the names loaded on first use
+included.
+"""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "triodaemon"
@@ -89,3 +98,33 @@ def test_one_connection_class() -> None:
         if isinstance(node, ast.ClassDef) and node.name.endswith("Connection")
     ]
     assert classes == [("_connection.py", "Connection")]
+
+
+def _loaded_by(code: str, packages: tuple[str, ...]) -> list[str]:
+    """The modules of ``packages`` (each, or inside it) that a fresh interpreter has
+    loaded after running ``code``."""
+    script = (
+        f"import sys\n{code}\n"
+        f"print([m for m in sorted(sys.modules) if any(m == p or m.startswith(p + '.') "
+        f"for p in {packages!r})])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, check=True, timeout=60
+    )
+    loaded: list[str] = ast.literal_eval(result.stdout.decode())
+    return loaded
+
+
+def test_the_framing_loads_no_io_module() -> None:
+    """Sans-I/O for real: importing ``triodaemon._framing`` also runs the ``__init__``
+    of ``triodaemon._lowlevel``, an import the contracts' graph does not have."""
+    code = "from triodaemon._framing import Framing\nFraming('length').decoder().feed(b'x')"
+    io = ("trio", "socket", "select", "selectors", "asyncio")
+    assert _loaded_by(code, io) == []
+
+
+def test_no_name_of_the_root_namespace_loads_the_harness() -> None:
+    """The root loads its names with importlib (on first use), which the contracts'
+    graph does not see: every one of them, loaded, leaves the harness out."""
+    code = "import triodaemon\nfor name in triodaemon.__all__:\n    getattr(triodaemon, name)"
+    assert _loaded_by(code, ("triodaemon.testing",)) == []

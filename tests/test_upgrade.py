@@ -32,7 +32,6 @@ from triodaemon import (
     TcpAddress,
     UnixAddress,
     connect,
-    echo_frames,
 )
 from triodaemon._control import ControlClient, ControlError, open_control
 from triodaemon._framing import FramingKind
@@ -43,6 +42,7 @@ from triodaemon._handover.wire import (
     Channel,
     HandoverError,
 )
+from triodaemon.testing import echo_frames
 
 from .conftest import DaemonProcess, LogWaiter, SpawnFn, giving, read_until_eof
 

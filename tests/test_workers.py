@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import trio
 
-from triodaemon import ClientError, TcpAddress, UnixAddress, connect, echo_frames
+from triodaemon import ClientError, TcpAddress, UnixAddress, connect
 from triodaemon._control import open_control
 from triodaemon._supervisor import FIRST_BACKOFF
+from triodaemon.testing import echo_frames
 
 from .conftest import DaemonProcess, LockstepClient, SpawnFn, read_until_eof, run_triodaemon
 

@@ -4,6 +4,10 @@ The names below load on first use (PEP 562), not when the package is imported:
 the command line imports ``triodaemon`` before anything else and must be able
 to hold signals before trio is imported (see :mod:`triodaemon.__main__`).
 ``from triodaemon import Daemon`` and ``triodaemon.Daemon`` work as usual.
+
+This namespace holds the server, framing and errors; the harness that talks to
+servers from outside (``run_check``, ``run_bench``, ``echo_frames``, ...) is in
+:mod:`triodaemon.testing`.
 """
 
 from __future__ import annotations
@@ -12,15 +16,6 @@ __version__ = "0.1.0"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._bench import BenchResult as BenchResult
-    from ._bench import run_bench as run_bench
-    from ._check import SCENARIOS as SCENARIOS
-    from ._check import CheckReport as CheckReport
-    from ._check import ScenarioResult as ScenarioResult
-    from ._check import run_check as run_check
-    from ._client import connect as connect
-    from ._client import echo_frames as echo_frames
-    from ._client import exchange as exchange
     from ._config import DaemonConfig as DaemonConfig
     from ._connection import Connection as Connection
     from ._connection import ConnectionInfo as ConnectionInfo
@@ -47,6 +42,7 @@ if TYPE_CHECKING:
     from ._listeners import BoundListener as BoundListener
     from ._listeners import TcpAddress as TcpAddress
     from ._listeners import UnixAddress as UnixAddress
+    from ._listeners import connect as connect
     from ._listeners import open_listeners as open_listeners
     from ._listeners import parse_tcp_address as parse_tcp_address
     from ._listeners import stream_for as stream_for
@@ -54,15 +50,6 @@ if TYPE_CHECKING:
 
 #: Each public name and the private module that defines it.
 _EXPORTS = {
-    "BenchResult": "._bench",
-    "run_bench": "._bench",
-    "SCENARIOS": "._check",
-    "CheckReport": "._check",
-    "ScenarioResult": "._check",
-    "run_check": "._check",
-    "connect": "._client",
-    "echo_frames": "._client",
-    "exchange": "._client",
     "DaemonConfig": "._config",
     "Connection": "._connection",
     "ConnectionInfo": "._connection",
@@ -89,6 +76,7 @@ _EXPORTS = {
     "BoundListener": "._listeners",
     "TcpAddress": "._listeners",
     "UnixAddress": "._listeners",
+    "connect": "._listeners",
     "open_listeners": "._listeners",
     "parse_tcp_address": "._listeners",
     "stream_for": "._listeners",
@@ -96,16 +84,50 @@ _EXPORTS = {
 }
 __all__ = ["__version__", *_EXPORTS]
 
+#: Names of the harness that were here until 0.1.0 and live in triodaemon.testing
+#: now: the server's namespace holds the server, framing and errors. Each still
+#: loads from here, with a DeprecationWarning, until the next release removes it.
+#: Not in __all__ or dir(), so ``from triodaemon import *`` does not warn.
+_MOVED = frozenset(
+    {
+        "BenchResult",
+        "CheckReport",
+        "SCENARIOS",
+        "ScenarioResult",
+        "echo_frames",
+        "exchange",
+        "run_bench",
+        "run_check",
+    }
+)
+
 
 def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
+    module = _EXPORTS.get(name)
+    if module is None:
+        if name in _MOVED:
+            return _moved(name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # once loaded, an ordinary attribute
     return value
+
+
+def _moved(name: str) -> object:
+    """A name that moved to :mod:`triodaemon.testing`, with a warning on every use
+    (so it is never cached here)."""
+    import importlib
+    import warnings
+
+    warnings.warn(
+        f"triodaemon.{name} is deprecated and goes in the next release: "
+        f"use triodaemon.testing.{name}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(importlib.import_module(".testing", __name__), name)
 
 
 def __dir__() -> list[str]:

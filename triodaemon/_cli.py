@@ -33,7 +33,6 @@ import attrs
 import trio
 
 from . import __version__, _signals
-from ._client import DEFAULT_REPLY_TIMEOUT, connect, exchange, repeat
 from ._config import DEFAULT_FRAME_TIMEOUT, DaemonConfig
 from ._control import ControlClient, ControlClosed, ControlError
 from ._daemon import Daemon
@@ -49,6 +48,7 @@ from ._listeners import (
     BoundListener,
     TcpAddress,
     UnixAddress,
+    connect,
     open_listeners,
     open_unix,
     parse_tcp_address,
@@ -59,7 +59,7 @@ from ._supervisor import Supervisor
 from ._systemd import Notifier, activated_sockets
 
 if TYPE_CHECKING:
-    from ._check import ScenarioResult
+    from .testing.check import ScenarioResult
 
 log = logging.getLogger("triodaemon")
 
@@ -446,6 +446,8 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _client_parser() -> argparse.ArgumentParser:
+    from .testing._client import DEFAULT_REPLY_TIMEOUT
+
     parser = _Parser(
         prog="triodaemon client",
         description=(
@@ -487,8 +489,8 @@ def _client_parser() -> argparse.ArgumentParser:
 
 
 def _check_parser() -> argparse.ArgumentParser:
-    from ._check import DEFAULT_SHRINK_TIME, SCENARIOS
-    from ._check import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
+    from .testing.check import DEFAULT_SHRINK_TIME, SCENARIOS
+    from .testing.check import DEFAULT_TIMEOUT as DEFAULT_CHECK_TIMEOUT
 
     parser = _Parser(
         prog="triodaemon check",
@@ -1265,6 +1267,8 @@ def _print_out(text: str) -> int:
 
 
 async def _client(address: Address, framing: Framing, args: argparse.Namespace) -> int:
+    from .testing._client import exchange, repeat
+
     raw = framing.kind == "raw"
     stdout = sys.stdout.buffer
 
@@ -1339,7 +1343,7 @@ def client_main(argv: Sequence[str]) -> int:
 
 
 async def _check(address: Address, framing: Framing, args: argparse.Namespace) -> int:
-    from ._check import CheckReport, replay, run_check
+    from .testing.check import CheckReport, replay, run_check
 
     # Progress only on a terminal, and only for the scenario still running (the
     # table says the rest); elsewhere (a CI log) the table alone, once.
@@ -1396,7 +1400,7 @@ def _reason_of(exc: BaseException) -> str:
 
 
 async def _bench(address: Address, framing: Framing, args: argparse.Namespace) -> int:
-    from ._bench import run_bench
+    from .testing._bench import run_bench
 
     live = sys.stderr.isatty()
 
@@ -1449,7 +1453,7 @@ def check_main(argv: Sequence[str]) -> int:
 
 def _replay_cases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Any]:
     """The cases ``--replay FILE`` names, or exit 2 with one line saying why not."""
-    from ._check import cases_from_file
+    from .testing.check import cases_from_file
 
     chosen = [
         flag

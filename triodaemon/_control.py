@@ -38,12 +38,11 @@ import attrs
 import trio
 
 from . import __version__
-from ._client import connect
 from ._config import DaemonConfig
 from ._errors import ClientError, FramingError, TriodaemonError
 from ._faults import fault, loads
 from ._framing import Framing
-from ._listeners import AcceptGate, BoundListener, UnixAddress, stream_for
+from ._listeners import AcceptGate, BoundListener, UnixAddress, connect, stream_for
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")

@@ -14,6 +14,10 @@ A :class:`BoundListener` can also wrap a socket that is already listening (from
 systemd or a previous process: see :mod:`._handover`). An :class:`AcceptGate`
 pauses every accept loop of a daemon at once (while a new process takes over)
 without closing anything.
+
+:func:`connect` is the other end: an address to a connected stream, for the
+server's own clients (the control client, a process taking over) and for the
+harness in :mod:`triodaemon.testing`.
 """
 
 from __future__ import annotations
@@ -23,18 +27,22 @@ import errno
 import logging
 import os
 import socket as stdlib_socket
+import stat
 from collections.abc import Sequence
 
 import attrs
 import trio
 
-from ._errors import AddressError
-from ._socketfile import bind_socket_file, check_socket_path, remove_if_ours
+from ._errors import AddressError, ClientError
+from ._socketfile import bind_socket_file, check_socket_path, file_kind, remove_if_ours
 
 log = logging.getLogger("triodaemon")
 
 #: Listen backlog: the kernel clamps it to ``net.core.somaxconn``.
 DEFAULT_BACKLOG = 1024
+#: Seconds a connect may take: the kernel's own limit for a TCP connect that gets
+#: no answer (a full backlog drops SYNs) is over two minutes.
+CONNECT_TIMEOUT = 10.0
 #: accept() errors that concern one connection, not the listener: accept(2) on
 #: Linux passes on the network errors of the new connection and says to retry
 #: (EPERM: a firewall rule); the rest are what trio's SocketListener skips on
@@ -414,3 +422,43 @@ async def open_unix(
     """Bind a Unix socket at ``address.path`` with the hygiene of :mod:`._socketfile`."""
     sock, identity = await bind_socket_file(address.path, mode=mode, group=group, backlog=backlog)
     return BoundListener(sock, address, identity)
+
+
+async def connect(address: Address, *, timeout: float = CONNECT_TIMEOUT) -> trio.SocketStream:
+    """Open a stream to a TCP or Unix address, within ``timeout`` seconds.
+
+    Raises:
+        ClientError: the connection could not be made (one line, address named).
+    """
+    with trio.move_on_after(timeout):
+        try:
+            if isinstance(address, TcpAddress):
+                return await trio.open_tcp_stream(address.host or "localhost", address.port)
+            return await trio.open_unix_socket(address.path)
+        except OSError as exc:
+            raise ClientError(f"cannot connect to {address}: {_reason(exc, address)}") from exc
+    raise ClientError(
+        f"cannot connect to {address}: no answer within {timeout:g}s "
+        "(its listen backlog is full, or something drops the connection)"
+    )
+
+
+def _reason(exc: OSError, address: Address) -> str:
+    """The OS's words for why a connect failed (trio groups the attempts of one host),
+    or, for a path that is no socket at all (which Linux calls "connection
+    refused" too), what it is."""
+    attempts = getattr(exc.__cause__, "exceptions", ())
+    for attempt in attempts:
+        if isinstance(attempt, OSError) and attempt.errno is not None:
+            exc = attempt
+            break
+    if isinstance(address, UnixAddress) and exc.errno == errno.ECONNREFUSED:
+        try:
+            mode = os.stat(address.path).st_mode
+        except (OSError, ValueError):
+            pass
+        else:
+            if not stat.S_ISSOCK(mode):
+                return f"not a socket ({file_kind(mode)})"
+            return "connection refused (a socket file that nothing listens on)"
+    return exc.strerror.lower() if exc.strerror else str(exc)

@@ -26,7 +26,12 @@ from collections.abc import Iterator
 import attrs
 
 from . import scans
-from .readiness import Readiness, ReadinessName, open_readiness
+
+# The backends import trio, socket and select: loaded when a run chooses one, not
+# with the scans, which the sans-I/O framing imports through this package.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .readiness import Readiness, ReadinessName
 
 
 @attrs.frozen
@@ -44,6 +49,8 @@ class Lowlevel:
         Raises:
             ValueError: a backend this system lacks.
         """
+        from .readiness import open_readiness
+
         return cls(open_readiness(readiness), scans.ACTIVE)
 
     @contextlib.contextmanager

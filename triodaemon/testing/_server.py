@@ -16,13 +16,13 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from .._client import connect, echo_frames
 from .._config import DaemonConfig
 from .._connection import FrameHandler
 from .._daemon import Daemon
 from .._errors import TriodaemonError
 from .._framing import Framing
-from .._listeners import Address, TcpAddress, UnixAddress
+from .._listeners import Address, TcpAddress, UnixAddress, connect
+from ._client import echo_frames
 
 Transport = Literal["unix", "tcp"]
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from ._errors import FramingError
-from ._framing import Framing
+from ..._errors import FramingError
+from ..._framing import Framing
 
 #: The kinds of failure, most specific first within each family.
 KINDS = (

@@ -6,7 +6,7 @@ scenario of ``check`` does. Because it is data, a failing case can be replayed
 (``check --replay``), printed as a Python snippet that needs nothing but the standard
 library, and shrunk: :func:`shrink` tries fewer frames, shorter payloads and fewer
 writes, the way hypothesis shrinks, keeping each change after which the server still
-fails *the same way* (the same :data:`~triodaemon._diagnosis.KINDS` kind). Running a
+fails *the same way* (the same :data:`~triodaemon.testing.check.KINDS` kind). Running a
 case is the caller's (``check``'s); this module never touches a socket.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import attrs
 
+from ..._framing import Framing
+from ..._listeners import Address, TcpAddress
 from ._diagnosis import count, show, wire
-from ._framing import Framing
-from ._listeners import Address, TcpAddress
 
 
 @attrs.frozen

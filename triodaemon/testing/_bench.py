@@ -23,10 +23,9 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from ._client import connect
-from ._errors import ClientError, FramingError
-from ._framing import Framing
-from ._listeners import Address
+from .._errors import ClientError, FramingError
+from .._framing import Framing
+from .._listeners import Address, connect
 
 #: Hex digits of the sequence number at the start of every payload.
 _SEQ_DIGITS = 16

@@ -1,0 +1,291 @@
+"""The part of ``check`` that talks to the server: connect, write while reading, judge.
+
+Strategy: one exchange is a :class:`~._case.Case` written on a connection while a
+reader collects what comes back, under the scenario's deadline; the writer and the
+reader share one small record of what each saw, from which the transcript says how
+the exchange ended. Judging is :func:`~._diagnosis.diagnose`'s; a failure is raised
+as :class:`Failed`, which the run turns into a result (:mod:`._check`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+import struct
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from ..._errors import ClientError
+from ..._framing import Framing
+from ..._listeners import Address, connect
+from ._case import Case
+from ._diagnosis import Diagnosis, Transcript, diagnose, show
+
+#: Exchanges end this much before their scenario's time limit (at most a tenth of it).
+MARGIN = 0.05
+
+#: Kinds of failure where echoes were still owed when the exchange ended.
+_LOST = {"nothing", "lost", "last-frame", "one-per-write"}
+
+
+class Failed(Exception):
+    """A scenario failed: what went wrong, and the case to shrink, if there is one."""
+
+    def __init__(
+        self,
+        detail: str,
+        sent: str = "",
+        received: str = "",
+        *,
+        kind: str = "",
+        case: Case | None = None,
+        note: str = "",
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.sent = sent
+        self.received = received
+        self.kind = kind
+        self.case = case
+        self.note = note
+
+
+def _summary(frames: Sequence[bytes], wire_size: int, how: str = "") -> str:
+    shown = " ".join(show(frame, 24) for frame in frames[:4])
+    more = f" ... ({len(frames) - 4} more)" if len(frames) > 4 else ""
+    noun = "frame" if len(frames) == 1 else "frames"
+    return f"{len(frames)} {noun}, {wire_size} bytes{how}: {shown}{more}"
+
+
+async def close_now(stream: trio.SocketStream) -> None:
+    """Close at once, even in a cancelled scope (so a failure is not replaced by
+    the cancellation)."""
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+def abort(stream: trio.SocketStream) -> None:
+    """Close with a reset (RST), as a client that crashes does."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+@attrs.define
+class Checker:
+    """Talks to the server for the running scenario, and judges each exchange."""
+
+    address: Address
+    framing: Framing
+    timeout: float
+    rng: random.Random = attrs.field(factory=random.Random)
+    deadline: float = math.inf
+    """When the running scenario's time is up (trio time)."""
+    slowest: float = 0.0
+    """The longest exchange that passed in the running scenario, in seconds."""
+    planned: int = 0
+    """How many exchanges the running scenario makes one after another, if several."""
+    good_frames: int = 0
+    """Frames echoed on the resilience scenario's well-behaved connection."""
+
+    async def open(self) -> trio.SocketStream:
+        try:
+            with trio.move_on_at(self.deadline):
+                return await connect(self.address)
+        except ClientError as exc:
+            raise Failed(str(exc), kind="refused") from None
+        raise Failed("could not even connect within the time limit", kind="timeout")
+
+    async def talk(
+        self,
+        stream: trio.SocketStream,
+        case: Case,
+        *,
+        written: int = 0,
+        idle: float = math.inf,
+        history: int = 0,
+    ) -> Transcript:
+        """Write the case (each write after its pause) while reading; return what
+        came back, when, and how it ended. The first ``written`` bytes of the case
+        were sent already; ``history`` frames were echoed on ``stream`` before.
+
+        Reading stops once the echo's size has come back (with a half-close: at EOF),
+        at the deadline, or once nothing has come for ``idle`` seconds after the
+        last write.
+        """
+        expected_size = case.size(self.framing)
+        talk = _Talk(case, expected_size, expected_size - written, trio.current_time())
+        with trio.move_on_at(self.deadline) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_write, stream, self.framing, talk, written)
+                await _read(stream, talk, idle)
+                nursery.cancel_scope.cancel()
+        elapsed = trio.current_time() - talk.start
+        timed_out = scope.cancelled_caught or talk.quiet
+        return Transcript(
+            bytes(talk.received),
+            _ending(talk, elapsed, timed_out, at_the_limit=scope.cancelled_caught),
+            timed_out,
+            tuple(talk.arrivals),
+            elapsed,
+            unsent=talk.unsent if timed_out else 0,
+            blocked=talk.sending,
+            history=history,
+        )
+
+    def judge(
+        self, case: Case, transcript: Transcript, *, how: str = "", context: str = ""
+    ) -> None:
+        found = diagnose(self.framing, case.frames, transcript, case.write_ends(self.framing)[:-1])
+        if found is None:
+            self.slowest = max(self.slowest, transcript.elapsed)
+            return
+        found = self._out_of_time(found, transcript)
+        received = transcript.received
+        raise Failed(
+            context + found.text,
+            sent=_summary(case.frames, case.size(self.framing), how),
+            received=f"{len(received)} bytes: {show(received, 96)}",
+            kind=found.kind,
+            case=case,
+        )
+
+    def _out_of_time(self, found: Diagnosis, transcript: Transcript) -> Diagnosis:
+        """An exchange that the scenario's time limit cut, while the ones before it
+        had taken about as long as it had: slow, not lost."""
+        if found.kind not in _LOST or not transcript.timed_out or not self.slowest:
+            return found
+        last = transcript.arrivals[-1][0] if transcript.arrivals else 0.0
+        waited = transcript.elapsed - last
+        if waited > 3 * self.slowest:
+            return found  # it waited far longer than any exchange that passed took
+        need = (
+            f"; its {self.planned} exchanges need about {self.planned * self.slowest:.2g}s: "
+            f"try --timeout {math.ceil(self.planned * self.slowest * 1.5)}"
+            if self.planned
+            else ": give it more time with --timeout"
+        )
+        return Diagnosis(
+            "slow",
+            f"{found.text.split(': ')[0]}: the scenario's time limit ran out "
+            f"{transcript.elapsed:.2g}s into this exchange, and the ones before it took up "
+            f"to {self.slowest:.2g}s each: the server seems slow, not lossy{need}",
+        )
+
+    async def exchange(
+        self,
+        case: Case,
+        *,
+        how: str = "",
+        stream: trio.SocketStream | None = None,
+        context: str = "",
+        history: int = 0,
+    ) -> None:
+        own = stream is None
+        stream = stream or await self.open()
+        try:
+            transcript = await self.talk(stream, case, history=history)
+            self.judge(case, transcript, how=how, context=context)
+        finally:
+            if own:
+                await close_now(stream)
+
+
+@attrs.define(eq=False)
+class _Talk:
+    """One exchange on one connection, as its writer and its reader see it."""
+
+    case: Case
+    expected_size: int
+    """The echo's size: the case's wire size."""
+    unsent: int
+    """Bytes of the case not written yet."""
+    start: float
+    """When the exchange began (trio time)."""
+    received: bytearray = attrs.field(factory=bytearray)
+    arrivals: list[tuple[float, int]] = attrs.field(factory=list)
+    """(seconds since the start, bytes read so far) after each read."""
+    sent: trio.Event = attrs.field(factory=trio.Event)
+    """Set once the writer is done (every write made, or the connection broke)."""
+    sending: bool = False
+    """In a write (else pausing between writes)."""
+    reset: bool = False
+    broke: bool = False
+    closed: bool = False
+    quiet: bool = False
+    """Nothing came for ``idle`` seconds after the last write."""
+
+
+async def _write(stream: trio.SocketStream, framing: Framing, talk: _Talk, written: int) -> None:
+    """Make the case's writes, each after its pause, skipping the first ``written``
+    bytes; then the half-close, if the case has one."""
+    case = talk.case
+    skip = written
+    try:
+        for pause, data in case.writes(framing):
+            if skip >= len(data):
+                skip -= len(data)
+                continue
+            if pause:
+                await trio.sleep(pause)
+            talk.sending = True
+            await stream.send_all(data[skip:])
+            talk.sending = False
+            talk.unsent -= len(data) - skip
+            skip = 0
+        if case.half_close:
+            await stream.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        talk.sending = False
+        talk.reset = isinstance(exc.__cause__, ConnectionResetError)
+        talk.broke = not talk.reset
+    talk.sent.set()
+
+
+async def _read(stream: trio.SocketStream, talk: _Talk, idle: float) -> None:
+    """Read until the echo's size has come back (with a half-close: until EOF), the
+    server closes or resets, or nothing comes for ``idle`` seconds after the last
+    write."""
+    case = talk.case
+    if case.read_delay:
+        await trio.sleep(case.read_delay)
+    while case.half_close or len(talk.received) < talk.expected_size:
+        with trio.move_on_after(idle) as waiting:
+            try:
+                data = await stream.receive_some()
+            except trio.BrokenResourceError:
+                talk.reset = True
+                break
+        if waiting.cancelled_caught:
+            if talk.sent.is_set():
+                talk.quiet = True
+                break
+            continue
+        if not data:
+            talk.closed = not case.half_close or len(talk.received) < talk.expected_size
+            break
+        talk.received += data
+        talk.arrivals.append((trio.current_time() - talk.start, len(talk.received)))
+
+
+def _ending(talk: _Talk, elapsed: float, timed_out: bool, *, at_the_limit: bool) -> str:
+    """How the exchange ended, as a phrase for :attr:`Transcript.ended`."""
+    if talk.reset:
+        return ", then the server reset the connection"
+    if talk.closed:
+        return ", then the server closed the connection"
+    if talk.broke:
+        return ", then the connection broke while sending"
+    if not timed_out:
+        return ""
+    arrivals = talk.arrivals
+    last = arrivals[-1][0] if arrivals else 0.0
+    until = ", until the time limit" if at_the_limit else ""
+    ended = f", then nothing more for {elapsed - last:.3g}s{until}"
+    if arrivals and elapsed - last < 0.05 * elapsed:
+        ended = ", and more was still coming when the time limit ran out"
+    if talk.case.half_close and len(talk.received) >= talk.expected_size:
+        ended = ", but the connection was not closed within the time limit after the half-close"
+    return ended

@@ -1,0 +1,238 @@
+"""What a check run found, for people and for programs: results, reports, saved cases.
+
+Strategy: plain frozen records, built by the run (:mod:`._check`) and never changed;
+each says itself as a table, JSON (:func:`cases_from_file` reads a report's cases
+back for ``--replay``) or JUnit XML. No I/O here beyond formatting.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from xml.etree import ElementTree
+
+import attrs
+
+from ..._faults import loads
+from ..._framing import Framing
+from ..._listeners import Address
+from ._case import Case, show_writes
+from ._diagnosis import show
+
+
+@attrs.frozen
+class MinimalCase:
+    """The smallest case found that fails the way a scenario failed."""
+
+    case: Case
+    """The frames and the writes."""
+    framing: Framing
+    detail: str
+    """The diagnosis of the smallest case."""
+    received: bytes
+    """What came back for it."""
+    shrunk_from: str
+    """The case the scenario failed with, described."""
+    tries: int
+    """How many cases were tried."""
+    seconds: float
+    """How long shrinking took."""
+    python: str
+    """A standalone script that replays the case."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "case": self.case.to_json(),
+            "framing": self.framing.to_json(),
+            "writes": [
+                {"pause": pause, "hex": data.hex(), "text": repr(data)}
+                for pause, data in self.case.writes(self.framing)
+            ],
+            "detail": self.detail,
+            "received": {"hex": self.received.hex(), "text": repr(self.received)},
+            "shrunk_from": self.shrunk_from,
+            "tries": self.tries,
+            "seconds": round(self.seconds, 3),
+            "python": self.python,
+        }
+
+
+@attrs.frozen
+class ScenarioResult:
+    """The outcome of one scenario."""
+
+    name: str
+    """The scenario's name, e.g. ``coalesced``."""
+    passed: bool
+    """Whether everything sent came back whole, in order, and nothing else."""
+    seconds: float
+    """How long the scenario took (shrinking not included)."""
+    detail: str = ""
+    """On failure: what went wrong, and what kind of server bug does that."""
+    sent: str = ""
+    """On failure: a summary of what was sent."""
+    received: str = ""
+    """On failure: a summary of what came back."""
+    kind: str = ""
+    """On failure: the kind of bug, one of ``triodaemon.testing.check.KINDS`` (or
+    ``refused``, ``timeout``, ``reset``, ``broken``: no exchange to judge)."""
+    minimal: MinimalCase | None = None
+    """On failure: the smallest case that fails the same way, if one was found."""
+    shrink_note: str = ""
+    """On failure: why there is no smaller case, when there is none."""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "passed": self.passed,
+            "seconds": round(self.seconds, 3),
+        }
+        if not self.passed:
+            data.update(detail=self.detail, sent=self.sent, received=self.received, kind=self.kind)
+            data["minimal"] = self.minimal.to_json() if self.minimal else None
+            data["shrink_note"] = self.shrink_note
+        return data
+
+    def lines(self, address: Address | None = None) -> list[str]:
+        """The failure, for people: the diagnosis, and the smallest case."""
+        lines = [f"    {self.detail}"]
+        if self.sent:
+            lines.append(f"    sent: {self.sent}")
+        if self.received:
+            lines.append(f"    got:  {self.received}")
+        minimal = self.minimal
+        if minimal is None:
+            if self.shrink_note:
+                lines.append(f"    not shrunk: {self.shrink_note}")
+            return lines
+        lines.append(
+            f"    smallest failing case ({minimal.tries} tries, {minimal.seconds:.1f}s; "
+            f"from {minimal.shrunk_from}):"
+        )
+        lines.append(f"      {minimal.case.describe(minimal.framing)}")
+        lines += [f"      {line}" for line in show_writes(minimal.framing, minimal.case)]
+        lines.append(f"      came back: {show(minimal.received, 96)}")
+        lines.append(f"      {minimal.detail}")
+        writes = minimal.case.writes(minimal.framing)
+        if len(writes) <= 16 and minimal.case.size(minimal.framing) <= 1024:
+            lines.append("      replay it with Python (or: check --json, then --replay REPORT):")
+            lines += [f"        {line}" for line in minimal.python.splitlines()]
+        else:
+            lines.append("      replay it: check --json > REPORT, then check --replay REPORT")
+        return lines
+
+
+@attrs.frozen
+class CheckReport:
+    """Every scenario's result for one server."""
+
+    address: str
+    framing: str
+    results: tuple[ScenarioResult, ...]
+    seed: int | None = None
+    """The seed every random choice came from: ``--seed`` repeats the run (None
+    for a replay, which makes none)."""
+
+    @property
+    def passed(self) -> bool:
+        """True only if every scenario passed."""
+        return all(result.passed for result in self.results)
+
+    def to_json(self) -> str:
+        """The report as a JSON document."""
+        return json.dumps(
+            {
+                "address": self.address,
+                "framing": self.framing,
+                "seed": self.seed,
+                "passed": self.passed,
+                "scenarios": [result.to_json() for result in self.results],
+            },
+            indent=2,
+        )
+
+    def summary(self) -> str:
+        failed = sum(not result.passed for result in self.results)
+        noun = "scenario" if len(self.results) == 1 else "scenarios"
+        return f"{len(self.results)} {noun}: {len(self.results) - failed} passed, {failed} failed"
+
+    def table(self) -> str:
+        """The report as a table for people."""
+        width = max((len(result.name) for result in self.results), default=8) + 2
+        lines = [
+            f"triodaemon check {self.address} ({self.framing})"
+            + (f", seed {self.seed}" if self.seed is not None else ""),
+            f"{'scenario':<{width}}result  time",
+        ]
+        for result in self.results:
+            status = "pass" if result.passed else "FAIL"
+            lines.append(f"{result.name:<{width}}{status:<8}{result.seconds:.3f}s")
+            if not result.passed:
+                lines += result.lines()
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def junit_xml(self) -> str:
+        """The report as JUnit XML: one test case per scenario, the diagnosis as
+        the failure message (what CI systems show)."""
+        suite = ElementTree.Element(
+            "testsuite",
+            name=f"triodaemon check {self.address}",
+            tests=str(len(self.results)),
+            failures=str(sum(not result.passed for result in self.results)),
+            errors="0",
+            skipped="0",
+            time=f"{sum(result.seconds for result in self.results):.3f}",
+        )
+        properties = ElementTree.SubElement(suite, "properties")
+        for name, value in (("framing", self.framing), ("seed", str(self.seed or ""))):
+            ElementTree.SubElement(properties, "property", name=name, value=value)
+        for result in self.results:
+            case = ElementTree.SubElement(
+                suite,
+                "testcase",
+                classname="triodaemon.check",
+                name=result.name,
+                time=f"{result.seconds:.3f}",
+            )
+            if not result.passed:
+                failure = ElementTree.SubElement(
+                    case, "failure", message=result.detail, type=result.kind or "failure"
+                )
+                failure.text = "\n".join(line.strip() for line in result.lines())
+        ElementTree.indent(suite)
+        return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(
+            suite, encoding="unicode"
+        )
+
+
+def cases_from_file(text: str) -> list[tuple[str, Framing, Case]]:
+    """The cases in a ``check --json`` report (each failing scenario's smallest
+    case): (name, framing, case) each.
+
+    Raises:
+        ValueError: not a report, or a report without a single case.
+    """
+    try:
+        document = loads(text, max_depth=64)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError("not a check report")
+    found = []
+    for scenario in document.get("scenarios", ()):
+        minimal = scenario.get("minimal") if isinstance(scenario, dict) else None
+        if minimal:
+            try:
+                found.append(
+                    (
+                        str(scenario.get("name", "replay")),
+                        Framing.from_json(minimal["framing"]),
+                        Case.from_json(minimal["case"]),
+                    )
+                )
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"not a check report: a case lacks {exc}") from None
+    if not found:
+        raise ValueError("the report holds no failing case to replay")
+    return found
