@@ -329,9 +329,15 @@ def test_serving_imports_neither_the_harness_nor_pytest_nor_hypothesis() -> None
 def test_the_lazy_names_and_the_type_checkers_names_agree() -> None:
     """Each name the type checkers see in ``__init__`` loads from the same module at run time."""
     tree = ast.parse((_PACKAGE / "__init__.py").read_text())
+    [block] = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+        if node.test.id == "TYPE_CHECKING"
+    ]
     seen = {
         alias.asname or alias.name: f".{node.module}"
-        for node in ast.walk(tree)
+        for node in ast.walk(block)
         if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
         for alias in node.names
     }

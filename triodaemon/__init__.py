@@ -12,7 +12,7 @@ servers from outside (``run_check``, ``run_bench``, ``echo_frames``, ...) is in
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import trio
 
-from . import __version__, _signals
+from . import _signals
 from ._config import DEFAULT_FRAME_TIMEOUT, DaemonConfig
 from ._control import ControlClient, ControlClosed, ControlError
 from ._daemon import Daemon
@@ -57,6 +57,7 @@ from ._lowlevel.readiness import READINESS_NAMES, open_readiness
 from ._socketfile import check_socket_path, resolve_group
 from ._supervisor import Supervisor
 from ._systemd import Notifier, activated_sockets
+from ._version import __version__
 
 if TYPE_CHECKING:
     from .testing.check import ScenarioResult

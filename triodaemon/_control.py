@@ -37,13 +37,13 @@ from typing import Any
 import attrs
 import trio
 
-from . import __version__
 from ._config import DaemonConfig
 from ._errors import ClientError, FramingError, TriodaemonError
 from ._faults import fault, loads
 from ._framing import Framing
 from ._listeners import AcceptGate, BoundListener, UnixAddress, connect, stream_for
 from ._stats import Stats
+from ._version import __version__
 
 log = logging.getLogger("triodaemon")
 
