@@ -47,6 +47,9 @@ from triodaemon._handover.giver import Giver
 from triodaemon._handover.taker import Taken
 from triodaemon._handover.wire import CalledOff, Channel
 from triodaemon._listeners import Address
+from triodaemon._process import takeover as _takeover
+from triodaemon._process.roles import Standalone
+from triodaemon._process.startup import Start, Startup
 from triodaemon._supervisor import Supervisor
 from triodaemon._systemd import Notifier
 from triodaemon.testing import echo_frames
@@ -457,27 +460,22 @@ async def test_a_fault_of_the_takers_side_is_logged_and_it_serves_on(
 ) -> None:
     """The new process's side of the channel, after it serves: a failure there ends
     the channel, not the process."""
-    from triodaemon import _cli
-
+    role = Standalone(config(sock_dir), Start([], []), Notifier(None))
     with trio.fail_after(TEST_TIMEOUT):
-        async with running(config(sock_dir)) as (daemon, addresses):
+        async with trio.open_nursery() as nursery:
+            addresses = list(await nursery.start(role.run))
             ours, theirs = socket.socketpair()
             channel = Channel(trio.socket.from_stdlib_socket(ours), "the old process")
             taken = Taken([], None, 1, {}, [])
-            monkeypatch.setattr(_cli, "take_connections", raising(RecursionError))
-            startup = _cli._Startup(Notifier(None))
+            monkeypatch.setattr(_takeover, "take_connections", raising(RecursionError))
+            startup = Startup(Notifier(None))
             startup.ready.set()
-
-            class NoNotifier:
-                async def run(self, daemon: object, drain_timeout: float) -> None:
-                    pass
-
-            giver = Giver.for_daemon(daemon)
-            no_notifier: Any = NoNotifier()
-            await _cli._finish_takeover(channel, taken, daemon, giver, startup, no_notifier)
+            await _takeover.finish_takeover(channel, taken, role, startup)
             theirs.close()
-            await serves_on(daemon, addresses, sock_dir)
-        drained_cleanly(daemon)
+            await serves_on(role.daemon, addresses, sock_dir)
+            role.drain()
+    drained_cleanly(role.daemon)
+    assert role.failure is None
     faults.logged_once("taking the connections over")
 
 

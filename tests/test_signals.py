@@ -316,8 +316,8 @@ def python_prints(code: str) -> str:
 def test_serving_imports_neither_the_harness_nor_pytest_nor_hypothesis() -> None:
     code = (
         "import sys\n"
-        "from triodaemon import _cli\n"
-        "_cli._serve_parser()\n"
+        "from triodaemon._cli import serve\n"
+        "serve._serve_parser()\n"
         "from triodaemon import Daemon, DaemonConfig, UnixAddress\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest', "
         "'hypothesis') or m.startswith(('trio.testing', 'triodaemon.testing'))]\n"

@@ -438,7 +438,7 @@ async def test_a_worker_that_cannot_be_started_ends_the_start_in_one_line(
 
 
 async def test_too_many_workers_is_a_usage_error() -> None:
-    from triodaemon._cli import MAX_WORKERS
+    from triodaemon._cli.serve import MAX_WORKERS
 
     result = await run_triodaemon("--tcp", ":0", "--workers", str(MAX_WORKERS + 1))
     assert result.returncode == 2
