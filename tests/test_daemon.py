@@ -476,7 +476,9 @@ async def test_read_size_by_transport_unless_configured(
         async with running(config) as (daemon, addresses):
             streams = [await connect(address) for address in addresses]
             await trio.testing.wait_all_tasks_blocked()
-            sizes = {c.info.listener.split(":")[0]: c.receive_size for c in daemon._connections}
+            sizes = {
+                c.info.listener.split(":")[0]: c.receive_size for c in daemon.open_connections()
+            }
             assert sizes == expected
             for stream in streams:
                 await stream.aclose()

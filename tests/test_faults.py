@@ -36,6 +36,7 @@ from triodaemon import (
     _connection,
     _control,
     _supervisor,
+    _workers,
     connect,
     open_listeners,
 )
@@ -50,6 +51,7 @@ from triodaemon._listeners import Address
 from triodaemon._process import takeover as _takeover
 from triodaemon._process.roles import Standalone
 from triodaemon._process.startup import Start, Startup
+from triodaemon._served import Served
 from triodaemon._supervisor import Supervisor
 from triodaemon._systemd import Notifier
 from triodaemon.testing import echo_frames
@@ -263,12 +265,12 @@ async def test_a_fault_while_accepting_closes_that_connection_only(
 ) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with running(config(sock_dir, max_connections=2)) as (daemon, addresses):
-            real = Daemon._connection_for
-            monkeypatch.setattr(Daemon, "_connection_for", raising(fault))
+            real = Served._connection_for
+            monkeypatch.setattr(Served, "_connection_for", raising(fault))
             victim = await connect(addresses[1])
             async with victim:
                 assert await read_until_eof(victim) == b""
-            monkeypatch.setattr(Daemon, "_connection_for", real)
+            monkeypatch.setattr(Served, "_connection_for", real)
             # Its slot of max_connections is free again: two more are served at once.
             first, second = await connect(addresses[0]), await connect(addresses[1])
             async with first, second:
@@ -523,7 +525,7 @@ async def test_a_fault_reading_a_workers_report_skips_that_report(
 ) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with supervising(sock_dir) as (_, address):
-            real = _supervisor._add_report
+            real = _workers.add_report
             calls = 0
 
             def add(total: Any, report: Any) -> None:
@@ -533,7 +535,7 @@ async def test_a_fault_reading_a_workers_report_skips_that_report(
                     raise KeyError("injected")
                 real(total, report)
 
-            monkeypatch.setattr(_supervisor, "_add_report", add)
+            monkeypatch.setattr(_supervisor, "add_report", add)
             assert await echo_frames(address, [b"x"]) == [b"x"]
             await faults.wait()
             monkeypatch.undo()
@@ -574,7 +576,7 @@ async def test_a_fault_starting_one_worker_restarts_that_worker(
 async def test_a_fault_relaying_one_workers_log_restarts_that_worker(
     sock_dir: Path, monkeypatch: pytest.MonkeyPatch, daemon_log: LogWaiter
 ) -> None:
-    real = Supervisor._relay_line
+    real = _workers.relay_line
 
     def relay_line(worker: Any, pid: int, line: str) -> None:
         if worker.number == 1 and worker.restarts == 0:
@@ -583,7 +585,7 @@ async def test_a_fault_relaying_one_workers_log_restarts_that_worker(
 
     with trio.fail_after(TEST_TIMEOUT):
         async with supervising(sock_dir) as (supervisor, address):
-            monkeypatch.setattr(Supervisor, "_relay_line", staticmethod(relay_line))
+            monkeypatch.setattr(_supervisor, "relay_line", relay_line)
             # Worker 1 alone logs a line: the level changed (the supervisor's is debug).
             with contextlib.suppress(ClientError):  # (killed before it replies, or after)
                 await supervisor._workers[0].ask("log-level", level="info")

@@ -448,9 +448,9 @@ async def test_too_many_workers_is_a_usage_error() -> None:
 def test_worker_lines_keep_their_level_and_tracebacks_follow_theirs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from triodaemon._supervisor import Supervisor, _Worker
+    from triodaemon._workers import WorkerProcess, relay_line
 
-    worker = _Worker(2)
+    worker = WorkerProcess(2)
     lines = [
         "triodaemon: error: something before any log line",
         "2026-11-26 10:00:00,000 triodaemon DEBUG conn 7: handler traceback",
@@ -460,7 +460,7 @@ def test_worker_lines_keep_their_level_and_tracebacks_follow_theirs(
     ]
     with caplog.at_level(logging.DEBUG, logger="triodaemon"):
         for line in lines:
-            Supervisor._relay_line(worker, 4242, line)
+            relay_line(worker, 4242, line)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.WARNING, "worker 2 (pid 4242): triodaemon: error: something before any log line"),
         (logging.DEBUG, "worker 2 (pid 4242): conn 7: handler traceback"),

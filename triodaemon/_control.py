@@ -29,21 +29,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import trio
 
-from ._config import DaemonConfig
 from ._errors import ClientError, FramingError, TriodaemonError
 from ._faults import fault, loads
 from ._framing import Framing
 from ._listeners import AcceptGate, BoundListener, UnixAddress, connect, stream_for
 from ._stats import Stats
-from ._version import __version__
 
 log = logging.getLogger("triodaemon")
 
@@ -196,84 +192,6 @@ def no_arguments(args: dict[str, Any]) -> None:
     """Refuse arguments a command does not take."""
     if args:
         raise ControlError(f"unexpected argument {next(iter(args))!r}")
-
-
-def stats_report(
-    config: DaemonConfig,
-    stats: Stats,
-    *,
-    started: float,
-    started_wall: float,
-    draining: bool,
-    readiness: str,
-    scans: str,
-    listeners: Sequence[BoundListener],
-    control: BoundListener | None,
-    buffered: int,
-    drain: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The ``stats`` reply, of a daemon or a supervisor: who, since when, what it
-    serves, its counters, its limits, and ``drain`` (the drain's progress, or None).
-
-    ``started`` is ``time.monotonic()`` at the start, ``started_wall`` ``time.time()``.
-    """
-    return {
-        "version": __version__,
-        "pid": os.getpid(),
-        "started": started_wall,
-        "uptime": time.monotonic() - started,
-        "state": "draining" if draining else "serving",
-        "readiness": readiness,
-        "scans": scans,
-        "speedups": scans == "compiled",
-        "listeners": [
-            {"address": str(listener.address), "accepting": not draining} for listener in listeners
-        ],
-        "control": str(control.address) if control is not None else None,
-        "connections": {
-            "open": stats.connections_active,
-            "total": stats.connections_accepted,
-            "taken_over": stats.connections_taken,
-            "handed_over": stats.connections_handed,
-        },
-        "frames": stats.frames,
-        "bytes_in": stats.bytes_received,
-        "bytes_out": stats.bytes_sent,
-        "buffered": buffered,
-        "memory_waits": stats.memory_waits,
-        "errors": stats.errors(),
-        "limits": {
-            "framing": config.framing.describe(),
-            "max_frame": config.framing.max_frame,
-            "max_connections": config.max_connections,
-            "idle_timeout": config.idle_timeout,
-            "frame_timeout": config.frame_timeout,
-            "drain_timeout": config.drain_timeout,
-            "max_buffered": config.max_buffered,
-        },
-        "drain": drain,
-    }
-
-
-def log_level_command(source: str, also: Callable[[str], Awaitable[None]] | None = None) -> Command:
-    """``log-level LEVEL``: set the ``triodaemon`` logger's level (and, with ``also``,
-    wherever else it should go); logged as a warning that names ``source``."""
-
-    async def log_level(args: dict[str, Any]) -> dict[str, str]:
-        level = args.pop("level", None)
-        no_arguments(args)
-        if level not in LOG_LEVELS:
-            raise ControlError(f"level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-        logger = logging.getLogger("triodaemon")
-        was = logging.getLevelName(logger.getEffectiveLevel()).lower()
-        logger.setLevel(level.upper())
-        if also is not None:
-            await also(level)
-        if level != was:
-            log.warning("log level changed %s: %s (was %s)", source, level, was)
-        return {"level": level, "was": was}
-
-    return log_level
 
 
 def encode(message: dict[str, Any]) -> bytes:

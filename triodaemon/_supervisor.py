@@ -40,16 +40,13 @@ import contextlib
 import logging
 import math
 import os
-import re
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
 import trio
 
 from ._config import DaemonConfig
@@ -59,18 +56,26 @@ from ._control import (
     Commands,
     ControlClient,
     ControlError,
-    log_level_command,
     no_arguments,
     serve_control,
-    stats_report,
 )
 from ._daemon import CONTROL_GRACE, DrainSummary
 from ._errors import ClientError, TriodaemonError
 from ._faults import fault
 from ._listeners import AcceptGate, Address, BoundListener
-from ._program import exit_reason, python_program, without_options
-from ._socketfile import UNIX_PATH_MAX
+from ._program import exit_reason, without_options
+from ._reports import log_level_command, stats_report
 from ._stats import Stats
+from ._workers import (
+    MAX_RELAYED_LINE,
+    WorkerProcess,
+    add_report,
+    handover_directory,
+    handover_socket,
+    relay_line,
+    shares,
+    worker_command,
+)
 
 log = logging.getLogger("triodaemon")
 
@@ -83,77 +88,10 @@ STABLE_AFTER = 10.0
 #: with each failure in a row, up to ``BACKOFF_LIMIT``.
 FIRST_BACKOFF = 0.2
 BACKOFF_LIMIT = 30.0
-#: Seconds a worker may take to answer the supervisor before it is skipped.
-ASK_TIMEOUT = 5.0
 #: How often the supervisor gathers the workers' counters (for SIGUSR1 and systemd).
 POLL_INTERVAL = 1.0
 #: After the drain deadline, how long a worker may still take before it is killed.
 EXIT_GRACE = 5.0
-#: The longest line of a worker's stderr that is relayed whole; past it, the line
-#: is cut (a worker printing without newlines must not fill the supervisor's memory).
-MAX_RELAYED_LINE = 65536
-
-#: A worker's log line as its formatter writes it: time, name, level, message.
-_LOG_LINE = re.compile(
-    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} triodaemon (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)"
-)
-
-
-_LEVELS = {
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARNING": logging.WARNING,
-    "ERROR": logging.ERROR,
-    "CRITICAL": logging.CRITICAL,
-}
-
-
-def _handover_directory() -> str | None:
-    """A new private directory (mode 0700) for the workers' handover sockets."""
-    try:
-        return tempfile.mkdtemp(prefix="triodaemon-")
-    except OSError as exc:
-        log.warning("no directory for the workers' handover sockets: %s", exc)
-        return None
-
-
-def shares(total: int, count: int) -> list[int]:
-    """``total`` connections split among ``count`` workers as evenly as whole numbers
-    go (the first ones get one more): ``shares(10, 3) == [4, 3, 3]``."""
-    return [total // count + (number < total % count) for number in range(count)]
-
-
-@attrs.define(eq=False)
-class _Worker:
-    number: int
-    process: trio.Process | None = None
-    channel: ControlClient | None = None
-    lock: trio.Lock = attrs.field(factory=trio.Lock)
-    ready: bool = False
-    state: str = "starting"  # when it does not answer for itself
-    started: float = math.nan  # time.monotonic() of the last start
-    served_from: float = math.nan  # time.monotonic() when it last became ready
-    restarts: int = 0
-    failures: int = 0  # deaths at start in a row
-    last_words: list[str] = attrs.field(factory=list)
-    level: int = logging.WARNING  # of its last log line: the level of the lines after it
-    stats: dict[str, Any] | None = None  # the last stats it reported
-    handover_path: str | None = None  # where its successor asks it for its connections
-    predecessor: str | None = None  # the old worker's handover socket, while it serves
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    async def ask(self, command: str, **args: Any) -> Any:
-        """One request to this worker; ``ClientError`` if it cannot answer in time."""
-        channel = self.channel
-        if channel is None or not self.ready:
-            raise ClientError(f"worker {self.number} is not serving")
-        async with self.lock:
-            with trio.move_on_after(ASK_TIMEOUT):
-                return await channel.request(command, **args)
-        raise ClientError(f"worker {self.number} did not answer within {ASK_TIMEOUT:g}s")
 
 
 class Supervisor:
@@ -176,7 +114,7 @@ class Supervisor:
         self.faults = Stats()  # the supervisor's own internal errors
         self._shares = shares(config.max_connections, count)
         self.summary: DrainSummary | None = None
-        self._workers = [_Worker(number) for number in range(1, count + 1)]
+        self._workers = [WorkerProcess(number) for number in range(1, count + 1)]
         self._listeners: Sequence[BoundListener] = ()
         self._control: BoundListener | None = None
         self._draining = False
@@ -200,7 +138,7 @@ class Supervisor:
         self._take_back: Callable[[], None] | None = None  # a handover's undo
         self._retiring = False  # handed over: the workers hand theirs over, then exit
         self._handover_dir: str | None = None  # the workers' handover sockets
-        self._takeovers: list[_Worker] = []  # taking over from predecessors, not yet told to
+        self._takeovers: list[WorkerProcess] = []  # taking over from predecessors, not yet told to
         self._released = False  # our own takeover is done: workers take connections at once
         self._keepers: trio.Nursery | None = None
 
@@ -273,7 +211,7 @@ class Supervisor:
         self._listeners = listeners
         self._control = control
         self._started, self._started_wall = time.monotonic(), time.time()
-        self._handover_dir = _handover_directory()
+        self._handover_dir = handover_directory()
         if commands is None:
             commands = self.control_commands()
         try:
@@ -394,7 +332,7 @@ class Supervisor:
 
     # -- the workers ----------------------------------------------------------------
 
-    async def _keep(self, worker: _Worker) -> None:
+    async def _keep(self, worker: WorkerProcess) -> None:
         """Run one worker slot: start, watch, restart with backoff, until the drain."""
         while not self._draining and not self._retiring:
             try:
@@ -444,7 +382,7 @@ class Supervisor:
                 await self._drain_started.wait()
             worker.restarts += 1
 
-    async def _stop(self, worker: _Worker) -> None:
+    async def _stop(self, worker: WorkerProcess) -> None:
         """Kill the worker's process, if it runs, and wait for it."""
         process = worker.process
         if process is not None and process.returncode is None:
@@ -452,7 +390,7 @@ class Supervisor:
             with trio.move_on_after(EXIT_GRACE):
                 await process.wait()
 
-    async def _run_once(self, worker: _Worker) -> tuple[str, float, bool]:
+    async def _run_once(self, worker: WorkerProcess) -> tuple[str, float, bool]:
         """Start the worker, make it ready, and wait for it to exit.
 
         Returns why it ended (``exited with code 1``, ``killed by SIGKILL``, or
@@ -463,14 +401,7 @@ class Supervisor:
         """
         worker.state = "starting"
         fds = [listener.sock.fileno() for listener in self._listeners]
-        # The level in force now (ctl log-level may have changed it), and the worker's
-        # share of the connections, after argv's: the last wins.
-        level = logging.getLevelName(log.getEffectiveLevel()).lower()
-        command = [*python_program(), *self.argv, "--log-level", level]
-        command += ["--max-connections", str(self._shares[worker.number - 1])]
-        command += ["--worker", str(worker.number)]
-        for fd in fds:
-            command += ["--inherit", str(fd)]
+        command = worker_command(worker, self.argv, self._shares[worker.number - 1], fds)
         if worker.number in self.predecessors:
             worker.predecessor = self.predecessors.pop(worker.number)
         predecessor = worker.predecessor
@@ -484,7 +415,7 @@ class Supervisor:
             return f"could not be started: {exc.strerror or exc}", -1.0, True
         command += ["--channel", str(theirs.fileno())]
         passed = [*fds, theirs.fileno()]
-        handover, worker.handover_path = self._handover_socket(worker)
+        handover, worker.handover_path = handover_socket(self._handover_dir, worker)
         if handover is not None:
             command += ["--handover-socket", str(handover.fileno())]
             passed.append(handover.fileno())
@@ -535,34 +466,14 @@ class Supervisor:
         # while starting exits with (as the command line does).
         return exit_reason(code), served, 0 <= code <= 128
 
-    def _handover_socket(self, worker: _Worker) -> tuple[socket.socket | None, str | None]:
-        """A listening socket of the worker's own, in our private directory: where,
-        when we are upgraded, its successor asks it for its connections (and where
-        nobody else can reach it). ``(None, None)`` if there cannot be one: the
-        worker's connections then drain at an upgrade instead of moving."""
-        if self._handover_dir is None:
-            return None, None
-        path = os.path.join(self._handover_dir, f"w{worker.number}.{worker.restarts}")
-        if len(os.fsencode(path)) > UNIX_PATH_MAX:
-            return None, None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            sock.listen(16)
-        except OSError as exc:
-            sock.close()
-            log.warning("no handover socket for worker %d: %s", worker.number, exc)
-            return None, None
-        return sock, path
-
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: WorkerProcess) -> None:
         """Keep what a worker that ended had counted (as of its last report), so that
         the totals never go backwards."""
         last, worker.stats = worker.stats, None
         if last is not None:
             self._retired.append(last)
 
-    async def _handshake(self, worker: _Worker) -> None:
+    async def _handshake(self, worker: WorkerProcess) -> None:
         """Wait for the worker's first answer: it serves. Kill it if none comes in time."""
         assert worker.channel is not None
         assert worker.process is not None
@@ -595,7 +506,7 @@ class Supervisor:
         worker.process.kill()
 
     async def _relay(
-        self, worker: _Worker, stderr: trio.abc.ReceiveStream, done: trio.Event
+        self, worker: WorkerProcess, stderr: trio.abc.ReceiveStream, done: trio.Event
     ) -> None:
         """Log the worker's stderr lines again, whole, at their level, with its name."""
         assert worker.process is not None
@@ -609,9 +520,9 @@ class Supervisor:
                     lines.append(buffer[:MAX_RELAYED_LINE] + b" [cut]")
                     buffer = b""
                 for line in lines:
-                    self._relay_line(worker, pid, line.decode(errors="replace"))
+                    relay_line(worker, pid, line.decode(errors="replace"))
             if buffer:
-                self._relay_line(worker, pid, buffer.decode(errors="replace"))
+                relay_line(worker, pid, buffer.decode(errors="replace"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as exc:  # the boundary of one worker's log relay
@@ -620,19 +531,7 @@ class Supervisor:
         finally:
             done.set()
 
-    @staticmethod
-    def _relay_line(worker: _Worker, pid: int, line: str) -> None:
-        if not line:
-            return
-        found = _LOG_LINE.fullmatch(line)
-        if found:
-            worker.level, message = _LEVELS[found[1]], found[2]
-        else:  # the next line of a record (a traceback, at its level), or not a log line
-            message = line
-        worker.last_words = [*worker.last_words[-4:], message]
-        log.log(worker.level, "worker %d (pid %d): %s", worker.number, pid, message)
-
-    async def _tell_to_drain(self, worker: _Worker) -> None:
+    async def _tell_to_drain(self, worker: WorkerProcess) -> None:
         """Ask one worker to drain; kill it if it has not exited after the deadline."""
         with contextlib.suppress(ClientError, ControlError):
             await worker.ask("drain")  # if not serving yet, the handshake tells it
@@ -650,11 +549,11 @@ class Supervisor:
         )
         process.kill()
 
-    def _is_report(self, worker: _Worker, report: Any) -> bool:
+    def _is_report(self, worker: WorkerProcess, report: Any) -> bool:
         """Whether a worker's ``stats`` reply is one (its counters add up): the boundary
         of its pipe, where one that is not is an internal error, logged and counted."""
         try:
-            _add_report(Stats(), report)
+            add_report(Stats(), report)
         except Exception as exc:
             fault(self.faults, f"worker {worker.number}'s stats {report!r:.200}", exc)
             return False
@@ -666,11 +565,11 @@ class Supervisor:
             await self._gather()
             await trio.sleep(POLL_INTERVAL)
 
-    async def _gather(self) -> list[tuple[_Worker, dict[str, Any] | None]]:
+    async def _gather(self) -> list[tuple[WorkerProcess, dict[str, Any] | None]]:
         """Ask every serving worker for its stats at once; sum them into ``self.stats``."""
         answers: dict[int, dict[str, Any] | None] = {}
 
-        async def ask(worker: _Worker) -> None:
+        async def ask(worker: WorkerProcess) -> None:
             answers[worker.number] = None
             try:
                 report = await worker.ask("stats")
@@ -689,7 +588,7 @@ class Supervisor:
         for report in latest:
             total.connections_active += report["connections"]["open"]
         for report in [*latest, *self._retired]:
-            _add_report(total, report)
+            add_report(total, report)
         total.internal_errors += self.faults.internal_errors
         self.stats = total
         self._open = total.connections_active
@@ -747,7 +646,7 @@ class Supervisor:
         """The ``connections`` reply: every worker's, each with its worker and pid."""
         rows: list[dict[str, Any]] = []
 
-        async def ask(worker: _Worker) -> None:
+        async def ask(worker: WorkerProcess) -> None:
             try:
                 answer = await worker.ask("connections")
             except (ClientError, ControlError):
@@ -782,7 +681,7 @@ class Supervisor:
         async def forward(level: str) -> None:
             async with trio.open_nursery() as nursery:
                 for worker in self._workers:
-                    nursery.start_soon(self._set_level, worker, level)
+                    nursery.start_soon(worker.set_level, level)
 
         commands.add("stats", stats, "stats", "every worker's counters, summed, and each worker")
         commands.add("connections", connections, "connections", "every open connection")
@@ -794,42 +693,3 @@ class Supervisor:
             f"log detail: {', '.join(LOG_LEVELS)}",
         )
         return commands
-
-    @staticmethod
-    async def _set_level(worker: _Worker, level: str) -> None:
-        with contextlib.suppress(ClientError, ControlError):
-            # One that is (re)starting gets the level in force on its command line.
-            await worker.ask("log-level", level=level)
-
-
-def _add_report(total: Stats, report: Any) -> None:
-    """Add the counters of a worker's ``stats`` report to ``total`` (but for the
-    connections open now, which only a worker's latest report tells).
-
-    Raises:
-        Exception: ``report`` is not a ``stats`` report (KeyError, TypeError).
-    """
-    connections, errors = report["connections"], report["errors"]
-    counts: list[tuple[str, Any]] = [
-        ("connections_accepted", connections["total"]),
-        ("connections_taken", connections.get("taken_over", 0)),
-        ("connections_handed", connections.get("handed_over", 0)),
-        ("frames", report["frames"]),
-        ("bytes_received", report["bytes_in"]),
-        ("bytes_sent", report["bytes_out"]),
-        ("memory_waits", report["memory_waits"]),
-        ("framing_errors", errors["framing"]),
-        ("incomplete_frames", errors["incomplete"]),
-        ("resets", errors["resets"]),
-        ("idle_timeouts", errors["idle timeouts"]),
-        ("frame_timeouts", errors["frame timeouts"]),
-        ("handler_errors", errors["handler"]),
-        ("accept_errors", errors["accept"]),
-        ("internal_errors", errors.get("internal", 0)),  # (a worker of an older release)
-    ]
-    if not isinstance(connections["open"], int) or any(
-        not isinstance(count, int) for _, count in counts
-    ):
-        raise TypeError("a count that is not an integer")
-    for name, count in counts:
-        setattr(total, name, getattr(total, name) + count)

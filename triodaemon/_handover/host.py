@@ -16,8 +16,8 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from .._connection import Connection, ConnectionState
-from .._daemon import ConnectionWatcher
 from .._listeners import BoundListener
+from .._served import ConnectionWatcher
 from .._stats import Stats
 
 
