@@ -570,12 +570,8 @@ class Framing:
         return self.max_frame
 
     def to_json(self) -> dict[str, Any]:
-        """This framing as JSON can carry it, field for field (the delimiter in hex).
-
-        The one way a framing is written down: the handover compares two of these
-        to decide whether a taker frames as the giver does, and ``check`` saves one
-        with every case; :meth:`from_json` reads it back.
-        """
+        """This framing as JSON can carry it, field for field (the delimiter in hex):
+        what the handover compares and ``check`` saves; :meth:`from_json` reads it."""
         record = attrs.asdict(self)
         record["delimiter"] = self.delimiter.hex()
         return record

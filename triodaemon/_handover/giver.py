@@ -18,7 +18,8 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -45,6 +46,8 @@ from .wire import (
 )
 
 log = logging.getLogger("triodaemon")
+
+T = TypeVar("T")
 
 #: Says "upgrade" with the outcome: see :mod:`.upgrade`.
 Upgrade = Callable[[str], Awaitable[dict[str, Any]]]
@@ -274,7 +277,9 @@ class Giver:
     async def give(self, handing: Handing, channel: Channel) -> None:
         """Run one handover over ``channel``; serve on if it fails, retire if not."""
         try:
-            given = await self._called_off_by_a_drain(handing, channel)
+            given = await self.unless_a_drain(handing, partial(self._exchange, handing, channel))
+            if given is None:
+                raise HandoverError("a drain began")
         except Exception as exc:  # the boundary of one handover channel
             if not isinstance(exc, HandoverError):
                 fault(self.faults, f"upgrade ({handing.who})", exc)
@@ -310,9 +315,10 @@ class Giver:
         )
         self.host.handed_over(given.pid, self.take_back)
 
-    async def _called_off_by_a_drain(self, handing: Handing, channel: Channel) -> Given:
-        """:meth:`_exchange`, called off if a drain begins before it is committed (a
-        committed one finishes: the new process serves already)."""
+    async def unless_a_drain(self, handing: Handing, run: Callable[[], Awaitable[T]]) -> T | None:
+        """``run()``, cancelled (``None``) if a drain begins before ``handing`` is
+        committed: a committed one finishes (the new process serves already)."""
+        result: T | None = None
         try:
             async with trio.open_nursery() as nursery:
 
@@ -322,17 +328,16 @@ class Giver:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(call_off)
-                given = await self._exchange(handing, channel)
+                result = await run()
                 nursery.cancel_scope.cancel()
-                return given
         except BaseException as exc:
-            # The exchange's own exception, not the group the nursery wraps it in
-            # (call_off raises nothing of its own).
+            # run()'s own exception, not the group the nursery wraps it in (call_off
+            # raises nothing of its own).
             inner = getattr(exc, "exceptions", None)  # (BaseExceptionGroup: 3.11 on)
             if inner is not None and len(inner) == 1:
                 raise inner[0] from None
             raise
-        raise HandoverError("a drain began")
+        return result
 
     async def _exchange(self, handing: Handing, channel: Channel) -> Given:
         """The giver's messages, once the ``takeover`` request is answered.

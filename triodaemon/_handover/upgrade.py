@@ -24,6 +24,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -124,19 +125,12 @@ class Upgrader:
         commands.add("takeover", giver.takeover_command(handing), "takeover", "take over")
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
         try:
-            async with trio.open_nursery() as nursery:
-
-                async def call_off_for_a_drain() -> None:
-                    await giver.host.wait_draining()
-                    if not handing.committed:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(call_off_for_a_drain)
-                # The whole takeover (asking, readiness, the connections) is served
-                # here; it returns early only if the new process never asked.
-                wait = max(0.0, handing.ready_by - trio.current_time())
-                await serve_control_stream(stream, commands, idle_timeout=wait)
-                nursery.cancel_scope.cancel()
+            # The whole takeover (asking, readiness, the connections) is served here;
+            # it returns early only if the new process never asked.
+            wait = max(0.0, handing.ready_by - trio.current_time())
+            await giver.unless_a_drain(
+                handing, partial(serve_control_stream, stream, commands, idle_timeout=wait)
+            )
             if not handing.finished.is_set():
                 why = await self._why_not(process, handing)
                 giver.end(handing, why)

@@ -57,34 +57,34 @@ class Role(abc.ABC):
         config: the daemon's configuration.
         start: where its sockets come from (and the command line's arguments).
         notifier: where to tell systemd (a worker's supervisor does that for it).
+        server: what serves the sockets.
+        giver: what can hand them to a new process.
+        upgrades: whether this role upgrades by itself (SIGHUP, ``ctl upgrade``).
     """
 
     quiet: ClassVar[bool] = False
     """Whether its supervisor prints its readiness lines (a worker's)."""
 
-    def __init__(self, config: DaemonConfig, start: Start, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        start: Start,
+        notifier: Notifier,
+        server: Daemon | Supervisor,
+        giver: Giver,
+        *,
+        upgrades: bool,
+    ) -> None:
         self.config = config
         self.start = start
         self.notifier = notifier
+        self.server = server
+        self.giver = giver
+        self.upgrader = Upgrader(giver, start.argv, notifier) if upgrades else None
+        """What starts a new process to take over, if this role upgrades by itself."""
         self.failure: str | None = None
         """Why serving ended early (a worker that failed at the first start, a
         takeover the old process called off)."""
-
-    @property
-    @abc.abstractmethod
-    def server(self) -> Daemon | Supervisor:
-        """What serves the sockets."""
-
-    @property
-    @abc.abstractmethod
-    def giver(self) -> Giver:
-        """What can hand them to a new process."""
-
-    @property
-    def upgrader(self) -> Upgrader | None:
-        """What starts a new process to take over (SIGHUP, ``ctl upgrade``), if this
-        role upgrades by itself."""
-        return None
 
     @property
     def draining(self) -> bool:
@@ -214,22 +214,9 @@ class Standalone(Role):
         notifier: Notifier,
         handler: FrameHandler | None = None,
     ) -> None:
-        super().__init__(config, start, notifier)
         self.daemon = Daemon(config, handler)
-        self._giver = Giver.for_daemon(self.daemon, notifier.send)
-        self._upgrader = Upgrader(self._giver, start.argv, notifier)
-
-    @property
-    def server(self) -> Daemon:
-        return self.daemon
-
-    @property
-    def giver(self) -> Giver:
-        return self._giver
-
-    @property
-    def upgrader(self) -> Upgrader:
-        return self._upgrader
+        giver = Giver.for_daemon(self.daemon, notifier.send)
+        super().__init__(config, start, notifier, self.daemon, giver, upgrades=True)
 
     async def snapshot(self) -> dict[str, Any]:
         return self.daemon.snapshot()
@@ -239,22 +226,9 @@ class Supervising(Role):
     """The supervisor of ``count`` worker processes, each started with ``argv``."""
 
     def __init__(self, config: DaemonConfig, start: Start, notifier: Notifier, count: int) -> None:
-        super().__init__(config, start, notifier)
         self.supervisor = Supervisor(config, count, start.argv)
-        self._giver = Giver.for_supervisor(self.supervisor, notifier.send)
-        self._upgrader = Upgrader(self._giver, start.argv, notifier)
-
-    @property
-    def server(self) -> Supervisor:
-        return self.supervisor
-
-    @property
-    def giver(self) -> Giver:
-        return self._giver
-
-    @property
-    def upgrader(self) -> Upgrader:
-        return self._upgrader
+        giver = Giver.for_supervisor(self.supervisor, notifier.send)
+        super().__init__(config, start, notifier, self.supervisor, giver, upgrades=True)
 
     async def snapshot(self) -> dict[str, Any]:
         return await self.supervisor.snapshot()
@@ -282,20 +256,12 @@ class Worker(Role):
         notifier: Notifier,
         handler: FrameHandler | None = None,
     ) -> None:
-        super().__init__(config, start, notifier)
         self.daemon = Daemon(config, handler)
-        self._giver = Giver.for_daemon(self.daemon)  # (the supervisor tells systemd)
+        giver = Giver.for_daemon(self.daemon)  # (the supervisor tells systemd)
+        super().__init__(config, start, notifier, self.daemon, giver, upgrades=False)
         self.go = trio.Event()
         """Taking over from an old worker: set when the supervisor says to take its
         connections (the new supervisor's own takeover is complete)."""
-
-    @property
-    def server(self) -> Daemon:
-        return self.daemon
-
-    @property
-    def giver(self) -> Giver:
-        return self._giver
 
     async def snapshot(self) -> dict[str, Any]:
         return self.daemon.snapshot()
@@ -346,10 +312,10 @@ class Worker(Role):
         listener = BoundListener.from_socket(sock, owns_path=True)
         try:
             await ready.wait()
-            commands = Commands(self._giver.faults)
+            commands = Commands(self.giver.faults)
             commands.add(
                 "takeover",
-                self._giver.takeover_command(who="an upgrade of the supervisor"),
+                self.giver.takeover_command(who="an upgrade of the supervisor"),
                 "takeover versions=[1]",
                 "the worker that succeeds this one takes its connections over",
             )
