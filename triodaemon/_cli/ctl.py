@@ -77,7 +77,7 @@ async def _ctl(args: argparse.Namespace) -> int:
     import json
 
     from .._control import open_control
-    from .._ctl import rates, render_reply, render_stats
+    from ._render import rates, render_reply, render_stats
 
     arguments = {"level": args.level} if args.command == "log-level" else {}
     timeout = args.timeout or (CTL_UPGRADE_TIMEOUT if args.command == "upgrade" else CTL_TIMEOUT)

@@ -1,7 +1,7 @@
 """``triodaemon ctl``'s tables: the control protocol's replies, for people.
 
-Pure functions from a reply's ``result`` (see :mod:`._control`) to text; the
-command line around them is in :mod:`._cli`.
+Pure functions from a reply's ``result`` (see :mod:`triodaemon._control`) to
+text; the command around them is :mod:`.ctl`.
 """
 
 from __future__ import annotations
