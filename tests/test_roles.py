@@ -541,6 +541,52 @@ async def test_a_supervising_role_serves_with_two_worker_processes(sock_dir: Pat
     assert not control.exists()
 
 
+#: Stands in for triodaemon's program in a supervisor's workers: worker 1 fails at
+#: start, worker 2 would serve forever (it never answers; it is killed).
+_ONE_FAILS = (
+    "import select, sys\n"
+    "if sys.argv[sys.argv.index('--worker') + 1] == '1':\n"
+    "    sys.exit('triodaemon: error: worker 1 cannot start')\n"
+    "select.select([], [], [])\n"
+)
+
+
+async def test_a_failed_first_start_raises_from_run_and_leaves_no_worker_behind(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that failed says why, as ``run``'s exception (``nursery.start``
+    raises it); the other worker is killed and reaped, its pipes closed."""
+    import sys
+
+    from triodaemon import TriodaemonError, _workers
+
+    monkeypatch.setattr(_workers, "python_program", lambda: [sys.executable, "-c", _ONE_FAILS])
+    path = str(sock_dir / "echo.sock")
+    role = Supervising(
+        DaemonConfig([UnixAddress(path)]), Start(["--sock", path], []), Notifier(None), 2
+    )
+    with trio.fail_after(SUPERVISOR_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(TriodaemonError, match="worker 1 exited with code 1 before it"):
+                await nursery.start(role.run)
+    processes = [worker.process for worker in role.supervisor._workers]
+    assert all(process is not None and process.returncode is not None for process in processes)
+    assert not Path(path).exists()
+
+
+async def test_a_supervising_role_drained_before_it_runs_starts_no_worker(
+    sock_dir: Path,
+) -> None:
+    path = str(sock_dir / "echo.sock")
+    role = Supervising(
+        DaemonConfig([UnixAddress(path)]), Start(["--sock", path], []), Notifier(None), 2
+    )
+    role.drain()
+    with trio.fail_after(TEST_TIMEOUT):
+        assert await role.run() == DrainSummary(0, 0, False)
+    assert [worker.process for worker in role.supervisor._workers] == [None, None]
+
+
 # -- run_role: a role as the process ----------------------------------------------------
 
 

@@ -157,17 +157,34 @@ class Supervisor:
         await self._drain_started.wait()
 
     def drain(self) -> None:
-        """Drain every worker in parallel; :meth:`serve` returns once all have exited."""
+        """Drain every worker in parallel; :meth:`serve` returns once all have exited
+        (at once, starting none, if it has not begun)."""
         if self._draining:
             return
         self._draining = True
         self._drain_started.set()
+        if self._nursery is None:  # (before serve(): no worker to drain)
+            self._all_ready.set()
+            return
         if self._retiring:
             # Handed over: the new supervisor serves; our workers finish handing
             # their connections to its workers (or are drained after a while).
             log.info("draining: the workers finish handing their connections over first")
             return
         self._drain_workers()
+
+    async def _reap(self) -> None:
+        """Kill any worker still running, wait for it (``EXIT_GRACE`` at most), and
+        close its pipes: no worker outlives the supervisor's :meth:`serve`."""
+        with trio.CancelScope(shield=True), trio.move_on_after(EXIT_GRACE):
+            for worker in self._workers:
+                process = worker.process
+                if process is not None:
+                    if process.returncode is None:
+                        process.kill()
+                    await process.wait()
+                    if process.stderr is not None:
+                        await process.stderr.aclose()
 
     def _drain_workers(self) -> None:
         self._drain_deadline = trio.current_time() + self.config.drain_timeout
@@ -238,9 +255,7 @@ class Supervisor:
                 listener.close()
             if control is not None:
                 control.close()
-            for worker in self._workers:  # a failed start, or a cancellation: no orphans
-                if worker.process is not None and worker.process.returncode is None:
-                    worker.process.kill()
+            await self._reap()  # a failed start, or a cancellation: no orphans
             if self._handover_dir is not None:
                 shutil.rmtree(self._handover_dir, ignore_errors=True)
         if self._start_failure is not None:

@@ -121,11 +121,13 @@ class Role(abc.ABC):
 
         ``task_status`` gets the bound addresses once the server serves (a
         :class:`~.startup.Startup`, from the command line, also prints the
-        readiness lines). Returns the server's summary (``None`` if it never
-        served: :attr:`failure` may say why).
+        readiness lines). Returns the server's summary (``None`` if it stopped
+        before it served: :attr:`failure` says why, if it was a takeover the old
+        process called off).
 
         Raises:
-            TriodaemonError: the sockets could not be had (one line says why).
+            TriodaemonError: the sockets could not be had, or the server could not
+                start (a worker failed at the first start): one line says why.
         """
         if isinstance(task_status, Startup):
             startup = task_status
@@ -134,21 +136,24 @@ class Role(abc.ABC):
         listeners, control, handover = await self._sockets(startup)
         commands = self.commands()
         summary: DrainSummary | None = None
+        failed: TriodaemonError | None = None
         async with trio.open_nursery() as nursery:
 
             async def serve() -> None:
-                nonlocal summary
+                nonlocal summary, failed
                 try:
                     summary = await self.server.serve(
                         listeners, control=control, commands=commands, task_status=startup
                     )
                 except TriodaemonError as exc:  # a worker that failed at the first start
-                    self.failure = str(exc)
+                    failed = exc
                 nursery.cancel_scope.cancel()
 
             # serve() owns the sockets from its first step, even if cancelled at once.
             nursery.start_soon(serve)
             self._beside(nursery, startup, handover)
+        if failed is not None:
+            raise failed
         return summary
 
     async def _sockets(
