@@ -41,7 +41,7 @@ from triodaemon import (
 from triodaemon._control import ControlClient, open_control
 from triodaemon._daemon import Daemon, DrainSummary
 from triodaemon._handover.wire import HandoverError
-from triodaemon._listeners import Address
+from triodaemon._listeners import Address, BoundListener
 from triodaemon._process.roles import Role, Standalone, Supervising, Worker
 from triodaemon._process.run import run_role
 from triodaemon._process.startup import Start
@@ -353,7 +353,7 @@ def worker_with_supervisor(
     ours, theirs = socket.socketpair()
     worker = Worker(
         DaemonConfig([]),
-        Start([], [(listening, "")], channel=theirs, handover_socket=handover),
+        Start([], [BoundListener.from_socket(listening)], channel=theirs, handover_socket=handover),
         notifier if notifier is not None else Notifier(None),
     )
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))

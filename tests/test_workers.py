@@ -120,6 +120,9 @@ async def test_every_worker_serves_and_the_supervisor_reports_them(
             rows = await ask(sock_dir, "connections")
             assert [row["worker"] for row in rows] == [1, 1, 1, 2, 2, 2]
             assert {row["pid"] for row in rows} == set(pids.values())
+            # Named by the socket file they came through, as in one process (not the
+            # private name it was bound to before it was moved into place).
+            assert {row["listener"] for row in rows} == {str(address)}
             stats = await ask(sock_dir, "stats")
             assert stats["connections"]["open"] == len(streams)
             assert stats["frames"] == len(streams)
@@ -143,6 +146,23 @@ async def test_every_worker_serves_and_the_supervisor_reports_them(
     assert "Traceback" not in daemon.stderr
     assert not (sock_dir / "echo.sock").exists()
     assert not (sock_dir / "control.sock").exists()
+
+
+async def test_sigusr1_to_the_supervisor_logs_the_workers_counters_as_of_now(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """Not as of its last poll of the workers (a second old at most): the frames
+    just echoed are in the line."""
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await start(spawn, sock_dir)
+        pids = await worker_pids(sock_dir)
+        async with on_each_worker(daemon.addresses[0], pids, 2) as streams:
+            daemon.signal(signal.SIGUSR1)
+            line = await daemon.wait_for_line(" INFO stats: ")
+            assert f"stats: {len(streams)} connections open, {len(streams)} accepted; " in line
+            assert f"; {len(streams)} frames;" in line
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
 
 
 async def test_one_worker_means_no_supervisor(spawn: SpawnFn, sock_dir: Path) -> None:

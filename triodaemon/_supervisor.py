@@ -416,7 +416,8 @@ class Supervisor:
         """
         worker.state = "starting"
         fds = [listener.sock.fileno() for listener in self._listeners]
-        command = worker_command(worker, self.argv, self._shares[worker.number - 1], fds)
+        share = self._shares[worker.number - 1]
+        command = worker_command(worker, self.argv, share, self._listeners)
         if worker.number in self.predecessors:
             worker.predecessor = self.predecessors.pop(worker.number)
         predecessor = worker.predecessor
@@ -577,10 +578,10 @@ class Supervisor:
     async def _poll(self) -> None:
         """Gather the workers' counters every ``POLL_INTERVAL`` (for SIGUSR1 and systemd)."""
         while True:
-            await self._gather()
+            await self.gather()
             await trio.sleep(POLL_INTERVAL)
 
-    async def _gather(self) -> list[tuple[WorkerProcess, dict[str, Any] | None]]:
+    async def gather(self) -> list[tuple[WorkerProcess, dict[str, Any] | None]]:
         """Ask every serving worker for its stats at once; sum them into ``self.stats``."""
         answers: dict[int, dict[str, Any] | None] = {}
 
@@ -613,7 +614,7 @@ class Supervisor:
 
     async def snapshot(self) -> dict[str, Any]:
         """The ``stats`` reply: the workers' counters summed, and each worker."""
-        gathered = await self._gather()
+        gathered = await self.gather()
         stats = self.stats
         config = self.config
         answers = [answer for _, answer in gathered if answer is not None]
@@ -687,7 +688,7 @@ class Supervisor:
         async def drain(args: dict[str, Any]) -> dict[str, Any]:
             no_arguments(args)
             already = self._draining
-            await self._gather()
+            await self.gather()
             if not already:
                 log.info("drain requested on the control socket")  # the drain logs the rest
                 self.drain()

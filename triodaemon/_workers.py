@@ -22,6 +22,7 @@ import trio
 
 from ._control import ControlClient, ControlError
 from ._errors import ClientError
+from ._listeners import BoundListener, UnixAddress
 from ._program import python_program
 from ._socketfile import UNIX_PATH_MAX
 from ._stats import Stats
@@ -108,16 +109,20 @@ class WorkerProcess:
 
 
 def worker_command(
-    worker: WorkerProcess, argv: Sequence[str], share: int, fds: Sequence[int]
+    worker: WorkerProcess, argv: Sequence[str], share: int, listeners: Sequence[BoundListener]
 ) -> list[str]:
     """How to start ``worker``: the supervisor's ``argv`` and, after them (the last
     wins), the log level in force now (``ctl log-level`` may have changed it), its
-    ``share`` of the connections, its number, and the listening sockets it inherits."""
+    ``share`` of the connections, its number, and the listening sockets it inherits
+    (a Unix socket with the path it serves)."""
     level = logging.getLevelName(log.getEffectiveLevel()).lower()
     command = [*python_program(), *argv, "--log-level", level]
     command += ["--max-connections", str(share), "--worker", str(worker.number)]
-    for fd in fds:
-        command += ["--inherit", str(fd)]
+    for listener in listeners:
+        inherit = str(listener.sock.fileno())
+        if isinstance(listener.address, UnixAddress):
+            inherit += f":{listener.address.path}"
+        command += ["--inherit", inherit]
     return command
 
 

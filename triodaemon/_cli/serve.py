@@ -22,7 +22,7 @@ from .. import _signals
 from .._config import DEFAULT_FRAME_TIMEOUT, DaemonConfig
 from .._errors import AddressError
 from .._framing import Framing
-from .._listeners import Address, UnixAddress
+from .._listeners import Address, BoundListener, UnixAddress
 from .._lowlevel.readiness import READINESS_NAMES, open_readiness
 from .._process.logs import error_line, setup_logging
 from .._process.roles import Role, Standalone, Supervising, Worker
@@ -120,7 +120,9 @@ def _add_process_flags(parser: argparse.ArgumentParser) -> None:
     )
     # A worker's part, given by its supervisor: not for people.
     group.add_argument("--worker", type=positive_int, help=argparse.SUPPRESS)
-    group.add_argument("--inherit", type=int, action="append", default=[], help=argparse.SUPPRESS)
+    group.add_argument(
+        "--inherit", type=_inherited, action="append", default=[], help=argparse.SUPPRESS
+    )
     group.add_argument("--channel", type=int, help=argparse.SUPPRESS)
     group = parser.add_argument_group("upgrades")
     group.add_argument(
@@ -267,6 +269,17 @@ def _config_from_args(
     return config
 
 
+def _inherited(text: str) -> tuple[int, str | None]:
+    """``--inherit FD`` or ``--inherit FD:PATH``: a listening socket a worker inherits
+    from its supervisor, and for a Unix socket the path it serves (what it was bound
+    to was another name: see _socketfile)."""
+    fd, colon, path = text.partition(":")
+    try:
+        return int(fd), path if colon else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FD or FD:PATH") from None
+
+
 def _given_socket(parser: argparse.ArgumentParser, flag: str, fd: int) -> socket.socket:
     """The socket behind a descriptor another triodaemon passed (``--inherit 3``):
     these flags are for triodaemon's own use, and a wrong one is a usage error."""
@@ -293,26 +306,31 @@ def main(argv: Sequence[str]) -> int:
     takeover: str | socket.socket | None = args.takeover
     if args.handover_fd is not None:
         takeover = _given_socket(parser, "--handover-fd", args.handover_fd)
+    passed: list[BoundListener] = []
     if worker:
         # The supervisor's sockets, inherited: the addresses in argv are its business.
         # (A worker taking over from an old one gets the same sockets from it.)
         listen, control = [], None
-        inherited = [_given_socket(parser, "--inherit", fd) for fd in args.inherit]
-        if takeover is not None:
-            for sock in inherited:
+        for fd, path in args.inherit:
+            sock = _given_socket(parser, "--inherit", fd)
+            if takeover is None:
+                passed.append(BoundListener.from_socket(sock, path=path))
+            else:
                 sock.close()
-            inherited = []
-        activated = [(sock, "") for sock in inherited]
     elif takeover is not None:
         # What the old process serves, handed over: the addresses in argv were its business.
         activated_sockets()  # (unset: nothing we start inherits them)
-        listen, control, activated = [], None, []
+        listen, control = [], None
     else:
         try:
             activated = activated_sockets()  # and unset: nothing we start inherits them
         except AddressError as exc:
             return error_line(str(exc))
-    if not listen and not activated and takeover is None:
+        passed = [
+            BoundListener.from_socket(sock, label=f"systemd socket {name}")
+            for sock, name in activated
+        ]
+    if not listen and not passed and takeover is None:
         parser.error(
             "nothing to listen on: give --tcp [HOST]:PORT and/or --sock PATH "
             "(or start it from a systemd socket unit)"
@@ -320,12 +338,12 @@ def main(argv: Sequence[str]) -> int:
     config = _config_from_args(parser, args, listen, framing, control)
     setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
-    raise_fd_limit(config.max_connections + len(listen) + len(activated) + 64)
+    raise_fd_limit(config.max_connections + len(listen) + len(passed) + 64)
     keep_large_buffers_on_the_heap()
     notifier = Notifier.from_environment()  # and unset: nothing we start inherits it
     start = Start(
         argv,
-        activated,
+        passed,
         None if args.channel is None else _given_socket(parser, "--channel", args.channel),
         takeover,
         None

@@ -98,8 +98,9 @@ class Role(abc.ABC):
         """Stop at once."""
         self.server.abort()
 
-    def summary(self) -> str:
-        """The counters as one line (what SIGUSR1 logs)."""
+    async def summary(self) -> str:
+        """The counters as one line, as of now (what SIGUSR1 logs)."""
+        await trio.lowlevel.checkpoint()
         return self.server.stats.summary()
 
     @abc.abstractmethod
@@ -168,10 +169,7 @@ class Role(abc.ABC):
             startup.taken_over(taken.pid, [listener.label for listener in taken.listeners])
             startup.control = taken.control
             return taken.listeners, taken.control, (channel, taken)
-        adopted = [
-            BoundListener.from_socket(sock, label=f"systemd socket {name}" * bool(name))
-            for sock, name in start.activated
-        ]
+        adopted = list(start.passed)
         try:
             bound, control = await bind(self.config, adopted)
         except BaseException:
@@ -237,6 +235,11 @@ class Supervising(Role):
 
     async def snapshot(self) -> dict[str, Any]:
         return await self.supervisor.snapshot()
+
+    async def summary(self) -> str:
+        # The workers' counters now, not as of the last poll.
+        await self.supervisor.gather()
+        return self.supervisor.stats.summary()
 
     def took_over(self, taken: Taken) -> None:
         # Each of our workers takes over from the old one of its number.

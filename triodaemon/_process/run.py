@@ -68,7 +68,7 @@ async def run_role(role: Role) -> int:
 
 def _on_signal(role: Role, startup: Startup, nursery: trio.Nursery, signum: int) -> None:
     if signum in _signals.STATS_SIGNALS:
-        log.info("stats: %s", role.summary())
+        nursery.start_soon(_log_stats, role)
     elif signum in _signals.UPGRADE_SIGNALS:
         _on_upgrade_signal(role, startup, nursery, signum)
     elif signum in _signals.IGNORED_SIGNALS:
@@ -78,6 +78,10 @@ def _on_signal(role: Role, startup: Startup, nursery: trio.Nursery, signum: int)
     elif startup.stopped_by is None:
         startup.stopped_by = signum
         nursery.cancel_scope.cancel()  # whatever binding is under way
+
+
+async def _log_stats(role: Role) -> None:
+    log.info("stats: %s", await role.summary())
 
 
 def _on_stop_signal(role: Role, signum: int) -> None:

@@ -80,8 +80,9 @@ class Start:
 
     argv: Sequence[str]
     """The command line's arguments (for an upgrade's new process)."""
-    activated: list[tuple[socket.socket, str]]
-    """systemd's sockets, and their names."""
+    passed: Sequence[BoundListener]
+    """The listening sockets this process was given: systemd's (each labelled with
+    its name), or a worker's (inherited from its supervisor)."""
     channel: socket.socket | None = None
     """A worker's end of its supervisor's channel."""
     takeover: str | socket.socket | None = None
