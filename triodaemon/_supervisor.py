@@ -641,21 +641,7 @@ class Supervisor:
             drain=drain,
         )
         report["upgrade"] = self.upgrading
-        report["workers"] = [
-            {
-                "worker": worker.number,
-                "pid": worker.pid,
-                "state": (
-                    answer["state"] if answer else "not answering" if worker.ready else worker.state
-                ),
-                "uptime": time.monotonic() - worker.started,
-                "restarts": worker.restarts,
-                "connections": last["connections"]["open"] if last else 0,
-                "frames": last["frames"] if last else 0,
-            }
-            for worker, answer in gathered
-            for last in [worker.stats if worker.ready else None]
-        ]
+        report["workers"] = [worker.row(answer) for worker, answer in gathered]
         return report
 
     async def connection_snapshots(self) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +101,20 @@ class WorkerProcess:
             with trio.move_on_after(ASK_TIMEOUT):
                 return await channel.request(command, **args)
         raise ClientError(f"worker {self.number} did not answer within {ASK_TIMEOUT:g}s")
+
+    def row(self, answer: dict[str, Any] | None) -> dict[str, Any]:
+        """This worker in the supervisor's ``stats``: ``answer`` is its ``stats`` reply
+        now (``None``: it did not answer)."""
+        last = self.stats if self.ready else None
+        return {
+            "worker": self.number,
+            "pid": self.pid,
+            "state": answer["state"] if answer else "not answering" if self.ready else self.state,
+            "uptime": time.monotonic() - self.started,
+            "restarts": self.restarts,
+            "connections": last["connections"]["open"] if last else 0,
+            "frames": last["frames"] if last else 0,
+        }
 
     async def set_level(self, level: str) -> None:
         """Pass ``ctl log-level`` on (one that is starting gets the level in force
