@@ -102,6 +102,10 @@ class Handing:
         self.finished.set()
 
 
+def _silent(*fields: str) -> None:
+    """Tells nobody (no service manager)."""
+
+
 @attrs.define(eq=False)
 class Giver:
     """Hands ``host``'s listening sockets (and the connections of ``pool``) to a
@@ -132,7 +136,7 @@ class Giver:
     migrate: bool = True
     pool: ConnectionPool | None = None
     workers: Callable[[], Mapping[int, str]] | None = None
-    notify: Callable[..., None] = attrs.field(default=lambda *fields: None)
+    notify: Callable[..., None] = _silent
     _handing: Handing | None = attrs.field(default=None, init=False)
     _given_up: list[tuple[BoundListener, tuple[int, int]]] = attrs.field(factory=list, init=False)
     _stopped: bool = attrs.field(default=False, init=False)  # the host accepts no more
@@ -466,10 +470,6 @@ class Giver:
         self._stopped = False
         self.host.accept_again()
         self.notify(f"MAINPID={os.getpid()}", "READY=1", "STATUS=serving (the upgrade failed)")
-
-
-def _silent(*fields: str) -> None:
-    """Tells nobody (no service manager)."""
 
 
 def _workers_to_json(workers: Mapping[int, str]) -> list[dict[str, Any]]:
