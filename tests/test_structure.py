@@ -120,7 +120,10 @@ def test_the_framing_loads_no_io_module() -> None:
     of ``triodaemon._lowlevel``, an import the contracts' graph does not have."""
     code = "from triodaemon._framing import Framing\nFraming('length').decoder().feed(b'x')"
     io = ("trio", "socket", "select", "selectors", "asyncio")
-    assert _loaded_by(code, io) == []
+    # attrs, the framing's one dependency, loads some on its own on some Pythons
+    # (3.10: attr._compat imports platform, which imports subprocess): not ours.
+    assert set(_loaded_by(code, io)) <= set(_loaded_by("import attrs", io))
+    assert _loaded_by(code, ("trio", "socket", "asyncio")) == []
 
 
 def test_no_name_of_the_root_namespace_loads_the_harness() -> None:
