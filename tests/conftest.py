@@ -20,8 +20,10 @@ import pytest
 import trio
 
 from triodaemon import ConnectionInfo, Daemon, DaemonConfig, TcpAddress, UnixAddress, connect
+from triodaemon._config import ProcessConfig
+from triodaemon._control import Commands
 from triodaemon._handover.giver import Giver
-from triodaemon._listeners import Address
+from triodaemon._listeners import Address, open_unix
 
 pytest_plugins = ["pytester"]
 
@@ -42,33 +44,42 @@ def sock_dir() -> Iterator[Path]:
 
 @asynccontextmanager
 async def running(
-    config: DaemonConfig, **kwargs: object
+    config: DaemonConfig | ProcessConfig, **kwargs: object
 ) -> AsyncIterator[tuple[Daemon, list[Address]]]:
-    """Run a daemon in the background; drain it and wait for it on exit."""
-    daemon = Daemon(config, **kwargs)  # type: ignore[arg-type]
-    async with serving(daemon) as addresses:
+    """Run a daemon in the background (with the control socket a ``ProcessConfig``
+    names); drain it and wait for it on exit."""
+    process = config if isinstance(config, ProcessConfig) else ProcessConfig(config)
+    daemon = Daemon(process.daemon, **kwargs)  # type: ignore[arg-type]
+    async with serving(daemon, process) as addresses:
         yield daemon, addresses
 
 
 @asynccontextmanager
-async def giving(config: DaemonConfig) -> AsyncIterator[tuple[Daemon, list[Address]]]:
+async def giving(process: ProcessConfig) -> AsyncIterator[tuple[Daemon, list[Address]]]:
     """A daemon whose control socket answers ``takeover`` (as the command line's does)."""
-    daemon = Daemon(config)
+    daemon = Daemon(process.daemon)
     commands = daemon.control_commands()
-    Giver.for_daemon(daemon).add_commands(commands)
-    async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(partial(daemon.serve, commands=commands))
-        try:
-            yield daemon, list(addresses)
-        finally:
-            daemon.drain()
+    giver = Giver.for_daemon(
+        daemon, upgrade_timeout=process.upgrade_timeout, migrate=process.migrate
+    )
+    giver.add_commands(commands)
+    async with serving(daemon, process, commands) as addresses:
+        yield daemon, addresses
 
 
 @asynccontextmanager
-async def serving(daemon: Daemon) -> AsyncIterator[list[Address]]:
-    """Serve ``daemon`` in the background; drain it and wait for it on exit."""
+async def serving(
+    daemon: Daemon, process: ProcessConfig | None = None, commands: Commands | None = None
+) -> AsyncIterator[list[Address]]:
+    """Serve ``daemon`` in the background, with the control socket ``process`` names
+    (bound as the command line binds it); drain it and wait for it on exit."""
     async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(daemon.serve)
+        control = None
+        if process is not None and process.control is not None:
+            control = await open_unix(
+                process.control, mode=process.control_mode, group=process.control_group
+            )
+        addresses = await nursery.start(partial(daemon.serve, control=control, commands=commands))
         try:
             yield list(addresses)
         finally:

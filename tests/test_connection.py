@@ -36,11 +36,13 @@ import pytest
 import trio
 import trio.testing
 
-from triodaemon import Connection, ConnectionInfo, Framing, Stats, _connection
+from triodaemon import Connection, ConnectionInfo, Framing, Stats, _linger
 from triodaemon._budget import BufferBudget
-from triodaemon._connection import LINGER_DISCARD, ConnectionState, FrameHandler
+from triodaemon._handlers import FrameHandler
+from triodaemon._linger import LINGER_DISCARD
 from triodaemon._lowlevel import scans
 from triodaemon._lowlevel.readiness import EpollReadiness, Readiness, open_readiness
+from triodaemon._peers import ConnectionState
 from triodaemon._transport import StreamTransport
 
 from .conftest import echo_in_the_task, read_until_eof
@@ -635,7 +637,7 @@ async def test_frames_that_keep_completing_never_meet_the_frame_timeout(kit: Kit
 async def test_graceful_close_lingers_until_the_peer_closes(
     kit: Kit, peer_closes: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_connection, "LINGER_SECONDS", 0.3)
+    monkeypatch.setattr(_linger, "LINGER_SECONDS", 0.3)
     with trio.fail_after(5):
         async with kit.connected() as served:
             await trio.testing.wait_all_tasks_blocked()
@@ -726,7 +728,7 @@ async def test_a_peer_answering_our_last_reply_at_a_drain_meets_our_eof_not_a_re
     # quiet first, however much it sends (a large frame's rest, say: a framing
     # violator alone is cut off). (The quiet period is long here, so that the test
     # does not race it; the client closes once it has our EOF.)
-    monkeypatch.setattr(_connection, "_LINGER_QUIET", 0.5)
+    monkeypatch.setattr(_linger, "_QUIET", 0.5)
     with trio.fail_after(5):
         async with kit.connected() as served:
             await served.client.send_all(b"one\n")
@@ -987,6 +989,32 @@ async def test_the_replies_before_a_failing_frame_are_sent_however_the_frames_ca
     assert served.stats.handler_errors == 1
     assert served.stats.internal_errors == 0
     assert "frame handler failed: ValueError: no" in caplog.text
+
+
+async def test_a_reset_while_lingering_after_a_handlers_failure_keeps_the_failure(
+    transport: str, scan: scans.Scans
+) -> None:
+    # The close after a handler's failure lingers; a peer that resets meanwhile
+    # ends the linger, and must not take the handler's failure with it.
+    async def broken(frame: bytes, conn: ConnectionInfo) -> bytes:
+        if frame == b"boom":
+            raise RuntimeError("bug in handler")
+        return frame
+
+    kit = Kit(transport, broken, scan)
+    ends: list[Exception | None] = []
+    with trio.fail_after(5):
+        async with kit.backend() as backend, trio.open_nursery() as nursery:
+            served = kit.open(backend)
+            served.connection.ended = lambda conn, error: ends.append(error)
+            nursery.start_soon(served.run)
+            await served.client.send_all(b"ok\nboom\n")  # "ok" is echoed, and left unread
+            await trio.testing.wait_all_tasks_blocked()  # lingering
+            await served.reset()
+            await served.over.wait()
+    assert [repr(error) for error in ends] == ["RuntimeError('bug in handler')"]
+    assert not served.connection.completed
+    assert served.stats.handler_errors == 1
 
 
 async def test_custom_handler_replies_and_can_stay_silent(

@@ -18,12 +18,12 @@ import trio.testing
 from triodaemon import (
     AddressError,
     ClientError,
-    Daemon,
     DaemonConfig,
     Framing,
     UnixAddress,
     connect,
 )
+from triodaemon._config import ProcessConfig
 from triodaemon._control import (
     MAX_CLIENTS,
     MAX_REQUEST,
@@ -34,6 +34,7 @@ from triodaemon._control import (
 )
 from triodaemon._lowlevel import Lowlevel, scans
 from triodaemon._lowlevel.readiness import open_readiness
+from triodaemon._process.roles import bind
 from triodaemon.testing import echo_frames
 
 from .conftest import (
@@ -50,11 +51,10 @@ from .conftest import (
 TEST_TIMEOUT = 30
 
 
-def config(sock_dir: Path, **kwargs: Any) -> DaemonConfig:
-    return DaemonConfig(
-        [UnixAddress(str(sock_dir / "echo.sock"))],
-        control=UnixAddress(str(sock_dir / "control.sock")),
-        **kwargs,
+def config(sock_dir: Path, **kwargs: Any) -> ProcessConfig:
+    return ProcessConfig(
+        DaemonConfig([UnixAddress(str(sock_dir / "echo.sock"))], **kwargs),
+        UnixAddress(str(sock_dir / "control.sock")),
     )
 
 
@@ -338,13 +338,11 @@ async def test_a_control_socket_gets_the_socket_file_hygiene(sock_dir: Path) -> 
         stale.close()  # a file nothing listens on: removed
         async with running(config(sock_dir)):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
-            second = Daemon(
-                DaemonConfig(
-                    [UnixAddress(str(sock_dir / "other.sock"))], control=UnixAddress(str(path))
-                )
+            second = ProcessConfig(
+                DaemonConfig([UnixAddress(str(sock_dir / "other.sock"))]), UnixAddress(str(path))
             )
             with pytest.raises(AddressError, match="another process is listening on"):
-                await second.serve()
+                await bind(second, [])
             assert not (sock_dir / "other.sock").exists()  # its listener was closed again
             assert path.exists()  # the refused one did not remove ours
         assert not path.exists()
@@ -385,10 +383,9 @@ async def test_a_client_that_gave_up_on_a_reply_skips_it_later() -> None:
 
 
 def test_a_listener_cannot_also_be_the_control_socket(sock_dir: Path) -> None:
+    served = DaemonConfig([UnixAddress(str(sock_dir / "x.sock"))])
     with pytest.raises(ValueError, match="both a listener and the control socket"):
-        DaemonConfig(
-            [UnixAddress(str(sock_dir / "x.sock"))], control=UnixAddress(str(sock_dir / "x.sock"))
-        )
+        ProcessConfig(served, UnixAddress(str(sock_dir / ".") + "/x.sock"))
 
 
 # -- triodaemon ctl, against a daemon process --------------------------------------

@@ -27,6 +27,7 @@ from triodaemon import (
     UnixAddress,
     connect,
 )
+from triodaemon._config import ProcessConfig
 from triodaemon._listeners import (
     PER_CONNECTION_ACCEPT_ERRNOS,
     Address,
@@ -428,8 +429,10 @@ def test_idle_timeout_zero_disables() -> None:
 
 @pytest.mark.parametrize("field", ["sock_group", "control_group"])
 def test_a_group_that_is_no_group_is_a_value_error(field: str) -> None:
-    def config(group: Any) -> DaemonConfig:
-        return DaemonConfig([], **{field: group})
+    def config(group: Any) -> DaemonConfig | ProcessConfig:
+        if field == "control_group":
+            return ProcessConfig(DaemonConfig([]), control_group=group)
+        return DaemonConfig([], sock_group=group)
 
     for group in (-1, 2**32 - 1, 2**32, "4294967296"):
         with pytest.raises(ValueError, match=f"^{field}: group id .* is out of range"):

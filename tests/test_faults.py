@@ -40,14 +40,15 @@ from triodaemon import (
     connect,
     open_listeners,
 )
-from triodaemon._connection import ConnectionState
+from triodaemon._config import ProcessConfig
 from triodaemon._control import MAX_CLIENTS, ControlClient, open_control
 from triodaemon._faults import MAX_JSON_DEPTH, loads
 from triodaemon._handover import giver as _giver
 from triodaemon._handover.giver import Giver
 from triodaemon._handover.taker import Taken
 from triodaemon._handover.wire import CalledOff, Channel
-from triodaemon._listeners import Address
+from triodaemon._listeners import Address, open_unix
+from triodaemon._peers import ConnectionState
 from triodaemon._process import takeover as _takeover
 from triodaemon._process.roles import Standalone
 from triodaemon._process.startup import Start, Startup
@@ -69,11 +70,12 @@ NESTED_ID = b'{"command": "stats", "id": ' + b'{"a": ' * 900 + b"1" + b"}" * 900
 FAULTS = [RecursionError, MemoryError, KeyError]
 
 
-def config(sock_dir: Path, **kwargs: Any) -> DaemonConfig:
-    return DaemonConfig(
-        [TcpAddress("127.0.0.1", 0), UnixAddress(str(sock_dir / "echo.sock"))],
-        control=UnixAddress(str(sock_dir / "control.sock")),
-        **kwargs,
+def config(sock_dir: Path, **kwargs: Any) -> ProcessConfig:
+    return ProcessConfig(
+        DaemonConfig(
+            [TcpAddress("127.0.0.1", 0), UnixAddress(str(sock_dir / "echo.sock"))], **kwargs
+        ),
+        UnixAddress(str(sock_dir / "control.sock")),
     )
 
 
@@ -488,9 +490,9 @@ async def test_a_fault_of_the_takers_side_is_logged_and_it_serves_on(
 async def supervising(sock_dir: Path) -> AsyncIterator[tuple[Supervisor, Address]]:
     """A supervisor of 2 real worker processes, in this process; drained at the end."""
     path = str(sock_dir / "echo.sock")
-    config = DaemonConfig([UnixAddress(path)], control=UnixAddress(str(sock_dir / "c.sock")))
+    config = DaemonConfig([UnixAddress(path)])
     listeners = await open_listeners(config.listen)
-    control = await _control_listener(config)
+    control = await open_unix(UnixAddress(str(sock_dir / "c.sock")))
     supervisor = Supervisor(config, 2, ["--sock", path])
     async with trio.open_nursery() as nursery:
         (address,) = await nursery.start(
@@ -504,13 +506,6 @@ async def supervising(sock_dir: Path) -> AsyncIterator[tuple[Supervisor, Address
             supervisor.drain()
     assert supervisor.summary is not None
     assert not supervisor.summary.forced
-
-
-async def _control_listener(config: DaemonConfig) -> Any:
-    from triodaemon._listeners import open_unix
-
-    assert config.control is not None
-    return await open_unix(config.control)
 
 
 async def supervisor_stats(sock_dir: Path) -> dict[str, Any]:
@@ -585,7 +580,7 @@ async def test_a_fault_relaying_one_workers_log_restarts_that_worker(
 
     with trio.fail_after(TEST_TIMEOUT):
         async with supervising(sock_dir) as (supervisor, address):
-            monkeypatch.setattr(_supervisor, "relay_line", relay_line)
+            monkeypatch.setattr(_workers, "relay_line", relay_line)
             # Worker 1 alone logs a line: the level changed (the supervisor's is debug).
             with contextlib.suppress(ClientError):  # (killed before it replies, or after)
                 await supervisor._workers[0].ask("log-level", level="info")

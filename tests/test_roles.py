@@ -38,6 +38,7 @@ from triodaemon import (
     _signals,
     connect,
 )
+from triodaemon._config import ProcessConfig
 from triodaemon._control import ControlClient, open_control
 from triodaemon._daemon import Daemon, DrainSummary
 from triodaemon._handover.wire import HandoverError
@@ -120,12 +121,13 @@ async def ask(path: Path, command: str, **args: Any) -> Any:
         return await control.request(command, **args)
 
 
-def standalone_config(sock_dir: Path, **kwargs: Any) -> DaemonConfig:
+def standalone_config(sock_dir: Path, **kwargs: Any) -> ProcessConfig:
     """A TCP port 0, a Unix socket and a control socket, all in ``sock_dir``."""
-    return DaemonConfig(
-        [TcpAddress("127.0.0.1", 0), UnixAddress(str(sock_dir / "echo.sock"))],
-        control=UnixAddress(str(sock_dir / "control.sock")),
-        **kwargs,
+    return ProcessConfig(
+        DaemonConfig(
+            [TcpAddress("127.0.0.1", 0), UnixAddress(str(sock_dir / "echo.sock"))], **kwargs
+        ),
+        UnixAddress(str(sock_dir / "control.sock")),
     )
 
 
@@ -236,9 +238,9 @@ async def test_a_port_in_use_is_one_line_and_leaves_nothing_bound(sock_dir: Path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = DaemonConfig(
-            [UnixAddress(str(sock_dir / "echo.sock")), TcpAddress("127.0.0.1", port)],
-            control=UnixAddress(str(sock_dir / "control.sock")),
+        config = ProcessConfig(
+            DaemonConfig([UnixAddress(str(sock_dir / "echo.sock")), TcpAddress("127.0.0.1", port)]),
+            UnixAddress(str(sock_dir / "control.sock")),
         )
         role = Standalone(config, Start([], []), Notifier(None))
         with trio.fail_after(TEST_TIMEOUT), pytest.raises(AddressError) as caught:
@@ -258,9 +260,9 @@ async def test_a_socket_path_in_a_missing_directory_is_one_line_and_leaves_nothi
     port = free_port()
     listener = sock_dir / ("gone" if missing == "listener" else "") / "echo.sock"
     control = sock_dir / ("gone" if missing == "control" else "") / "control.sock"
-    config = DaemonConfig(
-        [TcpAddress("127.0.0.1", port), UnixAddress(str(listener))],
-        control=UnixAddress(str(control)),
+    config = ProcessConfig(
+        DaemonConfig([TcpAddress("127.0.0.1", port), UnixAddress(str(listener))]),
+        UnixAddress(str(control)),
     )
     role = Standalone(config, Start([], []), Notifier(None))
     with trio.fail_after(TEST_TIMEOUT), pytest.raises(AddressError) as caught:
@@ -282,7 +284,9 @@ async def test_a_successor_takes_over_with_a_connection_mid_frame(sock_dir: Path
     socket, and at its drain removes the socket files it took over."""
     first = standalone(sock_dir)
     control = sock_dir / "control.sock"
-    successor = Standalone(DaemonConfig([]), Start([], [], takeover=str(control)), Notifier(None))
+    successor = Standalone(
+        ProcessConfig(DaemonConfig([])), Start([], [], takeover=str(control)), Notifier(None)
+    )
     with trio.fail_after(TEST_TIMEOUT):
         async with running(first) as old:
             stream = await connect(old.addresses[1])
@@ -319,7 +323,9 @@ async def test_a_successor_with_other_framing_is_refused_and_the_first_serves_on
     first = standalone(sock_dir)
     control = sock_dir / "control.sock"
     successor = Standalone(
-        DaemonConfig([], Framing("length")), Start([], [], takeover=str(control)), Notifier(None)
+        ProcessConfig(DaemonConfig([], Framing("length"))),
+        Start([], [], takeover=str(control)),
+        Notifier(None),
     )
     with trio.fail_after(TEST_TIMEOUT):
         async with running(first) as old:
@@ -352,7 +358,7 @@ def worker_with_supervisor(
     listening.listen()
     ours, theirs = socket.socketpair()
     worker = Worker(
-        DaemonConfig([]),
+        ProcessConfig(DaemonConfig([])),
         Start([], [BoundListener.from_socket(listening)], channel=theirs, handover_socket=handover),
         notifier if notifier is not None else Notifier(None),
     )
@@ -469,7 +475,9 @@ async def test_a_worker_takes_over_from_an_old_worker_when_its_supervisor_says(
     old_worker, old_supervisor, address = worker_with_supervisor(sock_dir, handover=handover)
     ours, theirs = socket.socketpair()
     new_worker = Worker(
-        DaemonConfig([]), Start([], [], channel=theirs, takeover=str(path)), Notifier(None)
+        ProcessConfig(DaemonConfig([])),
+        Start([], [], channel=theirs, takeover=str(path)),
+        Notifier(None),
     )
     new_supervisor = ControlClient(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), "new")
     with trio.fail_after(TEST_TIMEOUT):
@@ -508,7 +516,7 @@ async def test_a_worker_takes_over_from_an_old_worker_when_its_supervisor_says(
 async def test_a_supervising_role_serves_with_two_worker_processes(sock_dir: Path) -> None:
     path = str(sock_dir / "echo.sock")
     control = sock_dir / "control.sock"
-    config = DaemonConfig([UnixAddress(path)], control=UnixAddress(str(control)))
+    config = ProcessConfig(DaemonConfig([UnixAddress(path)]), UnixAddress(str(control)))
     # What a user gives; each worker gets them too (and ignores the addresses).
     argv = ["--sock", path, "--control", str(control), "--workers", "2"]
     role = Supervising(config, Start(argv, []), Notifier(None), 2)
@@ -563,7 +571,10 @@ async def test_a_failed_first_start_raises_from_run_and_leaves_no_worker_behind(
     monkeypatch.setattr(_workers, "python_program", lambda: [sys.executable, "-c", _ONE_FAILS])
     path = str(sock_dir / "echo.sock")
     role = Supervising(
-        DaemonConfig([UnixAddress(path)]), Start(["--sock", path], []), Notifier(None), 2
+        ProcessConfig(DaemonConfig([UnixAddress(path)])),
+        Start(["--sock", path], []),
+        Notifier(None),
+        2,
     )
     with trio.fail_after(SUPERVISOR_TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -579,7 +590,10 @@ async def test_a_supervising_role_drained_before_it_runs_starts_no_worker(
 ) -> None:
     path = str(sock_dir / "echo.sock")
     role = Supervising(
-        DaemonConfig([UnixAddress(path)]), Start(["--sock", path], []), Notifier(None), 2
+        ProcessConfig(DaemonConfig([UnixAddress(path)])),
+        Start(["--sock", path], []),
+        Notifier(None),
+        2,
     )
     role.drain()
     with trio.fail_after(TEST_TIMEOUT):
@@ -609,7 +623,9 @@ async def test_run_role_without_its_sockets_exits_1_with_one_line(
     sock_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = sock_dir / "gone" / "echo.sock"
-    role = Standalone(DaemonConfig([UnixAddress(str(path))]), Start([], []), Notifier(None))
+    role = Standalone(
+        ProcessConfig(DaemonConfig([UnixAddress(str(path))])), Start([], []), Notifier(None)
+    )
     with trio.fail_after(TEST_TIMEOUT), signals_put_back():
         assert await run_role(role) == 1
     err = capsys.readouterr().err
@@ -624,7 +640,7 @@ async def test_run_role_a_takeover_from_nobody_exits_1_with_one_line(
     sock_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = str(sock_dir / "nobody.sock")
-    role = Standalone(DaemonConfig([]), Start([], [], takeover=path), Notifier(None))
+    role = Standalone(ProcessConfig(DaemonConfig([])), Start([], [], takeover=path), Notifier(None))
     with trio.fail_after(TEST_TIMEOUT), signals_put_back():
         assert await run_role(role) == 1
     err = capsys.readouterr().err

@@ -136,22 +136,11 @@ def test_no_name_of_the_root_namespace_loads_the_harness() -> None:
 #: A room this size holds a second concern: look for it (STYLE.md, issue 26).
 MAX_MODULE_LINES = 700
 MAX_FUNCTION_LINES = 80
-#: Rooms over the limit, each at most as large as it is now, until it is split:
-#: the Connection class alone is 671 lines (its split, the hot path, comes with a
-#: benchmark of its own).
-OVER_THE_LIMIT_FOR_NOW = {"_connection.py": 902}
 
 
 def test_no_room_is_too_big() -> None:
     sizes = {module: len((PACKAGE / module).read_text().splitlines()) for module in _modules()}
-    too_big = {
-        module: lines
-        for module, lines in sizes.items()
-        if lines > OVER_THE_LIMIT_FOR_NOW.get(module, MAX_MODULE_LINES)
-    }
-    assert too_big == {}
-    # An exception that is no longer needed goes (so the limit holds there again).
-    assert [m for m in OVER_THE_LIMIT_FOR_NOW if sizes[m] <= MAX_MODULE_LINES] == []
+    assert {module: lines for module, lines in sizes.items() if lines > MAX_MODULE_LINES} == {}
     long = [
         f"{module}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
         for module, tree in _modules().items()

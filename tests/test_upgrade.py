@@ -32,7 +32,9 @@ from triodaemon import (
     TcpAddress,
     UnixAddress,
     connect,
+    open_listeners,
 )
+from triodaemon._config import ProcessConfig
 from triodaemon._control import ControlClient, ControlError, open_control
 from triodaemon._framing import FramingKind
 from triodaemon._handover.giver import Giver
@@ -692,14 +694,15 @@ async def test_connections_move_only_to_a_taker_with_the_same_handler(
     """An embedded daemon with a handler of its own, taken over by the command line's
     echo: its listeners move, its conversations finish where they began."""
     control = sock_dir / "control.sock"
-    config = DaemonConfig(
-        [UnixAddress(str(sock_dir / "shout.sock"))], control=UnixAddress(str(control))
-    )
-    daemon = Daemon(config, handler=shout)
+    # As docs/library.md says: the control socket bound, the giver's commands added.
+    daemon = Daemon(DaemonConfig([UnixAddress(str(sock_dir / "shout.sock"))]), handler=shout)
+    [control_listener] = await open_listeners([UnixAddress(str(control))])
     commands = daemon.control_commands()
     Giver.for_daemon(daemon).add_commands(commands)
     async with trio.open_nursery() as nursery:
-        [address] = await nursery.start(partial(daemon.serve, commands=commands))
+        [address] = await nursery.start(
+            partial(daemon.serve, control=control_listener, commands=commands)
+        )
         stream = await connect(address)
         async with stream:
             await stream.send_all(b"hi\nhalf")
@@ -1072,9 +1075,9 @@ async def test_only_the_daemons_own_user_may_take_it_over(
     daemon's clients over. (As root the taker is another user's process; otherwise
     the daemon is told it runs as another user than its peer.)"""
     control = sock_dir / "control.sock"
-    config = DaemonConfig(
-        [UnixAddress(str(sock_dir / "e.sock"))],
-        control=UnixAddress(str(control)),
+    config = ProcessConfig(
+        DaemonConfig([UnixAddress(str(sock_dir / "e.sock"))]),
+        UnixAddress(str(control)),
         control_mode=0o666,
     )
     if os.geteuid() != 0:

@@ -18,9 +18,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._config import DaemonConfig as DaemonConfig
     from ._connection import Connection as Connection
-    from ._connection import ConnectionInfo as ConnectionInfo
-    from ._connection import FrameHandler as FrameHandler
-    from ._connection import echo as echo
     from ._daemon import Daemon as Daemon
     from ._daemon import DrainSummary as DrainSummary
     from ._errors import AddressError as AddressError
@@ -38,6 +35,8 @@ if TYPE_CHECKING:
     from ._framing import RawDecoder as RawDecoder
     from ._framing import VarintDecoder as VarintDecoder
     from ._framing import parse_delimiter as parse_delimiter
+    from ._handlers import FrameHandler as FrameHandler
+    from ._handlers import echo as echo
     from ._handover.giver import Giver as Giver
     from ._listeners import BoundListener as BoundListener
     from ._listeners import TcpAddress as TcpAddress
@@ -46,15 +45,16 @@ if TYPE_CHECKING:
     from ._listeners import open_listeners as open_listeners
     from ._listeners import parse_tcp_address as parse_tcp_address
     from ._listeners import stream_for as stream_for
+    from ._peers import ConnectionInfo as ConnectionInfo
     from ._stats import Stats as Stats
 
 #: Each public name and the private module that defines it.
 _EXPORTS = {
     "DaemonConfig": "._config",
     "Connection": "._connection",
-    "ConnectionInfo": "._connection",
-    "FrameHandler": "._connection",
-    "echo": "._connection",
+    "ConnectionInfo": "._peers",
+    "FrameHandler": "._handlers",
+    "echo": "._handlers",
     "Daemon": "._daemon",
     "DrainSummary": "._daemon",
     "AddressError": "._errors",

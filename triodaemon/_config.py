@@ -32,6 +32,10 @@ UNIX_RECEIVE_SIZE = 131072
 TCP_RECEIVE_SIZE = 262144
 
 
+#: Default bound on how long a process taking over (an upgrade's new one) may take
+#: to be ready, every listener adopted and accepting, before it is called off.
+DEFAULT_UPGRADE_TIMEOUT = 30.0
+
 #: Default bound on how long a frame may take from its first byte to its last.
 #: Generous for any honest peer (a 1 MiB frame at 35 KiB/s), and what stops a
 #: peer that trickles one byte a second from holding a connection slot forever.
@@ -124,27 +128,8 @@ class DaemonConfig:
     )
     """How connections wait for their sockets: ``epoll`` (Linux), ``portable`` (any
     system), or ``auto``: epoll where there is one (``$TRIODAEMON_READINESS`` overrides)."""
-    control: UnixAddress | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(UnixAddress))
-    )
-    """A Unix socket for the control protocol (``stats``, ``connections``, ``drain``,
-    ``log-level``; see :mod:`triodaemon._control`); ``None``: no control socket."""
-    control_mode: int = attrs.field(
-        default=0o600, validator=[attrs.validators.ge(0), attrs.validators.le(0o777)]
-    )
-    """Permission bits of the control socket file: only its owner by default."""
-    control_group: str | int | None = attrs.field(default=None, validator=_group)
-    """Group (name or id) of the control socket file; ``None`` keeps the process's group."""
-    migrate: bool = True
-    """When another process takes over (an upgrade), hand it the open connections
-    too; ``False``: they finish here, as in a drain, while it accepts the new ones."""
-    upgrade_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    """Seconds a process taking over may take to be ready (every listener adopted and
-    accepting) before the takeover is called off and this daemon serves on."""
 
     def __attrs_post_init__(self) -> None:
-        if self.control is not None and _same(self.control) in map(_same, self.listen):
-            raise ValueError(f"{self.control} is both a listener and the control socket")
         if self.max_buffered and self.framing.max_frame > self.max_buffered:
             raise ValueError(
                 f"the frame limit ({self.framing.max_frame} bytes) is above the limit of "
@@ -161,3 +146,41 @@ class DaemonConfig:
     def frame_seconds(self) -> float:
         """The frame timeout as a duration: ``inf`` when disabled."""
         return self.frame_timeout if self.frame_timeout > 0 else math.inf
+
+
+def _not_a_listener(control: UnixAddress | None, listen: Iterable[Address]) -> None:
+    if control is not None and _same(control) in map(_same, listen):
+        raise ValueError(f"{control} is both a listener and the control socket")
+
+
+@attrs.frozen
+class ProcessConfig:
+    """What one triodaemon process is given beyond what its daemon serves: its
+    control socket, and how it hands over to a process that takes it over (an
+    upgrade). The command line builds one for the process role it runs
+    (:mod:`triodaemon._process`); a :class:`DaemonConfig` says what is served."""
+
+    daemon: DaemonConfig = attrs.field(validator=attrs.validators.instance_of(DaemonConfig))
+    """What the process serves."""
+    control: UnixAddress | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(UnixAddress))
+    )
+    """A Unix socket for the control protocol (``stats``, ``connections``, ``drain``,
+    ``upgrade``, ``takeover``, ...; see :mod:`triodaemon._control`); ``None``: none."""
+    control_mode: int = attrs.field(
+        default=0o600, validator=[attrs.validators.ge(0), attrs.validators.le(0o777)]
+    )
+    """Permission bits of the control socket file: only its owner by default."""
+    control_group: str | int | None = attrs.field(default=None, validator=_group)
+    """Group (name or id) of the control socket file; ``None`` keeps the process's group."""
+    migrate: bool = True
+    """When another process takes over (an upgrade), hand it the open connections
+    too; ``False``: they finish here, as in a drain, while it accepts the new ones."""
+    upgrade_timeout: float = attrs.field(
+        default=DEFAULT_UPGRADE_TIMEOUT, validator=attrs.validators.gt(0)
+    )
+    """Seconds a process taking over may take to be ready (every listener adopted and
+    accepting) before the takeover is called off and this one serves on."""
+
+    def __attrs_post_init__(self) -> None:
+        _not_a_listener(self.control, self.daemon.listen)

@@ -20,18 +20,20 @@ one place each:
 - the handover: once nothing is owed, offer the connection to the hook that
   asked (:meth:`Connection.hand_over`); :meth:`Connection.resume` carries one on;
 - the close: our EOF, then a lingering close only while something can still
-  be lost (:meth:`Connection._linger`).
+  be lost (the how is :mod:`._linger`'s).
 
 The echo (``handler=None``) is one step, :meth:`Connection._step`, which the
 transport calls whenever it is readable (a readiness backend from its own task,
 any other from the connection's); the compiled read-and-echo is the first part
 of that step where the transport has it. Any other handler is called once per
-frame from the task. Replies go one way: sent at once as far as the transport
-takes them, the rest from the task as it becomes writable.
+frame from the task (:mod:`._handlers`). Replies go one way: sent at once as far
+as the transport takes them, the rest from the task as it becomes writable, for
+as long as the peer reads (:func:`._transport.send_while_read`).
 
 Expected trouble (a reset, a framing violation, an idle or trickling peer, a
-peer that stops reading) is caught here, logged as one line naming the peer,
-counted, and ends only this connection. Bugs in the frame handler are the
+peer that stops reading) is caught here, logged as one line naming the peer and
+counted (the words and counters are :mod:`._endings`'), and ends only this
+connection. Bugs in the frame handler are the
 handler's (``ended`` gets them, or :meth:`Connection.run` raises them); a failure
 of our own code is an internal error (see :mod:`._faults`). ``trio.Cancelled``
 is never caught.
@@ -43,105 +45,31 @@ import enum
 import logging
 import math
 import os
-import socket as stdlib_socket
-import struct
 from collections.abc import Awaitable, Callable
 
-import attrs
 import trio
 
+from . import _endings as endings
 from ._budget import OVER_BUDGET_READ, BufferBudget
 from ._config import DEFAULT_RECEIVE_SIZE
-from ._errors import FramingError, IncompleteFrame
+from ._errors import IncompleteFrame
 from ._faults import fault
 from ._framing import Decoder, Framing
+from ._handlers import FrameHandler, answer_frames
+from ._linger import linger
+from ._peers import ConnectionInfo, ConnectionState
 from ._stats import Stats
-from ._transport import BROKEN, StreamTransport, Transport, Wait
+from ._transport import (
+    BROKEN,
+    NO_BUFFER,
+    StreamTransport,
+    Transport,
+    Wait,
+    receive_buffer,
+    send_while_read,
+)
 
 log = logging.getLogger("triodaemon")
-
-#: After our EOF, how long at most we keep reading (and discarding) so that the
-#: kernel does not answer unread data with a reset that destroys replies the
-#: peer has not read yet (the "lingering close" of nginx and Apache). We stop
-#: sooner: at the peer's EOF, or (where the OS tells) once everything we sent
-#: is acknowledged, or for a peer that broke the framing after ``LINGER_DISCARD``.
-LINGER_SECONDS = 2.0
-#: Bytes discarded at most while lingering: a peer that goes on sending after our
-#: EOF is cut off after this much, if it broke the framing or if we cannot tell
-#: whether what we sent has arrived (a trio stream). Otherwise (the daemon's
-#: sockets, where the OS tells) it is read on while what we sent may still be
-#: lost: a pipelining client at a drain goes on sending until it reads our EOF.
-LINGER_DISCARD = 65536
-
-
-@attrs.frozen
-class ConnectionInfo:
-    """Who is on the other end, for handlers and logs."""
-
-    id: int
-    """A number unique within one daemon run."""
-    listener: str
-    """The listener that accepted it, ``tcp://127.0.0.1:8000`` or ``unix:/run/echo.sock``."""
-    peer: str
-    """The peer: ``127.0.0.1:54321``, ``[::1]:54321``, or ``pid 4242 uid 1000`` on a Unix socket."""
-
-    def __str__(self) -> str:
-        return f"conn {self.id} from {self.peer} on {self.listener}"
-
-    @classmethod
-    def for_socket(
-        cls,
-        id: int,
-        listener: str,
-        sock: stdlib_socket.socket | trio.socket.SocketType,
-        peer: object,
-    ) -> ConnectionInfo:
-        """Describe a connection from its socket and the peer address ``accept()`` gave."""
-        return cls(id, listener, _peer_name(sock, peer))
-
-
-def _peer_name(sock: stdlib_socket.socket | trio.socket.SocketType, peer: object) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    if sock.family == stdlib_socket.AF_UNIX and hasattr(stdlib_socket, "SO_PEERCRED"):
-        try:
-            creds = sock.getsockopt(
-                stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, struct.calcsize("3i")
-            )
-        except OSError:
-            return "unix peer"
-        pid, uid, _gid = struct.unpack("3i", creds)
-        return f"pid {pid} uid {uid}"
-    return "unix peer" if sock.family == stdlib_socket.AF_UNIX else "unknown peer"
-
-
-#: The per-frame behaviour: given a frame's payload, return the reply's payload
-#: (framed with the connection's framing), or ``None`` to reply nothing.
-FrameHandler = Callable[[bytes, ConnectionInfo], Awaitable["bytes | None"]]
-
-
-async def echo(frame: bytes, conn: ConnectionInfo) -> bytes:
-    """A frame handler that replies with the frame itself.
-
-    The same replies as ``handler=None`` (the built-in echo), through the
-    general path: one call per frame. A starting point for handlers of your own.
-    """
-    return frame
-
-
-#: While lingering with replies unacknowledged, how often to look again: the
-#: kernel gives no event for "all acknowledged", so the first look is soon
-#: (an idle peer acknowledges within a round trip) and later ones back off.
-_LINGER_FIRST_LOOK = 0.001
-_LINGER_LAST_LOOK = 0.05
-#: Once everything we sent is acknowledged, how long the connection must have been
-#: quiet (nothing read, nothing of ours read by the peer) before we close. A
-#: pipelining client at a drain sends until it reads our EOF, the more so just as it
-#: reads our last replies; closing with its bytes unread would make the kernel
-#: answer with a reset, which its next read reports in place of our EOF (a clean
-#: drain would look like a crash to it). An idle peer is not waited for at all.
-_LINGER_QUIET = 0.1
 
 
 class _Stop(enum.Enum):
@@ -167,22 +95,6 @@ class _Close(enum.Enum):
     GRACEFUL = "graceful"  # our EOF, then linger while replies can still be lost
     FORCEFUL = "forceful"  # nothing more can be delivered: just close
     HANDED = "handed"  # another process serves it now: close our descriptor only
-
-
-@attrs.frozen
-class ConnectionState:
-    """Where a conversation stands: what another process needs to carry it on
-    (:meth:`Connection.handover_state`, then :meth:`Connection.resume` there). A
-    plain record: only the handover writes it down."""
-
-    peer: str
-    listener: str
-    pending: bytes
-    """What was read of a partial frame (empty at a frame boundary)."""
-    idle_left: float
-    """Seconds until the connection's next deadline (idle, or its frame's); ``inf``: none."""
-    frame_left: float
-    """Seconds until its partial frame must be complete; ``inf``: no such deadline."""
 
 
 #: Asked by a connection that is to be handed to another process, once it owes its
@@ -297,7 +209,7 @@ class Connection:
         # a connection was lost), an EOF, a pause, or replies to send.
         self._handoff: BaseException | memoryview | _Handoff | None = None
         # The run's shared receive buffer (run() gets it: it is the trio run's).
-        self._buf = _NO_BUFFER
+        self._buf = NO_BUFFER
         # For the transport's compiled read-and-echo, where it has one (else None).
         self._shape = self.transport.echo_shape(self.framing) if handler is None else None
         #: Called once :meth:`run` is over, however it ended, with the frame
@@ -386,7 +298,7 @@ class Connection:
         try:
             self.stats.follow(self)
             try:
-                self._buf = _receive_buffer(max(self.receive_size, OVER_BUDGET_READ))
+                self._buf = receive_buffer(max(self.receive_size, OVER_BUDGET_READ))
                 if math.isnan(self.opened):  # (else resume() began it)
                     self.opened = now = trio.current_time()
                     self._deadline = now + self.idle_timeout
@@ -417,7 +329,8 @@ class Connection:
                     if closed is not None:
                         break
                     if decoder.error is not None:
-                        closed = self._framing_error(decoder.error)
+                        endings.framing_error(self.stats, self.info, decoder.error)
+                        closed = _Close.GRACEFUL
                         break
                 if closed is _Close.GRACEFUL:
                     await self._linger()
@@ -477,14 +390,12 @@ class Connection:
         """One read without blocking: its size, LOST (the reason in ``_handoff``), or
         None. (Not in the coroutine: an exception through a coroutine gives it a
         frame object for the rest of its life.)"""
+        size = OVER_BUDGET_READ if self._budget.over else self.receive_size
         try:
-            return self.transport.receive_into(self._buf, self._read_size())
+            return self.transport.receive_into(self._buf, size)
         except BROKEN as exc:
             self._handoff = exc
             return _Stop.LOST
-
-    def _read_size(self) -> int:
-        return OVER_BUDGET_READ if self._budget.over else self.receive_size
 
     def _waited(self, got: int | _Stop | Wait) -> int | _Stop:
         """The result of one wait: bytes read (0: the EOF), or why none were."""
@@ -589,10 +500,18 @@ class Connection:
         assert self.handler is not None
         self.bytes_in += size
         self.decoder.feed(memoryview(self._buf)[:size])
-        replies, count = await self._handle_frames(self.handler)
+        replies, count, failure = await answer_frames(
+            self.decoder, self.handler, self.info, self.framing
+        )
+        self.frames += count
         self._progress(trio.current_time(), count)
+        if failure is not None:
+            # run() raises it, or gives it to ``ended``, once the replies before it
+            # are sent and the connection is closed.
+            endings.handler_failed(self.stats, self.info, failure)
+            self._handoff = _HandlerFailed(failure)
         closed = await self._send(replies) if replies else None
-        if isinstance(self._handoff, _HandlerFailed):  # (the replies before it are sent)
+        if failure is not None:
             return closed or _Close.GRACEFUL
         return closed
 
@@ -612,40 +531,6 @@ class Connection:
         else:
             self._deadline = now + self.idle_timeout
         return replies
-
-    async def _handle_frames(self, handler: FrameHandler) -> tuple[bytearray, int]:
-        """Run the handler on every complete frame; their encoded replies, and how many.
-
-        Stops at a framing error, which stays in ``decoder.error``, and at the
-        handler's failure, which is logged, counted and left in ``_handoff`` (run()
-        raises it, or gives it to ``ended``, once the replies before it are sent
-        and the connection is closed: what a client gets back does not depend on
-        how its frames were cut into reads).
-        """
-        replies = bytearray()
-        encode = self.framing.encode
-        count = 0
-        try:
-            while (frame := self.decoder.next_frame()) is not None:
-                count += 1
-                self.frames += 1
-                try:
-                    reply = await handler(frame, self.info)
-                    if reply is not None:
-                        replies += encode(reply)  # (ValueError: a reply too large to frame)
-                except Exception as exc:
-                    self._handler_failed(exc)
-                    break
-        except FramingError:
-            pass
-        return replies, count
-
-    def _handler_failed(self, exc: Exception) -> None:
-        self.stats.handler_errors += 1
-        log.error(
-            "%s: frame handler failed: %s: %s", self.info, type(exc).__name__, exc, exc_info=exc
-        )
-        self._handoff = _HandlerFailed(exc)
 
     def _progress(self, now: float, count: int) -> None:
         """Bytes moved at ``now``, completing ``count`` frames: set the next deadline."""
@@ -726,104 +611,45 @@ class Connection:
         """Send what the transport did not take at once, waiting while it is full:
         until the peer has read nothing for ``idle_timeout`` (a peer that reads a
         large reply slowly but steadily makes progress)."""
-        transport = self.transport
         log.debug("%s: %d bytes of replies wait for the peer to read", self.info, len(rest))
         self._writing = True
-        # One cancel scope for the whole send, its deadline moved (before a wait)
-        # when the peer has read something since: a scope per wait costs as much
-        # as the wait in a bulk echo.
-        moved = trio.current_time()
         try:
-            with trio.CancelScope(deadline=moved + self.idle_timeout) as scope:
-                while rest:
-                    # Try first, as trio's own send does: since the first attempt the
-                    # peer has often made room, and a wait costs a trip through trio.
-                    try:
-                        sent = transport.try_send(rest)
-                        if not sent:
-                            if moved > scope.deadline - self.idle_timeout:
-                                scope.deadline = moved + self.idle_timeout
-                            await transport.wait_writable()
-                            continue
-                    except BROKEN as exc:
-                        return self._lost(exc)
-                    self.bytes_out += sent
-                    rest = rest[sent:]
-                    moved = trio.current_time()
-                self._progress(moved, 0)
-                return None
+            sent = await send_while_read(self.transport, rest, self.idle_timeout, self._sent)
+        except BROKEN as exc:
+            return self._lost(exc)
         finally:
             self._writing = False
-        return self._peer_stopped_reading()
+        if not sent:
+            endings.stopped_reading(self.stats, self.info, self.idle_timeout)
+            return _Close.FORCEFUL
+        self._progress(trio.current_time(), 0)
+        return None
+
+    def _sent(self, size: int) -> None:
+        self.bytes_out += size
 
     # -- closing ----------------------------------------------------------------------
 
     async def _linger(self) -> None:
-        """Our EOF; then read and discard until nothing we sent can be lost, for a while at most.
-
-        Ends at the peer's EOF; or once everything we sent is acknowledged (read,
-        on a Unix socket), so that a reset for unread data destroys nothing of
-        ours (where the transport tells: a socket on Linux; elsewhere after
-        ``LINGER_DISCARD`` bytes discarded) and the connection has been quiet for
-        ``_LINGER_QUIET``, so that the peer's next read finds our EOF, not a reset
-        (a peer that goes on sending is read on for that: a pipelining client
-        sends until it reads our EOF); a peer that broke the framing, after
-        ``LINGER_DISCARD`` bytes discarded; at the latest after ``LINGER_SECONDS``.
-        """
-        transport = self.transport
-        give_up = trio.current_time() + LINGER_SECONDS
-        try:
-            with trio.CancelScope(deadline=give_up):
-                await transport.shutdown_write()
-        except BROKEN:
-            return
-        look = _LINGER_FIRST_LOOK
-        discarded = 0
-        next_look = LINGER_DISCARD  # discarded bytes at which to look up again
-        # When the connection last moved bytes either way (the deadline's last move; at
-        # a graceful close no frame is held, so no frame deadline is in it).
+        """Our EOF, then the lingering close (:mod:`._linger`), from when the
+        connection last moved bytes: its deadline's last move (at a graceful close
+        no frame is held, so no frame deadline is in it)."""
         now = trio.current_time()
-        active = (
-            min(now, self._deadline - self.idle_timeout) if self.idle_timeout < math.inf else now
+        idle = self.idle_timeout
+        active = min(now, self._deadline - idle) if idle < math.inf else now
+        await linger(
+            self.transport,
+            self._buf,
+            self.receive_size,
+            active=active,
+            framing_broken=self.decoder.error is not None,
+            discarded=self._discarded,
         )
-        while True:
-            size = self._receive()
-            if size == 0 or size is _Stop.LOST:
-                return  # the peer's EOF (it has read all it wanted), or gone
-            if size is not None:
-                assert isinstance(size, int)
-                self.bytes_in += size
-                discarded += size
-                active = trio.current_time()
-                if discarded > next_look:
-                    # A peer that goes on sending: a framing violator is cut off
-                    # here, as is anyone where we cannot tell what is acknowledged;
-                    # anyone else is read on until it is quiet (a pipelining client
-                    # at a drain sends until it reads our EOF, a large frame's rest
-                    # included), for LINGER_SECONDS at most.
-                    if self.decoder.error is not None or transport.unacknowledged() is None:
-                        return
-                    if trio.current_time() >= give_up:
-                        return
-                    next_look = discarded + LINGER_DISCARD
-                    await trio.lowlevel.checkpoint()  # reading on, but not alone
-                continue
-            unsent = transport.unacknowledged()
-            now = trio.current_time()
-            if now >= give_up:
-                return
-            if unsent == 0:
-                quiet_at = active + _LINGER_QUIET
-                if now >= quiet_at:
-                    return
-                wake_at = min(give_up, quiet_at)
-            else:
-                active = now  # (the peer has yet to read it, and may answer as it does)
-                wake_at = give_up if unsent is None else min(give_up, now + look)
-                look = min(2 * look, _LINGER_LAST_LOOK)
-            await transport.wait_readable(wake_at)
 
-    # -- endings ----------------------------------------------------------------------
+    def _discarded(self, size: int) -> None:
+        self.bytes_in += size
+
+    # -- endings (told by ._endings) ------------------------------------------------
 
     def _stopped(self, why: _Stop) -> _Close:
         """End the conversation for a wait that brought nothing."""
@@ -832,71 +658,21 @@ class Connection:
             assert isinstance(reason, BaseException)
             return self._lost(reason)
         if why is _Stop.FRAME_TIMEOUT:
-            self.stats.frame_timeouts += 1
-            log.warning(
-                "%s: frame not complete after %gs (%d bytes so far); closing",
-                self.info,
-                self.frame_timeout,
-                self.decoder.buffered,
-            )
+            buffered = self.decoder.buffered
+            endings.frame_timeout(self.stats, self.info, self.frame_timeout, buffered)
         else:
-            self.stats.idle_timeouts += 1
-            log.info("%s: idle for %gs; closing", self.info, self.idle_timeout)
+            endings.idle(self.stats, self.info, self.idle_timeout)
         return _Close.GRACEFUL
 
     def _eof(self) -> _Close:
         try:
             self.decoder.feed_eof()
         except IncompleteFrame as exc:
-            self.stats.incomplete_frames += 1
-            log.warning("%s: %s; discarded", self.info, exc)
+            endings.incomplete(self.stats, self.info, exc)
         else:
             log.debug("%s: closed by peer", self.info)
         return _Close.GRACEFUL
 
-    def _framing_error(self, error: FramingError) -> _Close:
-        """Count and log a peer that broke the framing; the replies before it are sent."""
-        self.stats.framing_errors += 1
-        log.warning("%s: %s; closing", self.info, error)
-        return _Close.GRACEFUL
-
     def _lost(self, exc: BaseException | None) -> _Close:
-        """Count and log a connection the peer (or the network) broke."""
-        self.stats.resets += 1
-        log.info("%s: connection lost: %s", self.info, _reason(exc))
+        endings.lost(self.stats, self.info, exc)
         return _Close.FORCEFUL
-
-    def _peer_stopped_reading(self) -> _Close:
-        self.stats.idle_timeouts += 1
-        log.info(
-            "%s: peer stopped reading (no progress for %gs); closing", self.info, self.idle_timeout
-        )
-        return _Close.FORCEFUL
-
-
-def _reason(exc: BaseException | None) -> str:
-    """The OS's words for why a connection broke: from ``exc`` or the OSError behind it."""
-    error = exc if isinstance(exc, OSError) else getattr(exc, "__cause__", None)
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
-    return (str(exc) or type(exc).__name__) if exc is not None else "unknown"
-
-
-#: Every connection of a trio run reads into one buffer: no allocation per read (a
-#: read of more than 128 KiB into a new ``bytes`` is an ``mmap`` each time) and no
-#: memory per connection. Safe because trio runs one task at a time and a
-#: connection uses up what it read before it yields.
-_RECEIVE_BUFFER: trio.lowlevel.RunVar[bytearray] = trio.lowlevel.RunVar("triodaemon.receive")
-_NO_BUFFER = bytearray()
-
-
-def _receive_buffer(size: int) -> bytearray:
-    """The current run's shared receive buffer, at least ``size`` bytes long."""
-    try:
-        buf = _RECEIVE_BUFFER.get()
-    except LookupError:
-        buf = bytearray()
-    if len(buf) < size:
-        buf = bytearray(size)
-        _RECEIVE_BUFFER.set(buf)
-    return buf

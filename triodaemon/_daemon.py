@@ -25,19 +25,19 @@ import trio
 
 from ._accept import ConnectionLimit, accept_loop, describe
 from ._config import DaemonConfig
-from ._connection import Connection, ConnectionState, FrameHandler
+from ._connection import Connection
 from ._control import Commands, serve_control
+from ._handlers import FrameHandler
 from ._listeners import (
     AcceptGate,
     Address,
     BoundListener,
     open_listeners,
-    open_unix,
 )
 from ._lowlevel import Lowlevel
+from ._peers import ConnectionState
 from ._reports import connection_records, daemon_commands, seconds_until, stats_report
 from ._served import ConnectionWatcher, Served
-from ._socketfile import check_socket_path
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")
@@ -171,9 +171,9 @@ class Daemon:
             listeners: already-bound listeners to serve (ownership passes to the
                 daemon); by default, bind ``config.listen``.
             control: an already-bound Unix listener to serve the control protocol
-                on (ownership passes to the daemon); by default, bind
-                ``config.control`` if it is set. It answers from before the first
-                connection until :meth:`serve` returns, through a drain.
+                on (ownership passes to the daemon); none by default. It answers
+                from before the first connection until :meth:`serve` returns,
+                through a drain.
             commands: what the control socket answers: :meth:`control_commands`
                 by default (a process adds its own, such as ``upgrade``).
             task_status: receives the tuple of bound addresses, in listener order.
@@ -192,8 +192,6 @@ class Daemon:
         if listeners is None:
             if not config.listen:
                 raise ValueError("nothing to listen on: config.listen is empty")
-            if control is None and config.control is not None:
-                check_socket_path(config.control.path)  # before any file is touched
             listeners = await open_listeners(
                 config.listen,
                 sock_mode=config.sock_mode,
@@ -204,10 +202,6 @@ class Daemon:
         self._listeners = listeners
         self._started, self._started_wall = time.monotonic(), time.time()
         try:
-            if control is None and config.control is not None:
-                control = await open_unix(
-                    config.control, mode=config.control_mode, group=config.control_group
-                )
             self._control = control
             if commands is None:
                 commands = self.control_commands()

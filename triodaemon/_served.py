@@ -21,9 +21,11 @@ import trio
 from ._accept import ConnectionLimit
 from ._budget import BufferBudget
 from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
-from ._connection import Connection, ConnectionInfo, ConnectionState, FrameHandler
+from ._connection import Connection
 from ._faults import fault
+from ._handlers import FrameHandler
 from ._lowlevel import Lowlevel
+from ._peers import ConnectionInfo, ConnectionState
 from ._stats import Stats
 
 log = logging.getLogger("triodaemon")

@@ -49,8 +49,7 @@ from typing import Any
 
 import trio
 
-from ._config import DaemonConfig
-from ._connection import ConnectionState
+from ._config import DEFAULT_UPGRADE_TIMEOUT, DaemonConfig
 from ._control import (
     LOG_LEVELS,
     Commands,
@@ -63,16 +62,16 @@ from ._daemon import CONTROL_GRACE, DrainSummary
 from ._errors import ClientError, TriodaemonError
 from ._faults import fault
 from ._listeners import AcceptGate, Address, BoundListener
+from ._peers import ConnectionState
 from ._program import exit_reason, without_options
 from ._reports import log_level_command, stats_report
 from ._stats import Stats
 from ._workers import (
-    MAX_RELAYED_LINE,
     WorkerProcess,
     add_report,
     handover_directory,
     handover_socket,
-    relay_line,
+    relay_lines,
     shares,
     worker_command,
 )
@@ -103,10 +102,20 @@ class Supervisor:
         count: how many workers (2 or more).
         argv: the command line's arguments, given to every worker as they are
             (a worker ignores the addresses in them and serves what it inherits).
+        upgrade_timeout: handed over to a new supervisor, how long its workers may
+            take to be ready (before the old workers' drain deadline begins).
     """
 
-    def __init__(self, config: DaemonConfig, count: int, argv: Sequence[str]) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        count: int,
+        argv: Sequence[str],
+        *,
+        upgrade_timeout: float = DEFAULT_UPGRADE_TIMEOUT,
+    ) -> None:
         self.config = config
+        self.upgrade_timeout = upgrade_timeout
         self.argv = without_options(argv)  # a worker takes over from its own predecessor
         self.stats = Stats()
         """The workers' counters, summed (and the supervisor's own internal errors):
@@ -323,8 +332,7 @@ class Supervisor:
                 self._keepers.start_soon(self._keep, worker)
 
     async def _retire_stragglers(self) -> None:
-        config = self.config
-        await trio.sleep(config.upgrade_timeout + config.drain_timeout)
+        await trio.sleep(self.upgrade_timeout + self.config.drain_timeout)
         if any(w.process is not None and w.process.returncode is None for w in self._workers):
             log.warning("workers still serving after the upgrade: draining them")
             self._draining = True
@@ -524,21 +532,9 @@ class Supervisor:
     async def _relay(
         self, worker: WorkerProcess, stderr: trio.abc.ReceiveStream, done: trio.Event
     ) -> None:
-        """Log the worker's stderr lines again, whole, at their level, with its name."""
-        assert worker.process is not None
-        pid = worker.process.pid
-        buffer = b""
+        """Log the worker's stderr lines again (:func:`relay_lines`), until its EOF."""
         try:
-            while chunk := await stderr.receive_some():
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                if len(buffer) > MAX_RELAYED_LINE:  # no newline for that long: cut it
-                    lines.append(buffer[:MAX_RELAYED_LINE] + b" [cut]")
-                    buffer = b""
-                for line in lines:
-                    relay_line(worker, pid, line.decode(errors="replace"))
-            if buffer:
-                relay_line(worker, pid, buffer.decode(errors="replace"))
+            await relay_lines(worker, stderr)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as exc:  # the boundary of one worker's log relay

@@ -136,6 +136,59 @@ class Transport(abc.ABC):
         return -1
 
 
+#: Every connection of a trio run reads into one buffer: no allocation per read (a
+#: read of more than 128 KiB into a new ``bytes`` is an ``mmap`` each time) and no
+#: memory per connection. Safe because trio runs one task at a time and a
+#: connection uses up what it read before it yields.
+_RECEIVE_BUFFER: trio.lowlevel.RunVar[bytearray] = trio.lowlevel.RunVar("triodaemon.receive")
+#: A connection's buffer before its run has the shared one.
+NO_BUFFER = bytearray()
+
+
+def receive_buffer(size: int) -> bytearray:
+    """The current run's shared receive buffer, at least ``size`` bytes long: read
+    into it, and use up (or copy) what was read before the next checkpoint."""
+    try:
+        buf = _RECEIVE_BUFFER.get()
+    except LookupError:
+        buf = bytearray()
+    if len(buf) < size:
+        buf = bytearray(size)
+        _RECEIVE_BUFFER.set(buf)
+    return buf
+
+
+async def send_while_read(
+    transport: Transport,
+    data: memoryview,
+    patience: float,
+    sent: Callable[[int], None],
+) -> bool:
+    """Send all of ``data``, waiting while ``transport`` is full, for as long as the
+    peer reads: ``False`` once it has read nothing for ``patience`` seconds (a peer
+    that reads a large reply slowly but steadily makes progress). Each part that
+    goes is counted by ``sent``. Raises one of :data:`BROKEN`."""
+    # One cancel scope for the whole send, its deadline moved (before a wait) when
+    # the peer has read something since: a scope per wait costs as much as the wait
+    # in a bulk echo.
+    moved = trio.current_time()
+    with trio.CancelScope(deadline=moved + patience) as scope:
+        while data:
+            # Try first, as trio's own send does: since the first attempt the peer
+            # has often made room, and a wait costs a trip through trio.
+            went = transport.try_send(data)
+            if not went:
+                if moved > scope.deadline - patience:
+                    scope.deadline = moved + patience
+                await transport.wait_writable()
+                continue
+            sent(went)
+            data = data[went:]
+            moved = trio.current_time()
+        return True
+    return False
+
+
 #: The most a stream transport sends in one wait (see StreamTransport.wait_writable).
 _SEND_PIECE = 16384
 

@@ -164,6 +164,25 @@ def handover_socket(
     return sock, path
 
 
+async def relay_lines(worker: WorkerProcess, stderr: trio.abc.ReceiveStream) -> None:
+    """Log the worker's stderr lines again, whole, at their level, with its name,
+    until its EOF: a line with no newline for ``MAX_RELAYED_LINE`` bytes is cut there.
+    Raises what the stream raises."""
+    assert worker.process is not None
+    pid = worker.process.pid
+    buffer = b""
+    while chunk := await stderr.receive_some():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        if len(buffer) > MAX_RELAYED_LINE:  # no newline for that long: cut it
+            lines.append(buffer[:MAX_RELAYED_LINE] + b" [cut]")
+            buffer = b""
+        for line in lines:
+            relay_line(worker, pid, line.decode(errors="replace"))
+    if buffer:
+        relay_line(worker, pid, buffer.decode(errors="replace"))
+
+
 def relay_line(worker: WorkerProcess, pid: int, line: str) -> None:
     """Log one line of the worker's stderr again, at its level, with its name."""
     if not line:

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from .. import _signals
-from .._config import DEFAULT_FRAME_TIMEOUT, DaemonConfig
+from .._config import DEFAULT_FRAME_TIMEOUT, DaemonConfig, ProcessConfig
 from .._errors import AddressError
 from .._framing import Framing
 from .._listeners import Address, BoundListener, UnixAddress
@@ -240,13 +240,13 @@ def _config_from_args(
     listen: list[Address],
     framing: Framing,
     control: UnixAddress | None,
-) -> DaemonConfig:
+) -> ProcessConfig:
     """The configuration the flags say; a value it refuses is a usage error."""
     options: dict[str, Any] = {}
     if args.max_buffered is not None:  # (else DaemonConfig's default: room for a frame)
         options["max_buffered"] = args.max_buffered
     try:
-        config = DaemonConfig(
+        served = DaemonConfig(
             listen,
             framing,
             max_connections=args.max_connections,
@@ -256,14 +256,17 @@ def _config_from_args(
             readiness=args.readiness,
             sock_mode=args.sock_mode,
             sock_group=args.sock_group,
-            control=control,
+            **options,
+        )
+        config = ProcessConfig(
+            served,
+            control,
             control_mode=args.control_mode,
             control_group=args.control_group,
             migrate=not args.no_migrate,
             upgrade_timeout=args.upgrade_timeout,
-            **options,
         )
-        open_readiness(config.readiness)  # one that this system has
+        open_readiness(served.readiness)  # one that this system has
     except ValueError as exc:
         parser.error(str(exc))
     return config
@@ -338,7 +341,7 @@ def main(argv: Sequence[str]) -> int:
     config = _config_from_args(parser, args, listen, framing, control)
     setup_logging(args.log_level)
     # Each connection is one descriptor; leave room for listeners and logs.
-    raise_fd_limit(config.max_connections + len(listen) + len(passed) + 64)
+    raise_fd_limit(config.daemon.max_connections + len(listen) + len(passed) + 64)
     keep_large_buffers_on_the_heap()
     notifier = Notifier.from_environment()  # and unset: nothing we start inherits it
     start = Start(

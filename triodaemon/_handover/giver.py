@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from .._config import DEFAULT_UPGRADE_TIMEOUT
 from .._control import Command, Commands, ControlError, Session, no_arguments
 from .._daemon import Daemon
 from .._faults import fault
@@ -142,37 +143,48 @@ class Giver:
     _stopped: bool = attrs.field(default=False, init=False)  # the host accepts no more
 
     @classmethod
-    def for_daemon(cls, daemon: Daemon, notify: Callable[..., None] | None = None) -> Giver:
-        """The giver of ``daemon``: its sockets, and its connections (as its
-        configuration says)."""
+    def for_daemon(
+        cls,
+        daemon: Daemon,
+        notify: Callable[..., None] | None = None,
+        *,
+        upgrade_timeout: float = DEFAULT_UPGRADE_TIMEOUT,
+        migrate: bool = True,
+    ) -> Giver:
+        """The giver of ``daemon``: its sockets, and its connections unless
+        ``migrate`` is false (they then finish here, as in a drain)."""
         config = daemon.config
         return cls(
             daemon,
             config.framing,
             handler_name(daemon.handler),
             daemon.stats,
-            config.upgrade_timeout,
+            upgrade_timeout,
             config.drain_timeout,
-            config.migrate,
+            migrate,
             pool=daemon,
             notify=notify or _silent,
         )
 
     @classmethod
     def for_supervisor(
-        cls, supervisor: Supervisor, notify: Callable[..., None] | None = None
+        cls,
+        supervisor: Supervisor,
+        notify: Callable[..., None] | None = None,
+        *,
+        migrate: bool = True,
     ) -> Giver:
         """The giver of ``supervisor``: its sockets; its workers hand their
-        connections over each to its successor."""
+        connections over each to its successor (unless ``migrate`` is false)."""
         config = supervisor.config
         return cls(
             supervisor,
             config.framing,
             "echo",  # (the workers')
             supervisor.faults,
-            config.upgrade_timeout,
+            supervisor.upgrade_timeout,
             config.drain_timeout,
-            config.migrate,
+            migrate,
             workers=supervisor.worker_handovers,
             notify=notify or _silent,
         )

@@ -15,8 +15,9 @@ import socket
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
-from .._connection import Connection, ConnectionState
+from .._connection import Connection
 from .._listeners import BoundListener
+from .._peers import ConnectionState
 from .._served import ConnectionWatcher
 from .._stats import Stats
 

@@ -16,11 +16,11 @@ from typing import Any
 import attrs
 import trio
 
-from .._connection import ConnectionState
 from .._control import ControlClient, ControlError
 from .._errors import ClientError
 from .._framing import Framing
 from .._listeners import BoundListener, UnixAddress
+from .._peers import ConnectionState
 from .host import Adopter
 from .wire import (
     HANDOVER_VERSIONS,

@@ -21,9 +21,9 @@ from typing import Any
 import attrs
 import trio
 
-from .._connection import ConnectionState
 from .._errors import TriodaemonError
 from .._faults import loads
+from .._peers import ConnectionState, peer_credentials
 
 #: The versions of the handover protocol this release speaks, oldest first. A
 #: version is added (never changed) when the messages change; a giver picks the
@@ -324,14 +324,10 @@ def not_our_user(stream: trio.SocketStream) -> str | None:
     only its own user (or root) may, whoever else may connect to the control socket
     (``--control-mode 0660`` to let a group watch ``stats`` lets it take no client's
     connection). ``None``: it may (or the system cannot tell who it is)."""
-    creds = getattr(socket, "SO_PEERCRED", None)
-    if creds is None:
+    credentials = peer_credentials(stream.socket)
+    if credentials is None:
         return None
-    try:
-        data = stream.socket.getsockopt(socket.SOL_SOCKET, creds, struct.calcsize("3i"))
-    except OSError:
-        return None
-    uid = struct.unpack("3i", data)[1]
+    uid = credentials[1]
     if uid in (0, os.geteuid()):
         return None
     return f"uid {uid} may not take this daemon over: only uid {os.geteuid()} (its own) or root"
@@ -339,14 +335,10 @@ def not_our_user(stream: trio.SocketStream) -> str | None:
 
 def peer_pid(sock: trio.socket.SocketType) -> int:
     """The pid of the process at the other end of a Unix socket (0 if unknown)."""
-    creds = getattr(socket, "SO_PEERCRED", None)
-    if creds is None:
+    credentials = peer_credentials(sock)
+    if credentials is None:
         return 0
-    try:
-        data = sock.getsockopt(socket.SOL_SOCKET, creds, struct.calcsize("3i"))
-    except OSError:
-        return 0
-    pid = int(struct.unpack("3i", data)[0])
+    pid = credentials[0]
     return 0 if pid == os.getpid() else pid  # (a socketpair of ours: the kernel cannot say)
 
 

@@ -31,11 +31,11 @@ from typing import Any, ClassVar
 
 import trio
 
-from .._config import DaemonConfig
-from .._connection import FrameHandler
+from .._config import ProcessConfig
 from .._control import Commands, serve_control, serve_control_stream
 from .._daemon import Daemon, DrainSummary
 from .._errors import TriodaemonError
+from .._handlers import FrameHandler
 from .._handover.giver import Giver
 from .._handover.taker import Taken
 from .._handover.upgrade import Upgrader
@@ -54,7 +54,7 @@ class Role(abc.ABC):
     """One process's part: its server, its giver, the commands it answers.
 
     Args:
-        config: the daemon's configuration.
+        config: the process's configuration (``config.daemon``: what it serves).
         start: where its sockets come from (and the command line's arguments).
         notifier: where to tell systemd (a worker's supervisor does that for it).
         server: what serves the sockets.
@@ -67,7 +67,7 @@ class Role(abc.ABC):
 
     def __init__(
         self,
-        config: DaemonConfig,
+        config: ProcessConfig,
         start: Start,
         notifier: Notifier,
         server: Daemon | Supervisor,
@@ -204,7 +204,7 @@ class Role(abc.ABC):
         if handover is not None:
             nursery.start_soon(finish_takeover, *handover, self, startup)
         else:
-            nursery.start_soon(self.notifier.run, self.server, self.config.drain_timeout)
+            nursery.start_soon(self.notifier.run, self.server, self.config.daemon.drain_timeout)
 
 
 class Standalone(Role):
@@ -212,13 +212,18 @@ class Standalone(Role):
 
     def __init__(
         self,
-        config: DaemonConfig,
+        config: ProcessConfig,
         start: Start,
         notifier: Notifier,
         handler: FrameHandler | None = None,
     ) -> None:
-        self.daemon = Daemon(config, handler)
-        giver = Giver.for_daemon(self.daemon, notifier.send)
+        self.daemon = Daemon(config.daemon, handler)
+        giver = Giver.for_daemon(
+            self.daemon,
+            notifier.send,
+            upgrade_timeout=config.upgrade_timeout,
+            migrate=config.migrate,
+        )
         super().__init__(config, start, notifier, self.daemon, giver, upgrades=True)
 
     async def snapshot(self) -> dict[str, Any]:
@@ -228,9 +233,11 @@ class Standalone(Role):
 class Supervising(Role):
     """The supervisor of ``count`` worker processes, each started with ``argv``."""
 
-    def __init__(self, config: DaemonConfig, start: Start, notifier: Notifier, count: int) -> None:
-        self.supervisor = Supervisor(config, count, start.argv)
-        giver = Giver.for_supervisor(self.supervisor, notifier.send)
+    def __init__(self, config: ProcessConfig, start: Start, notifier: Notifier, count: int) -> None:
+        self.supervisor = Supervisor(
+            config.daemon, count, start.argv, upgrade_timeout=config.upgrade_timeout
+        )
+        giver = Giver.for_supervisor(self.supervisor, notifier.send, migrate=config.migrate)
         super().__init__(config, start, notifier, self.supervisor, giver, upgrades=True)
 
     async def snapshot(self) -> dict[str, Any]:
@@ -259,13 +266,15 @@ class Worker(Role):
 
     def __init__(
         self,
-        config: DaemonConfig,
+        config: ProcessConfig,
         start: Start,
         notifier: Notifier,
         handler: FrameHandler | None = None,
     ) -> None:
-        self.daemon = Daemon(config, handler)
-        giver = Giver.for_daemon(self.daemon)  # (the supervisor tells systemd)
+        self.daemon = Daemon(config.daemon, handler)
+        giver = Giver.for_daemon(  # (no notify: the supervisor tells systemd)
+            self.daemon, upgrade_timeout=config.upgrade_timeout, migrate=config.migrate
+        )
         super().__init__(config, start, notifier, self.daemon, giver, upgrades=False)
         self.go = trio.Event()
         """Taking over from an old worker: set when the supervisor says to take its
@@ -333,7 +342,7 @@ class Worker(Role):
 
 
 async def bind(
-    config: DaemonConfig, passed: Sequence[BoundListener]
+    config: ProcessConfig, passed: Sequence[BoundListener]
 ) -> tuple[list[BoundListener], BoundListener | None]:
     """Bind the listeners ``config`` names that systemd has not ``passed``, then the
     control socket; every path is checked before any file is touched.
@@ -343,11 +352,12 @@ async def bind(
     """
     if config.control is not None:  # (open_listeners checks its own first)
         check_socket_path(config.control.path)
+    served = config.daemon
     listeners = await open_listeners(
-        _not_passed(config.listen, passed),
-        sock_mode=config.sock_mode,
-        sock_group=config.sock_group,
-        backlog=config.backlog,
+        _not_passed(served.listen, passed),
+        sock_mode=served.sock_mode,
+        sock_group=served.sock_group,
+        backlog=served.backlog,
     )
     if config.control is None:
         return listeners, None

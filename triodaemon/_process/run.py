@@ -87,7 +87,7 @@ async def _log_stats(role: Role) -> None:
 def _on_stop_signal(role: Role, signum: int) -> None:
     """A stop signal once the role is serving: drain, and abort on a second one."""
     name = _signals.signal_name(signum)
-    drain_timeout = role.config.drain_timeout
+    drain_timeout = role.config.daemon.drain_timeout
     if signum == _XCPU:
         # The kernel repeats it every CPU-second until the hard limit: never an abort.
         if role.draining:

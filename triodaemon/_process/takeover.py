@@ -16,7 +16,7 @@ from typing import Protocol
 
 import trio
 
-from .._config import DaemonConfig
+from .._config import ProcessConfig
 from .._daemon import Daemon
 from .._errors import ClientError
 from .._faults import fault
@@ -34,7 +34,7 @@ log = logging.getLogger("triodaemon")
 class Successor(Protocol):
     """A role taking over (see :mod:`.roles`)."""
 
-    config: DaemonConfig
+    config: ProcessConfig
     notifier: Notifier
     failure: str | None
 
@@ -49,7 +49,7 @@ class Successor(Protocol):
     async def takeover_done(self, count: int | None) -> None: ...
 
 
-async def take_over(target: str | socket.socket, config: DaemonConfig) -> tuple[Channel, Taken]:
+async def take_over(target: str | socket.socket, config: ProcessConfig) -> tuple[Channel, Taken]:
     """Connect to the process to take over from (its control socket's path, or the
     channel it made) and take its listening sockets.
 
@@ -70,7 +70,7 @@ async def take_over(target: str | socket.socket, config: DaemonConfig) -> tuple[
     try:
         with trio.move_on_after(config.upgrade_timeout):
             return await request_takeover(
-                stream, where, framing=config.framing, migrate=config.migrate
+                stream, where, framing=config.daemon.framing, migrate=config.migrate
             )
         raise HandoverError(
             f"{where} did not hand its sockets over within {config.upgrade_timeout:g}s "
@@ -110,4 +110,4 @@ async def finish_takeover(
     finally:
         await channel.aclose()
     await role.takeover_done(count)
-    await role.notifier.run(server, role.config.drain_timeout)
+    await role.notifier.run(server, role.config.daemon.drain_timeout)

@@ -17,10 +17,10 @@ import attrs
 import trio
 
 from .._config import DaemonConfig
-from .._connection import FrameHandler
 from .._daemon import Daemon
 from .._errors import TriodaemonError
 from .._framing import Framing
+from .._handlers import FrameHandler
 from .._listeners import Address, TcpAddress, UnixAddress, connect
 from ._client import echo_frames
 
