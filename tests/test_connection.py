@@ -926,15 +926,17 @@ async def test_handler_errors_propagate_after_closing_the_stream(
     assert served.stats.handler_errors == 1
 
 
+async def echo_but_boom(frame: bytes, conn: ConnectionInfo) -> bytes:
+    """A handler with a bug: it fails on the frame ``boom``, and echoes any other."""
+    if frame == b"boom":
+        raise RuntimeError("bug in handler")
+    return frame
+
+
 async def test_the_ended_hook_gets_the_handlers_error_instead_of_the_caller(
     transport: str, scan: scans.Scans, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken(frame: bytes, conn: ConnectionInfo) -> bytes:
-        if frame == b"boom":
-            raise RuntimeError("bug in handler")
-        return frame
-
-    kit = Kit(transport, broken, scan)
+    kit = Kit(transport, echo_but_boom, scan)
     ends: list[tuple[object, str, bool, bool]] = []
     for frames, echoed in ((b"boom\n", b""), (b"ok\n", b"ok\n")):
         with trio.fail_after(5):
@@ -996,12 +998,7 @@ async def test_a_reset_while_lingering_after_a_handlers_failure_keeps_the_failur
 ) -> None:
     # The close after a handler's failure lingers; a peer that resets meanwhile
     # ends the linger, and must not take the handler's failure with it.
-    async def broken(frame: bytes, conn: ConnectionInfo) -> bytes:
-        if frame == b"boom":
-            raise RuntimeError("bug in handler")
-        return frame
-
-    kit = Kit(transport, broken, scan)
+    kit = Kit(transport, echo_but_boom, scan)
     ends: list[Exception | None] = []
     with trio.fail_after(5):
         async with kit.backend() as backend, trio.open_nursery() as nursery:
