@@ -21,6 +21,7 @@ Modes:
   mute                   reads everything, answers nothing
   deaf                   accepts connections, never reads from them
   close-after            closes each connection after echoing 50 frames
+  flood                  answers every connection with bytes, as fast as it can, forever
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ MODES = [
     "mute",
     "deaf",
     "close-after",
+    "flood",
 ]
 CLOSE_AFTER = 50
 TRUNCATE_AT = 4096
@@ -184,6 +186,20 @@ async def main() -> None:
             held.append(writer)  # never read: the stream reader stops at its limit
 
         server = await asyncio.start_server(hold, "127.0.0.1", 0, limit=16384)
+    elif args.mode == "flood":
+
+        async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            chunk = b"x" * 65536
+            try:
+                while True:
+                    writer.write(chunk)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(flood, "127.0.0.1", 0)
     elif args.mode == "blocking-writes":
         lock = asyncio.Lock()
 

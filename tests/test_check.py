@@ -376,6 +376,26 @@ async def test_a_whole_run_is_bounded_by_the_timeouts() -> None:
     assert took < len(scenarios) * 0.5 + 1 + 5
 
 
+async def test_a_flooding_server_is_cut_off_and_the_run_stays_small_and_short() -> None:
+    """A server that sends without end: each exchange keeps the echo's size and
+    KEEP_BEYOND more, then stops reading; the run does not wait out its limits."""
+    async with stdlib_server("flood") as address:
+        with trio.fail_after(60):
+            result = await run_triodaemon(
+                "check", "--tcp", f"127.0.0.1:{address.port}", "--json", "--timeout", "5"
+            )
+    report = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert report["scenarios"], report
+    assert not any(s["passed"] for s in report["scenarios"])
+    # Each exchange stopped reading at its bound (well under its time limit).
+    assert all(s["seconds"] < 5 for s in report["scenarios"]), report["scenarios"]
+    half_close = {s["name"]: s for s in report["scenarios"]}["half-close"]
+    assert "the server went on sending" in half_close["detail"]
+    size = int(half_close["received"].split()[0])
+    assert 1 << 20 < size <= (1 << 20) + 1024
+
+
 async def test_progress_shows_only_on_a_terminal_and_only_while_running(
     echo_server_factory: EchoServerFactory,
 ) -> None:

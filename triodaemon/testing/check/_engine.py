@@ -27,6 +27,15 @@ from ._diagnosis import Diagnosis, Transcript, diagnose, show
 #: Exchanges end this much before their scenario's time limit (at most a tenth of it).
 MARGIN = 0.05
 
+#: What an exchange keeps beyond the echo it waits for: a server that sends more (one
+#: that floods, or never closes after a half-close) is cut off there, so what ``check``
+#: holds is bounded whatever a server does: the echo's size and this much more.
+KEEP_BEYOND = 1 << 20
+#: Reads whose timing an exchange keeps, at most (a server that trickles a byte per
+#: read would otherwise grow the list for as long as the exchange lasts): past this
+#: many, the last one is moved on.
+MAX_ARRIVALS = 1 << 16
+
 #: Kinds of failure where echoes were still owed when the exchange ended.
 _LOST = {"nothing", "lost", "last-frame", "one-per-write"}
 
@@ -216,6 +225,8 @@ class _Talk:
     closed: bool = False
     quiet: bool = False
     """Nothing came for ``idle`` seconds after the last write."""
+    flooded: bool = False
+    """More came than the echo and ``KEEP_BEYOND`` bytes: the rest was not read."""
 
 
 async def _write(stream: trio.SocketStream, framing: Framing, talk: _Talk, written: int) -> None:
@@ -267,11 +278,23 @@ async def _read(stream: trio.SocketStream, talk: _Talk, idle: float) -> None:
             talk.closed = not case.half_close or len(talk.received) < talk.expected_size
             break
         talk.received += data
-        talk.arrivals.append((trio.current_time() - talk.start, len(talk.received)))
+        keep = talk.expected_size + KEEP_BEYOND
+        if len(talk.received) > keep:
+            del talk.received[keep:]
+            talk.flooded = True
+        arrival = (trio.current_time() - talk.start, len(talk.received))
+        if len(talk.arrivals) < MAX_ARRIVALS:
+            talk.arrivals.append(arrival)
+        else:
+            talk.arrivals[-1] = arrival
+        if talk.flooded:
+            break
 
 
 def _ending(talk: _Talk, elapsed: float, timed_out: bool, *, at_the_limit: bool) -> str:
     """How the exchange ended, as a phrase for :attr:`Transcript.ended`."""
+    if talk.flooded:
+        return f", and the server went on sending (more than {KEEP_BEYOND} bytes past the echo's size: no more was read)"
     if talk.reset:
         return ", then the server reset the connection"
     if talk.closed:
