@@ -330,6 +330,8 @@ async def test_port_in_use_names_the_port() -> None:
         (["--sock", "/tmp/x", "--handover-fd", "99"], "--handover-fd 99: not a socket this"),
         (["--sock", "/tmp/x", "--worker", "1", "--inherit", "1"], "--inherit 1: not a socket"),
         (["--sock", "/tmp/x", "--frame-size", "a\nb"], r"'a\nb' is not a size"),
+        (["--sock", ""], "argument --sock: the path is empty"),
+        (["--sock", "/tmp/x", "--control", ""], "argument --control: the path is empty"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -23,6 +23,7 @@ from triodaemon import (
     UnixAddress,
     connect,
 )
+from triodaemon._cli._render import render_reply
 from triodaemon._config import ProcessConfig
 from triodaemon._control import (
     MAX_CLIENTS,
@@ -401,6 +402,21 @@ async def start(spawn: SpawnFn, sock_dir: Path, *args: str) -> tuple[Any, str]:
 
 async def ctl(*args: str) -> subprocess.CompletedProcess[bytes]:
     return await run_triodaemon("ctl", *args)
+
+
+def test_ctl_upgrade_says_what_the_old_workers_do() -> None:
+    reply = {"pid": 2, "old_pid": 1, "listeners": 2, "handed_over": 0, "finishing": 3}
+    moving = render_reply("upgrade", {**reply, "workers": 2, "migrate": True})
+    assert moving.endswith(
+        "the 2 workers of pid 1 hand their connections over to the new ones, then exit"
+    )
+    staying = render_reply("upgrade", {**reply, "workers": 2, "migrate": False})
+    assert staying.endswith(
+        "the 2 workers of pid 1 finish their connections (--no-migrate), then exit"
+    )
+    # A new process without workers: the old supervisor's connections finish there.
+    alone = render_reply("upgrade", {**reply, "workers": 0, "migrate": True})
+    assert alone.endswith("pid 1 exits once 3 connections finish")
 
 
 async def test_ctl_prints_tables_and_json(spawn: SpawnFn, sock_dir: Path) -> None:

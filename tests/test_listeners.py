@@ -15,9 +15,17 @@ import pytest
 import trio
 import trio.testing
 
-from triodaemon import AddressError, BoundListener, TcpAddress, UnixAddress, parse_tcp_address
+from triodaemon import (
+    AddressError,
+    BoundListener,
+    DaemonConfig,
+    TcpAddress,
+    UnixAddress,
+    parse_tcp_address,
+)
+from triodaemon._config import ProcessConfig
 from triodaemon._listeners import open_listeners, open_tcp, open_unix
-from triodaemon._socketfile import UNIX_PATH_MAX
+from triodaemon._socketfile import UNIX_PATH_MAX, check_socket_path
 
 
 @pytest.mark.parametrize(
@@ -98,6 +106,30 @@ async def test_unix_socket_gets_its_mode_and_is_removed_on_close(sock_dir: Path)
     assert sorted(os.listdir(sock_dir)) == ["echo.sock"]  # no temporary left behind
     listener.close()
     assert not path.exists()
+
+
+async def test_a_path_through_a_symlink_and_dotdot_is_the_file_the_kernel_names(
+    sock_dir: Path,
+) -> None:
+    # The kernel follows ``link`` before ``..``: link/../y.sock is in a/, beside b/,
+    # not in sock_dir, as the text suggests. Bound, checked and removed there.
+    (sock_dir / "a" / "b").mkdir(parents=True)
+    (sock_dir / "link").symlink_to(sock_dir / "a" / "b")
+    path = str(sock_dir / "link" / ".." / "y.sock")
+    (listener,) = await open_listeners([UnixAddress(path)])
+    try:
+        assert (sock_dir / "a" / "y.sock").is_socket()
+        assert not (sock_dir / "y.sock").exists()
+    finally:
+        listener.close()
+    assert not (sock_dir / "a" / "y.sock").exists()
+    # Two spellings of it are one file; the text's reading is another.
+    with pytest.raises(ValueError, match="given twice"):
+        DaemonConfig([UnixAddress(path), UnixAddress(str(sock_dir / "a" / "y.sock"))])
+    DaemonConfig([UnixAddress(path), UnixAddress(str(sock_dir / "y.sock"))])
+    with pytest.raises(ValueError, match="both a listener and the control socket"):
+        ProcessConfig(DaemonConfig([UnixAddress(path)]), UnixAddress(str(sock_dir / "a/y.sock")))
+    check_socket_path(str(sock_dir / "link" / ".." / "control.sock"))  # a/ exists
 
 
 async def test_default_mode_is_0600_whatever_the_umask(sock_dir: Path) -> None:

@@ -721,6 +721,34 @@ async def test_connections_move_only_to_a_taker_with_the_same_handler(
     assert await taker.wait() == 0
 
 
+async def test_a_notify_that_fails_is_counted_and_the_takeover_goes_on(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """``notify`` is the embedding program's code: one that raises (here, written to
+    take one message where several come) is an internal error, counted and logged,
+    and neither stops this takeover nor leaves the giver refusing the next."""
+    told: list[str] = []
+
+    def notify(message: str) -> None:
+        told.append(message)
+
+    control = sock_dir / "control.sock"
+    daemon = Daemon(DaemonConfig([UnixAddress(str(sock_dir / "e.sock"))]))
+    [control_listener] = await open_listeners([UnixAddress(str(control))])
+    commands = daemon.control_commands()
+    Giver.for_daemon(daemon, notify).add_commands(commands)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(daemon.serve, control=control_listener, commands=commands))
+            taker = await spawn("--takeover", str(control))
+            await taker.wait_ready(1)
+            await daemon.wait_draining()
+        assert daemon.stats.internal_errors >= 1
+        assert told == []
+        taker.signal(signal.SIGTERM)
+        assert await taker.wait() == 0
+
+
 async def test_no_migrate_lets_connections_finish_in_the_old_process(
     spawn: SpawnFn, sock_dir: Path
 ) -> None:
@@ -740,6 +768,61 @@ async def test_no_migrate_lets_connections_finish_in_the_old_process(
             assert await stream.receive_some() == b"two\n"
             assert await stream.receive_some() == b""
         assert await daemon.wait() == 0
+
+
+async def test_a_supervisor_taking_over_a_single_process_leaves_it_its_connections(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """A supervisor cannot carry connections on itself (its workers serve): taking
+    over a single process, it says so, and they finish in the old one, as with
+    --no-migrate; none is dropped."""
+    async with generations(spawn, sock_dir) as (daemon, pids):
+        control = sock_dir / "control.sock"
+        idle, mid_frame = await connect(daemon.addresses[1]), await connect(daemon.addresses[1])
+        async with idle, mid_frame:
+            await idle.send_all(b"hello\n")
+            assert await idle.receive_some() == b"hello\n"
+            await mid_frame.send_all(b"half-")
+            await daemon.wait_until_received(11)
+            taker = await spawn("--takeover", str(control), "--workers", "2")
+            await taker.wait_ready(2)
+            pids.append(taker.process.pid)
+            await daemon.wait_for_line("takes no connections itself")
+            await mid_frame.send_all(b"frame\n")
+            assert await read_until_eof(mid_frame) == b"half-frame\n"
+            assert await idle.receive_some() == b""  # drained: closed, not reset
+        assert await daemon.wait() == 0
+        assert await echo_frames(daemon.addresses[1], [b"new"]) == [b"new"]
+        assert "handed to the supervisor" not in taker.stderr
+        assert (await ask(control, "stats"))["pid"] == taker.process.pid
+
+
+async def test_a_single_process_taking_over_a_supervisor_drains_its_workers(
+    spawn: SpawnFn, sock_dir: Path
+) -> None:
+    """The old workers accept on the same sockets: with no new workers to hand their
+    connections to, they must stop accepting and drain, and the old supervisor exit."""
+    async with generations(spawn, sock_dir, "--workers", "2") as (daemon, pids):
+        control = sock_dir / "control.sock"
+        old_workers = await worker_pids(control)
+        stream = await connect(daemon.addresses[1])
+        async with stream:
+            await stream.send_all(b"half-")
+            await daemon.wait_until_received(5)
+            taker = await spawn("--takeover", str(control))
+            await taker.wait_ready(2)
+            pids.append(taker.process.pid)
+            await daemon.wait_for_line("has no workers to take over ours")
+            await stream.send_all(b"frame\n")
+            assert await read_until_eof(stream) == b"half-frame\n"
+        assert await daemon.wait() == 0
+        for pid in old_workers:
+            await wait_exited(pid)
+        for n in range(8):  # every new connection: the new process's
+            assert await echo_frames(daemon.addresses[1], [b"n%d" % n]) == [b"n%d" % n]
+        stats = await ask(control, "stats")
+        assert stats["pid"] == taker.process.pid
+        assert stats["connections"]["total"] >= 8
 
 
 def broken_release(tmp_path: Path, how: str) -> dict[str, str]:

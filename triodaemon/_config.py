@@ -7,7 +7,6 @@ so a bad value is caught where it is made (the CLI turns that into one line).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 
 import attrs
@@ -15,7 +14,7 @@ import attrs
 from ._framing import Framing
 from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
 from ._lowlevel.readiness import READINESS_NAMES, ReadinessName
-from ._socketfile import resolve_group
+from ._socketfile import canonical_path, resolve_group
 
 #: Bytes asked of the kernel per read by a ``Connection`` by default: trio's own
 #: default, large enough that a read of pipelined small frames amortises its
@@ -75,10 +74,11 @@ def _to_addresses(value: Iterable[Address]) -> tuple[Address, ...]:
 
 
 def _same(address: Address) -> object:
-    """What two spellings of one address have in common: a socket path made absolute
-    and normal (``./e.sock`` is ``e.sock``; a symlink is not followed)."""
+    """What two spellings of one address have in common: a socket path as the kernel
+    resolves it (``./e.sock`` is ``e.sock``; ``link/../e.sock`` is in the directory
+    above the one ``link`` points to)."""
     if isinstance(address, UnixAddress) and not address.path.startswith("\0"):
-        return os.path.normpath(os.path.abspath(address.path))
+        return canonical_path(address.path)
     return address
 
 

@@ -284,7 +284,7 @@ class Daemon:
     def accept_again(self) -> None:
         self._gate.open()
 
-    def handed_over(self, taker: int, take_back: Callable[[], None]) -> None:
+    def handed_over(self, taker: int, take_back: Callable[[], None], *, successors: bool) -> None:
         """Another process serves now: finish what is left here, and stop."""
         self.drain()
 

@@ -34,7 +34,13 @@ import attrs
 import trio
 
 from ._errors import AddressError, ClientError
-from ._socketfile import bind_socket_file, check_socket_path, file_kind, remove_if_ours
+from ._socketfile import (
+    bind_socket_file,
+    canonical_path,
+    check_socket_path,
+    file_kind,
+    remove_if_ours,
+)
 
 log = logging.getLogger("triodaemon")
 
@@ -207,7 +213,7 @@ class BoundListener:
             try:
                 return os.path.samefile(address.path, mine.path)
             except (OSError, ValueError):  # (ValueError: an abstract name's NUL)
-                return os.path.abspath(address.path) == os.path.abspath(mine.path)
+                return canonical_path(address.path) == canonical_path(mine.path)
         if not isinstance(mine, TcpAddress) or address.port != mine.port:
             return False
         if address.host is None:

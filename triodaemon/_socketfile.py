@@ -114,6 +114,20 @@ async def _probe(path: str) -> bool:
         return True
 
 
+def _absolute(path: str) -> str:
+    """``path`` from the root, as written: not normalized, since ``link/..`` is not
+    the directory the text suggests (the kernel follows ``link`` first)."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def canonical_path(path: str) -> str:
+    """The file a socket ``path`` names, as the kernel resolves it (its directory's
+    symlinks and ``..``; the name as written): to tell whether two spellings name
+    one file before either exists."""
+    directory, name = os.path.split(_absolute(path))
+    return os.path.join(os.path.realpath(directory), name)
+
+
 def _open_directory(path: str) -> tuple[str, int]:
     """Check the length of ``path``; open its directory (for ``dir_fd``); return both."""
     size = len(os.fsencode(path))
@@ -123,7 +137,7 @@ def _open_directory(path: str) -> tuple[str, int]:
         )
     if not path:
         raise AddressError("the socket path is empty")
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = os.path.dirname(_absolute(path))
     try:
         return directory, os.open(directory, _DIRECTORY_FLAGS)
     except FileNotFoundError:

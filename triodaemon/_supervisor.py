@@ -295,9 +295,13 @@ class Supervisor:
             if worker.ready and worker.handover_path is not None
         }
 
-    def handed_over(self, taker: int, take_back: Callable[[], None]) -> None:
+    def handed_over(self, taker: int, take_back: Callable[[], None], *, successors: bool) -> None:
         """Our workers hand their connections over to the new ones and exit; we exit
-        when they all have (those that cannot are drained after a while)."""
+        when they all have (those that cannot are drained after a while). With no
+        ``successors`` (the new process has no workers) they drain instead."""
+        if not successors:
+            self.drain()
+            return
         self._retiring = True
         self._take_back = take_back
         log.info("every worker hands its connections over to its successor, then exits")

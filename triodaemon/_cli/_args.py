@@ -113,6 +113,13 @@ def group_name(text: str) -> str:
     return text
 
 
+def socket_path(text: str) -> str:
+    """A Unix socket's path: anything but empty (the rest is checked where it is used)."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty: give the socket file's path")
+    return text
+
+
 def delimiter(text: str) -> bytes:
     try:
         return parse_delimiter(text)
@@ -159,6 +166,7 @@ def add_address_flags(parser: argparse.ArgumentParser, *, server: bool) -> None:
         "--sock",
         action="append",
         default=[],
+        type=socket_path,
         metavar="PATH",
         help="listen on a Unix socket at PATH; repeatable"
         if server

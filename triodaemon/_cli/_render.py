@@ -168,10 +168,14 @@ def render_reply(command: str, result: Any) -> str:
     if command == "log-level":
         return f"log level {result['level']} (was {result['was']})"
     if command == "upgrade" and result.get("workers"):
+        how = (
+            "hand their connections over to the new ones"
+            if result.get("migrate", True)
+            else "finish their connections (--no-migrate)"
+        )
         return (
             f"upgraded: pid {result['pid']} serves now, with {_plural(result['listeners'], 'listener')};"
-            f" the {_plural(result['workers'], 'worker')} of pid {result['old_pid']} hand their "
-            "connections over to the new ones, then exit"
+            f" the {_plural(result['workers'], 'worker')} of pid {result['old_pid']} {how}, then exit"
         )
     if command == "upgrade":
         return (

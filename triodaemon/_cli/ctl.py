@@ -12,7 +12,7 @@ import trio
 from .._control import ControlClient, ControlClosed, ControlError
 from .._errors import ClientError
 from .._process.logs import error_line
-from ._args import Parser, interval, positive_seconds
+from ._args import Parser, interval, positive_seconds, socket_path
 from ._output import interruptible, print_out
 
 #: How long ``ctl`` waits for an answer, by default (an upgrade's takes longer).
@@ -35,7 +35,11 @@ def _ctl_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--control", required=True, metavar="PATH", help="the daemon's control socket"
+        "--control",
+        required=True,
+        type=socket_path,
+        metavar="PATH",
+        help="the daemon's control socket",
     )
     parser.add_argument("command", choices=_CTL_COMMANDS, help="what to ask or tell")
     parser.add_argument("level", nargs="?", help="for log-level: debug, info, warning, error")

@@ -42,6 +42,7 @@ from ._args import (
     positive_seconds,
     seconds,
     size_or_zero,
+    socket_path,
 )
 
 
@@ -90,6 +91,7 @@ def _add_socket_file_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("control")
     group.add_argument(
         "--control",
+        type=socket_path,
         metavar="PATH",
         help="answer 'triodaemon ctl' (newline-delimited JSON) on a Unix socket at PATH",
     )

@@ -69,7 +69,10 @@ class Given:
     ``migrate`` off)."""
     workers: int = 0
     """A supervisor's: its workers, which hand their connections over each to its
-    successor, after this."""
+    successor, after this (0: the new process has no workers to take them: they
+    finish here)."""
+    migrate: bool = True
+    """Whether connections move at all (else they finish here)."""
 
 
 @attrs.define(eq=False)
@@ -202,7 +205,7 @@ class Giver:
         ready_by = trio.current_time() + self.upgrade_timeout
         handing = self._handing = Handing(who, ready_by)
         self.host.upgrading = who
-        self.notify(
+        self._tell(
             "RELOADING=1",
             f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
             f"STATUS=upgrading ({who})",
@@ -215,7 +218,7 @@ class Giver:
             self._handing = None
             self.host.upgrading = None
             if not handing.finished.is_set():
-                self.notify("READY=1", "STATUS=serving (the upgrade failed)")
+                self._tell("READY=1", "STATUS=serving (the upgrade failed)")
         handing.fail(why)
 
     def take_back(self) -> None:
@@ -329,7 +332,7 @@ class Giver:
             "" if given.left == 1 else "s",
             "es" if given.left == 1 else "",
         )
-        self.host.handed_over(given.pid, self.take_back)
+        self.host.handed_over(given.pid, self.take_back, successors=given.workers > 0)
 
     async def unless_a_drain(self, handing: Handing, run: Callable[[], Awaitable[T]]) -> T | None:
         """``run()``, cancelled (``None``) if a drain begins before ``handing`` is
@@ -402,7 +405,14 @@ class Giver:
         # (If it is gone now, it has everything it adopted; the rest finishes here either way.)
         with contextlib.suppress(HandoverError):
             await channel.send({"type": "done", "handed": handed, "left": left})
-        return Given(pid, len(listeners), handed, left, len(workers))
+        followed = len(workers) if hello.get("workers") is True else 0
+        if workers and not followed:
+            log.info(
+                "the new process (pid %d) has no workers to take over ours: "
+                "their connections finish here",
+                pid,
+            )
+        return Given(pid, len(listeners), handed, left, followed, self.migrate)
 
     def _check_framing(self, hello: dict[str, Any], pid: int) -> None:
         if hello.get("framing") != self.framing.to_json():
@@ -418,7 +428,14 @@ class Giver:
         """Hand the host's connections over, if both sides want them moved: how many
         were, and how many finish here."""
         pool = self.pool
-        if pool is None or not self.migrate or hello.get("migrate") is not True:
+        if pool is None or not self.migrate:
+            return 0, self.host.connections
+        if hello.get("migrate") is not True:
+            log.info(
+                "the new process (pid %d) takes no connections itself "
+                "(--no-migrate, or a supervisor of workers): they finish here",
+                pid,
+            )
             return 0, self.host.connections
         if hello.get("handler", "echo") != self.handler:
             log.warning(
@@ -464,7 +481,7 @@ class Giver:
 
     def _stop_accepting(self, taker: int) -> None:
         """The taker (pid) accepts now: the host stops, and leaves it the socket files."""
-        self.notify(f"MAINPID={taker}", "READY=1", f"STATUS=handing over to pid {taker}")
+        self._tell(f"MAINPID={taker}", "READY=1", f"STATUS=handing over to pid {taker}")
         self.host.stop_accepting()
         self._stopped = True
         serving, control = self.host.listening()
@@ -481,7 +498,15 @@ class Giver:
         self._given_up.clear()
         self._stopped = False
         self.host.accept_again()
-        self.notify(f"MAINPID={os.getpid()}", "READY=1", "STATUS=serving (the upgrade failed)")
+        self._tell(f"MAINPID={os.getpid()}", "READY=1", "STATUS=serving (the upgrade failed)")
+
+    def _tell(self, *messages: str) -> None:
+        """``notify(*messages)``: a library user's function, so a boundary (what it
+        raises is counted and logged; the handover goes on)."""
+        try:
+            self.notify(*messages)
+        except Exception as exc:
+            fault(self.faults, "the giver's notify", exc)
 
 
 def _workers_to_json(workers: Mapping[int, str]) -> list[dict[str, Any]]:

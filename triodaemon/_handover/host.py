@@ -57,10 +57,11 @@ class Host(Protocol):
         """The new process failed after all: accept again."""
         ...
 
-    def handed_over(self, taker: int, take_back: Callable[[], None]) -> None:
+    def handed_over(self, taker: int, take_back: Callable[[], None], *, successors: bool) -> None:
         """The handover is done (``taker``: the new process): finish what is left,
         and exit. ``take_back`` undoes it, for a host that learns later that the
-        new process failed (a supervisor whose workers still hand over)."""
+        new process failed (a supervisor whose workers still hand over);
+        ``successors``: whether the new process's workers take over ours."""
         ...
 
 

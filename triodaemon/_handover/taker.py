@@ -56,8 +56,13 @@ async def request_takeover(
     framing: Framing,
     migrate: bool,
     handler: str = "echo",
+    workers: bool = False,
 ) -> tuple[Channel, Taken]:
     """The taker's first half: ask, say hello, adopt the listening sockets.
+
+    ``migrate``: whether this process takes connections itself; ``workers``:
+    whether its workers take over those of a supervisor it succeeds (each from the
+    old worker of its number). The giver keeps what neither takes, to finish there.
 
     Raises:
         HandoverError: refused (no common version, a drain or another upgrade
@@ -79,6 +84,7 @@ async def request_takeover(
             "framing": framing.to_json(),
             "handler": handler,
             "migrate": migrate,
+            "workers": workers,
         }
     )
     header, _, socks = await channel.receive("listeners")

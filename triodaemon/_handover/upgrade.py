@@ -83,6 +83,7 @@ class Upgrader:
             "handed_over": given.handed,
             "finishing": given.left,
             "workers": given.workers,
+            "migrate": given.migrate,
         }
 
     async def _run(self, handing: Handing) -> None:

@@ -64,6 +64,10 @@ class Role(abc.ABC):
 
     quiet: ClassVar[bool] = False
     """Whether its supervisor prints its readiness lines (a worker's)."""
+    adopts: ClassVar[bool] = True
+    """Whether it can carry on connections it takes over (a supervisor cannot)."""
+    has_workers: ClassVar[bool] = False
+    """Whether its workers take over the connections of an old supervisor's workers."""
 
     def __init__(
         self,
@@ -164,7 +168,9 @@ class Role(abc.ABC):
         handover under way."""
         start = self.start
         if start.takeover is not None:
-            channel, taken = await take_over(start.takeover, self.config)
+            channel, taken = await take_over(
+                start.takeover, self.config, adopts=self.adopts, workers=self.has_workers
+            )
             self.took_over(taken)
             startup.taken_over(taken.pid, [listener.label for listener in taken.listeners])
             startup.control = taken.control
@@ -232,6 +238,9 @@ class Standalone(Role):
 
 class Supervising(Role):
     """The supervisor of ``count`` worker processes, each started with ``argv``."""
+
+    adopts = False
+    has_workers = True
 
     def __init__(self, config: ProcessConfig, start: Start, notifier: Notifier, count: int) -> None:
         self.supervisor = Supervisor(

@@ -49,9 +49,13 @@ class Successor(Protocol):
     async def takeover_done(self, count: int | None) -> None: ...
 
 
-async def take_over(target: str | socket.socket, config: ProcessConfig) -> tuple[Channel, Taken]:
+async def take_over(
+    target: str | socket.socket, config: ProcessConfig, *, adopts: bool, workers: bool
+) -> tuple[Channel, Taken]:
     """Connect to the process to take over from (its control socket's path, or the
-    channel it made) and take its listening sockets.
+    channel it made) and take its listening sockets. ``adopts``: whether this
+    process can carry connections on itself (a supervisor cannot); ``workers``:
+    whether its workers take over the old workers' connections.
 
     Raises:
         HandoverError: it refused, or failed; the message says why.
@@ -70,7 +74,11 @@ async def take_over(target: str | socket.socket, config: ProcessConfig) -> tuple
     try:
         with trio.move_on_after(config.upgrade_timeout):
             return await request_takeover(
-                stream, where, framing=config.daemon.framing, migrate=config.migrate
+                stream,
+                where,
+                framing=config.daemon.framing,
+                migrate=config.migrate and adopts,
+                workers=workers,
             )
         raise HandoverError(
             f"{where} did not hand its sockets over within {config.upgrade_timeout:g}s "
