@@ -19,7 +19,7 @@ from triodaemon import (
     MalformedHeader,
     parse_delimiter,
 )
-from triodaemon._framing import DelimiterDecoder, VarintDecoder
+from triodaemon._decoders import DelimiterDecoder, VarintDecoder
 from triodaemon.testing.strategies import chunkings, framed_streams
 
 FRAMINGS = {

@@ -20,7 +20,7 @@ import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triodaemon import Connection, ConnectionInfo, Framing, FramingError, Stats, _framing
+from triodaemon import Connection, ConnectionInfo, Framing, FramingError, Stats, _decoders
 from triodaemon._lowlevel import scans, sockets
 from triodaemon._lowlevel.readiness import open_readiness
 
@@ -110,7 +110,7 @@ def test_walk_lengths_agrees_with_the_python_walk(
     wire = _wire(framing, lengths, junk)
     start, end = _spans(wire, data)
     compiled = framing.decoder()
-    assert isinstance(compiled, _framing.LengthPrefixDecoder)
+    assert isinstance(compiled, _decoders.LengthPrefixDecoder)
     with scans.use(scans.PYTHON):
         want = compiled._scan(wire, start, end, most)
     with scans.use(COMPILED):

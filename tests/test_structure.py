@@ -65,9 +65,9 @@ def test_each_compiled_function_is_imported_by_exactly_one_module() -> None:
     assert sorted(everything) == ["_lowlevel/scans.py", "_lowlevel/sockets.py"]
 
 
-def test_the_scans_are_called_by_the_framing_module_only() -> None:
+def test_the_scans_are_called_by_the_decoders_only() -> None:
     for scan in ("count_byte", "walk_lengths", "whole_frames"):
-        assert _users(scan) == ["_framing.py", "_lowlevel/scans.py"], scan
+        assert _users(scan) == ["_decoders.py", "_lowlevel/scans.py"], scan
 
 
 def test_nothing_above_the_low_level_touches_epoll_or_a_raw_socket_read() -> None:

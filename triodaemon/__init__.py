@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from ._connection import Connection as Connection
     from ._daemon import Daemon as Daemon
     from ._daemon import DrainSummary as DrainSummary
+    from ._decoders import Decoder as Decoder
+    from ._decoders import DelimiterDecoder as DelimiterDecoder
+    from ._decoders import FixedSizeDecoder as FixedSizeDecoder
+    from ._decoders import LengthPrefixDecoder as LengthPrefixDecoder
+    from ._decoders import RawDecoder as RawDecoder
+    from ._decoders import VarintDecoder as VarintDecoder
     from ._errors import AddressError as AddressError
     from ._errors import ClientError as ClientError
     from ._errors import FrameTooLarge as FrameTooLarge
@@ -27,13 +33,7 @@ if TYPE_CHECKING:
     from ._errors import IncompleteFrame as IncompleteFrame
     from ._errors import MalformedHeader as MalformedHeader
     from ._errors import TriodaemonError as TriodaemonError
-    from ._framing import Decoder as Decoder
-    from ._framing import DelimiterDecoder as DelimiterDecoder
-    from ._framing import FixedSizeDecoder as FixedSizeDecoder
     from ._framing import Framing as Framing
-    from ._framing import LengthPrefixDecoder as LengthPrefixDecoder
-    from ._framing import RawDecoder as RawDecoder
-    from ._framing import VarintDecoder as VarintDecoder
     from ._framing import parse_delimiter as parse_delimiter
     from ._handlers import FrameHandler as FrameHandler
     from ._handlers import echo as echo
@@ -64,13 +64,13 @@ _EXPORTS = {
     "IncompleteFrame": "._errors",
     "MalformedHeader": "._errors",
     "TriodaemonError": "._errors",
-    "Decoder": "._framing",
-    "DelimiterDecoder": "._framing",
-    "FixedSizeDecoder": "._framing",
+    "Decoder": "._decoders",
+    "DelimiterDecoder": "._decoders",
+    "FixedSizeDecoder": "._decoders",
     "Framing": "._framing",
-    "LengthPrefixDecoder": "._framing",
-    "RawDecoder": "._framing",
-    "VarintDecoder": "._framing",
+    "LengthPrefixDecoder": "._decoders",
+    "RawDecoder": "._decoders",
+    "VarintDecoder": "._decoders",
     "parse_delimiter": "._framing",
     "Giver": "._handover.giver",
     "BoundListener": "._listeners",

@@ -52,9 +52,10 @@ import trio
 from . import _endings as endings
 from ._budget import OVER_BUDGET_READ, BufferBudget
 from ._config import DEFAULT_RECEIVE_SIZE
+from ._decoders import Decoder
 from ._errors import IncompleteFrame
 from ._faults import fault
-from ._framing import Decoder, Framing
+from ._framing import Framing
 from ._handlers import FrameHandler, answer_frames
 from ._linger import linger
 from ._peers import ConnectionInfo, ConnectionState

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from ._decoders import Decoder
 from ._errors import FramingError
-from ._framing import Decoder, Framing
+from ._framing import Framing
 from ._peers import ConnectionInfo
 
 #: The per-frame behaviour: given a frame's payload, return the reply's payload

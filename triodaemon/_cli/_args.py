@@ -8,8 +8,9 @@ import re
 from collections.abc import Callable
 from typing import NoReturn
 
+from .._decoders import DEFAULT_MAX_FRAME
 from .._errors import printable
-from .._framing import DEFAULT_MAX_FRAME, FRAMING_KINDS, Framing, parse_delimiter
+from .._framing import FRAMING_KINDS, Framing, parse_delimiter
 from .._listeners import Address, TcpAddress, UnixAddress, parse_tcp_address
 from .._process.logs import EXIT_USAGE
 from .._socketfile import resolve_group

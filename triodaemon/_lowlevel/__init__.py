@@ -10,7 +10,7 @@ in ``ctl stats`` and a test can swap:
 - :mod:`.sockets`: a raw socket as a connection's transport, and the compiled
   read-and-echo (the only module that imports it);
 - :mod:`.scans`: the decoders' scans, compiled or in Python (the only module that
-  imports the compiled scans; only :mod:`triodaemon._framing` calls them);
+  imports the compiled scans; only :mod:`triodaemon._decoders` calls them);
 - ``_speedups.c``: the compiled code, optional.
 
 The environment has its say: ``TRIODAEMON_READINESS`` names the backend that

@@ -1,7 +1,7 @@
 """The decoders' two hot scans, compiled or in Python, chosen once per process.
 
 Strategy: :class:`Scans` is one implementation of both scans; :data:`ACTIVE` is
-the one the decoders (:mod:`triodaemon._framing`, the only module that calls
+the one the decoders (:mod:`triodaemon._decoders`, the only module that calls
 them) use: the compiled module's (``_speedups.c``) where it was built, unless
 ``TRIODAEMON_NO_SPEEDUPS`` is switched on, else :data:`PYTHON`, which gives the
 same answers, slower (tests/test_speedups.py and fuzz/ hold them to each other).

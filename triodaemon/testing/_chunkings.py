@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from .._framing import Framing, _encode_varint
+from .._decoders import encode_varint
+from .._framing import Framing
 
 Chunking = list[bytes]
 """One way to deliver a stream: the successive reads, none of them empty."""
@@ -96,7 +97,7 @@ def _header_size(framing: Framing, frame: bytes) -> int:
     if framing.kind == "length":
         return framing.length_bytes
     if framing.kind == "varint":
-        return len(_encode_varint(len(frame)))
+        return len(encode_varint(len(frame)))
     return 0
 
 
