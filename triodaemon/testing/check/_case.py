@@ -218,8 +218,9 @@ def _with_payload(framing: Framing, case: Case, index: int, payload: bytes) -> C
     frames = list(case.frames)
     cuts = list(case.cuts)
     frames[index] = payload
-    # A cut past the new end moves to its last byte: a split inside stays inside.
-    cuts[index] = tuple(sorted({min(cut, size - 1) for cut in cuts[index]}))
+    # A cut past the new end moves to its last byte: a split inside stays inside
+    # (and before an empty frame on the wire, a raw one, it stays before it).
+    cuts[index] = tuple(sorted({max(0, min(cut, size - 1)) for cut in cuts[index]}))
     return attrs.evolve(case, frames=tuple(frames), cuts=tuple(cuts))
 
 
