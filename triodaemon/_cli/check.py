@@ -105,7 +105,8 @@ async def _check(address: Address, framing: Framing, args: argparse.Namespace) -
 
     def started(name: str) -> None:
         if live:
-            print(f"\r\x1b[K  running {name} ...", end="", file=sys.stderr, flush=True)
+            # (A replayed case's name is the report's: escaped.)
+            print(f"\r\x1b[K  running {printable(name)} ...", end="", file=sys.stderr, flush=True)
 
     def progress(result: ScenarioResult) -> None:
         if live:

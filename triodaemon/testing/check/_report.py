@@ -6,7 +6,10 @@ back for ``--replay``) or JUnit XML. No I/O here beyond formatting.
 
 A report read back may come from anyone (people replay the reports others send
 them), so what it says is data: every field is checked for its exact type and
-range before it is used, each failure is one ``ValueError`` naming the field.
+range before it is used, each failure is one ``ValueError`` naming the field, and
+every string of ours that may hold one of its strings is escaped where it leaves
+(:func:`~triodaemon._errors.printable`): a table cannot carry terminal escape
+codes, and the XML only characters XML can hold.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from xml.etree import ElementTree
 
 import attrs
 
+from ..._errors import printable
 from ..._faults import loads
 from ..._framing import Framing
 from ..._listeners import Address
@@ -193,14 +197,16 @@ class CheckReport:
             if not result.passed:
                 lines += result.lines()
         lines.append(self.summary())
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))
 
     def junit_xml(self) -> str:
         """The report as JUnit XML: one test case per scenario, the diagnosis as
-        the failure message (what CI systems show)."""
+        the failure message (what CI systems show). Always well-formed: what is not
+        printable (control characters, which XML 1.0 cannot hold, lone surrogates,
+        U+FFFE) is written as its escape, ``\\x00``."""
         suite = ElementTree.Element(
             "testsuite",
-            name=f"triodaemon check {self.address}",
+            name=printable(f"triodaemon check {self.address}"),
             tests=str(len(self.results)),
             failures=str(sum(not result.passed for result in self.results)),
             errors="0",
@@ -209,20 +215,23 @@ class CheckReport:
         )
         properties = ElementTree.SubElement(suite, "properties")
         for name, value in (("framing", self.framing), ("seed", str(self.seed or ""))):
-            ElementTree.SubElement(properties, "property", name=name, value=value)
+            ElementTree.SubElement(properties, "property", name=name, value=printable(value))
         for result in self.results:
             case = ElementTree.SubElement(
                 suite,
                 "testcase",
                 classname="triodaemon.check",
-                name=result.name,
+                name=printable(result.name),
                 time=f"{result.seconds:.3f}",
             )
             if not result.passed:
                 failure = ElementTree.SubElement(
-                    case, "failure", message=result.detail, type=result.kind or "failure"
+                    case,
+                    "failure",
+                    message=printable(result.detail),
+                    type=printable(result.kind or "failure"),
                 )
-                failure.text = "\n".join(line.strip() for line in result.lines())
+                failure.text = "\n".join(printable(line.strip()) for line in result.lines())
         ElementTree.indent(suite)
         return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(
             suite, encoding="unicode"
