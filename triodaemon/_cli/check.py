@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import ClientError
+from .._errors import ClientError, printable
 from .._framing import Framing
 from .._listeners import Address
 from .._process.logs import EXIT_FAILURE, EXIT_USAGE, error_line
@@ -105,7 +105,8 @@ async def _check(address: Address, framing: Framing, args: argparse.Namespace) -
 
     def started(name: str) -> None:
         if live:
-            print(f"\r\x1b[K  running {name} ...", end="", file=sys.stderr, flush=True)
+            # (A replayed case's name is the report's: escaped.)
+            print(f"\r\x1b[K  running {printable(name)} ...", end="", file=sys.stderr, flush=True)
 
     def progress(result: ScenarioResult) -> None:
         if live:
@@ -163,7 +164,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _replay_cases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Any]:
-    """The cases ``--replay FILE`` names, or exit 2 with one line saying why not."""
+    """The cases ``--replay FILE`` names, or exit 2 with one line saying why not
+    (escaped: it may quote the file)."""
     from ..testing.check import cases_from_file
 
     chosen = [
@@ -191,9 +193,8 @@ def _replay_cases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         with open(args.replay, encoding="utf-8") as file:
             return cases_from_file(file.read())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        parser.exit(
-            EXIT_USAGE, f"{parser.prog}: error: cannot replay {args.replay}: {reason_of(exc)}\n"
-        )
+        reason = printable(f"cannot replay {args.replay}: {reason_of(exc)}")
+        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {reason}\n")
 
 
 def _unwritable(path: str) -> str:

@@ -12,7 +12,10 @@ case is the caller's (``check``'s); this module never touches a socket.
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -23,25 +26,103 @@ from ..._listeners import Address, TcpAddress
 from ._diagnosis import count, show, wire
 
 
+def shown(value: Any) -> str:
+    """A value read from JSON, said the way JSON says it and kept short: ``the
+    string "false"``, ``the number -1``, ``true``, ``a list``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        text = json.dumps(value)
+        return f"the number {text if len(text) <= 24 else text[:24] + '...'}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:32])}{'...' if len(value) > 32 else ''}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _seconds(_: Any, attribute: attrs.Attribute[float], value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"{attribute.name}: expected seconds, a finite number 0 or more, got {shown(value)}"
+        )
+
+
+def _flag(_: Any, attribute: attrs.Attribute[bool], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{attribute.name}: expected true or false, got {shown(value)}")
+
+
+# Hex digits in pairs, nothing else (bytes.fromhex would also take spaces).
+HEX_DIGITS = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
 @attrs.frozen
 class Case:
-    """Frames, and how they are written on one connection."""
+    """Frames, and how they are written on one connection.
+
+    Raises:
+        ValueError: a pause or read delay that is not a finite number of seconds
+            0 or more, a half-close that is not a bool, or not one tuple of cuts
+            per frame (the message names the field).
+    """
 
     frames: tuple[bytes, ...]
     """The payloads, in order."""
     cuts: tuple[tuple[int, ...], ...] = attrs.field()
     """For each frame, the offsets in its wire bytes where a new write starts (0 is
     right before the frame; the first write needs none)."""
-    pause: float = 0.0
+    pause: float = attrs.field(default=0.0, validator=_seconds)
     """Seconds between one write and the next."""
-    half_close: bool = False
+    half_close: bool = attrs.field(default=False, validator=_flag)
     """Shut down the sending side after the last write (and expect EOF back)."""
-    read_delay: float = 0.0
+    read_delay: float = attrs.field(default=0.0, validator=_seconds)
     """Seconds the client waits before it starts reading."""
 
     @cuts.default
     def _no_cuts(self) -> tuple[tuple[int, ...], ...]:
         return ((),) * len(self.frames)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.cuts) != len(self.frames):
+            raise ValueError(
+                f"cuts: expected one list of cuts per frame ({len(self.frames)}), "
+                f"got {len(self.cuts)}"
+            )
+
+    def check_against(self, framing: Framing, *, where: str = "case") -> None:
+        """Whether this case can be written in ``framing``, as :meth:`writes` writes it.
+
+        Args:
+            framing: the framing the case is to be written in.
+            where: how messages name this case (its path in a report).
+
+        Raises:
+            ValueError: a frame that ``framing`` cannot encode (over its
+                ``max_frame``, holding its delimiter, not its fixed size), or a cut
+                outside its frame's wire bytes (0 to their length); the message
+                names which.
+        """
+        for index, (frame, cuts) in enumerate(zip(self.frames, self.cuts, strict=True)):
+            try:
+                size = len(framing.encode(frame))
+            except ValueError as exc:
+                raise ValueError(f"not a case: {where}.frames[{index}]: {exc}") from None
+            outside = [cut for cut in cuts if not 0 <= cut <= size]
+            if outside:
+                raise ValueError(
+                    f"not a case: {where}.cuts[{index}]: {shown(outside[0])} is outside "
+                    f"the frame's {count(size, 'wire byte')}"
+                )
 
     def writes(self, framing: Framing) -> list[tuple[float, bytes]]:
         """(pause before it, bytes) of each write."""
@@ -96,27 +177,55 @@ class Case:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Case:
-        """The inverse of :meth:`to_json`.
+    def from_json(cls, data: Any, *, where: str = "case") -> Case:
+        """The inverse of :meth:`to_json`, type by type: what JSON holds is data, so
+        nothing in it is converted (``"false"`` is no bool, ``1.5`` no cut).
+
+        Args:
+            data: what :meth:`to_json` returned, read back from JSON.
+            where: how messages name ``data`` (its path in a report).
 
         Raises:
-            ValueError: ``data`` is not a case.
+            ValueError: ``data`` is not a case; the one-line message starts with
+                ``not a case:``, names the field and says what was wrong.
         """
+        if not isinstance(data, dict):
+            raise ValueError(f"not a case: {where}: expected an object, got {shown(data)}")
+        for name in ("frames", "cuts"):
+            if not isinstance(data.get(name), list):
+                problem = "missing" if name not in data else f"got {shown(data[name])}"
+                raise ValueError(f"not a case: {where}.{name}: expected a list, {problem}")
+        frames = []
+        for index, frame in enumerate(data["frames"]):
+            if not isinstance(frame, str) or not HEX_DIGITS.fullmatch(frame):
+                raise ValueError(
+                    f"not a case: {where}.frames[{index}]: expected a string of hex digits, "
+                    f"got {shown(frame)}"
+                )
+            frames.append(bytes.fromhex(frame))
+        cuts = []
+        for index, each in enumerate(data["cuts"]):
+            if not isinstance(each, list):
+                raise ValueError(
+                    f"not a case: {where}.cuts[{index}]: expected a list, got {shown(each)}"
+                )
+            for cut in each:
+                if isinstance(cut, bool) or not isinstance(cut, int) or cut < 0:
+                    raise ValueError(
+                        f"not a case: {where}.cuts[{index}]: expected integers 0 or more, "
+                        f"got {shown(cut)}"
+                    )
+            cuts.append(tuple(each))
         try:
-            frames = tuple(bytes.fromhex(frame) for frame in data["frames"])
-            cuts = tuple(tuple(int(cut) for cut in each) for each in data["cuts"])
-            case = cls(
-                frames,
-                cuts,
-                float(data.get("pause", 0.0)),
-                bool(data.get("half_close", False)),
-                float(data.get("read_delay", 0.0)),
+            return cls(
+                tuple(frames),
+                tuple(cuts),
+                data.get("pause", 0.0),
+                data.get("half_close", False),
+                data.get("read_delay", 0.0),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a case: {exc}") from None
-        if len(case.cuts) != len(case.frames):
-            raise ValueError("not a case: one list of cuts per frame is needed")
-        return case
+        except ValueError as exc:  # the validators' messages start with the field
+            raise ValueError(f"not a case: {where}.{exc}") from None
 
 
 def python_snippet(address: Address, framing: Framing, case: Case, limit: float) -> str:
@@ -218,8 +327,9 @@ def _with_payload(framing: Framing, case: Case, index: int, payload: bytes) -> C
     frames = list(case.frames)
     cuts = list(case.cuts)
     frames[index] = payload
-    # A cut past the new end moves to its last byte: a split inside stays inside.
-    cuts[index] = tuple(sorted({min(cut, size - 1) for cut in cuts[index]}))
+    # A cut past the new end moves to its last byte: a split inside stays inside
+    # (and before an empty frame on the wire, a raw one, it stays before it).
+    cuts[index] = tuple(sorted({max(0, min(cut, size - 1)) for cut in cuts[index]}))
     return attrs.evolve(case, frames=tuple(frames), cuts=tuple(cuts))
 
 

@@ -143,7 +143,13 @@ async def replay(
     timeout: float = DEFAULT_TIMEOUT,
     name: str = "replay",
 ) -> ScenarioResult:
-    """Run one case (a shrunk one, from a report) against ``address``."""
+    """Run one case (a shrunk one, from a report) against ``address``.
+
+    Raises:
+        ValueError: ``case`` cannot be written in ``framing`` (a frame it cannot
+            encode, a cut outside its frame), before anything is sent.
+    """
+    case.check_against(framing)
     checker = Checker(address, framing, timeout)
     start = trio.current_time()
     checker.deadline = start + timeout - min(MARGIN, timeout / 10)

@@ -3,6 +3,13 @@
 Strategy: plain frozen records, built by the run (:mod:`._check`) and never changed;
 each says itself as a table, JSON (:func:`cases_from_file` reads a report's cases
 back for ``--replay``) or JUnit XML. No I/O here beyond formatting.
+
+A report read back may come from anyone (people replay the reports others send
+them), so what it says is data: every field is checked for its exact type and
+range before it is used, each failure is one ``ValueError`` naming the field, and
+every string of ours that may hold one of its strings is escaped where it leaves
+(:func:`~triodaemon._errors.printable`): a table cannot carry terminal escape
+codes, and the XML only characters XML can hold.
 """
 
 from __future__ import annotations
@@ -13,11 +20,31 @@ from xml.etree import ElementTree
 
 import attrs
 
+from ..._errors import printable
 from ..._faults import loads
 from ..._framing import Framing
 from ..._listeners import Address
-from ._case import Case, show_writes
+from ._case import HEX_DIGITS, Case, show_writes, shown
 from ._diagnosis import show
+
+#: The deepest a report may nest: ours nest 5 levels.
+MAX_REPORT_DEPTH = 64
+#: The longest scenario name a report may give: ours have at most 12 characters,
+#: and a name is printed in a column as wide as the longest.
+MAX_NAME = 64
+#: The longest delimiter a report may give, in bytes: every line that names the
+#: framing shows it.
+MAX_DELIMITER = 256
+#: The fields of a saved framing (:meth:`Framing.to_json`), each with its JSON type.
+FRAMING_FIELDS: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "delimiter": (str,),
+    "length_bytes": (int,),
+    "byte_order": (str,),
+    "length_includes_header": (bool,),
+    "frame_size": (int, type(None)),
+    "max_frame": (int,),
+}
 
 
 @attrs.frozen
@@ -170,14 +197,16 @@ class CheckReport:
             if not result.passed:
                 lines += result.lines()
         lines.append(self.summary())
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))
 
     def junit_xml(self) -> str:
         """The report as JUnit XML: one test case per scenario, the diagnosis as
-        the failure message (what CI systems show)."""
+        the failure message (what CI systems show). Always well-formed: what is not
+        printable (control characters, which XML 1.0 cannot hold, lone surrogates,
+        U+FFFE) is written as its escape, ``\\x00``."""
         suite = ElementTree.Element(
             "testsuite",
-            name=f"triodaemon check {self.address}",
+            name=printable(f"triodaemon check {self.address}"),
             tests=str(len(self.results)),
             failures=str(sum(not result.passed for result in self.results)),
             errors="0",
@@ -186,20 +215,23 @@ class CheckReport:
         )
         properties = ElementTree.SubElement(suite, "properties")
         for name, value in (("framing", self.framing), ("seed", str(self.seed or ""))):
-            ElementTree.SubElement(properties, "property", name=name, value=value)
+            ElementTree.SubElement(properties, "property", name=name, value=printable(value))
         for result in self.results:
             case = ElementTree.SubElement(
                 suite,
                 "testcase",
                 classname="triodaemon.check",
-                name=result.name,
+                name=printable(result.name),
                 time=f"{result.seconds:.3f}",
             )
             if not result.passed:
                 failure = ElementTree.SubElement(
-                    case, "failure", message=result.detail, type=result.kind or "failure"
+                    case,
+                    "failure",
+                    message=printable(result.detail),
+                    type=printable(result.kind or "failure"),
                 )
-                failure.text = "\n".join(line.strip() for line in result.lines())
+                failure.text = "\n".join(printable(line.strip()) for line in result.lines())
         ElementTree.indent(suite)
         return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(
             suite, encoding="unicode"
@@ -210,29 +242,111 @@ def cases_from_file(text: str) -> list[tuple[str, Framing, Case]]:
     """The cases in a ``check --json`` report (each failing scenario's smallest
     case): (name, framing, case) each.
 
+    Every field is checked for its exact type (``"false"`` is no bool, ``true`` no
+    number), every case against its framing (each frame one it can send, each cut
+    inside its frame).
+
     Raises:
-        ValueError: not a report, or a report without a single case.
+        ValueError: not JSON (or nested deeper than :data:`MAX_REPORT_DEPTH`), not
+            a report, or a report without a single case; the one-line message
+            names the field and says what was wrong.
     """
     try:
-        document = loads(text, max_depth=64)
+        document = loads(text, max_depth=MAX_REPORT_DEPTH)
     except ValueError as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise ValueError("not a check report")
+        raise ValueError(f"not a check report: expected an object, got {shown(document)}")
+    scenarios = document.get("scenarios", [])
+    if not isinstance(scenarios, list):
+        raise ValueError(f"not a check report: scenarios: expected a list, got {shown(scenarios)}")
     found = []
-    for scenario in document.get("scenarios", ()):
-        minimal = scenario.get("minimal") if isinstance(scenario, dict) else None
-        if minimal:
-            try:
-                found.append(
-                    (
-                        str(scenario.get("name", "replay")),
-                        Framing.from_json(minimal["framing"]),
-                        Case.from_json(minimal["case"]),
-                    )
-                )
-            except (KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"not a check report: a case lacks {exc}") from None
+    for index, scenario in enumerate(scenarios):
+        each = _case_of(scenario, f"scenarios[{index}]")
+        if each is not None:
+            found.append(each)
     if not found:
         raise ValueError("the report holds no failing case to replay")
     return found
+
+
+def _case_of(scenario: Any, where: str) -> tuple[str, Framing, Case] | None:
+    """The smallest case of one scenario of a report, if it has one."""
+    if not isinstance(scenario, dict):
+        raise ValueError(f"not a check report: {where}: expected an object, got {shown(scenario)}")
+    minimal = scenario.get("minimal")
+    if minimal is None:  # it passed, or it was not shrunk
+        return None
+    if not isinstance(minimal, dict):
+        raise ValueError(
+            f"not a check report: {where}.minimal: expected an object or null, got {shown(minimal)}"
+        )
+    name = scenario.get("name", "replay")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        got = f"{len(name)} characters" if isinstance(name, str) else shown(name)
+        raise ValueError(
+            f"not a check report: {where}.name: expected a string of 1 to {MAX_NAME} "
+            f"characters, got {got}"
+        )
+    for field in ("case", "framing"):
+        if field not in minimal:
+            raise ValueError(f"not a check report: {where}.minimal.{field}: missing")
+    framing = _framing_from_json(minimal["framing"], where=f"{where}.minimal.framing")
+    case = Case.from_json(minimal["case"], where=f"{where}.minimal.case")
+    case.check_against(framing, where=f"{where}.minimal.case")
+    return name, framing, case
+
+
+def _framing_from_json(record: Any, *, where: str = "framing") -> Framing:
+    """What :meth:`Framing.to_json` wrote, strictly: each of :data:`FRAMING_FIELDS`
+    of its JSON type and nothing else, a delimiter of at most :data:`MAX_DELIMITER`
+    bytes in hex digits, then the framing's own checks.
+
+    Raises:
+        ValueError: not a framing; the one-line message starts with ``not a
+            framing:`` and names the field.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"not a framing: {where}: expected an object, got {shown(record)}")
+    for name in record:
+        if name not in FRAMING_FIELDS:
+            raise ValueError(f"not a framing: {where}: unknown field {json.dumps(name[:32])}")
+    for name, types in FRAMING_FIELDS.items():
+        if name not in record:
+            raise ValueError(f"not a framing: {where}.{name}: missing")
+        value = record[name]
+        # bool is an int in Python, never in JSON; no size is 2**64 bytes or more.
+        if (
+            not isinstance(value, types)
+            or (isinstance(value, bool) and bool not in types)
+            or (isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < 2**64)
+        ):
+            expected = {
+                (str,): "a string",
+                (int,): "an integer from 0 to 2**64-1",
+                (bool,): "true or false",
+                (int, type(None)): "an integer from 0 to 2**64-1, or null",
+            }[types]
+            raise ValueError(
+                f"not a framing: {where}.{name}: expected {expected}, got {shown(value)}"
+            )
+    delimiter = record["delimiter"]
+    if not HEX_DIGITS.fullmatch(delimiter) or len(delimiter) > 2 * MAX_DELIMITER:
+        raise ValueError(
+            f"not a framing: {where}.delimiter: expected at most {MAX_DELIMITER} bytes in hex "
+            f"digits, got {shown(delimiter)}"
+        )
+    # What Framing.from_json does, with messages of one line that quote no more
+    # than shown() does: attrs' in_ raises ValueError(message, attribute, options,
+    # value), which str() shows as a tuple, the whole value in it.
+    try:
+        return Framing(**{**record, "delimiter": bytes.fromhex(delimiter)})
+    except ValueError as exc:
+        if len(exc.args) == 4 and isinstance(exc.args[1], attrs.Attribute):
+            _, attribute, options, value = exc.args
+            choices = ", ".join(json.dumps(option) for option in options)
+            raise ValueError(
+                f"not a framing: {where}.{attribute.name}: expected one of {choices}, "
+                f"got {shown(value)}"
+            ) from None
+        raise ValueError(f"not a framing: {where}: {exc}") from None
