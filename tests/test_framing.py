@@ -610,3 +610,23 @@ def test_a_framing_written_as_json_reads_back_the_same(framing: Framing) -> None
 def test_anything_but_a_framing_is_a_value_error(record: object) -> None:
     with pytest.raises(ValueError, match="not a framing"):
         Framing.from_json(record)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("length_includes_header", "false", 'expected true or false, got the string "false"'),
+        ("length_bytes", True, "expected an integer from 0 to 2**64-1, got true"),
+        ("max_frame", 1.5, "expected an integer from 0 to 2**64-1, got the number 1.5"),
+        ("delimiter", "0a 0a", 'expected bytes in hex digits, got the string "0a 0a"'),
+        ("byte_order", "middle", 'expected one of "big", "little", got the string "middle"'),
+    ],
+)
+def test_a_framing_read_from_json_is_taken_only_as_written(
+    field: str, value: object, message: str
+) -> None:
+    # What JSON holds is another process's or a file's: nothing is converted.
+    record = {**Framing("length").to_json(), field: value}
+    with pytest.raises(ValueError, match="^not a framing: ") as caught:
+        Framing.from_json(record)
+    assert str(caught.value) == f"not a framing: framing.{field}: {message}"

@@ -4,10 +4,37 @@ Strategy: one base class, so a caller can catch everything triodaemon raises on
 purpose with one ``except``; below it, one class per thing a user can act on.
 Messages are lowercase, say what was received and what was expected, and fit on
 one line; what they quote (a path, a name, a peer's words) may not, so the CLI
-prints every line through :func:`printable`.
+prints every line through :func:`printable`. A value read from JSON (a file's,
+another process's) is named in a message by :func:`shown`.
 """
 
 from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+#: Hex digits in pairs, nothing else (``bytes.fromhex`` also takes spaces).
+HEX_DIGITS = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
+def shown(value: Any) -> str:
+    """A value read from JSON, said the way JSON says it and kept short: ``the
+    string "false"``, ``the number -1``, ``true``, ``a list``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        text = json.dumps(value)
+        return f"the number {text if len(text) <= 24 else text[:24] + '...'}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:32])}{'...' if len(value) > 32 else ''}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def printable(text: str) -> str:

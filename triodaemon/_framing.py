@@ -11,6 +11,7 @@ spells it. Nothing here imports trio or touches a socket.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import attrs
@@ -26,9 +27,22 @@ from ._decoders import (
     VarintDecoder,
     encode_varint,
 )
+from ._errors import HEX_DIGITS, shown
 
 FramingKind = Literal["line", "delimiter", "length", "varint", "fixed", "raw"]
 FRAMING_KINDS: tuple[FramingKind, ...] = ("line", "delimiter", "length", "varint", "fixed", "raw")
+
+_SIZE = "an integer from 0 to 2**64-1"
+#: The fields of :meth:`Framing.to_json`: their JSON types, and how a message says them.
+_JSON_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "kind": ((str,), "a string"),
+    "delimiter": ((str,), "bytes in hex digits"),
+    "length_bytes": ((int,), _SIZE),
+    "byte_order": ((str,), "a string"),
+    "length_includes_header": ((bool,), "true or false"),
+    "frame_size": ((int, type(None)), _SIZE + ", or null"),
+    "max_frame": ((int,), _SIZE),
+}
 
 
 @attrs.frozen
@@ -93,15 +107,54 @@ class Framing:
         return record
 
     @classmethod
-    def from_json(cls, record: Any) -> Framing:
-        """The framing that :meth:`to_json` wrote. Raises ``ValueError`` for
-        anything that is not one."""
+    def from_json(cls, record: Any, *, where: str = "framing") -> Framing:
+        """The framing that :meth:`to_json` wrote, strictly: what JSON holds is data
+        (a file's, another process's), so each field must be of its JSON type and
+        none may be missing or unknown (``"false"`` is no bool, ``true`` no 1).
+
+        Raises:
+            ValueError: not a framing; one line that starts with ``not a framing:``
+                and names the field (``where``: how to name ``record`` itself).
+        """
+        if not isinstance(record, dict):
+            raise ValueError(f"not a framing: {where}: expected an object, got {shown(record)}")
+        for name in record:
+            if name not in _JSON_FIELDS:
+                raise ValueError(f"not a framing: {where}: unknown field {json.dumps(name[:32])}")
+        for name, (types, expected) in _JSON_FIELDS.items():
+            if name not in record:
+                raise ValueError(f"not a framing: {where}.{name}: missing")
+            value = record[name]
+            # bool is an int in Python, never in JSON; no size is 2**64 bytes or more.
+            if (
+                not isinstance(value, types)
+                or (isinstance(value, bool) and bool not in types)
+                or (
+                    isinstance(value, int)
+                    and not isinstance(value, bool)
+                    and not 0 <= value < 2**64
+                )
+                or (
+                    isinstance(value, str)
+                    and name == "delimiter"
+                    and not HEX_DIGITS.fullmatch(value)
+                )
+            ):
+                raise ValueError(
+                    f"not a framing: {where}.{name}: expected {expected}, got {shown(value)}"
+                )
         try:
-            fields = dict(record)
-            fields["delimiter"] = bytes.fromhex(fields["delimiter"])
-            return cls(**fields)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a framing: {exc}") from None
+            return cls(**{**record, "delimiter": bytes.fromhex(record["delimiter"])})
+        except ValueError as exc:
+            if len(exc.args) == 4 and isinstance(exc.args[1], attrs.Attribute):
+                # attrs' in_: (message, attribute, options, value); say it in one line.
+                _, attribute, options, value = exc.args
+                choices = ", ".join(json.dumps(option) for option in options)
+                raise ValueError(
+                    f"not a framing: {where}.{attribute.name}: expected one of {choices}, "
+                    f"got {shown(value)}"
+                ) from None
+            raise ValueError(f"not a framing: {where}: {exc}") from None
 
     def decoder(self) -> Decoder:
         """Return a new decoder, holding no bytes, for this framing."""

@@ -12,37 +12,17 @@ case is the caller's (``check``'s); this module never touches a socket.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
 
+from ..._errors import HEX_DIGITS, shown
 from ..._framing import Framing
 from ..._listeners import Address, TcpAddress
 from ._diagnosis import count, show, wire
-
-
-def shown(value: Any) -> str:
-    """A value read from JSON, said the way JSON says it and kept short: ``the
-    string "false"``, ``the number -1``, ``true``, ``a list``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        text = json.dumps(value)
-        return f"the number {text if len(text) <= 24 else text[:24] + '...'}"
-    if isinstance(value, str):
-        return f"the string {json.dumps(value[:32])}{'...' if len(value) > 32 else ''}"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _seconds(_: Any, attribute: attrs.Attribute[float], value: Any) -> None:
@@ -60,10 +40,6 @@ def _seconds(_: Any, attribute: attrs.Attribute[float], value: Any) -> None:
 def _flag(_: Any, attribute: attrs.Attribute[bool], value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{attribute.name}: expected true or false, got {shown(value)}")
-
-
-# Hex digits in pairs, nothing else (bytes.fromhex would also take spaces).
-HEX_DIGITS = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
 
 @attrs.frozen

@@ -20,11 +20,11 @@ from xml.etree import ElementTree
 
 import attrs
 
-from ..._errors import printable
+from ..._errors import printable, shown
 from ..._faults import loads
 from ..._framing import Framing
 from ..._listeners import Address
-from ._case import HEX_DIGITS, Case, show_writes, shown
+from ._case import Case, show_writes
 from ._diagnosis import show
 
 #: The deepest a report may nest: ours nest 5 levels.
@@ -35,16 +35,6 @@ MAX_NAME = 64
 #: The longest delimiter a report may give, in bytes: every line that names the
 #: framing shows it.
 MAX_DELIMITER = 256
-#: The fields of a saved framing (:meth:`Framing.to_json`), each with its JSON type.
-FRAMING_FIELDS: dict[str, tuple[type, ...]] = {
-    "kind": (str,),
-    "delimiter": (str,),
-    "length_bytes": (int,),
-    "byte_order": (str,),
-    "length_includes_header": (bool,),
-    "frame_size": (int, type(None)),
-    "max_frame": (int,),
-}
 
 
 @attrs.frozen
@@ -291,62 +281,12 @@ def _case_of(scenario: Any, where: str) -> tuple[str, Framing, Case] | None:
     for field in ("case", "framing"):
         if field not in minimal:
             raise ValueError(f"not a check report: {where}.minimal.{field}: missing")
-    framing = _framing_from_json(minimal["framing"], where=f"{where}.minimal.framing")
+    framing = Framing.from_json(minimal["framing"], where=f"{where}.minimal.framing")
+    if len(framing.delimiter) > MAX_DELIMITER:  # (printed in every line that names it)
+        raise ValueError(
+            f"not a framing: {where}.minimal.framing.delimiter: expected at most "
+            f"{MAX_DELIMITER} bytes, got {len(framing.delimiter)}"
+        )
     case = Case.from_json(minimal["case"], where=f"{where}.minimal.case")
     case.check_against(framing, where=f"{where}.minimal.case")
     return name, framing, case
-
-
-def _framing_from_json(record: Any, *, where: str = "framing") -> Framing:
-    """What :meth:`Framing.to_json` wrote, strictly: each of :data:`FRAMING_FIELDS`
-    of its JSON type and nothing else, a delimiter of at most :data:`MAX_DELIMITER`
-    bytes in hex digits, then the framing's own checks.
-
-    Raises:
-        ValueError: not a framing; the one-line message starts with ``not a
-            framing:`` and names the field.
-    """
-    if not isinstance(record, dict):
-        raise ValueError(f"not a framing: {where}: expected an object, got {shown(record)}")
-    for name in record:
-        if name not in FRAMING_FIELDS:
-            raise ValueError(f"not a framing: {where}: unknown field {json.dumps(name[:32])}")
-    for name, types in FRAMING_FIELDS.items():
-        if name not in record:
-            raise ValueError(f"not a framing: {where}.{name}: missing")
-        value = record[name]
-        # bool is an int in Python, never in JSON; no size is 2**64 bytes or more.
-        if (
-            not isinstance(value, types)
-            or (isinstance(value, bool) and bool not in types)
-            or (isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < 2**64)
-        ):
-            expected = {
-                (str,): "a string",
-                (int,): "an integer from 0 to 2**64-1",
-                (bool,): "true or false",
-                (int, type(None)): "an integer from 0 to 2**64-1, or null",
-            }[types]
-            raise ValueError(
-                f"not a framing: {where}.{name}: expected {expected}, got {shown(value)}"
-            )
-    delimiter = record["delimiter"]
-    if not HEX_DIGITS.fullmatch(delimiter) or len(delimiter) > 2 * MAX_DELIMITER:
-        raise ValueError(
-            f"not a framing: {where}.delimiter: expected at most {MAX_DELIMITER} bytes in hex "
-            f"digits, got {shown(delimiter)}"
-        )
-    # What Framing.from_json does, with messages of one line that quote no more
-    # than shown() does: attrs' in_ raises ValueError(message, attribute, options,
-    # value), which str() shows as a tuple, the whole value in it.
-    try:
-        return Framing(**{**record, "delimiter": bytes.fromhex(delimiter)})
-    except ValueError as exc:
-        if len(exc.args) == 4 and isinstance(exc.args[1], attrs.Attribute):
-            _, attribute, options, value = exc.args
-            choices = ", ".join(json.dumps(option) for option in options)
-            raise ValueError(
-                f"not a framing: {where}.{attribute.name}: expected one of {choices}, "
-                f"got {shown(value)}"
-            ) from None
-        raise ValueError(f"not a framing: {where}: {exc}") from None
