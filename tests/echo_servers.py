@@ -22,6 +22,8 @@ Modes:
   deaf                   accepts connections, never reads from them
   close-after            closes each connection after echoing 50 frames
   flood                  answers every connection with bytes, as fast as it can, forever
+  die-after-unread       correct, but exits when a client leaves with echoes it never
+                         read (a crash in the cleanup of a blocked write)
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ MODES = [
     "deaf",
     "close-after",
     "flood",
+    "die-after-unread",
 ]
 CLOSE_AFTER = 50
 TRUNCATE_AT = 4096
@@ -84,6 +87,7 @@ class Echo(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.slow: asyncio.Task[None] | None = None
+        self.blocked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -91,15 +95,23 @@ class Echo(asyncio.Protocol):
         if self.mode == "slow":
             self.slow = asyncio.get_running_loop().create_task(self.answer_slowly())
 
+    def pause_writing(self) -> None:
+        self.blocked = True  # the peer does not read what we write
+
+    def resume_writing(self) -> None:
+        self.blocked = False
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.slow is not None:
             self.slow.cancel()
+        if self.mode == "die-after-unread" and self.blocked:
+            os._exit(1)
         if self.mode == "crash-on-reset" and isinstance(exc, ConnectionResetError):
             os._exit(1)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
-        if self.mode in ("good", "crash-on-reset"):
+        if self.mode in ("good", "crash-on-reset", "die-after-unread"):
             self.transport.write(data)
         elif self.mode == "mute":
             pass

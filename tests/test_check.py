@@ -396,6 +396,22 @@ async def test_a_flooding_server_is_cut_off_and_the_run_stays_small_and_short() 
     assert 1 << 20 < size <= (1 << 20) + 1024
 
 
+async def test_a_server_that_dies_of_the_last_scenario_does_not_pass() -> None:
+    """It answers everything, then exits as the client that never read its echoes
+    leaves: the last scenario's exchanges all passed, but a fresh connection after it
+    is not served, and the report says so."""
+    async with stdlib_server("die-after-unread") as address:
+        code, scenarios = await check_cli(address, "--scenario", "resilience", timeout=5)
+    assert code == 1
+    resilience = scenarios["resilience"]
+    assert not resilience["passed"]
+    assert resilience["kind"] == "stopped"
+    assert str(resilience["detail"]).startswith(
+        "after the last scenario the server stopped answering: a fresh connection was "
+        "not served one frame ("
+    )
+
+
 async def test_progress_shows_only_on_a_terminal_and_only_while_running(
     echo_server_factory: EchoServerFactory,
 ) -> None:

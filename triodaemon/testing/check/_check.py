@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+import attrs
 import trio
 
 from ..._framing import Framing
@@ -31,7 +32,7 @@ from ._case import Case
 from ._diagnosis import count
 from ._engine import MARGIN, Checker, Failed
 from ._report import CheckReport, ScenarioResult
-from ._scenarios import SCENARIOS
+from ._scenarios import SCENARIOS, make_frames
 from ._shrinking import Shrinking
 
 #: Seconds each scenario may take, everything in it included, before what has
@@ -39,6 +40,13 @@ from ._shrinking import Shrinking
 DEFAULT_TIMEOUT = 5.0
 #: Seconds the whole run may spend shrinking failing cases.
 DEFAULT_SHRINK_TIME = 10.0
+#: After the last scenario, a fresh connection must still be served one frame
+#: within this long (or the time limit, if shorter): a server that died of the
+#: battery, or stopped accepting, must not pass it. The check begins
+#: ``STILL_SETTLE`` seconds after the scenario's last close, time for a server that
+#: crashes in its cleanup to do so.
+STILL_ANSWERS = 2.0
+STILL_SETTLE = 0.1
 
 
 async def _failed(name: str, failure: Failed, start: float, shrinking: Shrinking) -> ScenarioResult:
@@ -75,8 +83,9 @@ async def run_check(
 ) -> CheckReport:
     """Run the conformance battery against the echo server at ``address``.
 
-    A run takes at most ``len(scenarios) * timeout + shrink_time`` seconds (plus
-    the first connect, within ``timeout``).
+    A run takes at most ``len(scenarios) * timeout + shrink_time`` seconds, plus
+    the first connect (within ``timeout``) and the last check that the server
+    still answers (within ``min(timeout, STILL_ANSWERS)``).
 
     Args:
         address: the server.
@@ -129,10 +138,39 @@ async def run_check(
             result = await _failed(name, failure, start, shrinking)
         else:
             result = ScenarioResult(name, True, trio.current_time() - start)
+        if name == names[-1]:
+            result = await _still_answering(result, checker, timeout)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return CheckReport(str(address), framing.describe(), tuple(results), seed)
+
+
+async def _still_answering(
+    result: ScenarioResult, checker: Checker, timeout: float
+) -> ScenarioResult:
+    """``result`` (the last scenario's), failed if the server no longer serves a
+    fresh connection one frame afterwards: it stopped answering."""
+    bound = min(timeout, STILL_ANSWERS)
+    await trio.sleep(min(STILL_SETTLE, bound / 10))
+    checker.slowest = 0.0  # (judged on its own: no "slow" from the scenario's pace)
+    checker.deadline = trio.current_time() + bound - min(MARGIN, bound / 10)
+    try:
+        with trio.move_on_after(bound):
+            await checker.exchange(Case((make_frames(checker.framing, "alive", 1, 16)[0],)))
+            return result
+        why = f"no answer within {bound:g}s"
+    except Failed as failure:
+        why = failure.detail
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        why = f"a connection broke: {exc}"
+    said = (
+        f"after the last scenario the server stopped answering: a fresh connection was "
+        f"not served one frame ({why})"
+    )
+    if result.passed:
+        return attrs.evolve(result, passed=False, detail=said, kind="stopped")
+    return attrs.evolve(result, detail=f"{result.detail}; and {said}")
 
 
 async def replay(

@@ -92,7 +92,8 @@ class ScenarioResult:
     """On failure: a summary of what came back."""
     kind: str = ""
     """On failure: the kind of bug, one of ``triodaemon.testing.check.KINDS`` (or
-    ``refused``, ``timeout``, ``reset``, ``broken``: no exchange to judge)."""
+    ``refused``, ``timeout``, ``reset``, ``broken``: no exchange to judge; ``stopped``:
+    the last scenario passed, but afterwards the server served no fresh connection)."""
     minimal: MinimalCase | None = None
     """On failure: the smallest case that fails the same way, if one was found."""
     shrink_note: str = ""

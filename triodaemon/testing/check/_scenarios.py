@@ -50,7 +50,7 @@ def _safe(framing: Framing, payload: bytes) -> bytes:
     return payload
 
 
-def _make_frames(framing: Framing, tag: str, count: int, size: int) -> list[bytes]:
+def make_frames(framing: Framing, tag: str, count: int, size: int) -> list[bytes]:
     """``count`` distinct payloads of about ``size`` bytes that ``framing`` can carry."""
     return [_tagged(framing, f"{tag}{index}", size) for index in range(count)]
 
@@ -71,22 +71,22 @@ def _tagged(framing: Framing, tag: str, size: int) -> bytes:
 
 
 async def one_frame(checker: Checker) -> None:
-    await checker.exchange(Case(tuple(_make_frames(checker.framing, "one", 1, 32))))
+    await checker.exchange(Case(tuple(make_frames(checker.framing, "one", 1, 32))))
 
 
 async def coalesced(checker: Checker) -> None:
-    frames = _make_frames(checker.framing, "coalesced", 64, 24)
+    frames = make_frames(checker.framing, "coalesced", 64, 24)
     await checker.exchange(Case(tuple(frames)), how=" in one write")
 
 
 async def byte_by_byte(checker: Checker) -> None:
-    frames = _make_frames(checker.framing, "bytewise", 1, 20)
+    frames = make_frames(checker.framing, "bytewise", 1, 20)
     case = cut_at(checker.framing, frames, range(1, len(wire(checker.framing, frames))), _GAP)
     await checker.exchange(case, how=f", one byte per write, {_GAP * 1000:g} ms apart")
 
 
 async def splits(checker: Checker) -> None:
-    frames = _make_frames(checker.framing, "split", 4, 20)
+    frames = make_frames(checker.framing, "split", 4, 20)
     if checker.framing.kind in ("line", "delimiter") and len(checker.framing.delimiter) > 1:
         frames.append(checker.framing.delimiter[:-1] + b"x")  # a delimiter's prefix inside
     size = len(wire(checker.framing, frames))
@@ -148,13 +148,13 @@ async def edge_frames(checker: Checker) -> None:
 
 async def max_frame(checker: Checker) -> None:
     size = min(checker.framing.largest_payload, _MAX_FRAME_BUDGET)
-    frames = _make_frames(checker.framing, "max", 1, size)
+    frames = make_frames(checker.framing, "max", 1, size)
     note = "" if size == checker.framing.largest_payload else f" (capped at {size} bytes)"
     await checker.exchange(Case(tuple(frames)), how=note)
 
 
 async def pipelining(checker: Checker) -> None:
-    frames = _make_frames(checker.framing, "pipeline", 500, 16)
+    frames = make_frames(checker.framing, "pipeline", 500, 16)
     case = Case(tuple(frames), tuple((0,) if n else () for n in range(len(frames))))
     await checker.exchange(case, how=", one write each, without waiting for echoes")
 
@@ -225,7 +225,7 @@ async def concurrency(checker: Checker) -> None:
 
     async def client(index: int, nursery: trio.Nursery) -> None:
         nonlocal started
-        frames = _make_frames(checker.framing, f"conn{index:02d}", 1, 24)
+        frames = make_frames(checker.framing, f"conn{index:02d}", 1, 24)
         size = len(wire(checker.framing, frames))
         half = max(1, size // 2)
         case = cut_at(checker.framing, frames, [half], 0.0)
@@ -286,7 +286,7 @@ async def concurrency(checker: Checker) -> None:
 
 
 async def half_close(checker: Checker) -> None:
-    frames = _make_frames(checker.framing, "halfclose", 3, 16)
+    frames = make_frames(checker.framing, "halfclose", 3, 16)
     await checker.exchange(
         Case(tuple(frames), half_close=True), how=", then the write side shut down"
     )
@@ -295,7 +295,7 @@ async def half_close(checker: Checker) -> None:
 async def slow_reader(checker: Checker) -> None:
     total = 512 * 1024
     size = min(1024, checker.framing.largest_payload)
-    frames = _make_frames(checker.framing, "slow", max(1, total // max(size, 1)), size)
+    frames = make_frames(checker.framing, "slow", max(1, total // max(size, 1)), size)
     delay = min(1.0, checker.timeout / 3)
     await checker.exchange(
         Case(tuple(frames), read_delay=delay),
@@ -378,7 +378,7 @@ async def _phase(context: str, harm: str) -> AsyncIterator[None]:
 
 
 async def _never_read(checker: Checker, stream: trio.SocketStream, stuck: trio.Event) -> None:
-    chunk = wire(checker.framing, _make_frames(checker.framing, "noread", 64, 1000))
+    chunk = wire(checker.framing, make_frames(checker.framing, "noread", 64, 1000))
     sent = 0
     try:
         while sent < _NEVER_READ_BYTES:
