@@ -260,6 +260,9 @@ def test_a_greeting_before_the_echo_is_extra() -> None:
     assert found.kind == "extra"
     assert "6 bytes that were never sent came first, b'HELLO\\n'" in found.text
     assert "not finished" not in found.text
+    one = diagnose(LINE, sent, Transcript((b">" + expected)[: len(expected)]))
+    assert one is not None
+    assert "1 byte that was never sent came first, b'>'" in one.text
 
 
 def test_a_few_dropped_frames_are_not_blamed_on_reads() -> None:

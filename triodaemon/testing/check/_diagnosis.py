@@ -18,6 +18,10 @@ import attrs
 from ..._errors import FramingError
 from ..._framing import Framing
 
+#: The client writes a case's writes in pieces of at most this many bytes, back to
+#: back (the same stream on the wire), so that what the kernel took is counted.
+WRITE_PIECE = 65536
+
 #: The kinds of failure, most specific first within each family.
 KINDS = (
     "stalled",  # the server stopped reading: the client could not finish writing
@@ -96,6 +100,10 @@ def numbers(items: Sequence[int], limit: int = 8) -> str:
 def count(number: int, noun: str) -> str:
     """``1 frame``, ``2 frames``."""
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _were(number: int) -> str:
+    return "was" if number == 1 else "were"
 
 
 def which(items: Sequence[int]) -> str:
@@ -231,7 +239,7 @@ class _Judge:
             return None  # echoes of frames sent, out of place: not a greeting
         return Diagnosis(
             "extra",
-            f"{count(at, 'byte')} that were never sent came first, {show(self.received[:at])}, "
+            f"{count(at, 'byte')} that {_were(at)} never sent came first, {show(self.received[:at])}, "
             f"then the echo, intact as far as it was read{self.ended}",
         )
 
@@ -479,7 +487,7 @@ class _Judge:
         return Diagnosis(
             "extra",
             f"{facts}: {far} came back, in order, with {count(len(extra), 'frame')} that "
-            f"were never sent among them ({what}): the server adds to its echoes",
+            f"{_were(len(extra))} never sent among them ({what}): the server adds to its echoes",
         )
 
     def _pairs(self, got: list[bytes]) -> tuple[list[tuple[bytes, bytes]], list[int]]:

@@ -22,7 +22,7 @@ from ..._errors import ClientError
 from ..._framing import Framing
 from ..._listeners import Address, connect
 from ._case import Case
-from ._diagnosis import Diagnosis, Transcript, diagnose, show
+from ._diagnosis import WRITE_PIECE, Diagnosis, Transcript, diagnose, show
 
 #: Exchanges end this much before their scenario's time limit (at most a tenth of it).
 MARGIN = 0.05
@@ -242,9 +242,12 @@ async def _write(stream: trio.SocketStream, framing: Framing, talk: _Talk, writt
             if pause:
                 await trio.sleep(pause)
             talk.sending = True
-            await stream.send_all(data[skip:])
+            rest = memoryview(data)[skip:]
+            while rest:  # (in pieces, so that a write the server blocks is counted)
+                await stream.send_all(rest[:WRITE_PIECE])
+                talk.unsent -= min(len(rest), WRITE_PIECE)
+                rest = rest[WRITE_PIECE:]
             talk.sending = False
-            talk.unsent -= len(data) - skip
             skip = 0
         if case.half_close:
             await stream.send_eof()
