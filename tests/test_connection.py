@@ -926,6 +926,16 @@ async def test_handler_errors_propagate_after_closing_the_stream(
     assert served.stats.handler_errors == 1
 
 
+def ending_into(ends: list[Exception | None]) -> Callable[[Connection], None]:
+    """A ``prepare`` for :meth:`Kit.connected`: the connection's ``ended`` hook
+    appends the handler's failure (or None) to ``ends``."""
+
+    def prepare(connection: Connection) -> None:
+        connection.ended = lambda conn, error: ends.append(error)
+
+    return prepare
+
+
 async def echo_but_boom(frame: bytes, conn: ConnectionInfo) -> bytes:
     """A handler with a bug: it fails on the frame ``boom``, and echoes any other."""
     if frame == b"boom":
@@ -977,10 +987,7 @@ async def test_the_replies_before_a_failing_frame_are_sent_however_the_frames_ca
     kit = Kit(transport, shouting, scan)
     ends: list[Exception | None] = []
     with trio.fail_after(5):
-        async with kit.backend() as backend, trio.open_nursery() as nursery:
-            served = kit.open(backend)
-            served.connection.ended = lambda conn, error: ends.append(error)
-            nursery.start_soon(served.run)
+        async with kit.connected(prepare=ending_into(ends)) as served:
             for write in writes:
                 await served.client.send_all(write)
                 await trio.testing.wait_all_tasks_blocked()
@@ -1001,10 +1008,7 @@ async def test_a_reset_while_lingering_after_a_handlers_failure_keeps_the_failur
     kit = Kit(transport, echo_but_boom, scan)
     ends: list[Exception | None] = []
     with trio.fail_after(5):
-        async with kit.backend() as backend, trio.open_nursery() as nursery:
-            served = kit.open(backend)
-            served.connection.ended = lambda conn, error: ends.append(error)
-            nursery.start_soon(served.run)
+        async with kit.connected(prepare=ending_into(ends)) as served:
             await served.client.send_all(b"ok\nboom\n")  # "ok" is echoed, and left unread
             await trio.testing.wait_all_tasks_blocked()  # lingering
             await served.reset()
