@@ -9,6 +9,8 @@ port or a Unix socket for the length of one test.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import socket
 import struct
@@ -17,13 +19,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from triodaemon import ClientError, Framing
-from triodaemon.testing import exchange
+from triodaemon._listeners import CONNECT_TIMEOUT
+from triodaemon.testing import BenchResult, exchange
+from triodaemon.testing._bench import DEFAULT_DRAIN_TIMEOUT
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
@@ -167,6 +172,10 @@ def the_error_line(stderr: str) -> str:
 
 
 _PROGRESS = re.compile(r"^\s*\d+\.\ds  [\d,]+ frames  [\d,]+/s  errors \d+$")
+
+
+def reject_constant(name: str) -> Any:
+    raise AssertionError(f"{name} is not JSON")
 
 
 # `triodaemon client`
@@ -395,3 +404,128 @@ async def test_a_reply_before_any_message_answers_nothing() -> None:
 
     with trio.fail_after(5), pytest.raises(ClientError, match="reply 1, with 0 messages sent"):
         await exchange(client, nothing_yet(), partial(collect, []))
+
+
+# `triodaemon bench`
+
+#: Seconds warmed up and measured in the runs below.
+WARMUP, DURATION = 0.1, 0.5
+
+
+def bench_bound(warmup: float, duration: float) -> float:
+    """The probe's connect, warm-up, measured time, the drain of echoes in flight,
+    and the slack."""
+    return CONNECT_TIMEOUT + warmup + duration + DEFAULT_DRAIN_TIMEOUT + SLACK
+
+
+BENCH_STALLS = [
+    pytest.param(mute, [], r"no echo came back in \d+\.\ds \(1 frame in flight\)$", id="mute"),
+    pytest.param(deaf, [], r"no echo came back in", id="deaf"),
+    pytest.param(
+        half,
+        [],
+        r"incomplete echo: 32 bytes of echo 1 came back in the \d+\.\ds since its frame was sent",
+        id="half",
+    ),
+    pytest.param(half, ["--framing", "length"], r"incomplete echo: 32 bytes", id="half-length"),
+    pytest.param(trickle, [], r"incomplete echo: \d+ bytes? of echo 1 came back", id="trickle"),
+]
+
+
+@pytest.mark.parametrize(("handler", "flags", "message"), BENCH_STALLS)
+async def test_bench_against_a_server_that_does_not_echo_fails(
+    handler: Handler, flags: list[str], message: str
+) -> None:
+    async with hostile(handler) as where:
+        code, out, err = await run_limited(
+            "bench",
+            *where,
+            *flags,
+            *("--conns", "2", "--warmup", f"{WARMUP}"),
+            *("--duration", f"{DURATION}", "--json"),
+            bound=bench_bound(WARMUP, DURATION),
+        )
+    assert code == 1, err
+    line = the_error_line(err)
+    assert line.startswith("triodaemon: error: 2 errors; the first: connection "), line
+    assert re.search(message, line), line
+    report = json.loads(out.decode(), parse_constant=reject_constant)
+    assert report["frames"] == 0
+    assert report["errors"] == 2
+    assert [report["p50_ms"], report["p99_ms"], report["p999_ms"]] == [None, None, None]
+    assert report["frames_per_second"] == 0
+    assert report["megabytes_per_second"] == 0
+    assert math.isfinite(report["client_cpu_percent"])
+
+
+BENCH_ENDINGS = [
+    pytest.param(
+        close_at_once,
+        r"server closed the connection with 2 echoes owed|connection reset",
+        id="close-at-once",
+    ),
+    pytest.param(reset, r"connection reset", id="reset"),
+    pytest.param(garbage, r"echo b'\\xde' does not match the frame sent", id="garbage"),
+    pytest.param(flood, r"bad echo: longer than the 64-byte frames sent", id="flood"),
+    pytest.param(flood_lines, r"echo b'x' does not match the frame sent", id="flood-lines"),
+]
+
+
+@pytest.mark.parametrize(("handler", "message"), BENCH_ENDINGS)
+async def test_bench_stops_once_every_connection_has_failed(handler: Handler, message: str) -> None:
+    # --duration 600: the run ends long before, as soon as no connection is left.
+    async with hostile(handler) as where:
+        code, out, err = await run_limited(
+            "bench",
+            *where,
+            *("--conns", "3", "--depth", "2", "--warmup", "0.1", "--duration", "600", "--json"),
+            bound=CONNECT_TIMEOUT + 0.1 + SLACK,
+        )
+    assert code == 1, err
+    line = the_error_line(err)
+    assert line.startswith("triodaemon: error: 3 errors; the first: connection "), line
+    assert re.search(message, line), line
+    report = json.loads(out.decode(), parse_constant=reject_constant)
+    assert report["errors"] == 3
+    assert report["frames"] == 0
+    assert report["p50_ms"] is None
+    assert report["seconds"] < 600
+
+
+async def test_bench_table_of_a_run_without_echoes(sock_dir: Path) -> None:
+    async with hostile(close_at_once, sock_dir / "c.sock") as where:
+        code, out, err = await run_limited(
+            "bench", *where, "--warmup", "0", "--duration", "600", bound=CONNECT_TIMEOUT + SLACK
+        )
+    assert code == 1
+    text = out.decode()
+    rows = dict(line.split(None, 1) for line in text.splitlines())
+    assert rows["frames"] == "0 (0/s)"
+    assert rows["throughput"] == "0.00 MB/s each way"
+    assert rows["latency"] == "none measured (no echo)"
+    assert rows["errors"].startswith("1 (first: connection 0: ")
+    assert not re.search(r"\b(nan|inf)\b", text, re.IGNORECASE)
+    assert the_error_line(err).startswith("triodaemon: error: connection 0: ")
+
+
+def test_bench_json_never_holds_nan() -> None:
+    result = BenchResult(
+        address="tcp://127.0.0.1:1",
+        framing="line",
+        connections=1,
+        depth=1,
+        frame_size=64,
+        seconds=0.0,
+        frames=0,
+        p50_ms=math.nan,
+        p99_ms=math.inf,
+        p999_ms=-math.inf,
+        errors=1,
+        first_error="connection 0: no echo came back in 5.0s (1 frame in flight)",
+        client_cpu_seconds=0.0,
+    )
+    report = json.loads(result.to_json(), parse_constant=reject_constant)
+    assert [report["p50_ms"], report["p99_ms"], report["p999_ms"]] == [None, None, None]
+    assert report["frames_per_second"] == 0.0
+    assert result.failure == "connection 0: no echo came back in 5.0s (1 frame in flight)"
+    assert "nan" not in result.table()
