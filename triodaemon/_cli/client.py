@@ -63,7 +63,12 @@ def _client_parser() -> argparse.ArgumentParser:
         type=seconds,
         default=DEFAULT_REPLY_TIMEOUT,
         metavar="SECONDS",
-        help=f"give up when a reply is owed and none comes for this long (default {DEFAULT_REPLY_TIMEOUT:g})",
+        help=(
+            "give up when the connect, or a reply, takes longer than this: each reply "
+            "must come whole within SECONDS of its message going out (or of the reply "
+            "before it, if later), however the server trickles it "
+            f"(default {DEFAULT_REPLY_TIMEOUT:g})"
+        ),
     )
     return parser
 
@@ -101,7 +106,7 @@ async def _client(address: Address, framing: Framing, args: argparse.Namespace) 
     else:
         messages = _stdin_lines(keep_newline=raw)
     try:
-        stream = await connect(address)
+        stream = await connect(address, timeout=args.timeout)
         async with stream:
             await exchange(stream, messages, show, framing=framing, reply_timeout=args.timeout)
     except TriodaemonError as exc:
