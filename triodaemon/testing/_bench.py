@@ -32,8 +32,9 @@ from typing import Any
 import attrs
 import trio
 
+from .._decoders import Decoder
 from .._errors import ClientError, FrameTooLarge, FramingError
-from .._framing import Decoder, Framing
+from .._framing import Framing
 from .._listeners import Address, connect
 
 #: Hex digits of the sequence number at the start of every payload.

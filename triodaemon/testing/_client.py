@@ -19,8 +19,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 import attrs
 import trio
 
+from .._decoders import Decoder
 from .._errors import ClientError, FramingError
-from .._framing import Decoder, Framing
+from .._framing import Framing
 from .._listeners import Address, connect
 
 #: Default seconds a reply may take: from when its message began to go out, or from
