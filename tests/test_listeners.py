@@ -25,7 +25,7 @@ from triodaemon import (
 )
 from triodaemon._config import ProcessConfig
 from triodaemon._listeners import open_listeners, open_tcp, open_unix
-from triodaemon._socketfile import UNIX_PATH_MAX, check_socket_path
+from triodaemon._socketfile import UNIX_PATH_MAX, canonical_path, check_socket_path
 
 
 @pytest.mark.parametrize(
@@ -470,3 +470,13 @@ async def test_a_lock_file_that_is_not_a_file_is_one_line(
 def test_an_abstract_unix_address_is_written_with_an_at_sign() -> None:
     assert str(UnixAddress("\0triodaemon")) == "unix:@triodaemon"
     assert str(UnixAddress("/run/echo.sock")) == "unix:/run/echo.sock"
+
+
+def test_an_abstract_name_is_its_own_canonical_path() -> None:
+    assert canonical_path("\0triodaemon-test") == "\0triodaemon-test"
+    listener = BoundListener.from_socket(socket.socket(socket.AF_UNIX), path="\0a")
+    try:
+        assert listener.serves(UnixAddress("\0a")) is True
+        assert listener.serves(UnixAddress("\0b")) is False
+    finally:
+        listener.close()

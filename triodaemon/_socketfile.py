@@ -123,7 +123,9 @@ def _absolute(path: str) -> str:
 def canonical_path(path: str) -> str:
     """The file a socket ``path`` names, as the kernel resolves it (its directory's
     symlinks and ``..``; the name as written): to tell whether two spellings name
-    one file before either exists."""
+    one file before either exists. An abstract name (``\0...``) is itself."""
+    if path.startswith("\0"):
+        return path
     directory, name = os.path.split(_absolute(path))
     return os.path.join(os.path.realpath(directory), name)
 
