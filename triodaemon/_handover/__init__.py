@@ -20,7 +20,8 @@ first byte. Version 1::
 
     taker                                   giver
       | hello {pid, framing, handler,  -->    |
-      |        migrate}                       |
+      |        migrate, workers}              | (what it takes: connections itself,
+      |                                       |  and/or its workers the old workers')
       |  <-- listeners {pid, listeners,       | the taker adopts them and accepts
       |            workers} + fds             |
       | ready {}                       -->    | the giver stops accepting; the
@@ -35,7 +36,8 @@ stopped accepting, and the socket files stay its own. A batch belongs to the
 giver until the taker answers ``adopted``: if the taker dies first, those
 connections carry on in the giver (nothing was read from them in between),
 which accepts again. A supervisor (``--workers``) hands over no connection
-itself: its ``workers`` say where each of its workers hands its own over.
+itself: its ``workers`` say where each of its workers hands its own over, to a
+taker whose hello says it has workers of its own; to any other, they finish there.
 
 The parts, after cloudflare's tableflip (parent, child and descriptors apart),
 and none of them inherited by what they serve:
