@@ -37,6 +37,11 @@ def shown(value: Any) -> str:
     return type(value).__name__
 
 
+def count(number: int, noun: str, plural: str = "") -> str:
+    """``1 frame``, ``2 frames`` (``plural``: for a noun not made plural by an s)."""
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
+
+
 def printable(text: str) -> str:
     """``text`` with what is not printable escaped (``\\n``, ``\\x1b``): a path, a name
     or a peer's words cannot break a line of ours into two, forge one, or send the

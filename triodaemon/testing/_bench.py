@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from .._decoders import Decoder
-from .._errors import ClientError, FrameTooLarge, FramingError
+from .._errors import ClientError, FrameTooLarge, FramingError, count
 from .._framing import Framing
 from .._listeners import Address, connect
 
@@ -48,10 +48,6 @@ DEFAULT_DRAIN_TIMEOUT = 5.0
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _count(number: int, noun: str, plural: str = "") -> str:
-    return f"{number} {noun}" if number == 1 else f"{number:,} {plural or noun + 's'}"
 
 
 @attrs.frozen
@@ -123,7 +119,7 @@ class BenchResult:
             ("framing", self.framing),
             (
                 "load",
-                f"{self.connections} connections x {self.depth} in flight, {self.frame_size}-byte frames",
+                f"{count(self.connections, 'connection')} x {self.depth} in flight, {self.frame_size}-byte frames",
             ),
             ("measured", f"{self.seconds:.2f} s"),
             ("frames", f"{self.frames:,} ({self.frames_per_second:,.0f}/s)"),
@@ -173,17 +169,17 @@ class _ConnectionState:
             return "the connect did not complete"
         if self.writing:
             return (
-                f"the server stopped reading: a write of {_count(self.writing, 'byte')} "
+                f"the server stopped reading: a write of {count(self.writing, 'byte')} "
                 f"had not gone out {(now - self.writing_since) / 1e9:.1f}s later"
             )
         waited = f"{(now - self.in_flight[0][1]) / 1e9:.1f}s"
-        owed = _count(len(self.in_flight), "frame")
+        owed = count(len(self.in_flight), "frame")
         if held := self.decoder.buffered:
             return (
-                f"incomplete echo: {_count(held, 'byte')} of echo {self.echoed + 1} came "
+                f"incomplete echo: {count(held, 'byte')} of echo {self.echoed + 1} came "
                 f"back in the {waited} since its frame was sent ({owed} in flight)"
             )
-        after = f" after {_count(self.echoed, 'echo', 'echoes')}" if self.echoed else ""
+        after = f" after {count(self.echoed, 'echo', 'echoes')}" if self.echoed else ""
         return f"no echo came back in {waited}{after} ({owed} in flight)"
 
 
@@ -308,7 +304,7 @@ class _Run:
             while in_flight:
                 data = await stream.receive_some()
                 if not data:
-                    owed = _count(len(in_flight), "echo", "echoes")
+                    owed = count(len(in_flight), "echo", "echoes")
                     self.fail(index, f"server closed the connection with {owed} owed")
                     return
                 arrived = clock()

@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from .._decoders import Decoder
-from .._errors import ClientError, FramingError
+from .._errors import ClientError, FramingError, count
 from .._framing import Framing
 from .._listeners import Address, connect
 
@@ -76,10 +76,6 @@ async def exchange(
     if run.failure is not None:
         raise run.failure
     return run.received
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 @attrs.define(eq=False)
@@ -211,7 +207,7 @@ class _Exchange:
         unit = " bytes" if self.raw else ""
         details = f"{self.received} of {self.asked}{unit} received"
         if held := decoder.buffered:
-            details += f"; reply {self.received + 1} incomplete after {_count(held, 'byte')}"
+            details += f"; reply {self.received + 1} incomplete after {count(held, 'byte')}"
         message = f"no reply for {self.reply_timeout:g}s ({details})"
         if self.sending:
             message += f"; message {self.sending} not all sent: the server stopped reading"
@@ -220,11 +216,11 @@ class _Exchange:
     def _not_asked_for(self) -> ClientError:
         if self.raw:
             return ClientError(
-                f"the server sent back more than the {_count(self.asked, 'byte')} it was sent"
+                f"the server sent back more than the {count(self.asked, 'byte')} it was sent"
             )
         return ClientError(
             f"the server sent a reply to no message: reply {self.received + 1}, "
-            f"with {_count(self.asked, 'message')} sent"
+            f"with {count(self.asked, 'message')} sent"
         )
 
 

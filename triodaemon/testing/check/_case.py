@@ -19,10 +19,10 @@ from typing import Any
 
 import attrs
 
-from ..._errors import HEX_DIGITS, shown
+from ..._errors import HEX_DIGITS, count, shown
 from ..._framing import Framing
 from ..._listeners import Address, TcpAddress
-from ._diagnosis import count, show, wire
+from ._diagnosis import show, wire
 
 
 def _seconds(_: Any, attribute: attrs.Attribute[float], value: Any) -> None:

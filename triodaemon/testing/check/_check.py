@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
+from ..._errors import count
 from ..._framing import Framing
 from ..._listeners import Address, connect
 from ._case import Case
-from ._diagnosis import count
 from ._engine import MARGIN, Checker, Failed
 from ._report import CheckReport, ScenarioResult
 from ._scenarios import SCENARIOS, make_frames

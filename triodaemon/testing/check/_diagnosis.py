@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from ..._errors import FramingError
+from ..._errors import FramingError, count
 from ..._framing import Framing
 
 #: The client writes a case's writes in pieces of at most this many bytes, back to
@@ -97,11 +97,6 @@ def numbers(items: Sequence[int], limit: int = 8) -> str:
     return text + (f" ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def count(number: int, noun: str) -> str:
-    """``1 frame``, ``2 frames``."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
 def _were(number: int) -> str:
     return "was" if number == 1 else "were"
 
@@ -130,10 +125,10 @@ def decode_loosely(framing: Framing, data: bytes) -> tuple[list[bytes], bytes]:
 def complete_frames(framing: Framing, frames: Sequence[bytes], size: int) -> int:
     """How many of ``frames`` lie wholly within the first ``size`` bytes of their stream."""
     position = 0
-    for count, frame in enumerate(frames):
+    for whole, frame in enumerate(frames):
         position += len(framing.encode(frame))
         if position > size:
-            return count
+            return whole
     return len(frames)
 
 
