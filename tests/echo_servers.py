@@ -8,6 +8,8 @@ prints ``listening on PORT`` once it listens on 127.0.0.1 (an ephemeral port).
 Modes:
   good                   echoes bytes as they arrive (a correct echo server in any framing)
   slow                   correct, but answers one frame every 200 ms, in order
+  latency                correct, but every echo leaves 200 ms after its bytes came in
+                         (a delay, not a queue: echoes in flight overlap)
   drop-tail              echoes the complete frames of each read, throws the rest away
   one-read-one-message   takes each read for one message: answers its first frame only
   lose-last-at-eof       echoes the last frame of a read late, and aborts at EOF
@@ -35,6 +37,7 @@ import os
 MODES = [
     "good",
     "slow",
+    "latency",
     "drop-tail",
     "one-read-one-message",
     "lose-last-at-eof",
@@ -113,6 +116,8 @@ class Echo(asyncio.Protocol):
         assert self.transport is not None
         if self.mode in ("good", "crash-on-reset", "die-after-unread"):
             self.transport.write(data)
+        elif self.mode == "latency":
+            asyncio.get_running_loop().call_later(SLOW_DELAY, self.write_now, data)
         elif self.mode == "mute":
             pass
         elif self.mode == "drop-tail":
@@ -168,6 +173,10 @@ class Echo(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()  # at EOF, once every echo is written
 
+    def write_now(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
     def write_late(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
@@ -182,6 +191,10 @@ class Echo(asyncio.Protocol):
         if self.mode == "slow":
             self.queue.put_nowait(None)
             return True  # answer_slowly closes
+        if self.mode == "latency" and self.transport is not None:
+            # (After every echo still on its way: a later time, so a later call.)
+            asyncio.get_running_loop().call_later(SLOW_DELAY + 0.01, self.transport.close)
+            return True
         return False  # close once everything written has been sent
 
 

@@ -267,6 +267,11 @@ class _Judge:
             )
         if complete == len(sent) - 1 and len(sent) > 1:
             return Diagnosis("last-frame", f"{facts}: the last frame never came back")
+        if complete and (" closed " in self.ended or " reset " in self.ended):
+            how = "reset" if " reset " in self.ended else "closed"
+            return Diagnosis(
+                "closed", f"{facts}: the server {how} the connection after {complete} frames"
+            )
         return Diagnosis(
             "lost",
             f"{facts}: the echoes of {count(len(sent) - complete, 'frame')} never came back",

@@ -26,8 +26,10 @@ from ._engine import Checker, Failed, abort, close_now
 _GAP = 0.005
 #: Largest frame the max-frame scenario sends, whatever ``--max-frame`` says.
 _MAX_FRAME_BUDGET = 64 * 1024 * 1024
-#: At most this many split points in the split scenario.
+#: At most this many split points in the split scenario, and how many of them are
+#: tried at once (each on a connection of its own).
 _MAX_SPLITS = 48
+_SPLITS_AT_ONCE = 16
 #: The sustained scenario: connections, frames on each, the largest frame.
 _SUSTAINED_CONNECTIONS = 4
 _SUSTAINED_FRAMES = 1500
@@ -41,12 +43,31 @@ _NEVER_READ_BYTES = 32 * 1024 * 1024
 _STUCK = 0.1
 
 
+#: Bytes the payloads carry after their tags, the most telling first: a lone ``\r``,
+#: NUL, bytes that are not UTF-8 (a lead byte before ASCII, a lone continuation
+#: byte, 0xff, Latin-1's e-acute), then every other byte value. A payload with room
+#: for a chunk after its first tag (one-frame's) holds the first ones; the
+#: sustained scenario's hold every byte value. (Whatever would end a delimited frame
+#: early is replaced.)
+FILLER = b"\r\x00\xc3(\x80\xff\xe9 "
+FILLER += bytes(value for value in range(256) if value not in FILLER)
+#: Filler bytes after each tag.
+_FILL = 7
+#: Whitespace at a payload's start, and whitespace and ``\r`` at its end (``\r\n``
+#: on the wire in line framing; for a longer delimiter, its first bytes): what a
+#: server that strips lines, or takes ``\r`` for a line end, changes. Only in
+#: payloads with room for them and a whole tag.
+_HEAD = b" \t"
+_TAIL = b" \t"
+
+
 def _safe(framing: Framing, payload: bytes) -> bytes:
     """``payload``, with whatever would end a delimited frame early replaced."""
     if framing.kind in ("line", "delimiter"):
         delimiter = framing.delimiter
+        spare = b"\x01" if delimiter.startswith(b"\x00") else b"\x00"
         while (at := (payload + delimiter).find(delimiter)) != len(payload):
-            payload = payload[:at] + b"\x00" + payload[at + 1 :]
+            payload = payload[:at] + spare + payload[at + 1 :]
     return payload
 
 
@@ -57,17 +78,24 @@ def make_frames(framing: Framing, tag: str, count: int, size: int) -> list[bytes
 
 def _tagged(framing: Framing, tag: str, size: int) -> bytes:
     """A payload of about ``size`` bytes (what ``framing`` can carry) made of pieces
-    that differ from every other (``tag.0|tag.1|...``), so that a fragment that comes
-    back can be placed without ambiguity."""
+    that differ from every other (``tag.0|`` and ``FILLER`` bytes, and so on), so
+    that a fragment that comes back can be placed without ambiguity, and that every
+    byte value the framing allows is sent (:data:`FILLER`)."""
     size = (
         framing.largest_payload if framing.kind == "fixed" else min(size, framing.largest_payload)
     )
-    pieces = bytearray()
+    delimiter = framing.delimiter if framing.kind in ("line", "delimiter") else b""
+    tail = _TAIL + (delimiter[:-1] if len(delimiter) > 1 else b"\r")
+    head = _HEAD
+    if size < len(head) + len(f"{tag}.0|") + len(tail):
+        head = tail = b""  # (no room: the tag alone sets it apart)
+    pieces = bytearray(head)
     part = 0
-    while len(pieces) < size:
-        pieces += f"{tag}.{part}|".encode()
+    while len(pieces) < size - len(tail):
+        start = part * _FILL % len(FILLER)
+        pieces += f"{tag}.{part}|".encode() + (FILLER + FILLER)[start : start + _FILL]
         part += 1
-    return _safe(framing, bytes(pieces[:size]))
+    return _safe(framing, bytes(pieces[: size - len(tail)]) + tail)
 
 
 async def one_frame(checker: Checker) -> None:
@@ -86,29 +114,54 @@ async def byte_by_byte(checker: Checker) -> None:
 
 
 async def splits(checker: Checker) -> None:
-    frames = make_frames(checker.framing, "split", 4, 20)
-    if checker.framing.kind in ("line", "delimiter") and len(checker.framing.delimiter) > 1:
-        frames.append(checker.framing.delimiter[:-1] + b"x")  # a delimiter's prefix inside
-    size = len(wire(checker.framing, frames))
-    interesting = boundary_offsets(checker.framing, frames)
+    framing = checker.framing
+    # Sizes whose length headers hold bytes >= 0x80 (200, 130), next to small ones.
+    frames = [
+        _tagged(framing, f"split{index}", size) for index, size in enumerate((20, 200, 24, 130))
+    ]
+    if framing.kind in ("line", "delimiter") and len(framing.delimiter) > 1:
+        frames.append(framing.delimiter[:-1] + b"x")  # a delimiter's prefix inside
+    size = len(wire(framing, frames))
+    interesting = boundary_offsets(framing, frames)
     step = max(1, size // 16)
     offsets = sorted({*interesting, *range(step, size, step)})
     if len(offsets) > _MAX_SPLITS:
         stride = math.ceil(len(offsets) / _MAX_SPLITS)
         offsets = sorted({*interesting[: _MAX_SPLITS // 2], *offsets[::stride]})
-    stream = await checker.open()
-    checker.planned = len(offsets)
-    try:
-        for number, offset in enumerate(offsets):
-            await checker.exchange(
-                cut_at(checker.framing, frames, [offset], _GAP),
-                how=f" in two writes split at byte {offset}",
-                stream=stream,
-                context=f"split at byte {offset}{_where(checker, frames, offset)}: ",
-                history=number * len(frames),
-            )
-    finally:
-        await close_now(stream)
+    # Each split on a connection of its own, _SPLITS_AT_ONCE at a time, in order of
+    # their offsets: the exchanges are independent, so a server's latency does not
+    # add up over them.
+    failures: dict[int, Failed] = {}
+    waiting = iter(offsets)
+    tried = 0
+
+    async def splitter() -> None:
+        nonlocal tried
+        for offset in waiting:
+            if trio.current_time() >= checker.deadline:
+                return
+            tried += 1
+            try:
+                await checker.exchange(
+                    cut_at(framing, frames, [offset], _GAP),
+                    how=f" in two writes split at byte {offset}",
+                    context=f"split at byte {offset}{_where(checker, frames, offset)}: ",
+                )
+            except Failed as failure:
+                failures[offset] = failure
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(_SPLITS_AT_ONCE):
+            nursery.start_soon(splitter)
+    if failures:
+        raise failures[min(failures)]  # the first split's, whichever ended first
+    if tried < len(offsets):
+        raise Failed(
+            f"only {tried} of {len(offsets)} splits could be tried within the time limit "
+            f"({_SPLITS_AT_ONCE} at a time), each of them echoed right: the server is slow; "
+            "give it more time with --timeout",
+            kind="slow",
+        )
 
 
 def _where(checker: Checker, frames: Sequence[bytes], offset: int) -> str:
@@ -139,6 +192,7 @@ async def edge_frames(checker: Checker) -> None:
         first = delimiter[:1]
         frames = [b"", b"", first * 3 if len(delimiter) > 1 else b"x", b""]
         frames += [delimiter[:n] + b"tail" for n in range(1, len(delimiter))]
+        frames += [b"tail" + delimiter[:n] for n in range(1, len(delimiter))]
     else:
         frames = [b"", b"\x00\x00\x00\x05", b"", b"\xff\xff\xff\xff", b"\x80\x80\x01", b""]
     frames = [frame[: framing.largest_payload] for frame in frames]
