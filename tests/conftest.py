@@ -115,6 +115,37 @@ async def run_triodaemon(
         )
 
 
+async def run_on_a_terminal(*args: str, timeout: float = 60) -> tuple[int, bytes]:
+    """Run ``python -m triodaemon ARGS...`` with stdout and stderr on a new
+    pseudo-terminal; return its exit code and everything the terminal received."""
+    main, sub = os.openpty()
+    try:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "triodaemon", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=sub,
+            stderr=sub,
+        )
+        os.close(sub)
+        sub = -1
+        output = b""
+        with trio.fail_after(timeout):
+            while True:
+                await trio.lowlevel.wait_readable(main)
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: the terminal's other side is closed
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            return await process.wait(), output
+    finally:
+        os.close(main)
+        if sub >= 0:
+            os.close(sub)
+
+
 async def _kill(process: trio.Process) -> None:
     """At once: trio's own way (SIGTERM, then SIGKILL after 5 s with a warning) never
     reaches the SIGKILL under ``filterwarnings = error``, so a process that holds

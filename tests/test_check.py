@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from triodaemon import ClientError, Framing, TcpAddress, UnixAddress
 from triodaemon.testing import SCENARIOS, run_check
 from triodaemon.testing.pytest_plugin import EchoServerFactory
 
-from .conftest import SpawnFn, run_triodaemon
+from .conftest import SpawnFn, run_on_a_terminal, run_triodaemon
 
 SERVERS = Path(__file__).parent / "echo_servers.py"
 
@@ -437,29 +436,8 @@ async def test_progress_shows_only_on_a_terminal_and_only_while_running(
     assert piped.stderr.decode() == ""  # no progress in a log: the table says it all
     assert piped.stdout.decode().splitlines()[-1] == "1 scenario: 1 passed, 0 failed"
     # On a terminal: the table once, and no progress line left behind.
-    main, sub = os.openpty()
-    try:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "triodaemon", *args], stdout=sub, stderr=sub
-        )
-        os.close(sub)
-        sub = -1
-        output = b""
-        with trio.fail_after(60):
-            while True:
-                await trio.lowlevel.wait_readable(main)
-                try:
-                    chunk = os.read(main, 65536)
-                except OSError:  # EIO: the terminal's other side is closed
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            assert await process.wait() == 0
-    finally:
-        os.close(main)
-        if sub >= 0:
-            os.close(sub)
+    code, output = await run_on_a_terminal(*args)
+    assert code == 0
     text = output.decode()
     assert "one-frame: pass" not in text
     assert len(re.findall(r"one-frame +pass", text)) == 1

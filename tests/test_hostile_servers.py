@@ -30,6 +30,8 @@ from triodaemon._listeners import CONNECT_TIMEOUT
 from triodaemon.testing import BenchResult, exchange
 from triodaemon.testing._bench import DEFAULT_DRAIN_TIMEOUT
 
+from .conftest import run_on_a_terminal, run_triodaemon
+
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
 #: Seconds a Python process may need, beyond what its flags allow, to start, connect
@@ -238,6 +240,31 @@ async def test_client_against_a_hostile_server(
     assert code == 1, err
     assert re.search(message, the_error_line(err)), err
     assert len(out) <= len(b"hello\n")  # what was owed, at most: never the flood
+
+
+#: A reply that clears the screen and writes to the clipboard (OSC 52) on a terminal.
+ESCAPES = b"\x1b[2J\x1b]52;c;aGk=\x07\xff"
+
+
+async def escapes(stream: trio.SocketStream) -> None:
+    await stream.receive_some()
+    await stream.send_all(ESCAPES + b"\n")
+
+
+@pytest.mark.parametrize("framing", ["line", "raw"])
+async def test_client_shows_a_reply_on_a_terminal_escaped_and_pipes_it_as_it_is(
+    framing: str,
+) -> None:
+    # (With raw framing, a reply is as many bytes as its message.)
+    flags = ["--framing", framing, "--timeout", "1", "--send", "x" * (len(ESCAPES) + 1)]
+    async with hostile(escapes) as where:
+        piped = await run_triodaemon("client", *where, *flags)
+        code, shown = await run_on_a_terminal("client", *where, *flags)
+    assert piped.stdout == ESCAPES + b"\n"  # byte for byte, for a pipe or a file
+    assert (code, piped.returncode) == (0, 0)
+    assert b"\x1b" not in shown
+    assert b"\x07" not in shown
+    assert shown.startswith(rb"\x1b[2J\x1b]52;c;aGk=\x07\xff")  # (the tty adds \r)
 
 
 async def test_client_over_a_unix_socket_to_a_trickle(sock_dir: Path) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-from .._errors import TriodaemonError
+from .._errors import TriodaemonError, printable
 from .._framing import Framing
 from .._listeners import Address, connect
 from .._process.logs import error_line
@@ -91,8 +91,16 @@ async def _client(address: Address, framing: Framing, args: argparse.Namespace) 
 
     raw = framing.kind == "raw"
     stdout = sys.stdout.buffer
+    # On a terminal a reply is shown, not passed on: what is not printable is escaped
+    # (one reply, one line; raw bytes keep their newlines), so a server cannot send
+    # the terminal escape codes. Piped, it is written byte for byte.
+    terminal = stdout.isatty()
 
     async def show(frame: bytes) -> None:
+        if terminal:
+            text = frame.decode("utf-8", "backslashreplace")
+            lines = text.split("\n") if raw else [text]
+            frame = "\n".join(map(printable, lines)).encode()
         try:
             stdout.write(frame if raw else frame + b"\n")
             stdout.flush()
