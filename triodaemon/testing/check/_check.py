@@ -15,7 +15,8 @@ Every random choice comes from one seed, printed in the report.
 This module is the run: it takes the scenarios (:mod:`._scenarios`) one after
 another, each under its time limit, through one :class:`~._engine.Checker`, and
 turns each outcome into a :class:`~._report.ScenarioResult`, shrinking failures
-within the run's budget (:mod:`._shrinking`).
+within the run's budget (:mod:`._shrinking`); after each, a fresh connection must
+still be answered (:mod:`._liveness`), or the scenarios after it are not run.
 """
 
 from __future__ import annotations

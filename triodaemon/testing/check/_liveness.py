@@ -69,12 +69,13 @@ class Stopped:
 async def still_answers(checker: Checker, timeout: float) -> Stopped | None:
     """``None`` if a fresh connection is answered (or the server never answered
     anything in this run); else what it met."""
-    bound = min(timeout, STILL_ANSWERS)
-    await trio.sleep(min(STILL_SETTLE, bound / 10))
     if not checker.answered:
         return None  # it never answered: nothing stopped (the scenarios say what it does)
-    checker.slowest = 0.0  # (judged on its own: no "slow" from the scenario's pace)
+    bound = min(timeout, STILL_ANSWERS)
+    # The settle is part of the bound: the whole check takes at most ``bound``.
     checker.deadline = trio.current_time() + bound - min(MARGIN, bound / 10)
+    await trio.sleep(min(STILL_SETTLE, bound / 10))
+    checker.slowest = 0.0  # (judged on its own: no "slow" from the scenario's pace)
     case = Case((make_frames(checker.framing, "alive", 1, 16)[0],))
     try:
         stream = await checker.open()
@@ -86,7 +87,7 @@ async def still_answers(checker: Checker, timeout: float) -> Stopped | None:
                 "the server seems to have exited, or closed its listener",
                 checker.answered,
             )
-        return _silent(checker, f"it could not even connect within {bound:g}s")
+        return _silent(checker, f"it could not even connect in {bound:g}s")
     try:
         transcript = await checker.talk(stream, case)
     finally:
@@ -100,7 +101,7 @@ async def still_answers(checker: Checker, timeout: float) -> Stopped | None:
             "the server seems to have exited, or to turn new connections away",
             checker.answered,
         )
-    return _silent(checker, f"it was accepted, but nothing came back within {bound:g}s")
+    return _silent(checker, f"it was accepted, but nothing came back in {transcript.elapsed:.2g}s")
 
 
 def _silent(checker: Checker, met: str) -> Stopped:
