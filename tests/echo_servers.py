@@ -26,13 +26,20 @@ Modes:
   flood                  answers every connection with bytes, as fast as it can, forever
   die-after-unread       correct, but exits when a client leaves with echoes it never
                          read (a crash in the cleanup of a blocked write)
+  pool                   correct, but serves 4 connections at a time: a fixed pool of 4
+                         workers, each holding a connection until it ends; the others wait
+  fd-leak                correct, but never closes a connection whose client left, and has
+                         descriptors for 40 connections: later ones are accepted by the
+                         kernel and never answered
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import resource
 
 MODES = [
     "good",
@@ -198,6 +205,61 @@ class Echo(asyncio.Protocol):
         return False  # close once everything written has been sent
 
 
+# --- servers that fail under many connections (the concurrency scenario, leaks) ---
+
+CONCURRENCY_MODES = ["pool", "fd-leak"]
+MODES += CONCURRENCY_MODES
+POOL_WORKERS = 4
+FD_LEAK_CONNECTIONS = 40
+_kept: list[object] = []  # worker tasks, leaked transports
+
+
+async def concurrency_server(mode: str) -> asyncio.Server:
+    if mode == "pool":
+        waiting: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+        waiting = asyncio.Queue()
+
+        async def worker() -> None:
+            while True:
+                reader, writer = await waiting.get()
+                try:
+                    while data := await reader.read(65536):
+                        writer.write(data)
+                        await writer.drain()
+                except ConnectionError:
+                    pass
+                finally:
+                    writer.close()
+
+        async def enqueue(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await waiting.put((reader, writer))
+
+        _kept.extend(asyncio.create_task(worker()) for _ in range(POOL_WORKERS))
+        return await asyncio.start_server(enqueue, "127.0.0.1", 0)
+
+    class Leaky(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            _kept.append(transport)  # the leak: never closed, even once the client left
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+        def eof_received(self) -> bool:
+            return True  # keep the socket open
+
+    server = await asyncio.get_running_loop().create_server(Leaky, "127.0.0.1", 0)
+    # Descriptors for FD_LEAK_CONNECTIONS connections more than are open now (the
+    # listing's own descriptor not counted); at the limit, accept() fails (EMFILE),
+    # which asyncio logs and retries forever: quiet it.
+    in_use = len(os.listdir("/proc/self/fd")) - 1
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + FD_LEAK_CONNECTIONS, hard))
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    return server
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=MODES)
@@ -240,6 +302,8 @@ async def main() -> None:
                 writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    elif args.mode in CONCURRENCY_MODES:
+        server = await concurrency_server(args.mode)
     else:
         server = await loop.create_server(lambda: Echo(args.mode, args.framing), "127.0.0.1", 0)
     print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)

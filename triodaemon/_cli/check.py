@@ -41,7 +41,9 @@ def _check_parser() -> argparse.ArgumentParser:
             "Run a battery of framing scenarios against any echo server and report, per "
             "scenario, whether every frame came back whole and in order; for each failure, "
             "what kind of bug it is and the smallest case that still fails. Exit 0 only if "
-            "all pass. A run takes at most (scenarios x --timeout) + --shrink-time seconds."
+            "all pass. After each scenario, a fresh connection must be answered within 2 s "
+            "(or --timeout); if not, the scenarios after it are not run. A run takes at most "
+            "scenarios x (--timeout + 2) + --shrink-time seconds."
         ),
     )
     add_address_flags(parser, server=False)

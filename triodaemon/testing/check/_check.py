@@ -15,7 +15,8 @@ Every random choice comes from one seed, printed in the report.
 This module is the run: it takes the scenarios (:mod:`._scenarios`) one after
 another, each under its time limit, through one :class:`~._engine.Checker`, and
 turns each outcome into a :class:`~._report.ScenarioResult`, shrinking failures
-within the run's budget (:mod:`._shrinking`).
+within the run's budget (:mod:`._shrinking`); after each, a fresh connection must
+still be answered (:mod:`._liveness`), or the scenarios after it are not run.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from ..._framing import Framing
 from ..._listeners import Address, connect
 from ._case import Case
 from ._engine import MARGIN, Checker, Failed
-from ._report import CheckReport, ScenarioResult
-from ._scenarios import SCENARIOS, make_frames
+from ._liveness import confirmed_limited, not_run, still_answers, stopped_after
+from ._report import CheckReport, MinimalCase, ScenarioResult
+from ._scenarios import SCENARIOS
 from ._shrinking import Shrinking
 
 #: Seconds each scenario may take, everything in it included, before what has
@@ -40,29 +42,6 @@ from ._shrinking import Shrinking
 DEFAULT_TIMEOUT = 5.0
 #: Seconds the whole run may spend shrinking failing cases.
 DEFAULT_SHRINK_TIME = 10.0
-#: After the last scenario, a fresh connection must still be served one frame
-#: within this long (or the time limit, if shorter): a server that died of the
-#: battery, or stopped accepting, must not pass it. The check begins
-#: ``STILL_SETTLE`` seconds after the scenario's last close, time for a server that
-#: crashes in its cleanup to do so.
-STILL_ANSWERS = 2.0
-STILL_SETTLE = 0.1
-
-
-async def _failed(name: str, failure: Failed, start: float, shrinking: Shrinking) -> ScenarioResult:
-    seconds = trio.current_time() - start
-    minimal, note = await shrinking.minimal(name, failure)
-    return ScenarioResult(
-        name,
-        False,
-        seconds,
-        failure.detail,
-        failure.sent,
-        failure.received,
-        failure.kind,
-        minimal,
-        note,
-    )
 
 
 def new_seed() -> int:
@@ -83,9 +62,14 @@ async def run_check(
 ) -> CheckReport:
     """Run the conformance battery against the echo server at ``address``.
 
-    A run takes at most ``len(scenarios) * timeout + shrink_time`` seconds, plus
-    the first connect (within ``timeout``) and the last check that the server
-    still answers (within ``min(timeout, STILL_ANSWERS)``).
+    After each scenario, a fresh connection must be served one frame within
+    ``min(timeout, STILL_ANSWERS)`` seconds (:mod:`._liveness`); if it is not, that
+    scenario fails (``stopped`` or ``leak``), and the ones after it are not run.
+
+    A run takes at most ``len(scenarios) * (timeout + min(timeout, STILL_ANSWERS))
+    + shrink_time`` seconds, plus the first connect (within ``timeout``) and, after
+    a case was shrunk, one more check that the server still answers (within
+    ``min(timeout, STILL_ANSWERS)``, at most once per scenario).
 
     Args:
         address: the server.
@@ -113,64 +97,84 @@ async def run_check(
     probe = await connect(address, timeout=timeout)  # fail once, clearly, if nobody is there
     await probe.aclose()
     checker = Checker(address, framing, timeout)
+    checker.connections = 1  # (the probe)
     shrinking = Shrinking(checker, shrink_time)
-    results = []
+    results: list[ScenarioResult] = []
+    dead = ""  # the scenario after which the server stopped answering
     for name in names:
-        _, scenario = SCENARIOS[name]
-        if on_start is not None:
-            on_start(name)
-        checker.rng = random.Random(f"{seed}/{name}")
-        checker.slowest = 0.0
-        checker.planned = checker.good_frames = 0
-        start = trio.current_time()
-        # Exchanges end a little before the scenario, so that they are judged
-        # (the outermost cancelled scope is the one that catches).
-        checker.deadline = start + timeout - min(MARGIN, timeout / 10)
-        try:
-            with trio.move_on_after(timeout) as scope:
-                await scenario(checker)
-            if scope.cancelled_caught:
-                raise Failed(f"did not finish within the time limit ({timeout:g}s)", kind="timeout")
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            failure = Failed(f"a connection broke: {exc}", kind="broken")
-            result = await _failed(name, failure, start, shrinking)
-        except Failed as failure:
-            result = await _failed(name, failure, start, shrinking)
+        if dead:
+            result = not_run(name, dead)
         else:
-            result = ScenarioResult(name, True, trio.current_time() - start)
-        if name == names[-1]:
-            result = await _still_answering(result, checker, timeout)
+            if on_start is not None:
+                on_start(name)
+            where = "the last scenario" if name == names[-1] else f"scenario {name}"
+            result, dead = await _run_one(name, where, checker, shrinking, seed)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return CheckReport(str(address), framing.describe(), tuple(results), seed)
 
 
-async def _still_answering(
-    result: ScenarioResult, checker: Checker, timeout: float
-) -> ScenarioResult:
-    """``result`` (the last scenario's), failed if the server no longer serves a
-    fresh connection one frame afterwards: it stopped answering."""
-    bound = min(timeout, STILL_ANSWERS)
-    await trio.sleep(min(STILL_SETTLE, bound / 10))
-    checker.slowest = 0.0  # (judged on its own: no "slow" from the scenario's pace)
-    checker.deadline = trio.current_time() + bound - min(MARGIN, bound / 10)
+async def _run_one(
+    name: str, where: str, checker: Checker, shrinking: Shrinking, seed: int
+) -> tuple[ScenarioResult, str]:
+    """One scenario's result, and its name if the server stopped answering after
+    it (or after its failing case was shrunk), else ``""``."""
+    timeout = checker.timeout
+    _, scenario = SCENARIOS[name]
+    checker.rng = random.Random(f"{seed}/{name}")
+    checker.slowest = 0.0
+    checker.planned = checker.good_frames = 0
+    start = trio.current_time()
+    # Exchanges end a little before the scenario, so that they are judged
+    # (the outermost cancelled scope is the one that catches).
+    checker.deadline = start + timeout - min(MARGIN, timeout / 10)
+    failure: Failed | None = None
     try:
-        with trio.move_on_after(bound):
-            await checker.exchange(Case((make_frames(checker.framing, "alive", 1, 16)[0],)))
-            return result
-        why = f"no answer within {bound:g}s"
-    except Failed as failure:
-        why = failure.detail
+        with trio.move_on_after(timeout) as scope:
+            await scenario(checker)
+        if scope.cancelled_caught:
+            raise Failed(f"did not finish within the time limit ({timeout:g}s)", kind="timeout")
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        why = f"a connection broke: {exc}"
-    said = (
-        f"after the last scenario the server stopped answering: a fresh connection was "
-        f"not served one frame ({why})"
+        failure = Failed(f"a connection broke: {exc}", kind="broken")
+    except Failed as failed:
+        failure = failed
+    seconds = trio.current_time() - start
+    stopped = await still_answers(checker, timeout)
+    if failure is None:
+        result = ScenarioResult(name, True, seconds)
+    elif stopped is not None:
+        note = "the server stopped answering: no case can be tried on it"
+        result = _result(name, failure, seconds, None, note)
+    else:
+        left = shrinking.left
+        minimal, note = await shrinking.minimal(name, failure)
+        result = _result(name, failure, seconds, minimal, note)
+        if shrinking.left < left:  # it tried cases: the server may have died of one
+            after = await still_answers(checker, timeout)
+            if after is not None:
+                said = after.sentence("its failing case was shrunk")
+                result = attrs.evolve(result, detail=f"{result.detail}; and {said}")
+                return result, f"{name} (while its failing case was shrunk)"
+    if stopped is not None:
+        return stopped_after(result, stopped, where), name
+    return confirmed_limited(result), ""
+
+
+def _result(
+    name: str, failure: Failed, seconds: float, minimal: MinimalCase | None, note: str
+) -> ScenarioResult:
+    return ScenarioResult(
+        name,
+        False,
+        seconds,
+        failure.detail,
+        failure.sent,
+        failure.received,
+        failure.kind,
+        minimal,
+        note,
     )
-    if result.passed:
-        return attrs.evolve(result, passed=False, detail=said, kind="stopped")
-    return attrs.evolve(result, detail=f"{result.detail}; and {said}")
 
 
 async def replay(

@@ -13,6 +13,7 @@ import math
 import random
 import socket
 import struct
+import weakref
 from collections.abc import Sequence
 
 import attrs
@@ -98,14 +99,30 @@ class Checker:
     """How many exchanges the running scenario makes one after another, if several."""
     good_frames: int = 0
     """Frames echoed on the resilience scenario's well-behaved connection."""
+    connections: int = 0
+    """Connections opened in the whole run so far (each numbered by this count)."""
+    answered: int = 0
+    """The number of the latest connection that anything came back on (0: none yet):
+    a server that stops answering new connections stopped after about this many."""
+    _numbers: weakref.WeakKeyDictionary[trio.SocketStream, int] = attrs.field(
+        factory=weakref.WeakKeyDictionary, init=False, repr=False
+    )
 
     async def open(self) -> trio.SocketStream:
+        """A new connection to the server, counted in :attr:`connections`."""
         try:
             with trio.move_on_at(self.deadline):
-                return await connect(self.address)
+                stream = await connect(self.address)
+                self.connections += 1
+                self._numbers[stream] = self.connections
+                return stream
         except ClientError as exc:
             raise Failed(str(exc), kind="refused") from None
         raise Failed("could not even connect within the time limit", kind="timeout")
+
+    def heard_from(self, stream: trio.SocketStream) -> None:
+        """Something came back on ``stream``: the server answered it."""
+        self.answered = max(self.answered, self._numbers.get(stream, 0))
 
     async def talk(
         self,
@@ -131,6 +148,8 @@ class Checker:
                 nursery.start_soon(_write, stream, self.framing, talk, written)
                 await _read(stream, talk, idle)
                 nursery.cancel_scope.cancel()
+        if talk.received:
+            self.heard_from(stream)
         elapsed = trio.current_time() - talk.start
         timed_out = scope.cancelled_caught or talk.quiet
         return Transcript(

@@ -35,6 +35,9 @@ MAX_NAME = 64
 #: The longest delimiter a report may give, in bytes: every line that names the
 #: framing shows it.
 MAX_DELIMITER = 256
+#: The kind of a scenario that was not run: the server had stopped answering after an
+#: earlier one.
+NOT_RUN = "not-run"
 
 
 @attrs.frozen
@@ -92,8 +95,10 @@ class ScenarioResult:
     """On failure: a summary of what came back."""
     kind: str = ""
     """On failure: the kind of bug, one of ``triodaemon.testing.check.KINDS`` (or
-    ``refused``, ``timeout``, ``reset``, ``broken``: no exchange to judge; ``stopped``:
-    the last scenario passed, but afterwards the server served no fresh connection)."""
+    ``refused``, ``timeout``, ``reset``, ``broken``: no exchange to judge; ``limited``:
+    only some of many connections open at once were answered; ``stopped``, ``leak``:
+    after the scenario the server served no fresh connection; :data:`NOT_RUN`: not run,
+    the server had stopped answering)."""
     minimal: MinimalCase | None = None
     """On failure: the smallest case that fails the same way, if one was found."""
     shrink_note: str = ""
@@ -170,9 +175,13 @@ class CheckReport:
         )
 
     def summary(self) -> str:
-        failed = sum(not result.passed for result in self.results)
+        not_run = sum(result.kind == NOT_RUN for result in self.results)
+        failed = sum(not result.passed for result in self.results) - not_run
         noun = "scenario" if len(self.results) == 1 else "scenarios"
-        return f"{len(self.results)} {noun}: {len(self.results) - failed} passed, {failed} failed"
+        passed = len(self.results) - failed - not_run
+        return f"{len(self.results)} {noun}: {passed} passed, {failed} failed" + (
+            f", {not_run} not run" if not_run else ""
+        )
 
     def table(self) -> str:
         """The report as a table for people."""
@@ -183,7 +192,7 @@ class CheckReport:
             f"{'scenario':<{width}}result  time",
         ]
         for result in self.results:
-            status = "pass" if result.passed else "FAIL"
+            status = "pass" if result.passed else "not run" if result.kind == NOT_RUN else "FAIL"
             lines.append(f"{result.name:<{width}}{status:<8}{result.seconds:.3f}s")
             if not result.passed:
                 lines += result.lines()
@@ -199,9 +208,11 @@ class CheckReport:
             "testsuite",
             name=printable(f"triodaemon check {self.address}"),
             tests=str(len(self.results)),
-            failures=str(sum(not result.passed for result in self.results)),
+            failures=str(
+                sum(not result.passed and result.kind != NOT_RUN for result in self.results)
+            ),
             errors="0",
-            skipped="0",
+            skipped=str(sum(result.kind == NOT_RUN for result in self.results)),
             time=f"{sum(result.seconds for result in self.results):.3f}",
         )
         properties = ElementTree.SubElement(suite, "properties")
@@ -215,7 +226,9 @@ class CheckReport:
                 name=printable(result.name),
                 time=f"{result.seconds:.3f}",
             )
-            if not result.passed:
+            if result.kind == NOT_RUN:
+                ElementTree.SubElement(case, "skipped", message=printable(result.detail))
+            elif not result.passed:
                 failure = ElementTree.SubElement(
                     case,
                     "failure",

@@ -15,10 +15,11 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ..._errors import count
 from ..._framing import Framing
 from .._chunkings import boundary_offsets
 from ._case import Case, cut_at
-from ._diagnosis import wire
+from ._diagnosis import Transcript, wire
 from ._engine import Checker, Failed, abort, close_now
 
 #: Pause between writes meant to arrive as separate reads (with TCP_NODELAY on
@@ -271,72 +272,109 @@ async def sustained(checker: Checker) -> None:
 
 
 async def concurrency(checker: Checker) -> None:
-    count = 50
-    everyone_started = trio.Event()
-    started = 0
-    failures: dict[int, Failed] = {}
-    refused: list[Failed] = []
+    """Connections held open at once, each sending half a frame, then all the rest:
+    every one must be answered while all of them stay open. A server that serves N at
+    a time (a pool of workers, each holding its connection until it ends) answers N of
+    them, and the rest only once some close: ``limited``."""
+    total = _CONCURRENT
+    cases = [_halves(checker, index) for index in range(total)]
+    streams: list[trio.SocketStream] = []
+    transcripts: list[Transcript] = []
 
-    async def client(index: int, nursery: trio.Nursery) -> None:
-        nonlocal started
-        frames = make_frames(checker.framing, f"conn{index:02d}", 1, 24)
-        size = len(wire(checker.framing, frames))
-        half = max(1, size // 2)
-        case = cut_at(checker.framing, frames, [half], 0.0)
-        try:
-            stream = await checker.open()
-        except Failed as failure:
-            failure.detail = f"connection {index + 1} of {count}: {failure.detail}"
-            refused.append(failure)
-            nursery.cancel_scope.cancel()
-            return
-        try:
+    async def rest(index: int) -> None:
+        half = cases[index].write_ends(checker.framing)[0]
+        transcripts[index] = await checker.talk(streams[index], cases[index], written=half)
+
+    try:
+        for index, case in enumerate(cases):
+            where = f"connection {index + 1} of {total}"
             try:
-                await stream.send_all(case.writes(checker.framing)[0][1])
-            except trio.BrokenResourceError:
-                failures[index] = Failed(
-                    f"connection {index + 1} of {count}: the server reset the connection "
-                    "after half a frame",
-                    kind="reset",
-                )
-                nursery.cancel_scope.cancel()
-                return
-            started += 1
-            if started == count:
-                everyone_started.set()
-            with trio.move_on_at(checker.deadline):
-                await everyone_started.wait()
-            if not everyone_started.is_set():
-                return
-            transcript = await checker.talk(stream, case, written=half)
-            try:
-                checker.judge(
-                    case,
-                    transcript,
-                    how=" in two halves, interleaved with 49 other connections",
-                    context=f"connection {index + 1} of {count}: ",
-                )
+                streams.append(await checker.open())
+                await streams[-1].send_all(case.writes(checker.framing)[0][1])
             except Failed as failure:
-                failure.note = "it fails only next to other connections"
-                failures[index] = failure
-        finally:
+                failure.detail = f"{where}: {failure.detail}"
+                raise
+            except trio.BrokenResourceError:
+                raise Failed(
+                    f"{where}: the server reset the connection after half a frame", kind="reset"
+                ) from None
+        transcripts = [Transcript(b"")] * total
+        async with trio.open_nursery() as nursery:
+            for index in range(total):
+                nursery.start_soon(rest, index)
+    finally:
+        for stream in streams:  # (only now: no connection closes before all are answered)
             await close_now(stream)
+    _judge_concurrent(checker, cases, transcripts)
 
-    async with trio.open_nursery() as nursery:
-        for index in range(count):
-            nursery.start_soon(client, index, nursery)
-    if refused:
-        raise refused[0]
-    if failures and not everyone_started.is_set():
-        raise failures[min(failures)]
-    if not everyone_started.is_set():
-        raise Failed(
-            f"only {started} of {count} connections could send their first half "
-            "within the time limit: the server does not serve connections concurrently",
-            kind="timeout",
-        )
-    if failures:
-        raise failures[min(failures)]
+
+#: The concurrency scenario: connections held open at once.
+_CONCURRENT = 50
+
+
+def _halves(checker: Checker, index: int) -> Case:
+    """Connection ``index``'s frame, in two writes cut in its middle."""
+    frames = make_frames(checker.framing, f"conn{index:02d}", 1, 24)
+    return cut_at(checker.framing, frames, [max(1, len(wire(checker.framing, frames)) // 2)], 0.0)
+
+
+def _judge_concurrent(
+    checker: Checker, cases: Sequence[Case], transcripts: Sequence[Transcript]
+) -> None:
+    """Every connection answered whole, or: a wrong answer, else ``limited`` (some
+    answered, the others nothing while all were open), else what nothing means."""
+    total = len(cases)
+    whole: list[int] = []
+    silent: list[int] = []
+    for index, (case, transcript) in enumerate(zip(cases, transcripts, strict=True)):
+        if not transcript.received and transcript.timed_out:
+            silent.append(index)
+            continue
+        try:
+            checker.judge(
+                case,
+                transcript,
+                how=f" in two halves, next to {total - 1} other open connections",
+                context=f"connection {index + 1} of {total}: ",
+            )
+        except Failed as failure:
+            failure.note = "it fails only next to other connections"
+            raise
+        whole.append(index)
+    if not silent:
+        return
+    if not whole:  # nothing at all came back: say so as for any exchange
+        first = silent[0]
+        checker.judge(cases[first], transcripts[first], context=f"connection {first + 1}: ")
+    waited = transcripts[silent[0]].elapsed
+    raise Failed(
+        f"of {total} connections held open at once, each sending a frame in two halves, "
+        f"{len(whole)} were answered; the other {len(silent)} got nothing in "
+        f"{waited:.2g}s, until the time limit, while all stayed open: the server serves "
+        f"at most {count(len(whole), 'connection')} at a time (a fixed pool of workers "
+        "or threads, each holding its connection until it ends, does this)",
+        sent=f"{total} connections, one frame each in two halves, held open together",
+        received=(
+            f"the whole echo on {count(len(whole), 'connection')} ({_numbers(whole)}), "
+            f"nothing on {_numbers(silent)}"
+        ),
+        kind="limited",
+        note="it takes many connections at once",
+    )
+
+
+def _numbers(indices: Sequence[int]) -> str:
+    """``connections 1-4, 7`` for the indices 0, 1, 2, 3, 6 (the first ranges)."""
+    ranges: list[list[int]] = []
+    for index in indices:
+        if ranges and ranges[-1][1] == index:
+            ranges[-1][1] = index + 1
+        else:
+            ranges.append([index + 1, index + 1])
+    shown = [f"{a}-{b}" if b > a else str(a) for a, b in ranges[:8]]
+    more = ", ..." if len(ranges) > 8 else ""
+    noun = "connection" if len(indices) == 1 else "connections"
+    return f"{noun} {', '.join(shown)}{more}"
 
 
 async def half_close(checker: Checker) -> None:
@@ -484,7 +522,10 @@ SCENARIOS: dict[str, tuple[str, Callable[[Checker], Awaitable[None]]]] = {
         "1500 frames of mixed sizes on each of 4 connections, in writes of random sizes",
         sustained,
     ),
-    "concurrency": ("50 connections interleaving partial frames", concurrency),
+    "concurrency": (
+        "50 connections held open at once, each sending half a frame, then all the rest",
+        concurrency,
+    ),
     "half-close": (
         "frames, then shutdown of the write side: every echo, then EOF",
         half_close,
