@@ -121,6 +121,7 @@ async def run_check(
             on_start(name)
         checker.rng = random.Random(f"{seed}/{name}")
         checker.slowest = 0.0
+        checker.others = {}
         checker.planned = checker.good_frames = 0
         start = trio.current_time()
         # Exchanges end a little before the scenario, so that they are judged

@@ -98,6 +98,10 @@ class Checker:
     """How many exchanges the running scenario makes one after another, if several."""
     good_frames: int = 0
     """Frames echoed on the resilience scenario's well-behaved connection."""
+    others: dict[str, bytes] = attrs.field(factory=dict)
+    """What each connection of the running scenario sends, by name, for naming
+    cross-talk: a scenario of several connections registers the wire bytes of each
+    under its label (``"connection 3 of 4"``), and judges each with its label."""
 
     async def open(self) -> trio.SocketStream:
         try:
@@ -145,9 +149,20 @@ class Checker:
         )
 
     def judge(
-        self, case: Case, transcript: Transcript, *, how: str = "", context: str = ""
+        self,
+        case: Case,
+        transcript: Transcript,
+        *,
+        how: str = "",
+        context: str = "",
+        label: str = "",
     ) -> None:
-        found = diagnose(self.framing, case.frames, transcript, case.write_ends(self.framing)[:-1])
+        """Raise :class:`Failed` unless what came back is ``case``'s echo. ``label``
+        names this connection in :attr:`others`: what the other connections send is
+        looked for in what came back (cross-talk)."""
+        others = {name: data for name, data in self.others.items() if name != label}
+        ends = case.write_ends(self.framing)[:-1]
+        found = diagnose(self.framing, case.frames, transcript, ends, others)
         if found is None:
             self.slowest = max(self.slowest, transcript.elapsed)
             return

@@ -198,14 +198,23 @@ async def sustained(checker: Checker) -> None:
         for n in range(count)
     ]
     failures: dict[int, Failed] = {}
+    labels = [f"connection {n + 1} of {count}" for n in range(count)]
+    for label, case in zip(labels, cases, strict=True):
+        checker.others[label] = wire(checker.framing, case.frames)
 
     async def client(index: int) -> None:
         try:
-            await checker.exchange(
-                cases[index],
-                how=", mixed sizes in writes of random sizes, without waiting for echoes",
-                context=f"connection {index + 1} of {count}: ",
-            )
+            stream = await checker.open()
+            try:
+                checker.judge(
+                    cases[index],
+                    await checker.talk(stream, cases[index]),
+                    how=", mixed sizes in writes of random sizes, without waiting for echoes",
+                    context=f"{labels[index]}: ",
+                    label=labels[index],
+                )
+            finally:
+                await close_now(stream)
         except Failed as failure:
             failures[index] = failure
 
