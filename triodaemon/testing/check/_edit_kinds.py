@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import attrs
+
 from ..._errors import count
 from ..._framing import Framing
 from ._edits import ANCHOR, VERIFY, Edit, Layout, align, common_prefix
@@ -23,6 +25,9 @@ Named = tuple[str, str]
 
 #: What ``str.strip`` and ``bytes.strip`` take for whitespace, minus the line end.
 _BLANKS = frozenset(b" \t\r\x0b\x0c")
+#: Places of an inserted stretch looked up in another connection's bytes, at most
+#: (each look-up scans them): the runs found are followed to their end.
+_PROBES = 16
 #: Deletions at most this long (each) count as bytes missing, not frames lost.
 _FEW = 16
 
@@ -302,15 +307,11 @@ class EditJudge:
     def duplicated(self) -> Named | None:
         """Stretches that came back twice, the second time right after the first."""
         edits = self.edits
-        if not all(
-            not e.removed
-            and len(e.inserted) > 1
-            and self.sent[max(0, e.at - len(e.inserted)) : e.at] == e.inserted
-            for e in edits
-        ):
+        repeats = [_repeat(self.sent, e) for e in edits]
+        if not all(repeats):
             return None
-        edit = edits[0]
-        start, size = edit.at - len(edit.inserted), len(edit.inserted)
+        at, size = repeats[0] or (0, 0)
+        start, edit = at - size, attrs.evolve(edits[0], at=at)
         write = " (from where a write of the client began)" if start in self.write_ends else ""
         return (
             "duplicated",
@@ -350,6 +351,22 @@ class EditJudge:
         )
 
 
+def _repeat(sent: bytes, edit: Edit) -> tuple[int, int] | None:
+    """(where, how many bytes) if ``edit`` is the stretch of ``sent`` just before
+    some place, inserted there again (2 bytes or more); the alignment may have taken
+    a few bytes on either side into the edit."""
+    removed, inserted = edit.removed, edit.inserted
+    if len(removed) > ANCHOR or len(inserted) - len(removed) < 2:
+        return None
+    if inserted.endswith(removed):
+        place, core = edit.at, inserted[: len(inserted) - len(removed)]
+    elif inserted.startswith(removed):
+        place, core = edit.at + len(removed), inserted[len(removed) :]
+    else:
+        return None
+    return (place, len(core)) if sent[max(0, place - len(core)) : place] == core else None
+
+
 def _within(part: bytes, whole: bytes) -> bool:
     """Whether ``part`` is ``whole`` with some of its bytes left out."""
     rest = iter(whole)
@@ -369,12 +386,13 @@ def _slides(sent: bytes, at: int, size: int) -> list[int]:
 def _taken_from(inserted: bytes, other: bytes, sent: bytes) -> int:
     """How many bytes of ``inserted`` are runs of ``other`` (at least an anchor long)
     that ``sent`` does not hold."""
-    taken = position = 0
-    while position + ANCHOR <= len(inserted):
+    taken = position = misses = 0
+    while position + ANCHOR <= len(inserted) and misses < _PROBES:
         probe = inserted[position : position + ANCHOR]
         at = other.find(probe)
         if at < 0 or probe in sent:
             position += ANCHOR
+            misses += 1
             continue
         run = common_prefix(
             inserted, position, other, at, min(len(inserted) - position, len(other) - at)

@@ -29,10 +29,10 @@ VERIFY = 16
 #: Distances ahead tried for anchors: near ones within a small window first, a few far
 #: ones over the whole rest of the stream only if that fails.
 _NEAR = (*range(33), 40, 48, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096)
-_FAR = (0, 1, 2, 4, 8, 16, 64, 256, 1024, 4096)
+_FAR = (0, 1, 4, 16, 256, 4096)
 _WINDOW = 16384
-#: Bytes the anchor searches of one alignment may scan in all (a few hundred ms).
-_SCAN_BUDGET = 512 * 1024 * 1024
+#: Bytes the anchor searches of one alignment may scan in all (some 10 ms).
+_SCAN_BUDGET = 32 * 1024 * 1024
 
 
 @attrs.frozen
@@ -111,8 +111,9 @@ class _Aligner:
         found: list[int] = []
         at = start
         while len(found) < 4 and self.budget > 0:
-            self.budget -= end - at
+            start = at
             at = hay.find(needle, at, end)
+            self.budget -= (end if at < 0 else at) - start + len(needle)
             if at < 0:
                 break
             found.append(at)
@@ -122,8 +123,10 @@ class _Aligner:
     def _candidates(
         self, i: int, j: int, distances: Sequence[int], window: int
     ) -> list[tuple[int, int]]:
-        out = []
+        out: list[tuple[int, int]] = []
         for distance in distances:
+            if out and distance >= min(map(sum, out)):
+                break  # nothing further can be nearer
             if i + distance < self.sent_end:  # the sent bytes there, in what came back
                 needle = self.sent[i + distance : i + distance + ANCHOR]
                 first = j + (0 if distance else 1)
@@ -164,6 +167,8 @@ def align(sent: bytes, got: bytes, limit: int = MAX_EDITS) -> tuple[list[Edit], 
         if len(edits) == limit or aligner.budget <= 0:
             return edits, False
         taken, given = aligner.resync(i, j)
+        if aligner.budget <= 0:
+            return edits, False  # (the last resync may not have seen its anchor)
         edits.append(Edit(i, sent[i : i + taken], j, got[j : j + given]))
         i, j = i + taken, j + given
         same = common_prefix(sent, i, got, j, min(aligner.sent_end - i, aligner.got_end - j))
