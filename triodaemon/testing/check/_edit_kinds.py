@@ -101,6 +101,8 @@ class EditJudge:
             last = edits[-1] if edits else None
             if complete and last and not last.inserted and len(self.got) - last.got_at < VERIFY:
                 edits = edits[:-1]  # the rest was not read (yet): not an edit
+            elif complete and len(edits) > 1 and edits[-1].at == len(self.sent):
+                edits = edits[:-1]  # read past the echo's size: what the edits pushed on
             self._script = edits, complete
         return self._script
 
@@ -143,7 +145,8 @@ class EditJudge:
         return (
             "cross-talk",
             f"{count(found[name], 'byte')} that {name} sent came back on this connection, "
-            f"the first at byte {first[name]} of its stream ({self.layout.part(first[name])})"
+            f"the first at byte {first[name]} of this connection's echo "
+            f"({self.layout.part(first[name])})"
             f"{more}{self._more(len(self.edits))}: the server mixes up its connections "
             "(a buffer or other state shared between them)",
         )
@@ -215,7 +218,8 @@ class EditJudge:
             rest = ", and the rest of it came after, as a frame of its own" if follows else ""
             return (
                 "padded",
-                f"frame {index + 1} came back as its first {count(kept, 'byte')}{write}, "
+                f"frame {index + 1} came back as its first "
+                f"{'byte' if kept == 1 else f'{kept} bytes'}{write}, "
                 f"then {what}{rest}: the server pads a short read instead of waiting for the "
                 "rest of the frame",
             )
@@ -329,7 +333,7 @@ class EditJudge:
             len(e.removed) - len(e.inserted) in range(1, _FEW + 1)
             and _within(e.inserted, e.removed)
             and not any(
-                self.layout.whole_frames(at, at + len(e.removed))
+                self.layout.spans_frames(at, at + len(e.removed))
                 for at in _slides(self.sent, e.at, len(e.removed))
             )
             for e in edits

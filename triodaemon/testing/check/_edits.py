@@ -222,6 +222,6 @@ class Layout:
         first, last = self.frame(start), self.frame(max(start, end - 1))
         return f"frame {first + 1}" if first == last else f"frames {first + 1}-{last + 1}"
 
-    def whole_frames(self, start: int, end: int) -> bool:
+    def spans_frames(self, start: int, end: int) -> bool:
         """Whether ``start`` to ``end`` is one or more whole frames."""
         return start != end and start in self.starts and end in self.starts
