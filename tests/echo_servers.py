@@ -31,6 +31,18 @@ Modes:
   fd-leak                correct, but never closes a connection whose client left, and has
                          descriptors for 40 connections: later ones are accepted by the
                          kernel and never answered
+
+Modes that edit the echo (``--framing fixed`` is 16-byte frames):
+  retry-partial-write    a send that takes only part of a read is retried from the start
+  lose-a-byte            a ring buffer that skips a byte each time it wraps (4096 bytes)
+  utf8-replace           decodes each read as UTF-8 (errors replaced), writes it encoded
+  latin1-to-utf8         decodes each read as Latin-1, writes it as UTF-8
+  rstrip                 answers each line stripped of trailing whitespace
+  universal-newlines     takes \r, \n and \r\n for line ends, answers each line with \n
+  shared-buffer          one receive buffer for all connections (a class attribute)
+  header-counts-itself   writes each length header as the payload's length plus 4
+  pad-short-reads        reads a frame with one read, pads a short one with zeros
+  16-per-read            answers at most 16 frames of each read, drops the rest
 """
 
 from __future__ import annotations
@@ -59,7 +71,27 @@ MODES = [
     "close-after",
     "flood",
     "die-after-unread",
+    # modes that edit the echo
+    "retry-partial-write",
+    "lose-a-byte",
+    "utf8-replace",
+    "latin1-to-utf8",
+    "rstrip",
+    "universal-newlines",
+    "shared-buffer",
+    "header-counts-itself",
+    "pad-short-reads",
+    "16-per-read",
 ]
+EDITS = set(MODES[MODES.index("retry-partial-write") :])
+#: What a send takes of a larger write before the buggy retry (retry-partial-write).
+PARTIAL_SEND = 1000
+#: The ring buffer's size (lose-a-byte), and the frames answered per read (16-per-read).
+RING = 4096
+PER_READ = 16
+FIXED_SIZE = 16
+#: One receive buffer for every connection (shared-buffer): the bug.
+SHARED = bytearray()
 CLOSE_AFTER = 50
 TRUNCATE_AT = 4096
 SLOW_DELAY = 0.2
@@ -127,6 +159,8 @@ class Echo(asyncio.Protocol):
             asyncio.get_running_loop().call_later(SLOW_DELAY, self.write_now, data)
         elif self.mode == "mute":
             pass
+        elif self.mode in EDITS:
+            self.transport.write(self.edit(data))
         elif self.mode == "drop-tail":
             frames, _dropped = split_frames(self.framing, data)
             self.transport.write(b"".join(frames))
@@ -143,6 +177,38 @@ class Echo(asyncio.Protocol):
         else:
             frames, self.buffer = split_frames(self.framing, self.buffer + data)
             self.transport.write(b"".join(self.transform(frames)))
+
+    def edit(self, data: bytes) -> bytes:
+        """What the modes that edit the echo answer to a read of ``data``."""
+        if self.mode == "retry-partial-write":
+            taken = min(len(data), PARTIAL_SEND)  # what a non-blocking send() took
+            return data[:taken] + (data if taken < len(data) else b"")  # retried whole
+        if self.mode == "lose-a-byte":
+            start, self.count = self.count, self.count + len(data)
+            kept, at = bytearray(), 0
+            for wrap in range(max(RING, -(-start // RING) * RING), self.count, RING):
+                kept += data[at : wrap - start]  # the byte at each wrap is skipped
+                at = wrap - start + 1
+            return bytes(kept + data[at:])
+        if self.mode == "utf8-replace":
+            return data.decode("utf-8", "replace").encode()
+        if self.mode == "latin1-to-utf8":
+            return data.decode("latin-1").encode()
+        if self.mode == "shared-buffer":
+            SHARED.extend(data)
+            frames, rest = split_frames(self.framing, bytes(SHARED))
+            SHARED[:] = rest
+            return b"".join(frames)
+        frames, self.buffer = split_frames(self.framing, self.buffer + data)
+        payloads = [payload_of(self.framing, frame) for frame in frames]
+        if self.mode == "rstrip":
+            return b"".join(payload.rstrip() + b"\n" for payload in payloads)
+        if self.mode == "universal-newlines":
+            return b"".join(line + b"\n" for p in payloads for line in p.splitlines() or [b""])
+        if self.mode == "header-counts-itself":
+            return b"".join((len(p) + 4).to_bytes(4, "big") + p for p in payloads)
+        self.buffer = b""  # 16-per-read: the rest of the read is dropped
+        return b"".join(frames[:PER_READ])
 
     def transform(self, frames: list[bytes]) -> list[bytes]:
         payloads = [payload_of(self.framing, frame) for frame in frames]
@@ -263,7 +329,7 @@ async def concurrency_server(mode: str) -> asyncio.Server:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=MODES)
-    parser.add_argument("--framing", choices=["line", "length"], default="line")
+    parser.add_argument("--framing", choices=["line", "length", "fixed"], default="line")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     if args.mode == "deaf":
@@ -304,6 +370,19 @@ async def main() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
     elif args.mode in CONCURRENCY_MODES:
         server = await concurrency_server(args.mode)
+    elif args.mode == "pad-short-reads":
+
+        async def pad(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while frame := await reader.read(FIXED_SIZE):  # the bug: one read, one frame
+                    writer.write(frame.ljust(FIXED_SIZE, b"\x00"))
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(pad, "127.0.0.1", 0)
     else:
         server = await loop.create_server(lambda: Echo(args.mode, args.framing), "127.0.0.1", 0)
     print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)

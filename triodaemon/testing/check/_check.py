@@ -124,7 +124,8 @@ async def _run_one(
     _, scenario = SCENARIOS[name]
     checker.rng = random.Random(f"{seed}/{name}")
     checker.slowest = 0.0
-    checker.planned = checker.good_frames = 0
+    checker.others = {}
+    checker.good_frames = 0
     start = trio.current_time()
     # Exchanges end a little before the scenario, so that they are judged
     # (the outermost cancelled scope is the one that catches).

@@ -11,12 +11,13 @@ also says how the exchange ended.
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 
 from ..._errors import FramingError, count
 from ..._framing import Framing
+from ._edit_kinds import EditJudge
 
 #: The client writes a case's writes in pieces of at most this many bytes, back to
 #: back (the same stream on the wire), so that what the kernel took is counted.
@@ -27,17 +28,25 @@ KINDS = (
     "stalled",  # the server stopped reading: the client could not finish writing
     "nothing",  # not a byte came back
     "slow",  # a prefix came back, and echoes were still arriving at the time limit
-    "one-per-write",  # one frame back for each write, the rest never
+    "one-per-write",  # one frame (or N) back for each write, the rest never
     "last-frame",  # all but the last frame
     "lost",  # a prefix, then nothing more
     "closed",  # a prefix, then the server closed or reset a connection that had carried frames
     "extra",  # bytes that were never sent, before, between or after the echoes
+    "cross-talk",  # bytes another connection of the scenario sent came back on this one
     "ending",  # everything, but the connection did not end as it should
     "reordered",  # whole frames, in another order
     "skipped-empty",  # every frame but the empty ones
     "read-cut",  # frames cut where the client's writes were cut
     "truncated",  # frames longer than N came back cut at N, the rest lost
     "chopped",  # frames longer than N came back in pieces of N
+    "header",  # every length header off by one constant, the payloads intact
+    "padded",  # a fixed-size frame came back as a short read, padded to the size
+    "text",  # bytes >= 0x80 came back re-encoded as text (U+FFFD, Latin-1 as UTF-8)
+    "line-ends",  # a lone \r came back as \n, or \r\n as \n
+    "stripped",  # whitespace at the end (or start) of lines never came back
+    "duplicated",  # a stretch came back twice, the second time right after the first
+    "missing",  # a few bytes gone here and there, not whole frames, the rest intact
     "fragmented",  # the payload bytes in order, cut into other frames
     "dropped",  # some frames never came back, the others whole and in order
     "corrupted",  # as many frames, a few of them different
@@ -156,6 +165,17 @@ def _payload_offsets(framing: Framing, frames: Sequence[bytes], wire_offsets: se
     return found
 
 
+def _longest_run(total: int, missing: Sequence[int]) -> int:
+    """The most frames in a row that came back, of ``total``, ``missing`` (1-based)
+    never having come back; the run after the last missing frame is not counted (it
+    may be the tail of a read the server answered whole)."""
+    longest = previous = 0
+    for number in missing:
+        longest = max(longest, number - previous - 1)
+        previous = number
+    return longest
+
+
 class _Judge:
     """One comparison: the facts it states once, the explanations it chooses from."""
 
@@ -165,6 +185,7 @@ class _Judge:
         frames: Sequence[bytes],
         transcript: Transcript,
         write_ends: set[int],
+        others: Mapping[str, bytes],
     ) -> None:
         self.framing = framing
         self.sent = list(frames)
@@ -173,6 +194,7 @@ class _Judge:
         self.received = transcript.received
         self.ended = transcript.ended
         self.write_ends = write_ends
+        self.edits = EditJudge(framing, self.sent, self.expected, self.received, write_ends, others)
 
     def diagnose(self) -> Diagnosis:
         if self.transcript.unsent and self.transcript.timed_out:
@@ -189,6 +211,9 @@ class _Judge:
                 f"every echo came back, then {count(len(extra), 'byte')} more than was "
                 f"sent: {show(extra)}{ended}",
             )
+        named = self.edits.named()
+        if named is not None:
+            return Diagnosis(named[0], named[1] + self.ended)
         greeting = self.greeting()
         if greeting is not None:
             return greeting
@@ -198,7 +223,15 @@ class _Judge:
                 found = self.frames(got, rest)
                 if found is not None:
                     return found
-        return self.bytewise()
+        return self.missing([], "") or self.bytewise()
+
+    def missing(self, got: list[bytes], facts: str) -> Diagnosis | None:
+        """A few bytes gone, not whole frames (after :meth:`skipped_empty`: an empty
+        frame is a few bytes too)."""
+        found = self.edits.missing() if self.edits.edits else None
+        if found is None:
+            return None
+        return Diagnosis(found[0], found[1] + self.ended)
 
     def unfinished(self) -> Diagnosis:
         """The time limit came before the client had written everything."""
@@ -259,6 +292,19 @@ class _Judge:
                 f"frames on it ({history} of them in exchanges before this one)",
             )
         writes = len(self.write_ends) + 1
+        per_write = complete // writes
+        if (
+            per_write > 1
+            and complete == per_write * writes
+            and len(sent) - complete > per_write
+            and self.transcript.timed_out
+        ):
+            return Diagnosis(
+                "one-per-write",
+                f"{facts}: {per_write} frames came back per write ({len(sent)} frames in "
+                f"{count(writes, 'write')}): the server seems to answer at most {per_write} "
+                "frames of each read and drop the rest",
+            )
         if 0 < complete == writes < len(sent):
             return Diagnosis(
                 "one-per-write",
@@ -312,8 +358,9 @@ class _Judge:
         facts = f"sent {count(len(sent), 'frame')}, got {len(got)}{tail}{self.ended}"
         for check in (
             self.reordered,
-            self.extra_frames,
             self.skipped_empty,
+            self.missing,
+            self.extra_frames,
             self.read_cut,
             self.truncated,
             self.fragmented,
@@ -453,6 +500,11 @@ class _Judge:
                 missing.append(n + 1)
         if len(missing) <= max(1, len(self.sent) // 10):
             why = "the server loses a frame now and then"
+        elif (run := _longest_run(len(self.sent), missing)) > 1:
+            why = (
+                "the server seems to answer only the first frames of each read and drop the "
+                f"rest (they came back in runs of up to {run} frames)"
+            )
         else:
             why = "the server seems to answer each read with one message and drop the rest"
         return Diagnosis(
@@ -591,13 +643,16 @@ def diagnose(
     frames: Sequence[bytes],
     transcript: Transcript,
     write_ends: Sequence[int] = (),
+    others: Mapping[str, bytes] | None = None,
 ) -> Diagnosis | None:
     """Compare what came back with what was sent; ``None`` if it is exactly right.
 
     ``write_ends`` are the offsets in the sent stream where one write ended and the
     next began, when they are known: a server that takes each read for a message
-    cuts frames there.
+    cuts frames there. ``others`` are the wire bytes that the other connections of
+    the same scenario send, by name (``"connection 3 of 4"``): bytes of theirs that
+    come back on this one are named as cross-talk.
     """
     if transcript.received == wire(framing, frames) and not transcript.ended:
         return None
-    return _Judge(framing, frames, transcript, set(write_ends)).diagnose()
+    return _Judge(framing, frames, transcript, set(write_ends), others or {}).diagnose()

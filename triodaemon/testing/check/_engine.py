@@ -95,8 +95,6 @@ class Checker:
     """When the running scenario's time is up (trio time)."""
     slowest: float = 0.0
     """The longest exchange that passed in the running scenario, in seconds."""
-    planned: int = 0
-    """How many exchanges the running scenario makes one after another, if several."""
     good_frames: int = 0
     """Frames echoed on the resilience scenario's well-behaved connection."""
     connections: int = 0
@@ -107,6 +105,10 @@ class Checker:
     _numbers: weakref.WeakKeyDictionary[trio.SocketStream, int] = attrs.field(
         factory=weakref.WeakKeyDictionary, init=False, repr=False
     )
+    others: dict[str, bytes] = attrs.field(factory=dict)
+    """What each connection of the running scenario sends, by name, for naming
+    cross-talk: a scenario of several connections registers the wire bytes of each
+    under its label (``"connection 3 of 4"``), and judges each with its label."""
 
     async def open(self) -> trio.SocketStream:
         """A new connection to the server, counted in :attr:`connections`."""
@@ -164,9 +166,20 @@ class Checker:
         )
 
     def judge(
-        self, case: Case, transcript: Transcript, *, how: str = "", context: str = ""
+        self,
+        case: Case,
+        transcript: Transcript,
+        *,
+        how: str = "",
+        context: str = "",
+        label: str = "",
     ) -> None:
-        found = diagnose(self.framing, case.frames, transcript, case.write_ends(self.framing)[:-1])
+        """Raise :class:`Failed` unless what came back is ``case``'s echo. ``label``
+        names this connection in :attr:`others`: what the other connections send is
+        looked for in what came back (cross-talk)."""
+        others = {name: data for name, data in self.others.items() if name != label}
+        ends = case.write_ends(self.framing)[:-1]
+        found = diagnose(self.framing, case.frames, transcript, ends, others)
         if found is None:
             self.slowest = max(self.slowest, transcript.elapsed)
             return
@@ -189,17 +202,12 @@ class Checker:
         waited = transcript.elapsed - last
         if waited > 3 * self.slowest:
             return found  # it waited far longer than any exchange that passed took
-        need = (
-            f"; its {self.planned} exchanges need about {self.planned * self.slowest:.2g}s: "
-            f"try --timeout {math.ceil(self.planned * self.slowest * 1.5)}"
-            if self.planned
-            else ": give it more time with --timeout"
-        )
         return Diagnosis(
             "slow",
             f"{found.text.split(': ')[0]}: the scenario's time limit ran out "
             f"{transcript.elapsed:.2g}s into this exchange, and the ones before it took up "
-            f"to {self.slowest:.2g}s each: the server seems slow, not lossy{need}",
+            f"to {self.slowest:.2g}s each: the server seems slow, not lossy: give it more "
+            "time with --timeout",
         )
 
     async def exchange(
@@ -210,12 +218,15 @@ class Checker:
         stream: trio.SocketStream | None = None,
         context: str = "",
         history: int = 0,
+        label: str = "",
     ) -> None:
+        """Write ``case`` on ``stream`` (a new connection by default), read, judge
+        (:meth:`judge`, with ``label``)."""
         own = stream is None
         stream = stream or await self.open()
         try:
             transcript = await self.talk(stream, case, history=history)
-            self.judge(case, transcript, how=how, context=context)
+            self.judge(case, transcript, how=how, context=context, label=label)
         finally:
             if own:
                 await close_now(stream)

@@ -76,6 +76,7 @@ async def still_answers(checker: Checker, timeout: float) -> Stopped | None:
     checker.deadline = trio.current_time() + bound - min(MARGIN, bound / 10)
     await trio.sleep(min(STILL_SETTLE, bound / 10))
     checker.slowest = 0.0  # (judged on its own: no "slow" from the scenario's pace)
+    checker.others = {}  # (nor its bytes named as another connection's)
     case = Case((make_frames(checker.framing, "alive", 1, 16)[0],))
     try:
         stream = await checker.open()

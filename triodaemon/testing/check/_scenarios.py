@@ -253,13 +253,17 @@ async def sustained(checker: Checker) -> None:
         for n in range(count)
     ]
     failures: dict[int, Failed] = {}
+    labels = [f"connection {n + 1} of {count}" for n in range(count)]
+    for label, case in zip(labels, cases, strict=True):
+        checker.others[label] = wire(checker.framing, case.frames)
 
     async def client(index: int) -> None:
         try:
             await checker.exchange(
                 cases[index],
                 how=", mixed sizes in writes of random sizes, without waiting for echoes",
-                context=f"connection {index + 1} of {count}: ",
+                context=f"{labels[index]}: ",
+                label=labels[index],
             )
         except Failed as failure:
             failures[index] = failure
@@ -278,6 +282,8 @@ async def concurrency(checker: Checker) -> None:
     them, and the rest only once some close: ``limited``."""
     total = _CONCURRENT
     cases = [_halves(checker, index) for index in range(total)]
+    for index, case in enumerate(cases):
+        checker.others[f"connection {index + 1} of {total}"] = wire(checker.framing, case.frames)
     streams: list[trio.SocketStream] = []
     transcripts: list[Transcript] = []
 
@@ -336,6 +342,7 @@ def _judge_concurrent(
                 transcript,
                 how=f" in two halves, next to {total - 1} other open connections",
                 context=f"connection {index + 1} of {total}: ",
+                label=f"connection {index + 1} of {total}",
             )
         except Failed as failure:
             failure.note = "it fails only next to other connections"
