@@ -24,6 +24,10 @@ Modes:
   flood                  answers every connection with bytes, as fast as it can, forever
   die-after-unread       correct, but exits when a client leaves with echoes it never
                          read (a crash in the cleanup of a blocked write)
+  flaky                  drop-tail on two connections of every three, correct on the
+                         third: a bug that comes and goes (never three connections in a row)
+  worn-out               correct for its first --after N connections (30), then answers
+                         nothing on any connection (worn down by what came before)
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Callable
 
 MODES = [
     "good",
@@ -49,6 +54,9 @@ MODES = [
     "close-after",
     "flood",
     "die-after-unread",
+    # Failures that depend on what came before, not on the bytes (one block).
+    "flaky",
+    "worn-out",
 ]
 CLOSE_AFTER = 50
 TRUNCATE_AT = 4096
@@ -185,10 +193,26 @@ class Echo(asyncio.Protocol):
         return False  # close once everything written has been sent
 
 
+def protocol_factory(mode: str, framing: str, after: int) -> Callable[[], Echo]:
+    """Echoes for the modes whose bug depends on how many connections came before: each
+    connection gets a correct echo or a buggy one, by its number."""
+    connections = 0
+
+    def make() -> Echo:
+        nonlocal connections
+        connections += 1
+        if mode == "flaky":  # drop-tail on connections 1, 2, 4, 5, 7, ...
+            return Echo("good" if connections % 3 == 0 else "drop-tail", framing)
+        return Echo("good" if connections <= after else "mute", framing)
+
+    return make
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=MODES)
     parser.add_argument("--framing", choices=["line", "length"], default="line")
+    parser.add_argument("--after", type=int, default=30, help="worn-out: connections served right")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     if args.mode == "deaf":
@@ -227,6 +251,9 @@ async def main() -> None:
                 writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    elif args.mode in ("flaky", "worn-out"):
+        make = protocol_factory(args.mode, args.framing, args.after)
+        server = await loop.create_server(make, "127.0.0.1", 0)
     else:
         server = await loop.create_server(lambda: Echo(args.mode, args.framing), "127.0.0.1", 0)
     print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)
