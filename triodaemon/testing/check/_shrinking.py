@@ -1,7 +1,8 @@
 """Shrinking in a run of ``check``: the budget, and the tries against the server.
 
-Strategy: the run has one budget of seconds for shrinking; each failure gets two
-thirds of what is left (at least a second), so later failures get some too. Each try replays
+Strategy: the run has one budget of seconds for shrinking; each failure gets half
+of what is left (at least a second per replay a kept step takes), so later failures
+get some too. Each try replays
 a candidate case alone on a new connection, with a short limit, and diagnoses it;
 :func:`~._case.shrink_into` decides what to try next, and keeps a smaller case only
 if it fails the same way on every one of :data:`~._case.REPLAYS` replays in a row.
@@ -34,6 +35,9 @@ from ._scenarios import make_frames
 #: waits once they stop coming.
 _TRY_LIMIT = 1.0
 _TRY_IDLE = 0.1
+#: The least time for shrinking a failure gets (if the run has that much left): a
+#: second per replay a kept step takes, as a second was when one replay was enough.
+_AT_LEAST = 1.0 * REPLAYS
 #: What each failure's time for shrinking keeps back for the control at the end (at
 #: most a quarter of it): a server that answers takes milliseconds over one small
 #: frame, and one that does not is judged once nothing came for ``_TRY_IDLE``.
@@ -93,9 +97,8 @@ class Shrinking:
         if self.left <= 0:
             return None, "the run's time for shrinking (--shrink-time) is used up"
         start = trio.current_time()
-        # Two thirds of what is left (at least a second), so later failures get some
-        # too (each step that is kept costs REPLAYS tries).
-        deadline = start + min(self.left, max(self.left * 2 / 3, 1.0))
+        # Half of what is left (at least _AT_LEAST), so later failures get some too.
+        deadline = start + min(self.left, max(self.left / 2, _AT_LEAST))
         tries = _Tries(self.checker, failure.kind, Shrunk(case), deadline)
         try:
             with trio.move_on_at(deadline):
