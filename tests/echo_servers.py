@@ -43,6 +43,7 @@ Modes that edit the echo (``--framing fixed`` is 16-byte frames):
   header-counts-itself   writes each length header as the payload's length plus 4
   pad-short-reads        reads a frame with one read, pads a short one with zeros
   16-per-read            answers at most 16 frames of each read, drops the rest
+    parser.add_argument("--after", type=int, default=30, help="worn-out: connections served right")
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import asyncio
 import logging
 import os
 import resource
+from collections.abc import Callable
 
 MODES = [
     "good",
@@ -82,6 +84,9 @@ MODES = [
     "header-counts-itself",
     "pad-short-reads",
     "16-per-read",
+    # Failures that depend on what came before, not on the bytes (one block).
+    "flaky",
+    "worn-out",
 ]
 EDITS = set(MODES[MODES.index("retry-partial-write") :])
 #: What a send takes of a larger write before the buggy retry (retry-partial-write).
@@ -326,10 +331,26 @@ async def concurrency_server(mode: str) -> asyncio.Server:
     return server
 
 
+def protocol_factory(mode: str, framing: str, after: int) -> Callable[[], Echo]:
+    """Echoes for the modes whose bug depends on how many connections came before: each
+    connection gets a correct echo or a buggy one, by its number."""
+    connections = 0
+
+    def make() -> Echo:
+        nonlocal connections
+        connections += 1
+        if mode == "flaky":  # drop-tail on connections 1, 2, 4, 5, 7, ...
+            return Echo("good" if connections % 3 == 0 else "drop-tail", framing)
+        return Echo("good" if connections <= after else "mute", framing)
+
+    return make
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=MODES)
     parser.add_argument("--framing", choices=["line", "length", "fixed"], default="line")
+    parser.add_argument("--after", type=int, default=30, help="worn-out: connections served right")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     if args.mode == "deaf":
@@ -383,6 +404,9 @@ async def main() -> None:
                 writer.close()
 
         server = await asyncio.start_server(pad, "127.0.0.1", 0)
+    elif args.mode in ("flaky", "worn-out"):
+        make = protocol_factory(args.mode, args.framing, args.after)
+        server = await loop.create_server(make, "127.0.0.1", 0)
     else:
         server = await loop.create_server(lambda: Echo(args.mode, args.framing), "127.0.0.1", 0)
     print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)

@@ -274,8 +274,46 @@ def show_writes(framing: Framing, case: Case, limit: int = 12) -> list[str]:
 #: Returns the kind of failure a case produces, or None when it passes.
 RunCase = Callable[[Case], Awaitable[str | None]]
 
+#: A case counts as failing only if it fails the same way on every one of this many
+#: replays in a row (each on a fresh connection): a server that fails now and then
+#: (when a read boundary happens to fall inside a frame) must not leave a "smallest
+#: case" that passes when it is replayed. Three: a case that fails one replay in two
+#: gets through once in eight; each more replay costs a connection per kept step.
+REPLAYS = 3
+
 #: Payloads are bisected to their shortest failing length only in cases this small.
 _BISECT_FRAMES = 64
+
+
+@attrs.frozen
+class Replays:
+    """How a case fared when replayed: failing the same way every time, or not."""
+
+    same: int
+    """Replays in a row, from the first, that failed the same way."""
+    then: str | None = None
+    """What the replay after those did: None if there was none (every replay failed
+    the same way), ``""`` if it passed, else the kind it failed with."""
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether every replay failed the same way."""
+        return self.then is None
+
+    @property
+    def made(self) -> int:
+        """How many replays were made."""
+        return self.same + (self.then is not None)
+
+
+async def replay_case(case: Case, kind: str, run: RunCase, replays: int = REPLAYS) -> Replays:
+    """Run ``case`` up to ``replays`` times, stopping at the first run that does not
+    fail with ``kind`` (so a case that passes costs one run, not ``replays``)."""
+    for same in range(replays):
+        found = await run(case)
+        if found != kind:
+            return Replays(same, found or "")
+    return Replays(replays)
 
 
 @attrs.define
@@ -284,6 +322,7 @@ class Shrunk:
 
     case: Case
     tries: int = 0
+    """Runs made (each replay of each candidate is one)."""
     improvements: int = 0
 
 
@@ -318,21 +357,29 @@ def _every_payload(framing: Framing, case: Case, shorten: Callable[[bytes], byte
 class _Shrinker:
     """Greedy passes, each to its own fixed point, repeated while any helps."""
 
-    def __init__(self, framing: Framing, result: Shrunk, kind: str, run: RunCase) -> None:
+    def __init__(
+        self, framing: Framing, result: Shrunk, kind: str, run: RunCase, replays: int
+    ) -> None:
         self.framing = framing
         self.result = result
         self.kind = kind
         self.run = run
+        self.replays = replays
+        # Hashes of the candidates given up (not the cases: they may be large), so
+        # that no pass replays one again.
+        self.given_up: set[int] = set()
 
     async def fails(self, candidate: Case) -> bool:
-        """Try ``candidate``; keep it if it fails the same way."""
-        if candidate == self.result.case:
+        """Try ``candidate``; keep it if it fails the same way on every replay."""
+        if candidate == self.result.case or hash(candidate) in self.given_up:
             return False
-        self.result.tries += 1
-        if await self.run(candidate) == self.kind:
+        replays = await replay_case(candidate, self.kind, self.run, self.replays)
+        self.result.tries += replays.made
+        if replays.confirmed:
             self.result.case = candidate
             self.result.improvements += 1
             return True
+        self.given_up.add(hash(candidate))
         return False
 
     async def shrink(self) -> None:
@@ -432,23 +479,30 @@ class _Shrinker:
                     low = middle
 
 
-async def shrink(framing: Framing, case: Case, kind: str, run: RunCase) -> Shrunk:
+async def shrink(
+    framing: Framing, case: Case, kind: str, run: RunCase, *, replays: int = REPLAYS
+) -> Shrunk:
     """Make ``case`` smaller while ``run`` says it still fails with ``kind``.
 
     Simpler first (no read delay, no half-close), then every payload emptied or
     halved at once, fewer frames, fewer writes, each payload shorter; again while
     any of them helps; last, in a small case, each payload bisected to the shortest
-    length that still fails. Bound it from outside (a cancel scope): use
-    :func:`shrink_into` to keep the best case found when it is cancelled.
+    length that still fails. A smaller case is kept only if it fails with ``kind``
+    on every one of ``replays`` runs in a row (:func:`replay_case`); ``case`` itself
+    is assumed to (check it with :func:`replay_case` first). Bound it from outside
+    (a cancel scope): use :func:`shrink_into` to keep the best case found when it is
+    cancelled.
     """
     result = Shrunk(case)
-    await shrink_into(framing, result, kind, run)
+    await shrink_into(framing, result, kind, run, replays=replays)
     return result
 
 
-async def shrink_into(framing: Framing, result: Shrunk, kind: str, run: RunCase) -> None:
+async def shrink_into(
+    framing: Framing, result: Shrunk, kind: str, run: RunCase, *, replays: int = REPLAYS
+) -> None:
     """:func:`shrink`, updating ``result`` as it goes (so a cancelled run keeps it)."""
-    await _Shrinker(framing, result, kind, run).shrink()
+    await _Shrinker(framing, result, kind, run, replays).shrink()
 
 
 def cut_at(framing: Framing, frames: Sequence[bytes], offsets: Sequence[int], pause: float) -> Case:

@@ -59,6 +59,10 @@ class MinimalCase:
     """How long shrinking took."""
     python: str
     """A standalone script that replays the case."""
+    replays: int = 0
+    """How many replays in a row, each alone on a fresh connection, failed the same
+    way (every one that was made: a replay that did not would have ruled the case
+    out); 0 if not known."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +76,7 @@ class MinimalCase:
             "received": {"hex": self.received.hex(), "text": repr(self.received)},
             "shrunk_from": self.shrunk_from,
             "tries": self.tries,
+            "replays": self.replays,
             "seconds": round(self.seconds, 3),
             "python": self.python,
         }
@@ -136,6 +141,11 @@ class ScenarioResult:
         lines += [f"      {line}" for line in show_writes(minimal.framing, minimal.case)]
         lines.append(f"      came back: {show(minimal.received, 96)}")
         lines.append(f"      {minimal.detail}")
+        if minimal.replays:
+            lines.append(
+                f"      fails the same way on {minimal.replays} of {minimal.replays} replays, "
+                "each alone on a fresh connection"
+            )
         writes = minimal.case.writes(minimal.framing)
         if len(writes) <= 16 and minimal.case.size(minimal.framing) <= 1024:
             lines.append("      replay it with Python (or: check --json, then --replay REPORT):")
