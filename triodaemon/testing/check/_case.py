@@ -452,7 +452,7 @@ class _Shrinker:
         found = False
         for index in range(len(self.result.case.frames)):
             # (Shorter by a byte at a time is for the bisection at the end.)
-            for shorter in (lambda p: b"", lambda p: p[: len(p) // 2]):
+            for shorter in (lambda p: b"", lambda p: p[: len(p) // 2], lambda p: p[len(p) // 2 :]):
                 frame = self.result.case.frames[index]
                 if not frame:
                     break
@@ -477,6 +477,19 @@ class _Shrinker:
                     high = middle
                 else:
                     low = middle
+            # Then from its start: what the failure needs may be at a payload's end
+            # (whitespace a server strips, a delimiter's first bytes).
+            low, high = 0, len(self.result.case.frames[index])  # fails without [:low]
+            while low + 1 < high:
+                middle = (low + high) // 2
+                frame = self.result.case.frames[index]
+                candidate = _with_payload(
+                    self.framing, self.result.case, index, frame[middle - low :]
+                )
+                if candidate is not None and await self.fails(candidate):
+                    low = middle
+                else:
+                    high = middle
 
 
 async def shrink(

@@ -28,6 +28,11 @@ _BLANKS = frozenset(b" \t\r\x0b\x0c")
 #: Places of an inserted stretch looked up in another connection's bytes, at most
 #: (each look-up scans them): the runs found are followed to their end.
 _PROBES = 16
+#: :meth:`EditJudge.remade` compares at most this many bytes (each transform of them
+#: costs a copy).
+_REMADE = 1 << 20
+#: A run of another connection's bytes counts as theirs from this length on.
+_RUN = 12
 #: Deletions at most this long (each) count as bytes missing, not frames lost.
 _FEW = 16
 
@@ -99,8 +104,16 @@ class EditJudge:
         if self._script is None:
             edits, complete = align(self.sent, self.got)
             last = edits[-1] if edits else None
-            if complete and last and not last.inserted and len(self.got) - last.got_at < VERIFY:
-                edits = edits[:-1]  # the rest was not read (yet): not an edit
+            if (
+                complete
+                and last
+                and not last.inserted
+                and len(self.got) - last.got_at < VERIFY
+                and self.sent.startswith(self.got[last.got_at :], last.at)
+            ):
+                # What came back stops there, or what follows fits as well without
+                # the deletion: the rest was not read (yet), not an edit.
+                edits = edits[:-1]
             elif complete and len(edits) > 1 and edits[-1].at == len(self.sent):
                 edits = edits[:-1]  # read past the echo's size: what the edits pushed on
             self._script = edits, complete
@@ -113,17 +126,94 @@ class EditJudge:
         """The most specific kind that every edit follows, if there is one, but
         :meth:`missing`, which comes after the frame-level checks of whole frames
         skipped (a few bytes gone may be an empty frame)."""
-        for check in (self.cross_talk, self.header, self.padded):
-            found = check()
-            if found is not None:
-                return found
-        if not self.edits:
-            return None
-        for check in (self.text, self.line_ends, self.stripped, self.duplicated):
+        checks: tuple[Callable[[], Named | None], ...] = (
+            # Each edit alike (the most precise sentences), else the whole echo alike
+            # (edits too close together to tell apart), before another connection's
+            # bytes are looked for in it.
+            *((self.text, self.line_ends, self.stripped) if self.edits else ()),
+            self.remade,
+            self.cross_talk,
+            self.header,
+            self.padded,
+            *((self.duplicated,) if self.edits else ()),
+        )
+        for check in checks:
             found = check()
             if found is not None:
                 return found
         return None
+
+    def remade(self) -> Named | None:
+        """What came back is what was sent made over as a whole, as a server that
+        handles lines or text does (as far as it was read, and compared over the
+        first :data:`_REMADE` bytes at most): for when edits lie too close together
+        for the script to tell them apart."""
+        if len(self.got) < VERIFY:
+            return None
+        cut = len(self.sent)
+        if cut > _REMADE:  # (at a frame's start if one is near: the transforms are local)
+            cut = max((at for at in self.layout.starts if at <= _REMADE), default=0) or _REMADE
+        sent = self.sent[:cut]
+        for kind, transform, did, why in self._remakes():
+            made = transform(sent)
+            if made == sent:
+                continue
+            if cut < len(self.sent):
+                made = made[: len(made) - 8]  # (a character the cut split)
+            size = min(len(made), len(self.got))
+            if made[:size] != self.got[:size]:
+                continue
+            changed = [
+                n
+                for n, frame in enumerate(self.frames)
+                if self.layout.starts[n + 1] <= cut and transform(frame) != frame
+            ]
+            if not changed:
+                continue
+            first = self.frames[changed[0]]
+            at = common_prefix(first, 0, transform(first), 0, len(first))
+            alike = f" ({count(len(changed) - 1, 'other frame')} alike)" if changed[1:] else ""
+            return (
+                kind,
+                f"what came back is what was sent, {did}: frame {changed[0] + 1}'s "
+                f"{_show(first[at : at + 12])} from its byte {at} came back as "
+                f"{_show(transform(first)[at : at + 12])}{alike}: {why}",
+            )
+        return None
+
+    def _remakes(self) -> list[tuple[str, Callable[[bytes], bytes], str, str]]:
+        """(kind, transform, what it did, what the server seems to do) for :meth:`remade`."""
+        out = [
+            (
+                "text",
+                transform,
+                f"except that the bytes that are not ASCII came back {became}",
+                f"the server treats the bytes as text ({how})",
+            )
+            for transform, became, how in _TEXT
+        ]
+        if self.framing.kind == "line":  # (the transforms of lines are for "\n")
+            out += [
+                (
+                    "line-ends",
+                    _universal,
+                    "except that each \\r came back as a line end",
+                    "the server takes \\r for a line end (universal newlines)",
+                ),
+                (
+                    "stripped",
+                    _lines_stripped(bytes.rstrip),
+                    "except that the whitespace at the end of each line never came back",
+                    "the server strips whitespace from each line (rstrip)",
+                ),
+                (
+                    "stripped",
+                    _lines_stripped(bytes.strip),
+                    "except that the whitespace at both ends of each line never came back",
+                    "the server strips whitespace from each line (strip)",
+                ),
+            ]
+        return out
 
     def cross_talk(self) -> Named | None:
         """Bytes that another connection of the scenario sent came back here."""
@@ -188,6 +278,9 @@ class EditJudge:
             f"({checked} of {count(len(self.frames), 'frame')} read; frame 1's header said "
             f"{first[1]}, for {first[0]}), every payload intact: {why}",
         )
+
+    def _frame_edge(self, edit: Edit) -> bool:
+        return _edge_of(self.layout, self.framing, edit)
 
     def _frames_within(self, size: int) -> int:
         return sum(1 for start in self.layout.starts[1:] if start <= size)
@@ -297,6 +390,10 @@ class EditJudge:
                 leading += 1
             else:
                 return None
+        if all(
+            e.at in self.write_ends or e.at + len(e.removed) in self.write_ends for e in self.edits
+        ):
+            return None  # cut where the reads were cut: the frame-level checks say more
         edit = self.edits[0]
         where = "end" if trailing else "start"
         how = "strip" if trailing and leading else "rstrip" if trailing else "lstrip"
@@ -341,6 +438,8 @@ class EditJudge:
             return None
         if all(e.at in self.write_ends or e.at + len(e.removed) in self.write_ends for e in edits):
             return None  # cut where the reads were cut: the frame-level checks say more
+        if all(len(e.removed) - len(e.inserted) > 1 and self._frame_edge(e) for e in edits):
+            return None  # the start or end of frames gone: pieces of frames, said as such
         edit = edits[0]
         gone = sum(len(e.removed) - len(e.inserted) for e in edits)
         places = ", ".join(str(e.at) for e in edits[:8]) + (" ..." if len(edits) > 8 else "")
@@ -353,6 +452,19 @@ class EditJudge:
             f"{_show(edit.inserted)}; the rest came back intact, "
             "in order: the server loses bytes (not frames) now and then",
         )
+
+
+def _edge_of(layout: Layout, framing: Framing, edit: Edit) -> bool:
+    """Whether ``edit`` takes bytes from the start or the end of one frame's payload."""
+    start, end = edit.at, edit.at + len(edit.removed)
+    index = layout.frame(start)
+    if layout.frame(max(start, end - 1)) != index:
+        return False
+    first = layout.starts[index] + layout.headers[index]
+    last = layout.starts[index + 1]
+    if framing.kind in ("line", "delimiter"):
+        last -= len(framing.delimiter)
+    return start == first or end == last
 
 
 def _repeat(sent: bytes, edit: Edit) -> tuple[int, int] | None:
@@ -368,7 +480,11 @@ def _repeat(sent: bytes, edit: Edit) -> tuple[int, int] | None:
         place, core = edit.at + len(removed), inserted[len(removed) :]
     else:
         return None
-    return (place, len(core)) if sent[max(0, place - len(core)) : place] == core else None
+    if sent[max(0, place - len(core)) : place] == core:
+        return place, len(core)
+    if sent[place : place + len(core)] == core:  # (the alignment took the first copy)
+        return place + len(core), len(core)
+    return None
 
 
 def _within(part: bytes, whole: bytes) -> bool:
@@ -401,9 +517,15 @@ def _taken_from(inserted: bytes, other: bytes, sent: bytes) -> int:
         run = common_prefix(
             inserted, position, other, at, min(len(inserted) - position, len(other) - at)
         )
-        taken += run
+        if run >= _RUN:  # (short runs may be filler both streams hold)
+            taken += run
         position += max(run, 1)
     return taken
+
+
+def _lines_stripped(strip: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """What a server that ``strip``s each line makes of a stream of lines."""
+    return lambda data: b"\n".join(strip(line) for line in data.split(b"\n"))
 
 
 def _universal(data: bytes) -> bytes:

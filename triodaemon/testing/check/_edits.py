@@ -26,6 +26,9 @@ ANCHOR = 8
 #: Bytes that must agree after an anchor for it to count (or one stream ends): two
 #: edits closer than this are worked out as one.
 VERIFY = 16
+#: Bytes the streams must agree for after an anchor for it to be preferred to nearer
+#: ones that agree only for :data:`VERIFY` bytes.
+SOLID = 256
 #: Distances ahead tried for anchors: near ones within a small window first, a few far
 #: ones over the whole rest of the stream only if that fails.
 _NEAR = (*range(33), 40, 48, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096)
@@ -122,36 +125,51 @@ class _Aligner:
 
     def _candidates(
         self, i: int, j: int, distances: Sequence[int], window: int
-    ) -> list[tuple[int, int]]:
-        out: list[tuple[int, int]] = []
+    ) -> list[tuple[int, int, bool]]:
+        """(sent bytes, got bytes) the next edit may take, each with whether the
+        streams agree after it for :data:`SOLID` bytes (or to an end): searched
+        nearest first, until a solid one is found (data that repeats, like the
+        payloads' filler, agrees for a few bytes in many wrong places)."""
+        out: list[tuple[int, int, bool]] = []
         for distance in distances:
-            if out and distance >= min(map(sum, out)):
+            if any(solid and taken + given <= distance for taken, given, solid in out):
                 break  # nothing further can be nearer
             if i + distance < self.sent_end:  # the sent bytes there, in what came back
                 needle = self.sent[i + distance : i + distance + ANCHOR]
                 first = j + (0 if distance else 1)
                 for at in self._find(needle, self.got, first, min(self.got_end, j + window)):
                     if self._agrees(i + distance, at):
-                        out.append((distance, at - j))
-                        break
+                        out.append((distance, at - j, self._solid(i + distance, at)))
+                        if out[-1][2]:
+                            break
             if j + distance < self.got_end:  # the bytes that came back, in what was sent
                 needle = self.got[j + distance : j + distance + ANCHOR]
                 first = i + (0 if distance else 1)
                 for at in self._find(needle, self.sent, first, min(self.sent_end, i + window)):
                     if self._agrees(at, j + distance):
-                        out.append((at - i, distance))
-                        break
+                        out.append((at - i, distance, self._solid(at, j + distance)))
+                        if out[-1][2]:
+                            break
         return out
 
+    def _solid(self, i: int, j: int) -> bool:
+        """Whether the streams agree from ``i`` and ``j`` on for :data:`SOLID` bytes,
+        or to the end of one of them."""
+        limit = min(SOLID, self.sent_end - i, self.got_end - j)
+        return common_prefix(self.sent, i, self.got, j, limit) == limit
+
     def resync(self, i: int, j: int) -> tuple[int, int]:
-        """How many bytes of each stream, from ``i`` and ``j``, the next edit takes."""
+        """How many bytes of each stream, from ``i`` and ``j``, the next edit takes:
+        the nearest place where they agree again for long, else the nearest where
+        they agree at all."""
         rest = (self.sent_end - i, self.got_end - j)
         if not rest[0] or not rest[1]:
             return rest
         found = self._candidates(i, j, _NEAR, _WINDOW)
-        if not found:
-            found = self._candidates(i, j, _FAR, max(rest))
-        return min(found, key=sum, default=rest)
+        if not any(solid for _, _, solid in found):
+            found += self._candidates(i, j, _FAR, max(rest))
+        solid = [(taken, given) for taken, given, firm in found if firm]
+        return min(solid or [(taken, given) for taken, given, _ in found], key=sum, default=rest)
 
 
 def align(sent: bytes, got: bytes, limit: int = MAX_EDITS) -> tuple[list[Edit], bool]:

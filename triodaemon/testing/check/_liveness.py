@@ -21,7 +21,7 @@ from ..._errors import count
 from ._case import Case
 from ._engine import MARGIN, Checker, Failed, close_now
 from ._report import NOT_RUN, ScenarioResult
-from ._scenarios import make_frames
+from ._scenarios import plain_frame
 
 #: After each scenario, a fresh connection must be served one frame within this long
 #: (or the time limit, if shorter): a server that died of the battery, or stopped
@@ -77,7 +77,7 @@ async def still_answers(checker: Checker, timeout: float) -> Stopped | None:
     await trio.sleep(min(STILL_SETTLE, bound / 10))
     checker.slowest = 0.0  # (judged on its own: no "slow" from the scenario's pace)
     checker.others = {}  # (nor its bytes named as another connection's)
-    case = Case((make_frames(checker.framing, "alive", 1, 16)[0],))
+    case = Case((plain_frame(checker.framing, "alive"),))
     try:
         stream = await checker.open()
     except Failed as failure:

@@ -77,7 +77,13 @@ def make_frames(framing: Framing, tag: str, count: int, size: int) -> list[bytes
     return [_tagged(framing, f"{tag}{index}", size) for index in range(count)]
 
 
-def _tagged(framing: Framing, tag: str, size: int) -> bytes:
+def plain_frame(framing: Framing, tag: str) -> bytes:
+    """A small payload of ASCII letters, digits and punctuation only, that any echo
+    server that works at all returns: the control next to cases that fail."""
+    return _tagged(framing, tag, 16, plain=True)
+
+
+def _tagged(framing: Framing, tag: str, size: int, *, plain: bool = False) -> bytes:
     """A payload of about ``size`` bytes (what ``framing`` can carry) made of pieces
     that differ from every other (``tag.0|`` and ``FILLER`` bytes, and so on), so
     that a fragment that comes back can be placed without ambiguity, and that every
@@ -88,13 +94,14 @@ def _tagged(framing: Framing, tag: str, size: int) -> bytes:
     delimiter = framing.delimiter if framing.kind in ("line", "delimiter") else b""
     tail = _TAIL + (delimiter[:-1] if len(delimiter) > 1 else b"\r")
     head = _HEAD
-    if size < len(head) + len(f"{tag}.0|") + len(tail):
+    if plain or size < len(head) + len(f"{tag}.0|") + len(tail):
         head = tail = b""  # (no room: the tag alone sets it apart)
     pieces = bytearray(head)
     part = 0
     while len(pieces) < size - len(tail):
         start = part * _FILL % len(FILLER)
-        pieces += f"{tag}.{part}|".encode() + (FILLER + FILLER)[start : start + _FILL]
+        pieces += f"{tag}.{part}|".encode()
+        pieces += b"" if plain else (FILLER + FILLER)[start : start + _FILL]
         part += 1
     return _safe(framing, bytes(pieces[: size - len(tail)]) + tail)
 
@@ -116,12 +123,19 @@ async def byte_by_byte(checker: Checker) -> None:
 
 async def splits(checker: Checker) -> None:
     framing = checker.framing
-    # Sizes whose length headers hold bytes >= 0x80 (200, 130), next to small ones.
-    frames = [
-        _tagged(framing, f"split{index}", size) for index, size in enumerate((20, 200, 24, 130))
-    ]
-    if framing.kind in ("line", "delimiter") and len(framing.delimiter) > 1:
-        frames.append(framing.delimiter[:-1] + b"x")  # a delimiter's prefix inside
+
+    def frames_of(connection: int) -> list[bytes]:
+        """Sizes whose length headers hold bytes >= 0x80 (200, 130), next to small
+        ones; tagged with the connection, so that another's bytes can be told apart."""
+        frames = [
+            _tagged(framing, f"split{connection:02d}.{index}", size)
+            for index, size in enumerate((20, 200, 24, 130))
+        ]
+        if framing.kind in ("line", "delimiter") and len(framing.delimiter) > 1:
+            frames.append(framing.delimiter[:-1] + b"x")  # a delimiter's prefix inside
+        return frames
+
+    frames = frames_of(0)  # (every connection's frames lie as these do)
     size = len(wire(framing, frames))
     interesting = boundary_offsets(framing, frames)
     step = max(1, size // 16)
@@ -135,6 +149,10 @@ async def splits(checker: Checker) -> None:
     failures: dict[int, Failed] = {}
     waiting = iter(offsets)
     tried = 0
+    cases = {}
+    for number, offset in enumerate(offsets):
+        cases[offset] = cut_at(framing, frames_of(number), [offset], _GAP)
+        checker.others[_split_label(offset)] = wire(framing, cases[offset].frames)
 
     async def splitter() -> None:
         nonlocal tried
@@ -144,9 +162,10 @@ async def splits(checker: Checker) -> None:
             tried += 1
             try:
                 await checker.exchange(
-                    cut_at(framing, frames, [offset], _GAP),
+                    cases[offset],
                     how=f" in two writes split at byte {offset}",
                     context=f"split at byte {offset}{_where(checker, frames, offset)}: ",
+                    label=_split_label(offset),
                 )
             except Failed as failure:
                 failures[offset] = failure
@@ -155,7 +174,7 @@ async def splits(checker: Checker) -> None:
         for _ in range(_SPLITS_AT_ONCE):
             nursery.start_soon(splitter)
     if failures:
-        raise failures[min(failures)]  # the first split's, whichever ended first
+        raise first_failure(failures)
     if tried < len(offsets):
         raise Failed(
             f"only {tried} of {len(offsets)} splits could be tried within the time limit "
@@ -163,6 +182,17 @@ async def splits(checker: Checker) -> None:
             "give it more time with --timeout",
             kind="slow",
         )
+
+
+def first_failure(failures: dict[int, Failed]) -> Failed:
+    """The failure to report of several connections': cross-talk if any has it (it
+    explains what the others lack), else the first connection's (the lowest key),
+    whichever ended first."""
+    return min(failures.items(), key=lambda item: (item[1].kind != "cross-talk", item[0]))[1]
+
+
+def _split_label(offset: int) -> str:
+    return f"the connection split at byte {offset}"
 
 
 def _where(checker: Checker, frames: Sequence[bytes], offset: int) -> str:
@@ -272,7 +302,7 @@ async def sustained(checker: Checker) -> None:
         for index in range(count):
             nursery.start_soon(client, index)
     if failures:
-        raise failures[min(failures)]  # the first connection's, whichever ended first
+        raise first_failure(failures)
 
 
 async def concurrency(checker: Checker) -> None:
@@ -332,6 +362,7 @@ def _judge_concurrent(
     total = len(cases)
     whole: list[int] = []
     silent: list[int] = []
+    failures: dict[int, Failed] = {}
     for index, (case, transcript) in enumerate(zip(cases, transcripts, strict=True)):
         if not transcript.received and transcript.timed_out:
             silent.append(index)
@@ -346,8 +377,11 @@ def _judge_concurrent(
             )
         except Failed as failure:
             failure.note = "it fails only next to other connections"
-            raise
+            failures[index] = failure
+            continue
         whole.append(index)
+    if failures:
+        raise first_failure(failures)
     if not silent:
         return
     if not whole:  # nothing at all came back: say so as for any exchange
@@ -437,6 +471,9 @@ async def _abuse(
         for n in range(_ABUSERS):
             stream = await checker.open()
             frame = checker.framing.encode(_tagged(checker.framing, f"reset{n}", 64))
+            checker.others[f"abusive client {n + 1} (it reset mid-frame)"] = frame[
+                : len(frame) // 2
+            ]
             with contextlib.suppress(trio.BrokenResourceError):
                 await stream.send_all(frame[: len(frame) // 2])
             abort(stream)
@@ -445,11 +482,13 @@ async def _abuse(
         f"while {_ABUSERS} clients that sent 4 KiB of random bytes stay connected: ",
         "a server that garbage from one client harms fails this way",
     ):
-        for _ in range(_ABUSERS):
+        for n in range(_ABUSERS):
             stream = await checker.open()
             abusers.append(stream)
+            garbage = checker.rng.randbytes(4096)
+            checker.others[f"abusive client {_ABUSERS + n + 1} (it sent random bytes)"] = garbage
             with trio.move_on_after(_STUCK), contextlib.suppress(trio.BrokenResourceError):
-                await stream.send_all(checker.rng.randbytes(4096))  # (dropping it is fine)
+                await stream.send_all(garbage)  # (dropping it is fine)
         await _good_client(checker, good)
     async with _phase(
         "while a client that never reads its echoes keeps sending: ",
@@ -478,6 +517,7 @@ async def _phase(context: str, harm: str) -> AsyncIterator[None]:
 
 async def _never_read(checker: Checker, stream: trio.SocketStream, stuck: trio.Event) -> None:
     chunk = wire(checker.framing, make_frames(checker.framing, "noread", 64, 1000))
+    checker.others[f"abusive client {2 * _ABUSERS + 1} (it never reads)"] = chunk
     sent = 0
     try:
         while sent < _NEVER_READ_BYTES:

@@ -29,7 +29,7 @@ from ._case import REPLAYS, Case, Replays, Shrunk, python_snippet, replay_case, 
 from ._diagnosis import Transcript, diagnose, show
 from ._engine import MARGIN, Checker, Failed, close_now
 from ._report import MinimalCase
-from ._scenarios import make_frames
+from ._scenarios import plain_frame
 
 #: The longest one try of a shrunk case waits for its echoes, and how long it
 #: waits once they stop coming.
@@ -238,7 +238,7 @@ class _Tries:
         """One small ordinary frame on a fresh connection: ``""`` if it came back whole,
         else what came back instead (or why the connection failed)."""
         framing = self.checker.framing
-        case = Case((make_frames(framing, "alive", 1, 16)[0],))
+        case = Case((plain_frame(framing, "alive"),))
         sent = framing.encode(case.frames[0])
         try:
             transcript = await self.talk(case, until)
