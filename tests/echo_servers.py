@@ -8,6 +8,8 @@ prints ``listening on PORT`` once it listens on 127.0.0.1 (an ephemeral port).
 Modes:
   good                   echoes bytes as they arrive (a correct echo server in any framing)
   slow                   correct, but answers one frame every 200 ms, in order
+  socketserver           correct: the textbook socketserver.ThreadingTCPServer, a thread
+                         per connection, and its listen backlog of 5
   latency                correct, but every echo leaves 200 ms after its bytes came in
                          (a delay, not a queue: echoes in flight overlap)
   drop-tail              echoes the complete frames of each read, throws the rest away
@@ -39,6 +41,8 @@ Modes that edit the echo (``--framing fixed`` is 16-byte frames):
   latin1-to-utf8         decodes each read as Latin-1, writes it as UTF-8
   rstrip                 answers each line stripped of trailing whitespace
   universal-newlines     takes \r, \n and \r\n for line ends, answers each line with \n
+  crlf-lines             takes \r\n for a line end too, answers \n (Go's bufio.ScanLines)
+  signed-length          reads length headers as C chars: resets at a byte >= 0x80
   shared-buffer          one receive buffer for all connections (a class attribute)
   header-counts-itself   writes each length header as the payload's length plus 4
   pad-short-reads        reads a frame with one read, pads a short one with zeros
@@ -53,11 +57,13 @@ import asyncio
 import logging
 import os
 import resource
+import socketserver
 from collections.abc import Callable
 
 MODES = [
     "good",
     "slow",
+    "socketserver",
     "latency",
     "drop-tail",
     "one-read-one-message",
@@ -80,6 +86,8 @@ MODES = [
     "latin1-to-utf8",
     "rstrip",
     "universal-newlines",
+    "crlf-lines",
+    "signed-length",
     "shared-buffer",
     "header-counts-itself",
     "pad-short-reads",
@@ -208,6 +216,15 @@ class Echo(asyncio.Protocol):
         payloads = [payload_of(self.framing, frame) for frame in frames]
         if self.mode == "rstrip":
             return b"".join(payload.rstrip() + b"\n" for payload in payloads)
+        if self.mode == "signed-length":  # C's char: a header byte >= 0x80 goes negative
+            for index, frame in enumerate(frames):
+                if max(frame[:4]) >= 0x80 and self.transport is not None:
+                    self.transport.write(b"".join(frames[:index]))
+                    self.transport.abort()
+                    return b""
+            return b"".join(frames)
+        if self.mode == "crlf-lines":
+            return b"".join(payload.removesuffix(b"\r") + b"\n" for payload in payloads)
         if self.mode == "universal-newlines":
             return b"".join(line + b"\n" for p in payloads for line in p.splitlines() or [b""])
         if self.mode == "header-counts-itself":
@@ -346,12 +363,34 @@ def protocol_factory(mode: str, framing: str, after: int) -> Callable[[], Echo]:
     return make
 
 
+def textbook_server() -> None:
+    """An echo server as the standard library's documentation writes one."""
+
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            try:
+                while data := self.request.recv(65536):
+                    self.request.sendall(data)
+            except ConnectionError:
+                pass  # (the client reset: its right)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True  # (request_queue_size stays 5: the listen backlog)
+
+    with Server(("127.0.0.1", 0), Echo) as server:
+        print(f"listening on {server.server_address[1]}", flush=True)
+        server.serve_forever()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=MODES)
     parser.add_argument("--framing", choices=["line", "length", "fixed"], default="line")
     parser.add_argument("--after", type=int, default=30, help="worn-out: connections served right")
     args = parser.parse_args()
+    if args.mode == "socketserver":
+        textbook_server()  # (threads of its own: asyncio has nothing to do)
+        return
     loop = asyncio.get_running_loop()
     if args.mode == "deaf":
         held: list[asyncio.StreamWriter] = []

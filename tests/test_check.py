@@ -258,6 +258,16 @@ async def test_a_correct_server_with_latency_passes_at_the_defaults(framing: str
     assert (result.returncode, failed) == (0, {})
 
 
+async def test_the_textbook_threading_server_passes_despite_its_small_backlog() -> None:
+    # Its listen backlog of 5 makes the kernel drop connects in a burst, which it
+    # would send again only after 1 s, then 3 s: check tries again sooner.
+    async with stdlib_server("socketserver") as address:
+        for seed in (1, 2, 3):
+            with trio.fail_after(60):
+                report = await run_check(address, Framing(), seed=seed, shrink_time=0)
+            assert report.passed, report.table()
+
+
 async def test_rare_corruption_is_caught_by_the_sustained_scenario() -> None:
     async with stdlib_server("corrupt-rarely") as address:
         code, scenarios = await check_cli(address, shrink=1)

@@ -278,18 +278,26 @@ class _Judge:
             f"got {len(received)} of {len(self.expected)} bytes "
             f"({complete} of {count(len(sent), 'frame')}){self.ended}"
         )
-        if not received:
+        closed = " closed " in self.ended or " reset " in self.ended
+        if not received and not (closed and self.header_hint(complete)):
             return Diagnosis("nothing", f"{facts}: nothing came back")
         slow = self.still_arriving(complete)
         if slow is not None:
             return slow
         history = self.transcript.history
-        if history and (" closed " in self.ended or " reset " in self.ended):
+        if complete == len(sent) - 1 and len(sent) > 1:
+            return Diagnosis(
+                "last-frame", f"{facts}: the last frame never came back{self.header_hint(complete)}"
+            )
+        if closed and (history or complete or self.header_hint(complete)):
+            # (before one-per-write: a server that closes after a frame answered one;
+            # after last-frame: a server that loses the last frame at EOF closes too)
             how = "reset" if " reset " in self.ended else "closed"
+            before = f" on it ({history} of them in exchanges before this one)" if history else ""
             return Diagnosis(
                 "closed",
-                f"{facts}: the server {how} the connection after {history + complete} "
-                f"frames on it ({history} of them in exchanges before this one)",
+                f"{facts}: the server {how} the connection after "
+                f"{count(history + complete, 'frame')}{before}{self.header_hint(complete)}",
             )
         writes = len(self.write_ends) + 1
         per_write = complete // writes
@@ -311,16 +319,24 @@ class _Judge:
                 f"{facts}: one frame came back per write ({len(sent)} frames in {writes}): "
                 "the server seems to answer each read with one message and drop the rest",
             )
-        if complete == len(sent) - 1 and len(sent) > 1:
-            return Diagnosis("last-frame", f"{facts}: the last frame never came back")
-        if complete and (" closed " in self.ended or " reset " in self.ended):
-            how = "reset" if " reset " in self.ended else "closed"
-            return Diagnosis(
-                "closed", f"{facts}: the server {how} the connection after {complete} frames"
-            )
         return Diagnosis(
             "lost",
-            f"{facts}: the echoes of {count(len(sent) - complete, 'frame')} never came back",
+            f"{facts}: the echoes of {count(len(sent) - complete, 'frame')} never came back"
+            f"{self.header_hint(complete)}",
+        )
+
+    def header_hint(self, complete: int) -> str:
+        """Length framing: that the first frame not echoed is the first whose header
+        holds a byte >= 0x80, if it is (a server that reads the length as signed)."""
+        if self.framing.kind not in ("length", "varint") or complete >= len(self.sent):
+            return ""
+        headers = [self.framing.encode(frame)[: -len(frame) or None] for frame in self.sent]
+        if max(headers[complete]) < 0x80 or any(max(h) >= 0x80 for h in headers[:complete]):
+            return ""
+        return (
+            f" (frame {complete + 1}, the first not echoed, is the first whose length "
+            f"header holds a byte of 0x80 or more, {show(headers[complete])}: the server "
+            "may read the length as signed, or a varint as one byte)"
         )
 
     def still_arriving(self, complete: int) -> Diagnosis | None:

@@ -31,6 +31,11 @@ _PROBES = 16
 #: :meth:`EditJudge.remade` compares at most this many bytes (each transform of them
 #: costs a copy).
 _REMADE = 1 << 20
+#: What a server that drops the ``\r`` of ``\r\n`` (only) does.
+_CRLF_WHY = (
+    "the server takes \\r\\n for a line end too and answers \\n (Go's bufio.ScanLines "
+    "does), or strips a \\r at a line's end"
+)
 #: A run of another connection's bytes counts as theirs from this length on.
 _RUN = 12
 #: Deletions at most this long (each) count as bytes missing, not frames lost.
@@ -163,20 +168,21 @@ class EditJudge:
             size = min(len(made), len(self.got))
             if made[:size] != self.got[:size]:
                 continue
-            changed = [
-                n
-                for n, frame in enumerate(self.frames)
-                if self.layout.starts[n + 1] <= cut and transform(frame) != frame
+            wires = [  # (the frames on the wire: a transform may take in the delimiter)
+                self.sent[start:end]
+                for start, end in zip(self.layout.starts, self.layout.starts[1:], strict=False)
+                if end <= cut
             ]
+            changed = [n for n, data in enumerate(wires) if transform(data) != data]
             if not changed:
                 continue
-            first = self.frames[changed[0]]
+            first = wires[changed[0]]
             at = common_prefix(first, 0, transform(first), 0, len(first))
             alike = f" ({count(len(changed) - 1, 'other frame')} alike)" if changed[1:] else ""
             return (
                 kind,
                 f"what came back is what was sent, {did}: frame {changed[0] + 1}'s "
-                f"{_show(first[at : at + 12])} from its byte {at} came back as "
+                f"{_show(first[at : at + 12])} from its byte {at} (on the wire) came back as "
                 f"{_show(transform(first)[at : at + 12])}{alike}: {why}",
             )
         return None
@@ -194,6 +200,12 @@ class EditJudge:
         ]
         if self.framing.kind == "line":  # (the transforms of lines are for "\n")
             out += [
+                (
+                    "line-ends",
+                    lambda data: data.replace(b"\r\n", b"\n"),
+                    "except that the \\r of each \\r\\n never came back",
+                    _CRLF_WHY,
+                ),
                 (
                     "line-ends",
                     _universal,
@@ -366,13 +378,14 @@ class EditJudge:
         first = (cut or self.edits)[0]
         if cut:
             what = f"a lone \\r {self.layout.part(first.at)} came back as \\n (the line cut there)"
+            why = "the server takes \\r for a line end (universal newlines)"
         else:
             what = f"the \\r\\n ending {self.layout.part(first.at)[3:]} came back as \\n"
+            why = _CRLF_WHY
         return (
             "line-ends",
             f"{what}, byte {first.at} of the stream{_alike(len(self.edits) - 1)}"
-            f"{self._more(len(self.edits))}; the rest came back intact: the server takes "
-            "\\r for a line end (universal newlines)",
+            f"{self._more(len(self.edits))}; the rest came back intact: {why}",
         )
 
     def stripped(self) -> Named | None:
@@ -474,6 +487,8 @@ def _repeat(sent: bytes, edit: Edit) -> tuple[int, int] | None:
     removed, inserted = edit.removed, edit.inserted
     if len(removed) > ANCHOR or len(inserted) - len(removed) < 2:
         return None
+    if removed and sent[max(0, edit.at - len(inserted)) : edit.at] == inserted:
+        return edit.at, len(inserted)  # (and what it pushed on was not read yet)
     if inserted.endswith(removed):
         place, core = edit.at, inserted[: len(inserted) - len(removed)]
     elif inserted.startswith(removed):

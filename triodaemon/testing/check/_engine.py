@@ -25,6 +25,9 @@ from ..._listeners import Address, connect
 from ._case import Case
 from ._diagnosis import WRITE_PIECE, Diagnosis, Transcript, diagnose, show
 
+#: A connect not done in this long is tried again on a new socket (see
+#: :meth:`Checker.open`).
+CONNECT_TRY = 0.25
 #: Exchanges end this much before their scenario's time limit (at most a tenth of it).
 MARGIN = 0.05
 
@@ -111,16 +114,32 @@ class Checker:
     under its label (``"connection 3 of 4"``), and judges each with its label."""
 
     async def open(self) -> trio.SocketStream:
-        """A new connection to the server, counted in :attr:`connections`."""
-        try:
-            with trio.move_on_at(self.deadline):
-                stream = await connect(self.address)
-                self.connections += 1
-                self._numbers[stream] = self.connections
-                return stream
-        except ClientError as exc:
-            raise Failed(str(exc), kind="refused") from None
-        raise Failed("could not even connect within the time limit", kind="timeout")
+        """A new connection to the server, counted in :attr:`connections`.
+
+        A connect not done within :data:`CONNECT_TRY` seconds is abandoned for a
+        new one, each try allowed twice as long as the one before: a server whose
+        listen backlog is full has its kernel drop the connect, which the client's
+        kernel would send again only a second later, then three (a correct server
+        that accepts slowly is not a failure).
+        """
+        allowed = CONNECT_TRY
+        with trio.move_on_at(self.deadline):
+            while True:
+                with trio.move_on_after(allowed):
+                    try:
+                        stream = await connect(self.address, timeout=math.inf)
+                    except ClientError as exc:
+                        raise Failed(str(exc), kind="refused") from None
+                    self.connections += 1
+                    self._numbers[stream] = self.connections
+                    return stream
+                allowed *= 2
+        raise Failed(
+            "could not even connect within the time limit (trying again every "
+            f"{CONNECT_TRY:g}s and more): the server does not accept connections, or its "
+            "listen backlog stays full",
+            kind="timeout",
+        )
 
     def heard_from(self, stream: trio.SocketStream) -> None:
         """Something came back on ``stream``: the server answered it."""

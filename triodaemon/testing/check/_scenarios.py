@@ -30,7 +30,7 @@ _MAX_FRAME_BUDGET = 64 * 1024 * 1024
 #: At most this many split points in the split scenario, and how many of them are
 #: tried at once (each on a connection of its own).
 _MAX_SPLITS = 48
-_SPLITS_AT_ONCE = 16
+_SPLITS_AT_ONCE = 8
 #: The sustained scenario: connections, frames on each, the largest frame.
 _SUSTAINED_CONNECTIONS = 4
 _SUSTAINED_FRAMES = 1500

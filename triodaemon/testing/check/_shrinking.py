@@ -117,10 +117,11 @@ class Shrinking:
         shrink_until = tries.deadline - min(_CONTROL_TIME, (tries.deadline - tries.start) / 4)
         try:
             if not self.earlier or self.failing:
-                control = await tries.control(shrink_until)
+                control, passed = await tries.control(shrink_until, kind, bool(self.earlier))
                 if control:
                     return None, self._fails_anything(control)
-                self.earlier = self.earlier or "one passed earlier in this run"
+                if passed:
+                    self.earlier = self.earlier or "one passed earlier in this run"
             first = await replay_case(result.case, kind, lambda c: tries.run(c, shrink_until))
         except _OutOfTime:
             return None, "the run's time for shrinking (--shrink-time) ran out"
@@ -133,7 +134,7 @@ class Shrinking:
         with trio.move_on_at(shrink_until), contextlib.suppress(_OutOfTime, Failed):
             await shrink_into(tries.framing, result, kind, lambda c: tries.run(c, shrink_until))
         try:
-            control = await tries.control(tries.deadline)
+            control, _ = await tries.control(tries.deadline, kind, bool(self.earlier))
         except (_OutOfTime, Failed):
             control = ""  # no verdict: the case failed on every replay, keep it
         if control:
@@ -234,20 +235,24 @@ class _Tries:
         self.transcripts = keep
         return found.kind
 
-    async def control(self, until: float) -> str:
+    async def control(self, until: float, kind: str, earlier: bool) -> tuple[str, bool]:
         """One small ordinary frame on a fresh connection: ``""`` if it came back whole,
-        else what came back instead (or why the connection failed)."""
+        else what came back instead (or why the connection failed); and whether it
+        came back whole. Also ``""`` when it fails as ``kind`` and no frame was seen
+        to pass (not ``earlier``): a server that fails every frame that way (a header
+        it always gets wrong) has its smallest case like any other."""
         framing = self.checker.framing
         case = Case((plain_frame(framing, "alive"),))
         sent = framing.encode(case.frames[0])
         try:
             transcript = await self.talk(case, until)
         except Failed as refused:
-            return refused.detail
-        if diagnose(framing, case.frames, transcript) is None:
-            return ""
+            return refused.detail, False
+        found = diagnose(framing, case.frames, transcript)
+        if found is None or (found.kind == kind and not earlier):
+            return "", found is None
         got = show(transcript.received, 32) if transcript.received else "nothing"
-        return f"{got} came back for {show(sent, 32)}{transcript.ended}"
+        return f"{got} came back for {show(sent, 32)}{transcript.ended}", False
 
     def minimal(self, failure: Failed) -> MinimalCase:
         """The best case found, for the report."""
