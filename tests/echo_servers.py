@@ -58,7 +58,7 @@ import logging
 import os
 import resource
 import socketserver
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 MODES = [
     "good",
@@ -363,6 +363,23 @@ def protocol_factory(mode: str, framing: str, after: int) -> Callable[[], Echo]:
     return make
 
 
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def guarded(handler: StreamHandler) -> StreamHandler:
+    """``handler``, ending quietly when the client goes, and closing the connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return serve
+
+
 def textbook_server() -> None:
     """An echo server as the standard library's documentation writes one."""
 
@@ -401,46 +418,34 @@ async def main() -> None:
         server = await asyncio.start_server(hold, "127.0.0.1", 0, limit=16384)
     elif args.mode == "flood":
 
+        @guarded
         async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             chunk = b"x" * 65536
-            try:
-                while True:
-                    writer.write(chunk)
-                    await writer.drain()
-            except ConnectionError:
-                pass
-            finally:
-                writer.close()
+            while True:
+                writer.write(chunk)
+                await writer.drain()
 
         server = await asyncio.start_server(flood, "127.0.0.1", 0)
     elif args.mode == "blocking-writes":
         lock = asyncio.Lock()
 
+        @guarded
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    async with lock:  # the bug: one slow reader holds everyone's writes
-                        writer.write(data)
-                        await writer.drain()
-            except ConnectionError:
-                pass
-            finally:
-                writer.close()
+            while data := await reader.read(65536):
+                async with lock:  # the bug: one slow reader holds everyone's writes
+                    writer.write(data)
+                    await writer.drain()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
     elif args.mode in CONCURRENCY_MODES:
         server = await concurrency_server(args.mode)
     elif args.mode == "pad-short-reads":
 
+        @guarded
         async def pad(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while frame := await reader.read(FIXED_SIZE):  # the bug: one read, one frame
-                    writer.write(frame.ljust(FIXED_SIZE, b"\x00"))
-                    await writer.drain()
-            except ConnectionError:
-                pass
-            finally:
-                writer.close()
+            while frame := await reader.read(FIXED_SIZE):  # the bug: one read, one frame
+                writer.write(frame.ljust(FIXED_SIZE, b"\x00"))
+                await writer.drain()
 
         server = await asyncio.start_server(pad, "127.0.0.1", 0)
     elif args.mode in ("flaky", "worn-out"):
