@@ -8,9 +8,11 @@ framing and addresses, never its serving side.
 
 The modules, one concern each: ``_scenarios`` (what each scenario sends),
 ``_engine`` (connect, write while reading, judge one exchange), ``_diagnosis``
-(name the bug from what came back), ``_case`` (an exchange as data, and shrinking
-it, sans-I/O), ``_shrinking`` (the run's shrinking budget and its tries),
-``_report`` (results, reports, saved cases) and ``_check`` (the run).
+(name the bug from what came back), ``_edits`` (an echo as an edit script of what
+was sent) and ``_edit_kinds`` (the edits named), all three sans-I/O, ``_case`` (an
+exchange as data, and shrinking it, sans-I/O), ``_shrinking`` (the run's shrinking
+budget and its tries), ``_liveness`` (does the server still answer after a
+scenario), ``_report`` (results, reports, saved cases) and ``_check`` (the run).
 """
 
 from __future__ import annotations

@@ -500,7 +500,7 @@ async def shrink(
     Simpler first (no read delay, no half-close), then every payload emptied or
     halved at once, fewer frames, fewer writes, each payload shorter; again while
     any of them helps; last, in a small case, each payload bisected to the shortest
-    length that still fails. A smaller case is kept only if it fails with ``kind``
+    length that still fails (cut from its end, then from its start). A smaller case is kept only if it fails with ``kind``
     on every one of ``replays`` runs in a row (:func:`replay_case`); ``case`` itself
     is assumed to (check it with :func:`replay_case` first). Bound it from outside
     (a cancel scope): use :func:`shrink_into` to keep the best case found when it is
