@@ -295,6 +295,19 @@ def test_a_close_after_frames_on_the_connection_says_after_how_many() -> None:
     assert "closed the connection after 50 frames on it" in found.text
 
 
+def test_a_close_that_answers_a_half_close_is_not_the_failure() -> None:
+    sent = frames_of(3)
+    back = echo_of(LINE, sent[:1])
+    ended = ", then the server closed the connection"
+    found = diagnose(LINE, sent, Transcript(back, ended))
+    assert found is not None
+    assert found.kind == "closed"  # a close of its own, after 1 frame
+    found = diagnose(LINE, sent, Transcript(back, ended, half_closed=True))
+    assert found is not None
+    # The close answers the client's: what is wrong is that 1 frame of a write came back.
+    assert found.kind == "one-per-write"
+
+
 def test_the_snippet_of_a_half_close_case_wants_the_servers_eof() -> None:
     case = Case((b"ab",), half_close=True)
     script = python_snippet(UnixAddress("relative.sock"), LINE, case, 1.0)

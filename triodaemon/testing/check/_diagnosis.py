@@ -78,6 +78,9 @@ class Transcript:
     than pausing between writes."""
     history: int = 0
     """Frames echoed on this connection before this exchange."""
+    half_closed: bool = False
+    """Whether the client shut down its sending side: then a close is the answer to
+    that, not a failure of its own."""
 
 
 @attrs.frozen
@@ -278,7 +281,9 @@ class _Judge:
             f"got {len(received)} of {len(self.expected)} bytes "
             f"({complete} of {count(len(sent), 'frame')}){self.ended}"
         )
-        closed = " closed " in self.ended or " reset " in self.ended
+        closed = (" closed " in self.ended and not self.transcript.half_closed) or (
+            " reset " in self.ended
+        )
         if not received and not (closed and self.header_hint(complete)):
             return Diagnosis("nothing", f"{facts}: nothing came back")
         slow = self.still_arriving(complete)

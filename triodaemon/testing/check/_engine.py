@@ -182,6 +182,7 @@ class Checker:
             unsent=talk.unsent if timed_out else 0,
             blocked=talk.sending,
             history=history,
+            half_closed=talk.case.half_close,
         )
 
     def judge(
