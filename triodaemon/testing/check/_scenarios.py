@@ -52,6 +52,7 @@ _STUCK = 0.1
 #: early is replaced.)
 FILLER = b"\r\x00\xc3(\x80\xff\xe9 "
 FILLER += bytes(value for value in range(256) if value not in FILLER)
+_FILLER_TWICE = FILLER + FILLER  # (a chunk may wrap around)
 #: Filler bytes after each tag.
 _FILL = 7
 #: Whitespace at a payload's start, and whitespace and ``\r`` at its end (``\r\n``
@@ -63,13 +64,21 @@ _TAIL = b" \t"
 
 
 def _safe(framing: Framing, payload: bytes) -> bytes:
-    """``payload``, with whatever would end a delimited frame early replaced."""
-    if framing.kind in ("line", "delimiter"):
-        delimiter = framing.delimiter
-        spare = b"\x01" if delimiter.startswith(b"\x00") else b"\x00"
-        while (at := (payload + delimiter).find(delimiter)) != len(payload):
-            payload = payload[:at] + spare + payload[at + 1 :]
-    return payload
+    """``payload``, with whatever would end a delimited frame early replaced: the first
+    byte of each delimiter found in it (or begun at its end) by a byte the delimiter
+    does not start with, in one pass (the filler holds a delimiter every few hundred
+    bytes, and a payload may be 64 MiB)."""
+    if framing.kind not in ("line", "delimiter"):
+        return payload
+    delimiter = framing.delimiter
+    spare = 1 if delimiter[0] == 0 else 0
+    data = bytearray(payload + delimiter)
+    at = data.find(delimiter)
+    while at != len(payload):
+        data[at] = spare
+        # (only a match that takes in the byte just replaced can be new)
+        at = data.find(delimiter, max(0, at - len(delimiter) + 1))
+    return bytes(data[: len(payload)])
 
 
 def make_frames(framing: Framing, tag: str, count: int, size: int) -> list[bytes]:
@@ -101,7 +110,7 @@ def _tagged(framing: Framing, tag: str, size: int, *, plain: bool = False) -> by
     while len(pieces) < size - len(tail):
         start = part * _FILL % len(FILLER)
         pieces += f"{tag}.{part}|".encode()
-        pieces += b"" if plain else (FILLER + FILLER)[start : start + _FILL]
+        pieces += b"" if plain else _FILLER_TWICE[start : start + _FILL]
         part += 1
     return _safe(framing, bytes(pieces[: size - len(tail)]) + tail)
 
