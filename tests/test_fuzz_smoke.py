@@ -21,4 +21,4 @@ def test_fuzz_suite_runs() -> None:
     )
     output = result.stdout.decode()
     assert result.returncode == 0, output
-    assert "16 passed" in output
+    assert "18 passed" in output

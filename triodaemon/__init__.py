@@ -17,6 +17,7 @@ from ._version import __version__ as __version__
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._config import DaemonConfig as DaemonConfig
+    from ._config import ProxyProtocol as ProxyProtocol
     from ._connection import Connection as Connection
     from ._daemon import Daemon as Daemon
     from ._daemon import DrainSummary as DrainSummary
@@ -46,11 +47,13 @@ if TYPE_CHECKING:
     from ._listeners import parse_tcp_address as parse_tcp_address
     from ._listeners import stream_for as stream_for
     from ._peers import ConnectionInfo as ConnectionInfo
+    from ._proxyproto import ProxyHeaderError as ProxyHeaderError
     from ._stats import Stats as Stats
 
 #: Each public name and the private module that defines it.
 _EXPORTS = {
     "DaemonConfig": "._config",
+    "ProxyProtocol": "._config",
     "Connection": "._connection",
     "ConnectionInfo": "._peers",
     "FrameHandler": "._handlers",
@@ -64,6 +67,7 @@ _EXPORTS = {
     "IncompleteFrame": "._errors",
     "MalformedHeader": "._errors",
     "TriodaemonError": "._errors",
+    "ProxyHeaderError": "._proxyproto",
     "Decoder": "._decoders",
     "DelimiterDecoder": "._decoders",
     "FixedSizeDecoder": "._decoders",

@@ -6,14 +6,16 @@ so a bad value is caught where it is made (the CLI turns that into one line).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterable
 
 import attrs
 
 from ._framing import Framing
-from ._listeners import DEFAULT_BACKLOG, Address, TcpAddress, UnixAddress
+from ._listeners import DEFAULT_BACKLOG, Address, BoundListener, TcpAddress, UnixAddress
 from ._lowlevel.readiness import READINESS_NAMES, ReadinessName
+from ._proxyproto import MAX_HEADER, V1_MAX
 from ._socketfile import canonical_path, resolve_group
 
 #: Bytes asked of the kernel per read by a ``Connection`` by default: trio's own
@@ -82,6 +84,73 @@ def _same(address: Address) -> object:
     return address
 
 
+#: Default bound on how long a balancer may take to send a connection's PROXY
+#: header, from the accept: balancers send it at once, as the connection opens;
+#: a peer that trickles it holds a connection slot no longer than this.
+DEFAULT_PROXY_TIMEOUT = 5.0
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _to_networks(value: Iterable[str | Network]) -> tuple[Network, ...]:
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError as exc:
+            raise ValueError(
+                f"{item!r} is not an address or network (127.0.0.1, 10.0.0.0/8, ::1): {exc}"
+            ) from None
+    return tuple(networks)
+
+
+def _to_listeners(value: Iterable[Address] | None) -> tuple[Address, ...] | None:
+    return None if value is None else tuple(value)
+
+
+@attrs.frozen
+class ProxyProtocol:
+    """Listeners behind a load balancer that speaks the PROXY protocol (nginx's
+    ``proxy_protocol on``, HAProxy's ``send-proxy-v2``): every connection on them must
+    begin with a version 1 or 2 header, which names the client. The header is
+    required: were it optional, any client could name itself any address.
+
+    A connection whose header is missing, malformed, too long, incomplete when the
+    peer closes, or not complete within :attr:`timeout` is closed, with one log line
+    and ``stats.proxy_header_errors``. One from an address not in :attr:`trusted` is
+    closed before a byte is read (``stats.proxy_untrusted``).
+    """
+
+    timeout: float = attrs.field(default=DEFAULT_PROXY_TIMEOUT, validator=attrs.validators.gt(0))
+    """Seconds from the accept by which the header must be whole (never reset by
+    bytes that trickle in)."""
+    trusted: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks)
+    """The balancers' addresses or networks allowed to connect over TCP; empty: any.
+    (A Unix socket's file permissions say who may connect to it.)"""
+    listeners: tuple[Address, ...] | None = attrs.field(default=None, converter=_to_listeners)
+    """The listeners it applies to (as given to :attr:`DaemonConfig.listen`, or the
+    address of a socket systemd passes); ``None``: every listener."""
+    max_header: int = attrs.field(default=MAX_HEADER, validator=attrs.validators.ge(V1_MAX))
+    """The longest header accepted: a version 2 header announcing more is refused on
+    its 16th byte."""
+
+    def covers(self, listener: BoundListener) -> bool:
+        """Whether connections on ``listener`` must begin with a header."""
+        return self.listeners is None or any(map(listener.serves, self.listeners))
+
+    def trusts(self, peer: object) -> bool:
+        """Whether ``peer`` (an address ``accept()`` gave) may send a header."""
+        if not self.trusted or not isinstance(peer, tuple):
+            return True
+        try:
+            address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener's IPv4 peer
+        return any(address in network for network in self.trusted)
+
+
 @attrs.frozen
 class DaemonConfig:
     """Everything the daemon needs to know to serve."""
@@ -128,6 +197,11 @@ class DaemonConfig:
     )
     """How connections wait for their sockets: ``epoll`` (Linux), ``portable`` (any
     system), or ``auto``: epoll where there is one (``$TRIODAEMON_READINESS`` overrides)."""
+    proxy_protocol: ProxyProtocol | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.instance_of(ProxyProtocol)),
+    )
+    """Listeners behind a balancer that sends a PROXY protocol header; ``None``: none."""
 
     def __attrs_post_init__(self) -> None:
         if self.max_buffered and self.framing.max_frame > self.max_buffered:

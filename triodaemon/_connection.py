@@ -51,7 +51,7 @@ import trio
 
 from . import _endings as endings
 from ._budget import OVER_BUDGET_READ, BufferBudget
-from ._config import DEFAULT_RECEIVE_SIZE
+from ._config import DEFAULT_RECEIVE_SIZE, ProxyProtocol
 from ._decoders import Decoder
 from ._errors import IncompleteFrame
 from ._faults import fault
@@ -59,6 +59,7 @@ from ._framing import Framing
 from ._handlers import FrameHandler, answer_frames
 from ._linger import linger
 from ._peers import ConnectionInfo, ConnectionState
+from ._proxyproto import ProxyHeaderError, parse
 from ._stats import Stats
 from ._transport import (
     BROKEN,
@@ -132,6 +133,9 @@ class Connection:
         stats: counters to update (a new :class:`Stats` by default).
         budget: a :class:`~triodaemon._budget.BufferBudget` shared with other
             connections; none by default.
+        proxy_protocol: the stream must begin with a PROXY protocol header (a
+            load balancer's), read under these bounds; its client becomes
+            :attr:`info`'s peer. ``None`` (the default): no header.
     """
 
     __slots__ = (
@@ -143,6 +147,7 @@ class Connection:
         "_handoff",
         "_handover",
         "_held",
+        "_proxy",
         "_shape",
         "_writing",
         "bytes_in",
@@ -175,6 +180,7 @@ class Connection:
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         stats: Stats | None = None,
         budget: BufferBudget | None = None,
+        proxy_protocol: ProxyProtocol | None = None,
     ) -> None:
         if not idle_timeout > 0 or not frame_timeout > 0:
             raise ValueError("timeouts must be positive seconds (inf disables)")
@@ -206,6 +212,7 @@ class Connection:
         self._frame_deadline = math.inf  # inf while no partial frame is held
         self._held = 0  # bytes of a partial frame, as last told to the budget
         self._handover: HandoverHook | None = None
+        self._proxy = proxy_protocol  # None once its header is read (or if none is due)
         # Left by the echo's step for the task: an error (also a wait's: the reason
         # a connection was lost), an EOF, a pause, or replies to send.
         self._handoff: BaseException | memoryview | _Handoff | None = None
@@ -246,6 +253,7 @@ class Connection:
         ``state`` says it stands: its deadlines count from now, never later than
         this connection's own timeouts allow. Call before :meth:`run`."""
         self.opened = now = trio.current_time()
+        self._proxy = None  # (its header was read where the conversation began)
         deadline = now + min(self.idle_timeout, state.idle_left)
         pending = state.pending
         if pending:
@@ -264,15 +272,23 @@ class Connection:
         pending = self.decoder.pending()
         frame = self._frame_deadline if pending else math.inf
         return ConnectionState(
-            self.info.peer, self.info.listener, pending, self._deadline - now, frame - now
+            self.info.peer,
+            self.info.listener,
+            pending,
+            self._deadline - now,
+            frame - now,
+            proxy=self.info.proxy,
         )
 
     @property
     def state(self) -> str:
-        """``draining`` (a drain has come), ``writing`` (replies wait for the peer to
-        read them), ``mid-frame`` (part of a frame is held) or ``reading``."""
+        """``draining`` (a drain has come), ``header`` (its PROXY header has not come
+        yet), ``writing`` (replies wait for the peer to read them), ``mid-frame``
+        (part of a frame is held) or ``reading``."""
         if self._draining:
             return "draining"
+        if self._proxy is not None:
+            return "header"
         if self._writing:
             return "writing"
         return "mid-frame" if self.decoder.buffered else "reading"
@@ -307,9 +323,10 @@ class Connection:
                 # frame under a connection's task is part of each idle connection's
                 # memory.
                 decoder = self.decoder
-                while True:
+                closed = await self._proxy_header() if self._proxy is not None else None
+                while closed is None:
                     if self._handover is not None and decoder.error is None and await self._offer():
-                        closed: _Close | None = _Close.HANDED
+                        closed = _Close.HANDED
                         self.handed = True
                         break
                     if self._drained():
@@ -356,6 +373,71 @@ class Connection:
                 self.ended(self, failure)
         if failure is not None and self.ended is None:
             raise failure
+
+    # -- the PROXY header ---------------------------------------------------------------
+
+    async def _proxy_header(self) -> _Close | None:
+        """Read the PROXY header a balancer sends before the client's stream, take the
+        client it names as this connection's peer, and answer what came after it:
+        ``None`` to go on serving, or how to close. The header must be whole within
+        the policy's timeout from the accept (bytes that trickle in never extend it),
+        and its size is bounded by the policy (:func:`._proxyproto.parse`)."""
+        policy = self._proxy
+        assert policy is not None
+        deadline = self.opened + policy.timeout
+        got = bytearray()
+        while True:
+            try:
+                size = self.transport.receive_into(self._buf, self.receive_size)
+            except BROKEN as exc:
+                return self._lost(exc)
+            if size is None:
+                if self._draining and not got:
+                    log.debug("%s: drained before its PROXY header came", self.info)
+                    return _Close.FORCEFUL
+                if await self.transport.wait_readable(deadline) is Wait.DEADLINE:
+                    why = f"PROXY header not complete after {policy.timeout:g}s"
+                    endings.proxy_header_failed(
+                        self.stats, self.info, f"{why} ({len(got)} bytes of it came)"
+                    )
+                    return _Close.FORCEFUL
+                continue
+            if not size:
+                if got:
+                    why = f"closed after {len(got)} bytes of a PROXY header"
+                    endings.proxy_header_failed(self.stats, self.info, why)
+                else:  # (a balancer's plain TCP check: connect, then close)
+                    log.debug("%s: closed before sending a PROXY header", self.info)
+                return _Close.FORCEFUL
+            got += memoryview(self._buf)[:size]
+            try:
+                header = parse(got, max_size=policy.max_header)
+            except ProxyHeaderError as exc:
+                endings.proxy_header_failed(self.stats, self.info, str(exc))
+                return _Close.FORCEFUL
+            if header is not None:
+                break
+        self._proxy = None
+        if header.source is None:
+            self.stats.proxy_local += 1
+            log.debug("%s: %s: its own endpoints stand", self.info, header.describe())
+        else:
+            self.info = self.info.behind(header.source)
+            log.debug("%s: %s", self.info, header.describe())
+        # What came after the header (all of it from the last read): answered as a read.
+        rest = len(got) - header.size
+        if not rest:
+            return None
+        self._buf[:rest] = got[header.size :]
+        if self.handler is not None:
+            closed = await self._received(rest)
+        else:
+            replies = self._take_echo(self._buf, rest, trio.current_time())
+            closed = await self._send(replies) if replies else None
+        if closed is None and self.decoder.error is not None:
+            endings.framing_error(self.stats, self.info, self.decoder.error)
+            return _Close.GRACEFUL
+        return closed
 
     # -- waiting and reading ----------------------------------------------------------
 

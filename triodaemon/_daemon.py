@@ -13,6 +13,7 @@ The library takes its shutdown trigger as method calls (:meth:`Daemon.drain`,
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import socket
@@ -247,14 +248,18 @@ class Daemon:
             with self._accept_scope:
                 async with trio.open_nursery() as accepts:
                     self._listening = len(listeners)
+                    proxy = config.proxy_protocol
                     for listener in listeners:
+                        accepted = self._served.accepted
+                        if proxy is not None and proxy.covers(listener):
+                            accepted = functools.partial(accepted, proxy_protocol=proxy)
                         accepts.start_soon(
                             accept_loop,
                             listener,
                             limit,
                             self._gate,
                             self.stats,
-                            self._served.accepted,
+                            accepted,
                             self._listener_broken,
                         )
                     task_status.started(tuple(listener.address for listener in listeners))

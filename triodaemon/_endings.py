@@ -2,7 +2,8 @@
 
 Every expected way a conversation ends short (the peer resets, breaks the
 framing, goes idle, trickles a frame past its deadline, stops reading our
-replies, or ends mid-frame) and the frame handler's failure: counted in
+replies, or ends mid-frame; a balancer's PROXY header that is bad or late, or a
+peer not trusted to send one) and the frame handler's failure: counted in
 :class:`~._stats.Stats` and logged once, here, in the words an operator reads.
 A connection decides *that* it ends; this module says so, the same way for
 every connection.
@@ -60,6 +61,20 @@ def handler_failed(stats: Stats, info: ConnectionInfo, exc: Exception) -> None:
     """The frame handler raised ``exc`` (logged with its traceback: a bug to fix)."""
     stats.handler_errors += 1
     log.error("%s: frame handler failed: %s: %s", info, type(exc).__name__, exc, exc_info=exc)
+
+
+def proxy_header_failed(stats: Stats, info: ConnectionInfo, why: str) -> None:
+    """The PROXY header a balancer must send first is missing, malformed, too long,
+    cut short by the peer's close, or late (``why`` says which)."""
+    stats.proxy_header_errors += 1
+    log.warning("%s: %s; closing", info, why)
+
+
+def proxy_untrusted(stats: Stats, info: ConnectionInfo) -> None:
+    """A connection to a PROXY-protocol listener from an address not trusted to send
+    a header: closed before a byte of it is read."""
+    stats.proxy_untrusted += 1
+    log.warning("%s: not a trusted balancer (--proxy-from); closing", info)
 
 
 def reason(exc: BaseException | None) -> str:

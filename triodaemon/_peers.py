@@ -26,10 +26,20 @@ class ConnectionInfo:
     listener: str
     """The listener that accepted it, ``tcp://127.0.0.1:8000`` or ``unix:/run/echo.sock``."""
     peer: str
-    """The peer: ``127.0.0.1:54321``, ``[::1]:54321``, or ``pid 4242 uid 1000`` on a Unix socket."""
+    """The peer: ``127.0.0.1:54321``, ``[::1]:54321``, or ``pid 4242 uid 1000`` on a
+    Unix socket; behind a balancer, the client its PROXY header names."""
+    proxy: str = ""
+    """The balancer the connection came through (the socket's own peer, said as
+    :attr:`peer` would be), once a PROXY header has named the client; empty otherwise."""
 
     def __str__(self) -> str:
-        return f"conn {self.id} from {self.peer} on {self.listener}"
+        via = f" via {self.proxy}" if self.proxy else ""
+        return f"conn {self.id} from {self.peer}{via} on {self.listener}"
+
+    def behind(self, client: str) -> ConnectionInfo:
+        """This connection, with ``client`` (named by a PROXY header) as its peer and
+        its socket's peer as the balancer it came through."""
+        return attrs.evolve(self, peer=client, proxy=self.peer)
 
     @classmethod
     def for_socket(
@@ -87,3 +97,5 @@ class ConnectionState:
     """Seconds until the connection's next deadline (idle, or its frame's); ``inf``: none."""
     frame_left: float
     """Seconds until its partial frame must be complete; ``inf``: no such deadline."""
+    proxy: str = ""
+    """The balancer it came through (:attr:`ConnectionInfo.proxy`); empty: none."""

@@ -78,7 +78,8 @@ def daemon_commands(daemon: Reporting, source: str) -> Commands:
 
 
 def connection_records(connections: Collection[Connection]) -> list[dict[str, Any]]:
-    """One record per connection, oldest first: id, peer, listener, age in seconds,
+    """One record per connection, oldest first: id, peer (the client a PROXY header
+    named, if one did), proxy (the balancer then, else empty), listener, age in seconds,
     bytes each way, frames, and state (``reading``, ``mid-frame``, ``writing`` or
     ``draining``)."""
     if not connections:
@@ -88,6 +89,7 @@ def connection_records(connections: Collection[Connection]) -> list[dict[str, An
         {
             "id": connection.info.id,
             "peer": connection.info.peer,
+            "proxy": connection.info.proxy,
             "listener": connection.info.listener,
             "age": now - connection.opened,
             "bytes_in": connection.bytes_in,
@@ -154,6 +156,7 @@ def stats_report(
         "buffered": buffered,
         "memory_waits": stats.memory_waits,
         "errors": stats.errors(),
+        "proxy_local": stats.proxy_local,
         "limits": {
             "framing": config.framing.describe(),
             "max_frame": config.framing.max_frame,
@@ -162,6 +165,9 @@ def stats_report(
             "frame_timeout": config.frame_timeout,
             "drain_timeout": config.drain_timeout,
             "max_buffered": config.max_buffered,
+            "proxy_timeout": (
+                config.proxy_protocol.timeout if config.proxy_protocol is not None else None
+            ),
         },
         "drain": drain,
     }

@@ -18,9 +18,10 @@ from typing import Any, Protocol
 
 import trio
 
+from . import _endings as endings
 from ._accept import ConnectionLimit
 from ._budget import BufferBudget
-from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig
+from ._config import TCP_RECEIVE_SIZE, UNIX_RECEIVE_SIZE, DaemonConfig, ProxyProtocol
 from ._connection import Connection
 from ._faults import fault
 from ._handlers import FrameHandler
@@ -78,13 +79,24 @@ class Served:
         for connection in list(self.open):
             connection.drain()
 
-    def accepted(self, sock: socket.socket, peer: object, listener: str) -> bool:
+    def accepted(
+        self,
+        sock: socket.socket,
+        peer: object,
+        listener: str,
+        *,
+        proxy_protocol: ProxyProtocol | None = None,
+    ) -> bool:
         """Serve a connection ``listener`` accepted (it holds a slot already);
-        ``False`` if it could not be."""
+        ``False`` if it could not be. ``proxy_protocol``: the listener is behind a
+        balancer, which must send a PROXY header first."""
         self._next_id += 1
         try:
             info = ConnectionInfo.for_socket(self._next_id, listener, sock, peer)
-            connection = self._connection_for(sock, info)
+            if proxy_protocol is not None and not proxy_protocol.trusts(peer):
+                endings.proxy_untrusted(self.stats, info)
+                return False
+            connection = self._connection_for(sock, info, proxy_protocol)
         except Exception as exc:  # the boundary of one new connection (MemoryError, say)
             fault(self.stats, f"connection {self._next_id} on {listener}", exc)
             return False
@@ -97,7 +109,7 @@ class Served:
         """Serve a connection another process handed over (see ``Daemon.adopt``)."""
         assert self._limit is not None, "adopt() before serve()"
         self._next_id += 1
-        info = ConnectionInfo(self._next_id, state.listener, state.peer)
+        info = ConnectionInfo(self._next_id, state.listener, state.peer, state.proxy)
         try:
             connection = self._connection_for(sock, info)
             connection.resume(state)
@@ -110,7 +122,12 @@ class Served:
         log.debug("%s: taken over, %d bytes of a frame held", info, len(state.pending))
         self._start(connection, limited=limited)
 
-    def _connection_for(self, sock: socket.socket, info: ConnectionInfo) -> Connection:
+    def _connection_for(
+        self,
+        sock: socket.socket,
+        info: ConnectionInfo,
+        proxy_protocol: ProxyProtocol | None = None,
+    ) -> Connection:
         config = self.config
         return Connection(
             self.lowlevel.readiness.transport(sock),
@@ -123,6 +140,7 @@ class Served:
             or (UNIX_RECEIVE_SIZE if sock.family == socket.AF_UNIX else TCP_RECEIVE_SIZE),
             stats=self.stats,
             budget=self.budget,
+            proxy_protocol=proxy_protocol,
         )
 
     def _start(self, connection: Connection, limited: bool) -> None:

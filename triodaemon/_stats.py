@@ -60,6 +60,15 @@ class Stats:
     """Connections another process handed to this one (an upgrade)."""
     connections_handed: int = 0
     """Connections this process handed to another one (an upgrade)."""
+    proxy_header_errors: int = 0
+    """Connections closed for a PROXY header that was missing, malformed, too long,
+    cut short, or late."""
+    proxy_untrusted: int = 0
+    """Connections to a PROXY-protocol listener from an address not trusted to send
+    a header (closed at once)."""
+    proxy_local: int = 0
+    """Connections whose PROXY header named no client (``LOCAL``: a balancer's health
+    check; ``UNKNOWN``, ``UNSPEC``), served with their own endpoints."""
     internal_errors: int = 0
     """Failures of triodaemon's own code that one connection, control request or
     handover channel caught: each is logged with its traceback, ends only that
@@ -111,7 +120,8 @@ class Stats:
 
     def errors(self) -> dict[str, int]:
         """The error counters by kind: ``framing``, ``incomplete``, ``resets``,
-        ``idle timeouts``, ``frame timeouts``, ``handler``, ``accept``, ``internal``."""
+        ``idle timeouts``, ``frame timeouts``, ``handler``, ``accept``, ``proxy header``,
+        ``proxy untrusted``, ``internal``."""
         return {
             "framing": self.framing_errors,
             "incomplete": self.incomplete_frames,
@@ -120,6 +130,8 @@ class Stats:
             "frame timeouts": self.frame_timeouts,
             "handler": self.handler_errors,
             "accept": self.accept_errors,
+            "proxy header": self.proxy_header_errors,
+            "proxy untrusted": self.proxy_untrusted,
             "internal": self.internal_errors,
         }
 

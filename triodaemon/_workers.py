@@ -220,6 +220,9 @@ def add_report(total: Stats, report: Any) -> None:
         ("handler_errors", errors["handler"]),
         ("accept_errors", errors["accept"]),
         ("internal_errors", errors.get("internal", 0)),  # (a worker of an older release)
+        ("proxy_header_errors", errors.get("proxy header", 0)),  # (likewise)
+        ("proxy_untrusted", errors.get("proxy untrusted", 0)),
+        ("proxy_local", report.get("proxy_local", 0)),
     ]
     if not isinstance(connections["open"], int) or any(
         not isinstance(count, int) for _, count in counts

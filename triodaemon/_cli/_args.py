@@ -4,6 +4,7 @@ of the flags, the address and framing flags."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import NoReturn
@@ -46,6 +47,17 @@ def seconds(text: str, *, above_zero: bool = False) -> float:
 
 def positive_seconds(text: str) -> float:
     return seconds(text, above_zero=True)
+
+
+def network(text: str) -> str:
+    """An address or network: ``10.0.0.7``, ``10.0.0.0/8``, ``::1``."""
+    try:
+        ipaddress.ip_network(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an address or network (10.0.0.7, 10.0.0.0/8, ::1)"
+        ) from None
+    return text
 
 
 def interval(text: str) -> float:

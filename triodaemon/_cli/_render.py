@@ -77,7 +77,12 @@ def render_stats(stats: dict[str, Any], rates: dict[str, float] | None = None) -
             "limits",
             f"{limits['framing']}; "
             f"{limits['max_connections']:,} connections; idle {_limit(limits['idle_timeout'])}, "
-            f"frame {_limit(limits['frame_timeout'])}, drain {_limit(limits['drain_timeout'])}",
+            f"frame {_limit(limits['frame_timeout'])}, drain {_limit(limits['drain_timeout'])}"
+            + (
+                f"; PROXY header required, within {_limit(limits['proxy_timeout'])}"
+                if limits.get("proxy_timeout") is not None
+                else ""
+            ),
         ),
     ]
     if stats.get("upgrade"):
@@ -132,7 +137,7 @@ def render_connections(connections: list[dict[str, Any]]) -> str:
         (
             *((str(item["worker"]), str(item["pid"])) if workers else ()),
             str(item["id"]),
-            item["peer"],
+            item["peer"] + (f" via {item['proxy']}" if item.get("proxy") else ""),
             item["listener"],
             duration(item["age"]),
             size(item["bytes_in"]),

@@ -19,7 +19,13 @@ from typing import Any
 import trio
 
 from .. import _signals
-from .._config import DEFAULT_FRAME_TIMEOUT, DaemonConfig, ProcessConfig
+from .._config import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_PROXY_TIMEOUT,
+    DaemonConfig,
+    ProcessConfig,
+    ProxyProtocol,
+)
 from .._errors import AddressError
 from .._framing import Framing
 from .._listeners import Address, BoundListener, UnixAddress
@@ -38,6 +44,7 @@ from ._args import (
     framing_from_args,
     group_name,
     mode,
+    network,
     positive_int,
     positive_seconds,
     seconds,
@@ -72,7 +79,35 @@ def _serve_parser() -> argparse.ArgumentParser:
     _add_process_flags(parser)
     add_framing_flags(parser)
     _add_limit_flags(parser)
+    _add_balancer_flags(parser)
     return parser
+
+
+def _add_balancer_flags(parser: argparse.ArgumentParser) -> None:
+    """Behind a load balancer that speaks the PROXY protocol."""
+    group = parser.add_argument_group("behind a load balancer")
+    group.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="every connection must begin with a PROXY protocol v1 or v2 header (nginx's "
+        "proxy_protocol on, HAProxy's send-proxy-v2); the client it names is the one "
+        "logged and listed, the balancer beside it. On every listener",
+    )
+    group.add_argument(
+        "--proxy-timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="close a connection whose header is not whole this long after the accept "
+        f"(default {DEFAULT_PROXY_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--proxy-from",
+        type=network,
+        action="append",
+        metavar="ADDRESS[/BITS]",
+        help="accept TCP connections only from this balancer address or network; "
+        "repeat for several (default: any)",
+    )
 
 
 def _add_socket_file_flags(parser: argparse.ArgumentParser) -> None:
@@ -247,6 +282,13 @@ def _config_from_args(
     options: dict[str, Any] = {}
     if args.max_buffered is not None:  # (else DaemonConfig's default: room for a frame)
         options["max_buffered"] = args.max_buffered
+    if args.proxy_protocol:
+        options["proxy_protocol"] = ProxyProtocol(
+            timeout=args.proxy_timeout or DEFAULT_PROXY_TIMEOUT, trusted=args.proxy_from or ()
+        )
+    elif args.proxy_timeout is not None or args.proxy_from:
+        given = "--proxy-timeout" if args.proxy_timeout is not None else "--proxy-from"
+        parser.error(f"{given} applies with --proxy-protocol only")
     try:
         served = DaemonConfig(
             listen,

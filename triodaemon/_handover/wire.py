@@ -245,6 +245,7 @@ def connection_to_json(state: ConnectionState) -> dict[str, Any]:
     the message's blob (``pending`` says how many), its socket beside it."""
     return {
         "peer": state.peer,
+        "proxy": state.proxy,
         "listener": state.listener,
         "pending": len(state.pending),
         "idle_left": _finite_or_none(state.idle_left),
@@ -280,6 +281,7 @@ def connection_from_json(record: Any, pending: bytes) -> ConnectionState:
         pending,
         _seconds(record.get("idle_left")),
         _seconds(record.get("frame_left")),
+        proxy=str(record.get("proxy", "")),  # (a process of an older release: none)
     )
 
 
