@@ -281,3 +281,23 @@ async def test_health_checks_pass_and_log_no_error(
         assert not problems, daemon.stderr
         # A header read is logged at debug level; anything else about PROXY is a problem.
         assert not [line for line in daemon.lines if "PROXY" in line and " DEBUG " not in line]
+
+
+async def test_a_stopped_daemons_connections_go_to_the_other(
+    spawn: SpawnFn, socket_dir: Path, tmp_path: Path
+) -> None:
+    """``retries 1`` and ``option redispatch``: before any check has found daemon A
+    gone, a connect to its missing socket is retried on B, and no client sees it."""
+    with trio.fail_after(TEST_TIMEOUT):
+        a, b = await _daemons(spawn, socket_dir)
+        async with haproxy(tmp_path, socket_dir) as balancer:
+            a.signal(signal.SIGTERM)
+            assert await a.wait() == 0
+            for n in range(10):
+                stream = await connect(balancer.address)
+                async with stream:
+                    frame = b"after the stop %d\n" % n
+                    await stream.send_all(frame)
+                    assert await _receive(stream, len(frame)) == frame
+        await _stop([b])
+    assert "Traceback" not in a.stderr
