@@ -447,7 +447,7 @@ async def test_ctl_prints_tables_and_json(spawn: SpawnFn, sock_dir: Path) -> Non
             stats = json.loads((await ctl("--control", control, "stats", "--json")).stdout)
             scans = "compiled scans" if stats["speedups"] else "pure-Python scans"
             assert lines[0].endswith(f"serving ({stats['readiness']}, {scans})")
-            assert lines[6].endswith(", 0 accept, 0 internal")
+            assert lines[6].endswith(", 0 accept, 0 proxy header, 0 proxy untrusted, 0 internal")
 
             result = await ctl("--control", control, "connections")
             assert result.returncode == 0, result.stderr

@@ -91,7 +91,7 @@ async def test_sigusr1_logs_one_line_of_stats(spawn: SpawnFn, sock_dir: Path) ->
         assert line.endswith(
             "stats: 1 connection open, 2 accepted; 3 frames; 11 bytes in, 11 out; errors: "
             "0 framing, 0 incomplete, 0 resets, 0 idle timeouts, 0 frame timeouts, 0 handler, "
-            "0 accept, 0 internal; 0 waits for buffer room"
+            "0 accept, 0 proxy header, 0 proxy untrusted, 0 internal; 0 waits for buffer room"
         )
         await held.aclose()
         daemon.signal(signal.SIGTERM)

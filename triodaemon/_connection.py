@@ -19,6 +19,7 @@ one place each:
   wake the wait and close at once;
 - the handover: once nothing is owed, offer the connection to the hook that
   asked (:meth:`Connection.hand_over`); :meth:`Connection.resume` carries one on;
+- behind a balancer, the PROXY header first: the first wait reads it (:mod:`._proxied`);
 - the close: our EOF, then a lingering close only while something can still
   be lost (the how is :mod:`._linger`'s).
 
@@ -56,10 +57,10 @@ from ._decoders import Decoder
 from ._errors import IncompleteFrame
 from ._faults import fault
 from ._framing import Framing
-from ._handlers import FrameHandler, answer_frames
+from ._handlers import FrameHandler, HandlerFailed, answer_frames
 from ._linger import linger
 from ._peers import ConnectionInfo, ConnectionState
-from ._proxyproto import ProxyHeaderError, parse
+from ._proxied import Refused, behind, receive_header
 from ._stats import Stats
 from ._transport import (
     BROKEN,
@@ -68,6 +69,7 @@ from ._transport import (
     Transport,
     Wait,
     receive_buffer,
+    send_now,
     send_while_read,
 )
 
@@ -82,6 +84,7 @@ class _Stop(enum.Enum):
     WOKEN = "woken"  # a drain, room in the buffer budget, ...: look again
     LOST = "lost"  # the connection broke; the reason is in _handoff
     SERVED = "served"  # the echo's step served reads and left something for the task
+    REFUSED = "refused"  # a PROXY header was refused (and told)
 
 
 class _Handoff(enum.Enum):
@@ -106,13 +109,6 @@ HandoverHook = Callable[["Connection"], Awaitable[bool]]
 
 #: An unlimited budget, which keeps no account: for connections not given one.
 _NO_BUDGET = BufferBudget()
-
-
-class _HandlerFailed(Exception):
-    """The frame handler raised ``failure`` (not our own code): :meth:`run` tells apart."""
-
-    def __init__(self, failure: Exception) -> None:
-        self.failure = failure
 
 
 class Connection:
@@ -271,13 +267,9 @@ class Connection:
         now = trio.current_time()
         pending = self.decoder.pending()
         frame = self._frame_deadline if pending else math.inf
+        info = self.info
         return ConnectionState(
-            self.info.peer,
-            self.info.listener,
-            pending,
-            self._deadline - now,
-            frame - now,
-            proxy=self.info.proxy,
+            info.peer, info.listener, pending, self._deadline - now, frame - now, info.proxy
         )
 
     @property
@@ -323,36 +315,27 @@ class Connection:
                 # frame under a connection's task is part of each idle connection's
                 # memory.
                 decoder = self.decoder
-                closed = await self._proxy_header() if self._proxy is not None else None
+                closed: _Close | None = None
                 while closed is None:
                     if self._handover is not None and decoder.error is None and await self._offer():
                         closed = _Close.HANDED
-                        self.handed = True
-                        break
-                    if self._drained():
+                    elif self._drained():
                         log.debug("%s: drained", self.info)
                         closed = _Close.GRACEFUL
-                        break
-                    got = self._waited(await self._wait())
-                    if got is _Stop.SERVED:
-                        closed = await self._after_serving()
-                    elif isinstance(got, _Stop):
-                        if got is _Stop.WOKEN:
-                            continue
-                        closed = self._stopped(got)
-                    elif got == 0:
-                        closed = self._eof()
                     else:
-                        closed = await self._received(got)
-                    if closed is not None:
-                        break
-                    if decoder.error is not None:
-                        endings.framing_error(self.stats, self.info, decoder.error)
-                        closed = _Close.GRACEFUL
-                        break
+                        got = self._waited(await self._wait())
+                        if got is _Stop.SERVED:
+                            closed = await self._after_serving()
+                        elif isinstance(got, _Stop):
+                            closed = None if got is _Stop.WOKEN else self._stopped(got)
+                        else:
+                            closed = await self._received(got) if got else self._eof()
+                        if closed is None and decoder.error is not None:
+                            endings.framing_error(self.stats, self.info, decoder.error)
+                            closed = _Close.GRACEFUL
                 if closed is _Close.GRACEFUL:
                     await self._linger()
-                if isinstance(self._handoff, _HandlerFailed):
+                if isinstance(self._handoff, HandlerFailed):
                     raise self._handoff
                 self.completed = True
             finally:
@@ -362,7 +345,7 @@ class Connection:
                     self._held = 0
                 await self.transport.close()
         except Exception as exc:  # (one clause, one local: each is in every idle task's frame)
-            if isinstance(exc, _HandlerFailed):
+            if isinstance(exc, HandlerFailed):
                 failure = exc.failure
             elif self.ended is None:
                 raise
@@ -374,71 +357,6 @@ class Connection:
         if failure is not None and self.ended is None:
             raise failure
 
-    # -- the PROXY header ---------------------------------------------------------------
-
-    async def _proxy_header(self) -> _Close | None:
-        """Read the PROXY header a balancer sends before the client's stream, take the
-        client it names as this connection's peer, and answer what came after it:
-        ``None`` to go on serving, or how to close. The header must be whole within
-        the policy's timeout from the accept (bytes that trickle in never extend it),
-        and its size is bounded by the policy (:func:`._proxyproto.parse`)."""
-        policy = self._proxy
-        assert policy is not None
-        deadline = self.opened + policy.timeout
-        got = bytearray()
-        while True:
-            try:
-                size = self.transport.receive_into(self._buf, self.receive_size)
-            except BROKEN as exc:
-                return self._lost(exc)
-            if size is None:
-                if self._draining and not got:
-                    log.debug("%s: drained before its PROXY header came", self.info)
-                    return _Close.FORCEFUL
-                if await self.transport.wait_readable(deadline) is Wait.DEADLINE:
-                    why = f"PROXY header not complete after {policy.timeout:g}s"
-                    endings.proxy_header_failed(
-                        self.stats, self.info, f"{why} ({len(got)} bytes of it came)"
-                    )
-                    return _Close.FORCEFUL
-                continue
-            if not size:
-                if got:
-                    why = f"closed after {len(got)} bytes of a PROXY header"
-                    endings.proxy_header_failed(self.stats, self.info, why)
-                else:  # (a balancer's plain TCP check: connect, then close)
-                    log.debug("%s: closed before sending a PROXY header", self.info)
-                return _Close.FORCEFUL
-            got += memoryview(self._buf)[:size]
-            try:
-                header = parse(got, max_size=policy.max_header)
-            except ProxyHeaderError as exc:
-                endings.proxy_header_failed(self.stats, self.info, str(exc))
-                return _Close.FORCEFUL
-            if header is not None:
-                break
-        self._proxy = None
-        if header.source is None:
-            self.stats.proxy_local += 1
-            log.debug("%s: %s: its own endpoints stand", self.info, header.describe())
-        else:
-            self.info = self.info.behind(header.source)
-            log.debug("%s: %s", self.info, header.describe())
-        # What came after the header (all of it from the last read): answered as a read.
-        rest = len(got) - header.size
-        if not rest:
-            return None
-        self._buf[:rest] = got[header.size :]
-        if self.handler is not None:
-            closed = await self._received(rest)
-        else:
-            replies = self._take_echo(self._buf, rest, trio.current_time())
-            closed = await self._send(replies) if replies else None
-        if closed is None and self.decoder.error is not None:
-            endings.framing_error(self.stats, self.info, self.decoder.error)
-            return _Close.GRACEFUL
-        return closed
-
     # -- waiting and reading ----------------------------------------------------------
 
     def _wait(self) -> Awaitable[int | _Stop | Wait]:
@@ -448,11 +366,37 @@ class Connection:
         transport's own wait is awaited directly, one coroutine frame less on
         every idle connection.
         """
+        if self._proxy is not None:
+            return self._proxy_header()
         if self._must_pause():
             return self._pause()
         if self.handler is None:
             return self.transport.serve(self._step, self._deadline)
         return self._read_when_ready()
+
+    async def _proxy_header(self) -> int | _Stop:
+        """The first wait behind a balancer: its PROXY header (:mod:`._proxied`); then
+        the size of what came after it (in the buffer), the peer's EOF (0), WOKEN
+        (nothing came after it, or a drain came first), or REFUSED (told)."""
+        assert self._proxy is not None
+        try:
+            transport, buf, size = self.transport, self._buf, self.receive_size
+            got = await receive_header(
+                transport, buf, size, self._proxy, self.opened, self._drained
+            )
+        except BROKEN as exc:
+            self._handoff = exc
+            return _Stop.LOST
+        if isinstance(got, Refused):
+            endings.proxy_header_failed(self.stats, self.info, got.why)
+            return _Stop.REFUSED
+        self._proxy = None
+        if got is None:
+            return _Stop.WOKEN if self._draining else 0
+        header, rest = got
+        self.info = behind(header, self.info, self.stats)
+        self._buf[: len(rest)] = rest
+        return len(rest) or _Stop.WOKEN
 
     async def _read_when_ready(self) -> int | _Stop | Wait:
         """Read at once if there is data (a busy connection then waits for nothing,
@@ -579,8 +523,11 @@ class Connection:
         return None
 
     async def _received(self, size: int) -> _Close | None:
-        """Frame and answer ``size`` bytes just read (a handler's): send the replies."""
-        assert self.handler is not None
+        """Frame and answer ``size`` bytes the task read (a handler's; the echo's only
+        after a PROXY header): send the replies."""
+        if self.handler is None:
+            replies = self._take_echo(self._buf, size, trio.current_time())
+            return await self._send(replies) if replies else None
         self.bytes_in += size
         self.decoder.feed(memoryview(self._buf)[:size])
         replies, count, failure = await answer_frames(
@@ -592,7 +539,7 @@ class Connection:
             # run() raises it, or gives it to ``ended``, once the replies before it
             # are sent and the connection is closed.
             endings.handler_failed(self.stats, self.info, failure)
-            self._handoff = _HandlerFailed(failure)
+            self._handoff = HandlerFailed(failure)
         closed = await self._send(replies) if replies else None
         if failure is not None:
             return closed or _Close.GRACEFUL
@@ -653,9 +600,12 @@ class Connection:
         """Offer this connection to the handover that asked for it: whether it went.
         (A method of its own: the loop's frame, part of every idle connection's
         memory, keeps no local for it.)"""
+        if self._proxy is not None:
+            return False  # (its PROXY header first: the taker would not expect one)
         hook, self._handover = self._handover, None
         assert hook is not None
-        return await hook(self)
+        self.handed = await hook(self)
+        return self.handed
 
     def _handing_over(self) -> bool:
         return self._handover is not None
@@ -674,21 +624,11 @@ class Connection:
     def _send_now(
         self, replies: bytes | bytearray | memoryview
     ) -> memoryview | BaseException | None:
-        """Send what the transport takes now, with no trip through the scheduler.
-
-        Returns ``None`` once all is sent, the exception that broke the
-        connection, or the rest: copied if it shows the shared receive buffer,
-        which other connections read into meanwhile.
-        """
-        try:
-            sent = self.transport.try_send(replies)
-        except BROKEN as exc:
-            return exc
+        """Send what the transport takes now (:func:`._transport.send_now`): None, or
+        the exception that broke the connection, or the rest."""
+        sent, rest = send_now(self.transport, replies, self._buf)
         self.bytes_out += sent
-        if sent == len(replies):
-            return None
-        rest = memoryview(replies)[sent:]
-        return memoryview(bytes(rest)) if rest.obj is self._buf else rest
+        return rest
 
     async def _send_rest(self, rest: memoryview) -> _Close | None:
         """Send what the transport did not take at once, waiting while it is full:
@@ -720,14 +660,11 @@ class Connection:
         now = trio.current_time()
         idle = self.idle_timeout
         active = min(now, self._deadline - idle) if idle < math.inf else now
+        broken = self.decoder.error is not None
         await linger(
-            self.transport,
-            self._buf,
-            self.receive_size,
-            active=active,
-            framing_broken=self.decoder.error is not None,
+            self.transport, self._buf, self.receive_size, active=active, framing_broken=broken,
             discarded=self._discarded,
-        )
+        )  # fmt: skip
 
     def _discarded(self, size: int) -> None:
         self.bytes_in += size
@@ -736,6 +673,8 @@ class Connection:
 
     def _stopped(self, why: _Stop) -> _Close:
         """End the conversation for a wait that brought nothing."""
+        if why is _Stop.REFUSED:
+            return _Close.FORCEFUL
         if why is _Stop.LOST:
             reason, self._handoff = self._handoff, None
             assert isinstance(reason, BaseException)

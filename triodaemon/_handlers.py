@@ -29,6 +29,14 @@ async def echo(frame: bytes, conn: ConnectionInfo) -> bytes:
     return frame
 
 
+class HandlerFailed(Exception):
+    """The frame handler raised ``failure`` (not our own code): what a connection
+    carries to the end of its run, to tell the handler's failure from its own."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+
 async def answer_frames(
     decoder: Decoder, handler: FrameHandler, info: ConnectionInfo, framing: Framing
 ) -> tuple[bytearray, int, Exception | None]:

@@ -158,6 +158,23 @@ def receive_buffer(size: int) -> bytearray:
     return buf
 
 
+def send_now(
+    transport: Transport, data: bytes | bytearray | memoryview, shared: bytearray
+) -> tuple[int, memoryview | BaseException | None]:
+    """Send what ``transport`` takes of ``data`` now, with no trip through the
+    scheduler: how much went, and ``None`` once all has, the exception that broke
+    the connection, or the rest: copied if it shows the ``shared`` receive buffer,
+    which other connections read into meanwhile."""
+    try:
+        went = transport.try_send(data)
+    except BROKEN as exc:
+        return 0, exc
+    if went == len(data):
+        return went, None
+    rest = memoryview(data)[went:]
+    return went, memoryview(bytes(rest)) if rest.obj is shared else rest
+
+
 async def send_while_read(
     transport: Transport,
     data: memoryview,
