@@ -48,7 +48,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from triodaemon import TcpAddress, UnixAddress, connect  # noqa: E402
+from triodaemon import ClientError, TcpAddress, UnixAddress, connect  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 #: How long a client waits for the echoes of its own frames in flight when it stops.
@@ -91,7 +91,7 @@ class Client:
             self.connections += 1
             try:
                 stream = await connect(address)
-            except OSError:
+            except ClientError:
                 tally.failed += 1
                 await trio.sleep(RETRY)
                 continue
@@ -109,13 +109,13 @@ class Client:
             while not stop.is_set() and not ended.is_set():
                 await room.acquire()
                 frame = b"client %d conn %d frame %d\n" % (self.number, self.connections, i)
+                sent.append(frame)  # (before: its echo may come before send_all returns)
+                tally.sent += 1
+                i += 1
                 try:
                     await stream.send_all(frame)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # (the reader sees how it ended)
-                sent.append(frame)
-                tally.sent += 1
-                i += 1
 
         how = "ours"
         async with trio.open_nursery() as nursery:
@@ -305,7 +305,7 @@ async def balancer(
         while True:  # until it accepts (its workers then serve what waits in the backlog)
             try:
                 stream = await connect(address)
-            except OSError:
+            except ClientError:
                 if process.returncode is not None or process.poll() is not None:
                     raise RuntimeError(f"{kind} exited at its start") from None
                 await trio.sleep(0.02)
