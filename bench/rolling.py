@@ -17,9 +17,10 @@ on the same socket once it has exited, then the same for B, then the run goes on
 ``--interval`` more and the clients stop (their own frames in flight are waited for,
 and not counted as lost).
 
-Reported: frames sent, echoed and lost; connections the server ended, with its EOF
-and with a reset; connections that failed to open or were ended before a frame came
-back (refused by a draining daemon, or by the balancer finding no daemon). Every
+Reported: frames sent, echoed and lost (sent on a connection the server ended, and
+never echoed); connections the server ended, with its EOF and with a reset;
+connections that failed to open or were ended before a frame came back (refused by a
+draining daemon, or by the balancer finding no daemon), and the frames sent on those. Every
 echo is checked: one that differs is an error (the run then exits 1).
 
 Everything is on loopback or in a temporary directory, bounded in count and time, and
@@ -71,6 +72,8 @@ class Tally:
     """Connections the server (or the balancer) ended with a reset (after an echo)."""
     failed: int = 0
     """Connections refused, or ended before any echo came back."""
+    unanswered: int = 0
+    """Frames sent on connections ended before any echo came back."""
     errors: list[str] = attrs.Factory(list)
 
 
@@ -161,7 +164,7 @@ class Client:
             return
         if echoed == 0:
             tally.failed += 1  # (refused by the balancer finding no daemon, say)
-            tally.lost += len(sent)
+            tally.unanswered += len(sent)
             return
         tally.lost += len(sent) - echoed
         if how == "eof":
@@ -362,6 +365,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_eof": tally.eof,
         "server_reset": tally.reset,
         "failed": tally.failed,
+        "unanswered": tally.unanswered,
         "errors": tally.errors[:10],
     }
 
@@ -381,7 +385,8 @@ def main() -> int:
         print(
             f"{result['balancer']}: {result['sent']:,} frames sent, {result['echoed']:,} echoed, "
             f"{result['lost']:,} lost; connections the server ended: {result['server_eof']} "
-            f"with EOF, {result['server_reset']} reset; {result['failed']} failed to open"
+            f"with EOF, {result['server_reset']} reset; {result['failed']} failed to open "
+            f"({result['unanswered']:,} frames sent on them)"
         )
         for error in result["errors"]:
             print("error:", error)

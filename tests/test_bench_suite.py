@@ -122,3 +122,26 @@ def test_upgrade_latency_smoke() -> None:
     assert report["taken_over_last"] == 2
     assert report["during_upgrades"]["frames"] > 0
     assert report["baseline"]["frames"] > 0
+
+
+def test_rolling_restart_smoke() -> None:
+    """bench/rolling.py runs: a rolling restart of two daemons under pipelining
+    clients, every echo checked; the server ends connections with its EOF, never a
+    reset, and a client loses at most the frames it had in flight."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "rolling.py"),
+            *("--clients", "4", "--depth", "4", "--interval", "0.4", "--json"),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+    report = json.loads(result.stdout)
+    assert report["errors"] == []
+    assert report["echoed"] > 0
+    assert report["server_reset"] == 0
+    assert report["server_eof"] >= 2  # (each restart ends at least one conversation)
+    assert report["lost"] <= 4 * report["server_eof"]
