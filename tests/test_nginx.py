@@ -121,7 +121,12 @@ async def nginx(tmp_path: Path, example: str, socket_dir: Path) -> AsyncIterator
 
 async def test_the_examples_pass_nginx_t_as_they_are(tmp_path: Path) -> None:
     assert NGINX is not None
-    for example in ("triodaemon-proxy.conf", "triodaemon-balance.conf"):
+    examples = (
+        "triodaemon-proxy.conf",
+        "triodaemon-balance.conf",
+        "triodaemon-proxy-protocol.conf",
+    )
+    for example in examples:
         conf = tmp_path / f"test-{example}"
         conf.write_text(_main_config(tmp_path, EXAMPLES / example))
         result = await trio.run_process(

@@ -16,7 +16,7 @@ from triodaemon import connect
 
 from . import test_nginx
 from .conftest import SpawnFn, run_triodaemon
-from .test_nginx import EXAMPLES, NGINX, _daemon_args, _main_config, _receive, nginx
+from .test_nginx import NGINX, _daemon_args, _receive, nginx
 
 TEST_TIMEOUT = 60
 EXAMPLE = "triodaemon-proxy-protocol.conf"
@@ -25,22 +25,6 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is missing: .ci/run
 
 #: A directory for the sockets that nginx's workers can pass through (0711).
 socket_dir = test_nginx.socket_dir
-
-
-async def test_the_example_passes_nginx_t_as_it_is(tmp_path: Path) -> None:
-    assert NGINX is not None
-    conf = tmp_path / f"test-{EXAMPLE}"
-    conf.write_text(_main_config(tmp_path, EXAMPLES / EXAMPLE))
-    with trio.fail_after(TEST_TIMEOUT):
-        result = await trio.run_process(
-            [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    output = result.stderr.decode()
-    assert result.returncode == 0, output
-    assert "[warn]" not in output, output
 
 
 async def test_the_daemon_sees_the_clients_own_address(

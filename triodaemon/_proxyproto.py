@@ -247,24 +247,17 @@ def _parse_v2(data: bytes | bytearray | memoryview, max_size: int) -> ProxyHeade
     if family == 0x0:
         return ProxyHeader(2, size, None, None)
     block = header[V2_FIXED:]
-    if family == 0x1:
-        source, destination, source_port, destination_port = _INET.unpack_from(block)
+    if family == 0x3:
         return ProxyHeader(
-            2,
-            size,
-            _address(str(ipaddress.IPv4Address(source)), source_port),
-            _address(str(ipaddress.IPv4Address(destination)), destination_port),
+            2, size, _unix(block[:_UNIX_PATH]), _unix(block[_UNIX_PATH : 2 * _UNIX_PATH])
         )
-    if family == 0x2:
-        source, destination, source_port, destination_port = _INET6.unpack_from(block)
-        return ProxyHeader(
-            2,
-            size,
-            _address(str(ipaddress.IPv6Address(source)), source_port),
-            _address(str(ipaddress.IPv6Address(destination)), destination_port),
-        )
+    layout = _INET if family == 0x1 else _INET6
+    source, destination, source_port, destination_port = layout.unpack_from(block)
     return ProxyHeader(
-        2, size, _unix(block[:_UNIX_PATH]), _unix(block[_UNIX_PATH : 2 * _UNIX_PATH])
+        2,
+        size,
+        _address(str(ipaddress.ip_address(source)), source_port),
+        _address(str(ipaddress.ip_address(destination)), destination_port),
     )
 
 
