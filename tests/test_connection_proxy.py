@@ -140,7 +140,11 @@ BAD = {
         False,
         "PROXY header not complete after 0.3s (34 bytes of it came)",
     ),
-    "v2 too long": (v2(0x21, 0x11, 0xFFF0), False, "announces 65536 bytes (at most 4096"),
+    "v2 too long": (
+        v2(0x21, 0x11, 0xFFF0),
+        False,
+        "of 65536 bytes in all (its length field says 65520), more than the 4096 accepted",
+    ),
     "truncated": (encode_v1(CLIENT)[:20], True, "closed after 20 bytes of a PROXY header"),
 }
 
@@ -204,6 +208,19 @@ async def test_a_peer_that_connects_and_closes_is_no_error(echo_kit: Kit) -> Non
 async def test_a_drain_closes_a_connection_still_waiting_for_its_header(echo_kit: Kit) -> None:
     with trio.fail_after(5):
         async with echo_kit.connected(proxy_protocol=POLICY) as served:
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            served.connection.drain()
+            assert await closed_by_server(served.client) == b""
+            assert since(start) < 0.2
+    assert served.stats.proxy_header_errors == 0
+
+
+async def test_a_drain_closes_a_connection_whose_header_is_not_whole_yet(echo_kit: Kit) -> None:
+    # Nothing of the client's stream has come: there is nothing to finish.
+    with trio.fail_after(5):
+        async with echo_kit.connected(proxy_protocol=ProxyProtocol(timeout=30)) as served:
+            await served.client.send_all(b"PROXY TCP4 1.2.")
             await trio.testing.wait_all_tasks_blocked()
             start = trio.current_time()
             served.connection.drain()

@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from triodaemon import TcpAddress, UnixAddress, connect
-from triodaemon._proxyproto import encode_v1, encode_v2
+from triodaemon._proxyproto import V2_SIGNATURE, encode_v1, encode_v2
 
 from .conftest import SpawnFn, run_triodaemon
 
@@ -135,3 +135,67 @@ async def test_usage_errors_say_what_is_wrong() -> None:
         stderr = result.stderr.decode()
         assert words in stderr, (args, stderr)
         assert "Traceback" not in stderr
+
+
+async def test_ctl_connections_escapes_what_a_header_names(spawn: SpawnFn, tmp_path: Path) -> None:
+    # A Unix path in a v2 header is the peer's to choose: a newline or an escape code
+    # in it must not forge a row of the table, or reach the operator's terminal.
+    control = tmp_path / "ctl.sock"
+    hostile = b"/tmp/x\nconn 9 from 1.2.3.4:5\x1b[2J\x07"
+    header = (
+        V2_SIGNATURE
+        + b"\x21\x31\x00\xd8"
+        + hostile.ljust(108, b"\0")
+        + b"/run/lb.sock".ljust(108, b"\0")
+    )
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await spawn(
+            "--tcp", "127.0.0.1:0", "--control", str(control), "--proxy-protocol",
+            "--log-level", "debug",
+        )  # fmt: skip
+        (tcp,) = await daemon.wait_ready(1)
+        async with await connect(tcp) as stream:
+            await stream.send_all(header + b"x\n")
+            assert await stream.receive_some() == b"x\n"
+            shown = await run_triodaemon("ctl", "--control", str(control), "connections")
+            table = shown.stdout.decode()
+            assert "\x1b" not in table
+            assert "\x07" not in table
+            assert len(table.splitlines()) == 2, table  # the heading, and one row
+            assert r"unix:/tmp/x\nconn 9 from 1.2.3.4:5\x1b[2J\x07 via 127.0.0.1:" in table
+        line = await daemon.wait_for_line(": PROXY v2 header")
+        assert "\x1b" not in line
+        daemon.signal()
+        assert await daemon.wait() == 0
+
+
+async def test_a_takeover_that_requires_another_header_is_refused(
+    spawn: SpawnFn, tmp_path: Path
+) -> None:
+    # A new process without --proxy-protocol would believe every client's own
+    # "PROXY ..." line; one with another --proxy-from would trust others.
+    control = tmp_path / "ctl.sock"
+    with trio.fail_after(TEST_TIMEOUT):
+        daemon = await spawn(
+            "--tcp", "127.0.0.1:0", "--control", str(control), "--proxy-protocol",
+            "--proxy-from", "127.0.0.1",
+        )  # fmt: skip
+        (tcp,) = await daemon.wait_ready(1)
+        for flags in ([], ["--proxy-protocol"], ["--proxy-protocol", "--proxy-from", "::1"]):
+            taker = await spawn("--takeover", str(control), *flags)
+            assert await taker.wait() == 1
+            [line] = taker.lines
+            assert line.startswith("triodaemon: error: cannot take over: ")
+            assert "which requires a PROXY header (--proxy-protocol, --proxy-from)" in line
+        # (--proxy-timeout may differ: it trusts no one else.)
+        taker = await spawn(
+            "--takeover", str(control), "--proxy-protocol", "--proxy-from", "127.0.0.1",
+            "--proxy-timeout", "2",
+        )  # fmt: skip
+        await taker.wait_for_line("took over")
+        async with await connect(tcp) as stream:
+            await stream.send_all(encode_v1(("203.0.113.7", 1)) + b"x\n")
+            assert await stream.receive_some() == b"x\n"
+        assert await daemon.wait() == 0
+        taker.signal()
+        assert await taker.wait() == 0

@@ -4,6 +4,7 @@ any addresses, TLVs and cut points (hypothesis). The long fuzz run is in fuzz/."
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 import pytest
@@ -67,6 +68,17 @@ VALID: dict[str, tuple[bytes, ProxyHeader]] = {
         ProxyHeader(2, 28, None, None, local=True),
     ),
     "v2 UNSPEC": (encode_v2(None), ProxyHeader(2, 16, None, None)),
+    "v1 IPv4-mapped, as balancers write it": (
+        b"PROXY TCP6 ::ffff:127.0.0.1 ::ffff:10.0.0.1 51000 7000\r\n",
+        ProxyHeader(1, 56, "[::ffff:127.0.0.1]:51000", "[::ffff:10.0.0.1]:7000"),
+    ),
+    "v2 Unix, a path with escape codes and an abstract name": (
+        V2_SIGNATURE
+        + b"\x21\x31\x00\xd8"
+        + b"/tmp/x\nconn 9 from 1.2.3.4:5\x1b[2J\x07".ljust(108, b"\0")
+        + b"\0lb".ljust(108, b"\0"),
+        ProxyHeader(2, 232, "unix:/tmp/x\\nconn 9 from 1.2.3.4:5\\x1b[2J\\x07", "unix:@lb"),
+    ),
     "v2 Unix": (
         V2_SIGNATURE
         + b"\x21\x31\x00\xd8"
@@ -121,6 +133,9 @@ BAD: dict[str, tuple[bytes, str, str]] = {
     "v2 command 2": (v2(0x22, 0x11, 12, bytes(12)), "malformed", "command 0x2"),
     "v2 family 4": (v2(0x21, 0x41, 12, bytes(12)), "malformed", "0x41"),
     "v2 transport 3": (v2(0x21, 0x13, 12, bytes(12)), "malformed", "0x13"),
+    "v2 IPv4 over UNSPEC": (v2(0x21, 0x10, 12, bytes(12)), "malformed", "0x10"),
+    "v2 Unix over UNSPEC": (v2(0x21, 0x30, 216, bytes(216)), "malformed", "0x30"),
+    "v2 UNSPEC over a stream": (v2(0x21, 0x01, 0), "malformed", "0x01"),
     "v2 datagram": (v2(0x21, 0x12, 12, bytes(12)), "malformed", "datagram"),
     "v2 length lie: shorter than IPv4's": (v2(0x21, 0x11, 4, bytes(4)), "malformed", "12"),
     "v2 length lie: shorter than IPv6's": (v2(0x21, 0x21, 12, bytes(12)), "malformed", "36"),
@@ -156,10 +171,10 @@ def test_an_oversized_v2_header_is_refused_on_its_16th_byte() -> None:
     announced = v2(0x21, 0x11, MAX_HEADER - 16 + 1)
     assert len(announced) == 16
     assert parse(announced[:15]) is None
-    with pytest.raises(ProxyHeaderError, match=f"announces {MAX_HEADER + 1} bytes"):
+    with pytest.raises(ProxyHeaderError, match=f"of {MAX_HEADER + 1} bytes in all"):
         parse(announced)
     assert parse(v2(0x21, 0x11, MAX_HEADER - 16)) is None  # (the longest accepted: wait)
-    with pytest.raises(ProxyHeaderError, match="at most 200"):
+    with pytest.raises(ProxyHeaderError, match="more than the 200 accepted"):
         parse(v2(0x21, 0x11, 200), max_size=200)
 
 
@@ -191,6 +206,10 @@ tlv = st.tuples(st.integers(0, 255).filter(lambda kind: kind != 0x03), st.binary
 
 
 def said(host: str, port: int) -> str:
+    """An address as the parser says it: IPv4-mapped ones as ``::ffff:1.2.3.4``."""
+    mapped = ipaddress.ip_address(host)
+    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+        host = f"::ffff:{mapped.ipv4_mapped}"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

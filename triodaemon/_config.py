@@ -134,6 +134,13 @@ class ProxyProtocol:
     """The longest header accepted: a version 2 header announcing more is refused on
     its 16th byte."""
 
+    def requirement(self) -> dict[str, object]:
+        """What a process that takes this one's sockets over must require the same
+        (``--takeover``, an upgrade): which listeners need a header, and from whom;
+        for :func:`requirement_of`."""
+        listeners = None if self.listeners is None else sorted(map(str, self.listeners))
+        return {"listeners": listeners, "trusted": sorted(map(str, self.trusted))}
+
     def covers(self, listener: BoundListener) -> bool:
         """Whether connections on ``listener`` must begin with a header."""
         return self.listeners is None or any(map(listener.serves, self.listeners))
@@ -149,6 +156,11 @@ class ProxyProtocol:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped  # a dual-stack listener's IPv4 peer
         return any(address in network for network in self.trusted)
+
+
+def requirement_of(policy: ProxyProtocol | None) -> dict[str, object] | None:
+    """:meth:`ProxyProtocol.requirement`, ``None`` where no header is required."""
+    return None if policy is None else policy.requirement()
 
 
 @attrs.frozen

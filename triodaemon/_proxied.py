@@ -43,9 +43,9 @@ async def receive_header(
     """Read the header from ``transport`` (into ``buf``, ``size`` bytes at a time).
 
     Returns the header and the bytes that came after it (from the last read alone:
-    no more than ``size``); :class:`Refused`; or ``None`` when nothing came and
-    nothing will: the peer's EOF (a balancer's plain TCP check), or a drain
-    (``draining()``) before a byte.
+    no more than ``size``); :class:`Refused`; or ``None`` when nothing of the
+    client's came and nothing will: the peer's EOF before a byte (a balancer's
+    plain TCP check), or a drain (``draining()``) before the header was whole.
 
     Raises:
         OSError, trio.BrokenResourceError: the connection broke (``_transport.BROKEN``).
@@ -55,7 +55,7 @@ async def receive_header(
     while True:
         received = transport.receive_into(buf, size)
         if received is None:
-            if draining() and not got:
+            if draining():  # (a partial header is none: nothing of the client's came)
                 return None
             if await transport.wait_readable(deadline) is Wait.DEADLINE:
                 return Refused(

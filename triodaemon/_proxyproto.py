@@ -54,7 +54,9 @@ _FAMILIES = {
     0x2: (_INET6.size, "IPv6"),
     0x3: (2 * _UNIX_PATH, "Unix"),
 }
-_TRANSPORTS = {0x0: "UNSPEC", 0x1: "STREAM", 0x2: "DGRAM"}
+#: Version 2's family and transport bytes the specification defines (every other
+#: value must be refused): UNSPEC, and each family over a stream or datagrams.
+_FAMILY_TRANSPORTS = frozenset({0x00, 0x11, 0x12, 0x21, 0x22, 0x31, 0x32})
 _LOCAL, _PROXY = 0x0, 0x1
 #: TLV types with a meaning here (the others are skipped).
 PP2_TYPE_CRC32C = 0x03
@@ -198,7 +200,12 @@ def _v1_address(host: bytes, port: bytes, version: int) -> str:
 
 
 def _address(host: str, port: int) -> str:
-    """Said as a connection's peer is (:mod:`._peers`): ``1.2.3.4:5``, ``[::1]:5``."""
+    """Said as a connection's peer is (:mod:`._peers`): ``1.2.3.4:5``, ``[::1]:5``; an
+    IPv4-mapped IPv6 address as the kernel and balancers write it, ``[::ffff:1.2.3.4]``
+    (Python before 3.13 writes ``::ffff:102:304``)."""
+    mapped = ipaddress.ip_address(host)
+    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+        host = f"::ffff:{mapped.ipv4_mapped}"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -214,7 +221,7 @@ def _parse_v2(data: bytes | bytearray | memoryview, max_size: int) -> ProxyHeade
             "malformed", f"a PROXY v2 header with command {command:#x} (LOCAL or PROXY expected)"
         )
     family, transport = family_transport >> 4, family_transport & 0xF
-    if family not in _FAMILIES or transport not in _TRANSPORTS:
+    if family_transport not in _FAMILY_TRANSPORTS:
         raise ProxyHeaderError(
             "malformed",
             f"a PROXY v2 header with address family and transport {family_transport:#04x}",
@@ -223,7 +230,8 @@ def _parse_v2(data: bytes | bytearray | memoryview, max_size: int) -> ProxyHeade
     if size > max_size:
         raise ProxyHeaderError(
             "too-long",
-            f"a PROXY v2 header that announces {size} bytes (at most {max_size} are accepted)",
+            f"a PROXY v2 header of {size} bytes in all (its length field says {length}), "
+            f"more than the {max_size} accepted",
         )
     if len(data) < size:
         return None
@@ -262,8 +270,14 @@ def _parse_v2(data: bytes | bytearray | memoryview, max_size: int) -> ProxyHeade
 
 
 def _unix(path: bytes) -> str:
-    name = path.split(b"\0", 1)[0]
-    return "unix:" + name.decode("utf-8", "backslashreplace")
+    """``unix:PATH``, ``unix:@NAME`` for an abstract name; what is not printable in
+    it escaped (a peer chose it: it must not break or forge a line of a log or table)."""
+    abstract = path[:1] == b"\0"
+    name = path[1:].rstrip(b"\0") if abstract else path.split(b"\0", 1)[0]
+    text = name.decode("utf-8", "backslashreplace")
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return "unix:" + ("@" if abstract else "") + text
 
 
 def _tlvs(header: bytes, offset: int) -> None:

@@ -52,6 +52,8 @@ def positive_seconds(text: str) -> float:
 def network(text: str) -> str:
     """An address or network: ``10.0.0.7``, ``10.0.0.0/8``, ``::1``."""
     try:
+        if "%" in text:
+            raise ValueError("a zone")  # (a scoped address matches no peer)
         ipaddress.ip_network(text)
     except ValueError:
         raise argparse.ArgumentTypeError(

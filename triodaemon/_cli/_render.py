@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._errors import printable
+
 
 def size(count: float | None) -> str:
     """``1.5 MiB``: bytes in the largest binary unit that keeps the number above 1."""
@@ -137,8 +139,9 @@ def render_connections(connections: list[dict[str, Any]]) -> str:
         (
             *((str(item["worker"]), str(item["pid"])) if workers else ()),
             str(item["id"]),
-            item["peer"] + (f" via {item['proxy']}" if item.get("proxy") else ""),
-            item["listener"],
+            # (What a peer named itself, a PROXY header's Unix path, say: escaped.)
+            printable(item["peer"] + (f" via {item['proxy']}" if item.get("proxy") else "")),
+            printable(item["listener"]),
             duration(item["age"]),
             size(item["bytes_in"]),
             size(item["bytes_out"]),
@@ -186,7 +189,8 @@ def render_reply(command: str, result: Any) -> str:
         return (
             f"upgraded: pid {result['pid']} serves now, with {_plural(result['listeners'], 'listener')}"
             f" and {_plural(result['handed_over'], 'connection')} handed over; pid "
-            f"{result['old_pid']} exits once {_plural(result['finishing'], 'connection')} finish"
+            f"{result['old_pid']} exits once {_plural(result['finishing'], 'connection')} "
+            f"{'finishes' if result['finishing'] == 1 else 'finish'}"
         )
     if command == "help":
         width = max(len(usage) for usage in result)

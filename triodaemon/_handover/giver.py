@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from .._config import DEFAULT_UPGRADE_TIMEOUT
+from .._config import DEFAULT_UPGRADE_TIMEOUT, requirement_of
 from .._control import Command, Commands, ControlError, Session, no_arguments
 from .._daemon import Daemon
 from .._faults import fault
@@ -118,6 +118,9 @@ class Giver:
     Args:
         host: the process's daemon or supervisor.
         framing: the host's; a taker that frames otherwise is refused.
+        proxy_protocol: the host's PROXY header requirement
+            (:func:`~triodaemon._config.requirement_of`); a taker that requires
+            another is refused.
         handler: the host's frame handler's name (:func:`.wire.handler_name`):
             connections move only to a taker that names the same.
         faults: where this process counts its own internal errors.
@@ -141,6 +144,7 @@ class Giver:
     pool: ConnectionPool | None = None
     workers: Callable[[], Mapping[int, str]] | None = None
     notify: Callable[..., None] = _silent
+    proxy_protocol: dict[str, object] | None = None
     _handing: Handing | None = attrs.field(default=None, init=False)
     _given_up: list[tuple[BoundListener, tuple[int, int]]] = attrs.field(factory=list, init=False)
     _stopped: bool = attrs.field(default=False, init=False)  # the host accepts no more
@@ -167,6 +171,7 @@ class Giver:
             migrate,
             pool=daemon,
             notify=notify or _silent,
+            proxy_protocol=requirement_of(config.proxy_protocol),
         )
 
     @classmethod
@@ -190,6 +195,7 @@ class Giver:
             migrate,
             workers=supervisor.worker_handovers,
             notify=notify or _silent,
+            proxy_protocol=requirement_of(config.proxy_protocol),
         )
 
     def begin(self, who: str) -> Handing:
@@ -420,6 +426,13 @@ class Giver:
                 f"the new process (pid {pid}) frames differently from this daemon "
                 f"({self.framing.describe()}): the clients of these sockets would meet "
                 "another protocol; give it the same framing flags, or restart instead"
+            )
+        if hello.get("proxy_protocol") != self.proxy_protocol:
+            mine = "requires" if self.proxy_protocol is not None else "does not require"
+            raise HandoverError(
+                f"the new process (pid {pid}) differs from this daemon, which {mine} a "
+                "PROXY header (--proxy-protocol, --proxy-from): its clients would be "
+                "trusted otherwise; give it the same flags, or restart instead"
             )
 
     async def _move_connections(

@@ -57,9 +57,12 @@ async def request_takeover(
     migrate: bool,
     handler: str = "echo",
     workers: bool = False,
+    proxy_protocol: dict[str, object] | None = None,
 ) -> tuple[Channel, Taken]:
     """The taker's first half: ask, say hello, adopt the listening sockets.
 
+    ``proxy_protocol``: the PROXY header this process requires
+    (:func:`~triodaemon._config.requirement_of`), which must be the giver's.
     ``migrate``: whether this process takes connections itself; ``workers``:
     whether its workers take over those of a supervisor it succeeds (each from the
     old worker of its number). The giver keeps what neither takes, to finish there.
@@ -85,6 +88,7 @@ async def request_takeover(
             "handler": handler,
             "migrate": migrate,
             "workers": workers,
+            "proxy_protocol": proxy_protocol,
         }
     )
     header, _, socks = await channel.receive("listeners")

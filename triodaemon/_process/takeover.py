@@ -16,7 +16,7 @@ from typing import Protocol
 
 import trio
 
-from .._config import ProcessConfig
+from .._config import ProcessConfig, requirement_of
 from .._daemon import Daemon
 from .._errors import ClientError
 from .._faults import fault
@@ -77,6 +77,7 @@ async def take_over(
                 stream,
                 where,
                 framing=config.daemon.framing,
+                proxy_protocol=requirement_of(config.daemon.proxy_protocol),
                 migrate=config.migrate and adopts,
                 workers=workers,
             )
