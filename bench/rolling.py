@@ -30,6 +30,7 @@ every process it starts is ended.
 from __future__ import annotations
 
 import argparse
+import csv
 import errno
 import json
 import math
@@ -196,10 +197,19 @@ async def read_to_end(stream: trio.abc.ReceiveStream | None) -> None:
 class Daemons:
     """The two daemons, started and restarted in ``nursery`` (which reads their logs)."""
 
-    def __init__(self, directory: Path, proxy_protocol: bool, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        proxy_protocol: bool,
+        nursery: trio.Nursery,
+        agents: dict[str, int] | None = None,
+        drain_delay: float = 0,
+    ) -> None:
         self.directory = directory
         self.proxy_protocol = proxy_protocol
         self.nursery = nursery
+        self.agents = agents or {}
+        self.drain_delay = drain_delay
         self.processes: dict[str, trio.Process] = {}
 
     def socket(self, name: str) -> Path:
@@ -210,6 +220,9 @@ class Daemons:
         command += ["--sock-mode", "0666", "--log-level", "info"]  # (the balancer's user)
         if self.proxy_protocol:
             command.append("--proxy-protocol")
+        if name in self.agents:
+            command += ["--agent", f"127.0.0.1:{self.agents[name]}"]
+            command += ["--drain-delay", str(self.drain_delay)]
         process = await trio.lowlevel.open_process(
             command,
             stdin=subprocess.DEVNULL,
@@ -269,7 +282,8 @@ def nginx_config(directory: Path, port: int) -> Path:
     return config
 
 
-def haproxy_config(directory: Path, port: int) -> Path:
+def haproxy_config(directory: Path, port: int, agents: dict[str, int] | None) -> Path:
+    """The example, its addresses replaced; without its agent checks if ``agents`` is None."""
     text = (EXAMPLES / "haproxy" / "haproxy.cfg").read_text()
     text = (
         text.replace("/run/triodaemon/", f"{directory}/")
@@ -277,14 +291,19 @@ def haproxy_config(directory: Path, port: int) -> Path:
         .replace("127.0.0.1:7000", f"127.0.0.1:{port}")
         .replace("log /dev/log local0", "log stderr format short local0 warning")
     )
+    for name, example in (("a", 7101), ("b", 7102)):
+        mine = f" agent-port {agents[name]}" if agents is not None else ""
+        text = text.replace(f" agent-port {example}", mine)
     lines = [line for line in text.splitlines() if line.split()[:1] not in (["user"], ["group"])]
+    if agents is None:
+        lines = [line for line in lines if "agent-check" not in line]
     config = directory / "haproxy.cfg"
     config.write_text("\n".join(lines) + "\n")
     return config
 
 
 async def balancer(
-    kind: str, directory: Path, nursery: trio.Nursery
+    kind: str, directory: Path, nursery: trio.Nursery, agents: dict[str, int] | None
 ) -> tuple[trio.Process, TcpAddress]:
     port = free_port()
     if kind == "nginx":
@@ -297,7 +316,7 @@ async def balancer(
             str(config),
         ]
     else:
-        config = haproxy_config(directory, port)
+        config = haproxy_config(directory, port, agents)
         command = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-W", "-db", "-f", str(config)]
     process = await trio.lowlevel.open_process(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -322,9 +341,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     os.chmod(directory, 0o711)
     tally = Tally()
     front: trio.Process | None = None
+    retries: dict[str, int] | None = None
     try:
         async with trio.open_nursery() as logs:
-            daemons = Daemons(directory, args.balancer == "haproxy", logs)
+            agents = {"a": free_port(), "b": free_port()} if args.drain_delay else None
+            daemons = Daemons(directory, args.balancer == "haproxy", logs, agents, args.drain_delay)
             try:
                 for name in ("a", "b"):
                     await daemons.start(name)
@@ -332,7 +353,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.balancer == "none":
                     addresses = [UnixAddress(str(daemons.socket(n))) for n in ("a", "b")]
                 else:
-                    front, address = await balancer(args.balancer, directory, logs)
+                    front, address = await balancer(args.balancer, directory, logs, agents)
                     addresses = [address]
                 clients = [Client(n, addresses, args.depth) for n in range(args.clients)]
                 stop = trio.Event()
@@ -344,6 +365,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await daemons.restart(name)
                         await trio.sleep(args.interval)
                     stop.set()
+                if args.balancer == "haproxy":
+                    retries = await haproxy_retries(directory / "admin.sock")
             finally:
                 if front is not None and front.returncode is None:
                     front.send_signal(signal.SIGTERM)
@@ -366,8 +389,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_reset": tally.reset,
         "failed": tally.failed,
         "unanswered": tally.unanswered,
+        "drain_delay": args.drain_delay,
+        "haproxy_retries": retries,
         "errors": tally.errors[:10],
     }
+
+
+async def haproxy_retries(stats: Path) -> dict[str, int]:
+    """HAProxy's count of connects to a daemon that failed and were tried again
+    (``wretr``), or sent to the other daemon (``wredis``), for both daemons."""
+    stream = await connect(UnixAddress(str(stats)))
+    async with stream:
+        await stream.send_all(b"show stat\n")
+        reply = b""
+        while chunk := await stream.receive_some():
+            reply += chunk
+    rows = csv.DictReader(reply.decode().removeprefix("# ").splitlines())
+    totals = {"retried": 0, "redispatched": 0}
+    for row in rows:
+        if row["pxname"] == "triodaemons" and row["svname"] in ("a", "b"):
+            totals["retried"] += int(row["wretr"] or 0)
+            totals["redispatched"] += int(row["wredis"] or 0)
+    return totals
 
 
 def main() -> int:
@@ -376,6 +419,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--interval", type=float, default=1.5)
+    parser.add_argument(
+        "--drain-delay",
+        type=float,
+        default=0,
+        help="run the daemons with --agent and this --drain-delay (HAProxy's agent check)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = trio.run(run, args)
@@ -387,6 +436,12 @@ def main() -> int:
             f"{result['lost']:,} lost; connections the server ended: {result['server_eof']} "
             f"with EOF, {result['server_reset']} reset; {result['failed']} failed to open "
             f"({result['unanswered']:,} frames sent on them)"
+            + (
+                f"; HAProxy retried {result['haproxy_retries']['retried']} connects, "
+                f"redispatched {result['haproxy_retries']['redispatched']}"
+                if result["haproxy_retries"] is not None
+                else ""
+            )
         )
         for error in result["errors"]:
             print("error:", error)

@@ -60,17 +60,34 @@ def _haproxy_group() -> str | None:
     return group
 
 
+#: The agent ports of each test's daemons, by socket directory (one per test).
+_AGENT_PORTS: dict[Path, dict[str, int]] = {}
+
+
+def agent_port(socket_dir: Path, name: str) -> int:
+    """The port daemon ``name`` answers HAProxy's agent check on (the example's 7101
+    and 7102, replaced by free ones)."""
+    ports = _AGENT_PORTS.setdefault(socket_dir, {})
+    if name not in ports:
+        ports[name] = free_port()
+    return ports[name]
+
+
 def _render(socket_dir: Path, port: int) -> str:
     """The example with its addresses replaced: the daemons' sockets and the stats
-    socket in ``socket_dir``, the frontend on ``port``, the log on stderr; without
-    ``user``/``group`` when we are not root (a non-root HAProxy cannot switch)."""
+    socket in ``socket_dir``, the frontend on ``port``, the agent ports, the log on
+    stderr; without ``user``/``group`` when we are not root (a non-root HAProxy
+    cannot switch)."""
     text = EXAMPLE.read_text()
-    for expected in ("/run/triodaemon/", "/run/haproxy/", "127.0.0.1:7000", _SYSLOG):
-        assert expected in text, expected
+    expected = ("/run/triodaemon/", "/run/haproxy/", "127.0.0.1:7000", _SYSLOG)
+    for needed in (*expected, "agent-port 7101", "agent-port 7102"):
+        assert needed in text, needed
     text = (
         text.replace("/run/triodaemon/", f"{socket_dir}/")
         .replace("/run/haproxy/", f"{socket_dir}/")
         .replace("127.0.0.1:7000", f"127.0.0.1:{port}")
+        .replace("agent-port 7101", f"agent-port {agent_port(socket_dir, 'a')}")
+        .replace("agent-port 7102", f"agent-port {agent_port(socket_dir, 'b')}")
         .replace(_SYSLOG, "log stderr format short local0")
     )
     if _haproxy_group() is None:
@@ -110,15 +127,17 @@ async def haproxy(tmp_path: Path, socket_dir: Path) -> AsyncIterator[Balancer]:
                 await proc.process.wait()
 
 
-async def _daemons(spawn: SpawnFn, socket_dir: Path) -> list[DaemonProcess]:
-    """The example's two daemons, with --proxy-protocol and control sockets
-    (``ctl-a.sock``, ``ctl-b.sock``); their sockets' group is HAProxy's."""
+async def _daemons(spawn: SpawnFn, socket_dir: Path, drain_delay: float = 0) -> list[DaemonProcess]:
+    """The example's two daemons, with --proxy-protocol, the agent check (and
+    ``drain_delay``), and control sockets (``ctl-a.sock``, ``ctl-b.sock``); their
+    sockets' group is HAProxy's."""
     group = _haproxy_group()
     daemons = []
     for name in ("a", "b"):
         args = ["--sock", str(socket_dir / f"echo-{name}.sock"), "--sock-mode", "0660"]
         args += ["--control", str(socket_dir / f"ctl-{name}.sock"), "--log-level", "debug"]
-        args += ["--proxy-protocol"]
+        args += ["--proxy-protocol", "--agent", f"127.0.0.1:{agent_port(socket_dir, name)}"]
+        args += ["--drain-delay", str(drain_delay)]
         daemons.append(await spawn(*args, *(["--sock-group", group] if group else [])))
     for daemon in daemons:
         await daemon.wait_ready(1)
@@ -303,3 +322,33 @@ async def test_a_stopped_daemons_connections_go_to_the_other(
                     assert await _receive(stream, len(frame)) == frame
         await _stop([b])
     assert "Traceback" not in a.stderr
+
+
+async def test_a_drain_is_seen_by_haproxy_before_the_daemon_stops_accepting(
+    spawn: SpawnFn, socket_dir: Path, tmp_path: Path
+) -> None:
+    """--agent and --drain-delay: after SIGTERM, daemon A's agent says drain and
+    HAProxy sends it nothing new while it still accepts; then it drains, and no
+    connect to it ever failed (no retry, no redispatch)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        a, b = await _daemons(spawn, socket_dir, drain_delay=3)
+        async with haproxy(tmp_path, socket_dir) as balancer:
+            a.signal(signal.SIGTERM)
+            await a.wait_for_line("the agent says drain from now on")
+            await balancer.process.wait_for_line("Server triodaemons/a enters drain state")
+            assert (socket_dir / "echo-a.sock").exists()  # (still accepting)
+            before = await _show_stat(balancer.stats)
+            for n in range(6):
+                stream = await connect(balancer.address)
+                async with stream:
+                    frame = b"while a drains %d\n" % n
+                    await stream.send_all(frame)
+                    assert await _receive(stream, len(frame)) == frame
+            after = await _show_stat(balancer.stats)
+            assert after["a"]["lbtot"] == before["a"]["lbtot"], (before["a"], after["a"])
+            assert int(after["b"]["lbtot"]) >= int(before["b"]["lbtot"]) + 6
+            assert await a.wait() == 0
+            stats = await _show_stat(balancer.stats)
+            assert (stats["a"]["wretr"], stats["a"]["wredis"]) == ("0", "0"), stats["a"]
+        await _stop([b])
+    assert "the agent says drain" in a.stderr

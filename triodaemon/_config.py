@@ -267,6 +267,20 @@ class ProcessConfig:
     )
     """Seconds a process taking over may take to be ready (every listener adopted and
     accepting) before the takeover is called off and this one serves on."""
+    agent: TcpAddress | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(TcpAddress))
+    )
+    """A TCP address to answer HAProxy's agent check on (:mod:`triodaemon._agent`):
+    ``ready 100%`` while serving, ``drain`` once a drain is coming; ``None``: none."""
+    drain_delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    """Seconds between a drain's request (a stop signal, ``ctl drain``) and its start,
+    while the agent says ``drain`` and the daemon serves on, accepting: the time the
+    balancer needs to see it (its ``agent-inter``, and a margin). Needs :attr:`agent`."""
 
     def __attrs_post_init__(self) -> None:
         _not_a_listener(self.control, self.daemon.listen)
+        if self.drain_delay and self.agent is None:
+            raise ValueError(
+                "--drain-delay announces the drain to the balancer on the agent port: "
+                "give --agent [HOST]:PORT too"
+            )

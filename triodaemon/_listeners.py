@@ -345,8 +345,12 @@ async def open_listeners(
     return bound
 
 
-async def open_tcp(address: TcpAddress, *, backlog: int = DEFAULT_BACKLOG) -> list[BoundListener]:
-    """Bind one listener per address ``address.host`` resolves to."""
+async def open_tcp(
+    address: TcpAddress, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False
+) -> list[BoundListener]:
+    """Bind one listener per address ``address.host`` resolves to; ``reuse_port``:
+    with ``SO_REUSEPORT``, which lets a process of the same user bind the same port
+    while this one still has it (a process that takes over binds its own)."""
     try:
         infos = await trio.socket.getaddrinfo(
             address.host,
@@ -373,6 +377,8 @@ async def open_tcp(address: TcpAddress, *, backlog: int = DEFAULT_BACKLOG) -> li
             try:
                 sock.setblocking(False)
                 sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
                 if family == stdlib_socket.AF_INET6:
                     sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
                 host = str(sockaddr[0])

@@ -50,6 +50,7 @@ from ._args import (
     seconds,
     size_or_zero,
     socket_path,
+    tcp,
 )
 
 
@@ -99,6 +100,21 @@ def _add_balancer_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="close a connection whose header is not whole this long after the accept "
         f"(default {DEFAULT_PROXY_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--agent",
+        type=tcp(None),
+        metavar="[HOST]:PORT",
+        help="answer HAProxy's agent-check on this TCP port: 'ready 100%%' while serving, "
+        "'drain' once a drain is coming",
+    )
+    group.add_argument(
+        "--drain-delay",
+        type=seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="on a stop signal or 'ctl drain', first say 'drain' on --agent and serve on, "
+        "accepting, this long; then drain (default 0)",
     )
     group.add_argument(
         "--proxy-from",
@@ -309,6 +325,8 @@ def _config_from_args(
             control_group=args.control_group,
             migrate=not args.no_migrate,
             upgrade_timeout=args.upgrade_timeout,
+            agent=args.agent,
+            drain_delay=args.drain_delay,
         )
         open_readiness(served.readiness)  # one that this system has
     except ValueError as exc:

@@ -198,6 +198,11 @@ class Giver:
             proxy_protocol=requirement_of(config.proxy_protocol),
         )
 
+    @property
+    def given(self) -> bool:
+        """Whether another process has taken this one's place (it accepts now)."""
+        return self._stopped
+
     def begin(self, who: str) -> Handing:
         """Reserve this process for one handover, asked for by ``who``.
 

@@ -12,6 +12,10 @@ builds a role and runs it under its signals (:mod:`.run`); a test runs one
 in-process with ``nursery.start(role.run)`` and stops it with ``drain()``,
 the way hypercorn's tests run a worker with a shutdown trigger.
 
+Behind a balancer, a role that announces its drains (:attr:`Role.announces`) answers
+HAProxy's agent check on ``config.agent`` (:mod:`.._agent`) and, with
+``config.drain_delay``, says ``drain`` there that long before its server drains.
+
 - :class:`Standalone`: a daemon, alone in its process.
 - :class:`Supervising`: the supervisor of ``--workers N``.
 - :class:`Worker`: one of a supervisor's workers.
@@ -31,8 +35,9 @@ from typing import Any, ClassVar
 
 import trio
 
+from .._agent import Say, serve_agent
 from .._config import ProcessConfig
-from .._control import Commands, serve_control, serve_control_stream
+from .._control import Commands, no_arguments, serve_control, serve_control_stream
 from .._daemon import Daemon, DrainSummary
 from .._errors import TriodaemonError
 from .._handlers import FrameHandler
@@ -40,7 +45,7 @@ from .._handover.giver import Giver
 from .._handover.taker import Taken
 from .._handover.upgrade import Upgrader
 from .._handover.wire import Channel
-from .._listeners import Address, BoundListener, open_listeners, open_unix
+from .._listeners import Address, BoundListener, open_listeners, open_tcp, open_unix
 from .._socketfile import check_socket_path
 from .._supervisor import Supervisor
 from .._systemd import Notifier
@@ -68,6 +73,9 @@ class Role(abc.ABC):
     """Whether it can carry on connections it takes over (a supervisor cannot)."""
     has_workers: ClassVar[bool] = False
     """Whether its workers take over the connections of an old supervisor's workers."""
+    announces: ClassVar[bool] = True
+    """Whether it answers the agent check and announces its drains (a worker's
+    supervisor does, for it)."""
 
     def __init__(
         self,
@@ -89,14 +97,43 @@ class Role(abc.ABC):
         self.failure: str | None = None
         """Why serving ended early (a worker that failed at the first start, a
         takeover the old process called off)."""
+        self.leaving = False
+        """A drain is announced (``config.drain_delay``): it begins once the delay is over."""
+        self._beside_nursery: trio.Nursery | None = None
 
     @property
     def draining(self) -> bool:
-        return self.server.draining
+        """Whether a drain is announced or under way."""
+        return self.leaving or self.server.draining
 
     def drain(self) -> None:
-        """Begin the graceful shutdown; :meth:`run` returns once it is over."""
-        self.server.drain()
+        """Begin the graceful shutdown (after ``config.drain_delay``, announced on the
+        agent, the first time); :meth:`run` returns once it is over."""
+        delay = self.config.drain_delay if self.announces else 0.0
+        nursery = self._beside_nursery
+        if not delay or self.draining or nursery is None:
+            self.leaving = False
+            self.server.drain()
+            return
+        self.leaving = True
+        log.info(
+            "draining in %gs (--drain-delay): the agent says drain from now on; serving until then",
+            delay,
+        )
+
+        async def drain_later() -> None:
+            await trio.sleep(delay)
+            if self.leaving:
+                self.leaving = False
+                self.server.drain()
+
+        nursery.start_soon(drain_later)
+
+    def says(self) -> Say:
+        """What the agent check hears of this process now."""
+        if self.giver.given:
+            return "gone"
+        return "drain" if self.draining else "ready"
 
     def abort(self) -> None:
         """Stop at once."""
@@ -117,6 +154,18 @@ class Role(abc.ABC):
         commands = self.server.control_commands()
         upgrader = self.upgrader
         self.giver.add_commands(commands, upgrade=upgrader.upgrade if upgrader else None)
+        if self.announces and self.config.drain_delay:
+            # (Announced first: the server's own command would drain at once.)
+
+            async def drain(args: dict[str, Any]) -> dict[str, Any]:
+                no_arguments(args)
+                already = self.draining
+                if not already:
+                    log.info("drain requested on the control socket")
+                    self.drain()
+                return {"draining": self.server.connections, "already": already}
+
+            commands.add("drain", drain, "drain", "start the graceful shutdown (as SIGTERM does)")
         return commands
 
     async def run(
@@ -138,11 +187,24 @@ class Role(abc.ABC):
             startup = task_status
         else:
             startup = Startup(self.notifier, quiet=True, outer=task_status)
+        agent = self.config.agent
+        agents = await open_tcp(agent, reuse_port=True) if agent and self.announces else []
+        try:
+            return await self._run(startup, agents)
+        finally:
+            for listener in agents:
+                listener.close()
+
+    async def _run(self, startup: Startup, agents: list[BoundListener]) -> DrainSummary | None:
         listeners, control, handover = await self._sockets(startup)
         commands = self.commands()
         summary: DrainSummary | None = None
         failed: TriodaemonError | None = None
         async with trio.open_nursery() as nursery:
+            self._beside_nursery = nursery
+            for listener in agents:
+                log.info("answering the agent check on %s", listener.address)
+                nursery.start_soon(serve_agent, listener, self.says)
 
             async def serve() -> None:
                 nonlocal summary, failed
@@ -272,6 +334,7 @@ class Worker(Role):
     supervisor, hands its connections to its successor over ``start.handover_socket``."""
 
     quiet = True
+    announces = False
 
     def __init__(
         self,
