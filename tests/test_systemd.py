@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import trio
 import trio.testing
 
 from triodaemon import Framing, TcpAddress, UnixAddress, connect
+from triodaemon._proxyproto import encode_v1, encode_v2
 from triodaemon._systemd import STATUS_INTERVAL, Notifier, activated_sockets
 
 from .conftest import DaemonProcess, SpawnFn, daemon_process, free_port, read_until_eof
@@ -580,3 +582,29 @@ async def test_the_example_sysusers_file_parses(tmp_path: Path) -> None:
     output = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, output
     assert "Creating group 'triodaemon'" in output
+
+
+@needs_activate
+async def test_passed_sockets_require_the_proxy_header_too(sock_dir: Path) -> None:
+    # --proxy-protocol holds on every listener, systemd's own: TCP and Unix.
+    with trio.fail_after(TEST_TIMEOUT):
+        async with activated(sock_dir, "--proxy-protocol") as (daemon, tcp, unix):
+            first = await connect(tcp)
+            await first.send_all(encode_v1(("203.0.113.7", 51000)) + b"via tcp\n")
+            assert await first.receive_some() == b"via tcp\n"
+            await daemon.wait_ready(2)
+            second = await connect(unix)
+            await second.send_all(encode_v2(("2001:db8::7", 443)) + b"via unix\n")
+            assert await second.receive_some() == b"via unix\n"
+            bare = await connect(unix)
+            await bare.send_all(b"no header\n")
+            with contextlib.suppress(trio.BrokenResourceError):  # (closed unread: a reset)
+                assert await bare.receive_some() == b""
+            for stream in (first, second, bare):
+                await stream.aclose()
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait() == 0
+    log = daemon.stderr
+    assert "from 203.0.113.7:51000 via 127.0.0.1:" in log
+    assert "from [2001:db8::7]:443 via pid " in log
+    assert "no PROXY header: the connection began with b'no header\\n'" in log

@@ -80,8 +80,8 @@ def daemon_commands(daemon: Reporting, source: str) -> Commands:
 def connection_records(connections: Collection[Connection]) -> list[dict[str, Any]]:
     """One record per connection, oldest first: id, peer (the client a PROXY header
     named, if one did), proxy (the balancer then, else empty), listener, age in seconds,
-    bytes each way, frames, and state (``reading``, ``mid-frame``, ``writing`` or
-    ``draining``)."""
+    bytes each way, frames, and state (``header``, ``reading``, ``mid-frame``,
+    ``writing`` or ``draining``)."""
     if not connections:
         return []
     now = trio.current_time()
