@@ -25,7 +25,7 @@ from typing import Literal
 
 import attrs
 
-from ._errors import TriodaemonError
+from ._errors import TriodaemonError, printable
 
 #: The version 1 header's longest form, its CRLF included (the specification's
 #: bound: ``PROXY TCP6`` with two full IPv6 addresses and two 5-digit ports).
@@ -196,16 +196,16 @@ def _v1_address(host: bytes, port: bytes, version: int) -> str:
     number = int(port)
     if number > 65535:
         raise ProxyHeaderError("malformed", f"a PROXY v1 header with port {number}")
-    return _address(str(address), number)
+    return _address(address, number)
 
 
-def _address(host: str, port: int) -> str:
+def _address(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
     """Said as a connection's peer is (:mod:`._peers`): ``1.2.3.4:5``, ``[::1]:5``; an
     IPv4-mapped IPv6 address as the kernel and balancers write it, ``[::ffff:1.2.3.4]``
     (Python before 3.13 writes ``::ffff:102:304``)."""
-    mapped = ipaddress.ip_address(host)
-    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
-        host = f"::ffff:{mapped.ipv4_mapped}"
+    host = str(address)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        host = f"::ffff:{address.ipv4_mapped}"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -264,8 +264,8 @@ def _parse_v2(data: bytes | bytearray | memoryview, max_size: int) -> ProxyHeade
     return ProxyHeader(
         2,
         size,
-        _address(str(ipaddress.ip_address(source)), source_port),
-        _address(str(ipaddress.ip_address(destination)), destination_port),
+        _address(ipaddress.ip_address(source), source_port),
+        _address(ipaddress.ip_address(destination), destination_port),
     )
 
 
@@ -275,8 +275,7 @@ def _unix(path: bytes) -> str:
     abstract = path[:1] == b"\0"
     name = path[1:].rstrip(b"\0") if abstract else path.split(b"\0", 1)[0]
     text = name.decode("utf-8", "backslashreplace")
-    if not text.isprintable():
-        text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    text = printable(text)
     return "unix:" + ("@" if abstract else "") + text
 
 
